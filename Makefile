@@ -1,0 +1,39 @@
+# One entry point for people and CI. `make test` is what .ci/run runs.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PRODUCT := yurthub tunnel converter
+PYTEST_ARGS ?=
+
+.PHONY: setup check test unit e2e demo bench clean-cluster
+
+setup:
+	@hack/setup.sh
+
+check: setup
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+# Every check, then every test tier in one pytest run (one summary line). pytest's exit code 5 means it
+# collected nothing: say so loudly rather than let it pass for an ordinary failure.
+test: check
+	@$(PY) -m pytest $(PYTEST_ARGS) tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure" >&2; fi; exit $$rc
+
+unit: setup
+	$(PY) -m pytest $(PYTEST_ARGS) tests/unit
+
+e2e: setup
+	$(PY) -m pytest $(PYTEST_ARGS) tests/e2e
+
+demo: setup
+	$(PY) -m testenv.demo
+
+bench: setup
+	$(PY) -m bench
+
+# Kill and remove whatever an interrupted run left on this machine (processes, cgroups, links, mounts).
+clean-cluster: setup
+	$(PY) -c 'from testenv import cluster, leftovers; leftovers.clear(cluster.cache_dir()); print(leftovers.find(cluster.cache_dir()))'

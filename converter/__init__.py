@@ -1,0 +1,1 @@
+"""converter: `yurtctl convert/revert` and the cloud-side `yurt-manager` controller."""

@@ -1,0 +1,179 @@
+"""One real Kubernetes on this machine: the control plane, a real edge node, and kwok nodes.
+
+    with cluster.Cluster.start(cluster.Settings(kwok_nodes=20)) as c:
+        c.kubectl.run("get", "nodes")
+        c.node.cut_link()
+
+`start` first clears whatever an earlier, crashed run left behind, and holds a lock so that two runs on the
+same machine cannot trample each other. `stop` (or leaving the `with`) kills every process the run started,
+which takes the node's mounts, network namespace and link with it, and removes the run's cgroups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+from testenv import cgroups, controlplane, images, kubeconfig, kwok, leftovers
+from testenv import node as node_mod
+from testenv.kubectl import Kubectl, node_ready, wait_for
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("YURT_EDGE_CACHE", Path.home() / ".cache" / "yurt-edge"))
+
+
+def _script_output(script: str) -> Path:
+    """Run a hack/ script that prints a cached directory on its last line (building it if needed)."""
+    proc = subprocess.run([str(REPO / "hack" / script)], stdout=subprocess.PIPE, text=True, check=True)
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def binaries() -> Path:
+    return _script_output("build-binaries.sh")
+
+
+def rootfs() -> Path:
+    return _script_output("node-rootfs.sh")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    real_node: bool = True
+    """Boot the real edge node (needs root, namespaces and the Debian root)."""
+    kwok_nodes: int = 0
+    """How many simulated nodes kwok keeps Ready."""
+    node: node_mod.NodeSettings = dataclasses.field(default_factory=node_mod.NodeSettings)
+    node_monitor_grace_s: int = 12
+    not_ready_toleration_s: int = 300
+    unreachable_toleration_s: int = 300
+    egress_selector_config: str | None = None
+    extra_apiserver_args: tuple[str, ...] = ()
+
+
+class Cluster:
+    def __init__(self, settings: Settings, directory: Path, lock: IO[str]) -> None:
+        self.settings = settings
+        self.directory = directory
+        self._lock = lock
+        self.group = cgroups.Group("cloud")
+        self.plane: controlplane.ControlPlane | None = None
+        self.kwok: kwok.process.Process | None = None
+        self._node: node_mod.Node | None = None
+
+    @classmethod
+    def start(cls, settings: Settings | None = None) -> Cluster:
+        settings = settings or Settings()
+        cache = cache_dir()
+        cache.mkdir(parents=True, exist_ok=True)
+        lock = (cache / "cluster.lock").open("w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise RuntimeError(f"another yurt-edge test cluster is running on this machine (lock {cache}/cluster.lock)")
+        leftovers.clear(cache)
+        directory = cache / "run"
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        cluster = cls(settings, directory, lock)
+        try:
+            cluster._start()
+        except BaseException:
+            cluster.dump_logs()
+            cluster.stop()
+            raise
+        return cluster
+
+    def _start(self) -> None:
+        bins = binaries()
+        root = rootfs() if self.settings.real_node else None
+        archives = images.build(cache_dir() / "images") if self.settings.real_node else []
+        self.group.create()
+        self.plane = controlplane.ControlPlane.start(
+            controlplane.ControlPlaneSettings(
+                advertise_address=self.settings.node.cloud_address,
+                node_monitor_grace_s=self.settings.node_monitor_grace_s,
+                not_ready_toleration_s=self.settings.not_ready_toleration_s,
+                unreachable_toleration_s=self.settings.unreachable_toleration_s,
+                egress_selector_config=self.settings.egress_selector_config,
+                extra_apiserver_args=self.settings.extra_apiserver_args,
+            ),
+            bins=bins, directory=self.directory / "cloud", group=self.group,
+        )
+        log.info("control plane up at %s", self.plane.server)
+        if self.settings.kwok_nodes:
+            self.kwok = kwok.start(bins, self.plane.admin_kubeconfig, self.directory / "cloud", self.group)
+            self.kubectl.apply(kwok.node(f"kwok-{i}") for i in range(self.settings.kwok_nodes))
+        if root is not None:
+            bootstrap = kubeconfig.write(
+                self.directory / "bootstrap-kubelet.conf", server=self.plane.cloud_server,
+                ca_pem=self.plane.ca.pair.cert_pem, user="kubelet-bootstrap", token=self.plane.bootstrap_token,
+            )
+            self._node = node_mod.Node.boot(
+                self.settings.node, rootfs=root, bins=bins, image_archives=archives,
+                ca_pem=self.plane.ca.pair.cert_pem, bootstrap_kubeconfig=bootstrap.read_text(),
+                directory=self.directory / "node", group=cgroups.Group("node"),
+            )
+            name = self.settings.node.name
+            wait_for(f"node {name} to be Ready", lambda: self.node_is_ready(name), timeout=120)
+            log.info("node %s Ready", name)
+        if self.settings.kwok_nodes:
+            wait_for(f"{self.settings.kwok_nodes} kwok nodes to be Ready", self._kwok_ready, timeout=120)
+
+    @property
+    def kubectl(self) -> Kubectl:
+        assert self.plane is not None, "the control plane is not running"
+        return self.plane.kubectl
+
+    @property
+    def node(self) -> node_mod.Node:
+        assert self._node is not None, "this cluster has no real node"
+        return self._node
+
+    def node_is_ready(self, name: str) -> bool:
+        if self.plane is not None:
+            self.plane.check_running()
+        return node_ready(self.kubectl.get("node", name))
+
+    def _kwok_ready(self) -> bool:
+        assert self.kwok is not None
+        self.kwok.check_running()
+        nodes = self.kubectl.get("nodes", "-l", "type=kwok")["items"]
+        return sum(node_ready(n) for n in nodes) >= self.settings.kwok_nodes
+
+    def dump_logs(self, lines: int = 40) -> None:
+        """Log the tail of every component's log, and the node's kubelet journal, for a failed run."""
+        for path in sorted(self.directory.glob("**/logs/*.log")):
+            text = "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            log.error("--- %s ---\n%s", path.name, text)
+        if self._node is not None:
+            for unit in ("containerd", "yurt-edge-images", "kubelet"):
+                log.error("--- node journal: %s ---\n%s", unit, self._node.journal(unit, lines))
+
+    def stop(self) -> None:
+        if self._node is not None:
+            self._node.stop()
+            self._node = None
+        if self.plane is not None:
+            self.plane.stop()
+        self.group.kill()
+        cgroups.kill_and_remove([p.parent for p in self.group.paths])
+        self._lock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

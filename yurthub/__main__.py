@@ -1,0 +1,5 @@
+import sys
+
+from yurthub import cli
+
+sys.exit(cli.main())

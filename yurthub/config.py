@@ -1,0 +1,84 @@
+"""yurthub settings: one frozen dataclass per concern, built once by `cli` and passed down.
+
+Flags mean what OpenYurt's yurthub flags of the same name mean, so an operator's muscle memory carries over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    """A setting an operator gave cannot work; the message says which and why."""
+
+
+class LoadBalancingMode(enum.StrEnum):
+    """How requests spread over several healthy cloud servers."""
+
+    ROUND_ROBIN = "rr"
+    PRIORITY = "priority"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CloudSettings:
+    servers: tuple[str, ...]
+    """kube-apiserver URLs (https://host:port), in priority order."""
+    lb_mode: LoadBalancingMode = LoadBalancingMode.ROUND_ROBIN
+    """Spread over healthy servers in turn, or always use the first healthy one."""
+    heartbeat_interval_s: float = 10.0
+    """Seconds between health probes of each server."""
+    heartbeat_timeout_s: float = 2.0
+    """Seconds one probe may take before it counts as a failure."""
+    heartbeat_failed_retry: int = 3
+    """Failed probes in a row that mark a healthy server unhealthy."""
+    heartbeat_healthy_threshold: int = 2
+    """Successful probes in a row that mark an unhealthy server healthy again."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ListenSettings:
+    bind_address: str = "127.0.0.1"
+    """Address of the plain proxy port and the serve port."""
+    proxy_port: int = 10261
+    """Plain HTTP proxy port that kubelet and other node components use."""
+    serve_port: int = 10267
+    """Health, readiness and metrics port."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CacheSettings:
+    disk_cache_path: str = "/var/lib/yurthub/cache"
+    """Directory of the on-disk cache; it survives restarts and reboots."""
+    cache_agents: tuple[str, ...] = ("kubelet", "kube-proxy", "coredns", "flanneld", "yurt-tunnel-agent")
+    """Client components (User-Agent product names) whose responses are cached; `*` caches every client."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HubSettings:
+    node_name: str
+    """The node this yurthub serves; its identity towards the cloud."""
+    cloud: CloudSettings
+    listen: ListenSettings
+    cache: CacheSettings
+
+
+def parse_servers(value: str) -> tuple[str, ...]:
+    """Split a comma-separated `--server-addr` value and check every entry is an https URL with a host."""
+    servers = tuple(s.strip() for s in value.split(",") if s.strip())
+    if not servers:
+        raise ConfigError("--server-addr: give at least one kube-apiserver URL, e.g. https://10.0.0.1:6443")
+    for server in servers:
+        parts = urlsplit(server)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ConfigError(f"--server-addr: {server!r} is not an https://host[:port] URL")
+        if parts.path not in ("", "/"):
+            raise ConfigError(f"--server-addr: {server!r} must not carry a path")
+    return servers
+
+
+def check_port(flag: str, port: int) -> int:
+    if not 0 < port < 65536:
+        raise ConfigError(f"{flag}: {port} is not a TCP port (1-65535)")
+    return port
