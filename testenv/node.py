@@ -104,6 +104,9 @@ def _files(settings: NodeSettings, *, ca_pem: bytes, bootstrap_kubeconfig: str) 
         "version = 2",
         '[plugins."io.containerd.grpc.v1.cri"]',
         f'  sandbox_image = "{images.PAUSE_IMAGE}"',
+        # Without CAP_SYS_RESOURCE (this machine's sandbox withholds it) runc cannot give a container a
+        # negative oom_score_adj; kubelet asks for one (-998 for sandboxes). Clamp instead of failing.
+        "  restrict_oom_score_adj = true",
         '[plugins."io.containerd.grpc.v1.cri".cni]',
         '  bin_dir = "/usr/lib/cni"',
         '  conf_dir = "/etc/cni/net.d"',
