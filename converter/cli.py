@@ -36,7 +36,10 @@ def build_manager_parser() -> argparse.ArgumentParser:
 
 
 def _not_yet(prog: str) -> int:
-    print(f"{prog}: this build does not carry the converter yet (it lands with the converter issue)", file=sys.stderr)
+    print(
+        f"{prog}: this build does not carry the converter yet (it lands with the converter issue)",
+        file=sys.stderr,
+    )
     return 2
 
 

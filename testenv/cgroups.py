@@ -18,7 +18,17 @@ from pathlib import Path
 
 ROOT_NAME = "yurt-edge"
 _CGROUP_FS = Path("/sys/fs/cgroup")
-_MOUNT_OPTIONS = {"rw", "ro", "relatime", "noatime", "nosuid", "nodev", "noexec", "nsdelegate", "memory_recursiveprot"}
+_MOUNT_OPTIONS = {
+    "rw",
+    "ro",
+    "relatime",
+    "noatime",
+    "nosuid",
+    "nodev",
+    "noexec",
+    "nsdelegate",
+    "memory_recursiveprot",
+}
 
 
 def _mounts() -> list[tuple[Path, str, frozenset[str]]]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-from testenv import cgroups, controlplane, images, kubeconfig, kwok, leftovers
+from testenv import cgroups, controlplane, images, kubeconfig, kwok, leftovers, process
 from testenv import node as node_mod
 from testenv.kubectl import Kubectl, node_ready, wait_for
 
@@ -68,7 +68,7 @@ class Cluster:
         self._lock = lock
         self.group = cgroups.Group("cloud")
         self.plane: controlplane.ControlPlane | None = None
-        self.kwok: kwok.process.Process | None = None
+        self.kwok: process.Process | None = None
         self._node: node_mod.Node | None = None
 
     @classmethod
@@ -81,7 +81,9 @@ class Cluster:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
-            raise RuntimeError(f"another yurt-edge test cluster is running on this machine (lock {cache}/cluster.lock)")
+            raise RuntimeError(
+                f"another yurt-edge test cluster is running on this machine (lock {cache}/cluster.lock)"
+            ) from None
         leftovers.clear(cache)
         directory = cache / "run"
         shutil.rmtree(directory, ignore_errors=True)
@@ -109,7 +111,9 @@ class Cluster:
                 egress_selector_config=self.settings.egress_selector_config,
                 extra_apiserver_args=self.settings.extra_apiserver_args,
             ),
-            bins=bins, directory=self.directory / "cloud", group=self.group,
+            bins=bins,
+            directory=self.directory / "cloud",
+            group=self.group,
         )
         log.info("control plane up at %s", self.plane.server)
         if self.settings.kwok_nodes:
@@ -117,13 +121,21 @@ class Cluster:
             self.kubectl.apply(kwok.node(f"kwok-{i}") for i in range(self.settings.kwok_nodes))
         if root is not None:
             bootstrap = kubeconfig.write(
-                self.directory / "bootstrap-kubelet.conf", server=self.plane.cloud_server,
-                ca_pem=self.plane.ca.pair.cert_pem, user="kubelet-bootstrap", token=self.plane.bootstrap_token,
+                self.directory / "bootstrap-kubelet.conf",
+                server=self.plane.cloud_server,
+                ca_pem=self.plane.ca.pair.cert_pem,
+                user="kubelet-bootstrap",
+                token=self.plane.bootstrap_token,
             )
             self._node = node_mod.Node.boot(
-                self.settings.node, rootfs=root, bins=bins, image_archives=archives,
-                ca_pem=self.plane.ca.pair.cert_pem, bootstrap_kubeconfig=bootstrap.read_text(),
-                directory=self.directory / "node", group=cgroups.Group("node"),
+                self.settings.node,
+                rootfs=root,
+                bins=bins,
+                image_archives=archives,
+                ca_pem=self.plane.ca.pair.cert_pem,
+                bootstrap_kubeconfig=bootstrap.read_text(),
+                directory=self.directory / "node",
+                group=cgroups.Group("node"),
             )
             name = self.settings.node.name
             wait_for(f"node {name} to be Ready", lambda: self.node_is_ready(name), timeout=120)
@@ -133,12 +145,14 @@ class Cluster:
 
     @property
     def kubectl(self) -> Kubectl:
-        assert self.plane is not None, "the control plane is not running"
+        if self.plane is None:
+            raise RuntimeError("the control plane is not running")
         return self.plane.kubectl
 
     @property
     def node(self) -> node_mod.Node:
-        assert self._node is not None, "this cluster has no real node"
+        if self._node is None:
+            raise RuntimeError("this cluster has no real node")
         return self._node
 
     def node_is_ready(self, name: str) -> bool:
@@ -147,8 +161,8 @@ class Cluster:
         return node_ready(self.kubectl.get("node", name))
 
     def _kwok_ready(self) -> bool:
-        assert self.kwok is not None
-        self.kwok.check_running()
+        if self.kwok is not None:
+            self.kwok.check_running()
         nodes = self.kubectl.get("nodes", "-l", "type=kwok")["items"]
         return sum(node_ready(n) for n in nodes) >= self.settings.kwok_nodes
 
@@ -174,6 +188,7 @@ class Cluster:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

@@ -88,8 +88,13 @@ class ControlPlane:
         serving_crt, serving_key = ca.issue(
             "kube-apiserver",
             server=True,
-            dns_names=("kubernetes", "kubernetes.default", "kubernetes.default.svc",
-                       "kubernetes.default.svc.cluster.local", "localhost"),
+            dns_names=(
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+                "localhost",
+            ),
             ip_addresses=("127.0.0.1", settings.advertise_address, service_ip),
         ).write(pki_dir, "apiserver")
         kubelet_client_crt, kubelet_client_key = ca.issue(
@@ -102,8 +107,14 @@ class ControlPlane:
 
         def client_config(name: str, cn: str, orgs: tuple[str, ...] = ()) -> Path:
             pair = ca.issue(cn, organizations=orgs, client=True)
-            return kubeconfig.write(directory / f"{name}.kubeconfig", server=server, ca_pem=ca.pair.cert_pem,
-                                    user=cn, cert_pem=pair.cert_pem, key_pem=pair.key_pem)
+            return kubeconfig.write(
+                directory / f"{name}.kubeconfig",
+                server=server,
+                ca_pem=ca.pair.cert_pem,
+                user=cn,
+                cert_pem=pair.cert_pem,
+                key_pem=pair.key_pem,
+            )
 
         admin = client_config("admin", "yurt-edge-admin", ("system:masters",))
         kcm = client_config("controller-manager", "system:kube-controller-manager")
@@ -117,31 +128,42 @@ class ControlPlane:
             return proc
 
         etcd_url = f"http://127.0.0.1:{etcd_port}"
-        etcd = launch("etcd", [
-            str(bins / "etcd"), "--name=default", f"--data-dir={directory / 'etcd'}",
-            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
-            f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
-            f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
-            f"--initial-cluster=default=http://127.0.0.1:{etcd_peer}",
-            "--unsafe-no-fsync", "--log-level=warn",
-        ])
+        etcd = launch(
+            "etcd",
+            [
+                str(bins / "etcd"),
+                "--name=default",
+                f"--data-dir={directory / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-cluster=default=http://127.0.0.1:{etcd_peer}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+        )
         wait_for("etcd health", lambda: _http_ok(f"{etcd_url}/health", etcd), timeout=30)
 
         apiserver_args = [
             str(bins / "kube-apiserver"),
             f"--etcd-servers={etcd_url}",
-            "--bind-address=0.0.0.0", f"--advertise-address={settings.advertise_address}",
+            "--bind-address=0.0.0.0",
+            f"--advertise-address={settings.advertise_address}",
             f"--secure-port={api_port}",
-            f"--tls-cert-file={serving_crt}", f"--tls-private-key-file={serving_key}",
+            f"--tls-cert-file={serving_crt}",
+            f"--tls-private-key-file={serving_key}",
             f"--client-ca-file={ca_crt}",
             "--authorization-mode=Node,RBAC",
             "--enable-admission-plugins=NodeRestriction",
             "--enable-bootstrap-token-auth",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={sa_pub}", f"--service-account-signing-key-file={sa_key}",
+            f"--service-account-key-file={sa_pub}",
+            f"--service-account-signing-key-file={sa_key}",
             f"--service-cluster-ip-range={settings.service_cidr}",
             "--allow-privileged=true",
-            f"--kubelet-client-certificate={kubelet_client_crt}", f"--kubelet-client-key={kubelet_client_key}",
+            f"--kubelet-client-certificate={kubelet_client_crt}",
+            f"--kubelet-client-key={kubelet_client_key}",
             "--kubelet-preferred-address-types=InternalIP,Hostname",
             f"--default-not-ready-toleration-seconds={settings.not_ready_toleration_s}",
             f"--default-unreachable-toleration-seconds={settings.unreachable_toleration_s}",
@@ -155,40 +177,62 @@ class ControlPlane:
         apiserver = launch("kube-apiserver", apiserver_args)
         admin_pair = pki.KeyPair(*_kubeconfig_pair(admin))
         admin_crt, admin_key = admin_pair.write(pki_dir, "admin")
-        wait_for("kube-apiserver readiness",
-                 lambda: _https_ok(f"{server}/readyz", apiserver, ca_crt, admin_crt, admin_key), timeout=90)
+        wait_for(
+            "kube-apiserver readiness",
+            lambda: _https_ok(f"{server}/readyz", apiserver, ca_crt, admin_crt, admin_key),
+            timeout=90,
+        )
 
         kubectl = Kubectl(bins / "kubectl", admin)
         token = f"{_random(6)}.{_random(16)}"
         kubectl.apply(_bootstrap_objects(token, cloud_server, ca.pair.cert_pem))
 
-        launch("kube-controller-manager", [
-            str(bins / "kube-controller-manager"),
-            f"--kubeconfig={kcm}", f"--authentication-kubeconfig={kcm}", f"--authorization-kubeconfig={kcm}",
-            "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
-            "--leader-elect=false", "--use-service-account-credentials=true",
-            "--controllers=*,bootstrapsigner,tokencleaner",
-            f"--cluster-signing-cert-file={ca_crt}", f"--cluster-signing-key-file={ca_key}",
-            f"--root-ca-file={ca_crt}", f"--service-account-private-key-file={sa_key}",
-            f"--service-cluster-ip-range={settings.service_cidr}",
-            "--node-monitor-period=2s", f"--node-monitor-grace-period={settings.node_monitor_grace_s}s",
-            "--profiling=false",
-        ])
-        launch("kube-scheduler", [
-            str(bins / "kube-scheduler"),
-            f"--kubeconfig={scheduler}", f"--authentication-kubeconfig={scheduler}",
-            f"--authorization-kubeconfig={scheduler}",
-            "--bind-address=127.0.0.1", f"--secure-port={free_port()}", "--leader-elect=false",
-            "--profiling=false",
-        ])
+        launch(
+            "kube-controller-manager",
+            [
+                str(bins / "kube-controller-manager"),
+                f"--kubeconfig={kcm}",
+                f"--authentication-kubeconfig={kcm}",
+                f"--authorization-kubeconfig={kcm}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                "--leader-elect=false",
+                "--use-service-account-credentials=true",
+                "--controllers=*,bootstrapsigner,tokencleaner",
+                f"--cluster-signing-cert-file={ca_crt}",
+                f"--cluster-signing-key-file={ca_key}",
+                f"--root-ca-file={ca_crt}",
+                f"--service-account-private-key-file={sa_key}",
+                f"--service-cluster-ip-range={settings.service_cidr}",
+                "--node-monitor-period=2s",
+                f"--node-monitor-grace-period={settings.node_monitor_grace_s}s",
+                "--profiling=false",
+            ],
+        )
+        launch(
+            "kube-scheduler",
+            [
+                str(bins / "kube-scheduler"),
+                f"--kubeconfig={scheduler}",
+                f"--authentication-kubeconfig={scheduler}",
+                f"--authorization-kubeconfig={scheduler}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                "--leader-elect=false",
+                "--profiling=false",
+            ],
+        )
         plane = cls(settings, directory, ca, server, cloud_server, admin, kubectl, token, procs)
         wait_for("the default service account", plane._default_sa_exists, timeout=60)
         return plane
 
     def _default_sa_exists(self) -> bool:
         self.check_running()
-        return bool(self.kubectl.run("get", "serviceaccount", "default", "-n", "default", "-o", "name",
-                                     check=False).strip())
+        return bool(
+            self.kubectl.run(
+                "get", "serviceaccount", "default", "-n", "default", "-o", "name", check=False
+            ).strip()
+        )
 
     def check_running(self) -> None:
         for proc in self.processes:
@@ -207,7 +251,7 @@ def _kubeconfig_pair(path: Path) -> tuple[bytes, bytes]:
 def _http_ok(url: str, proc: process.Process) -> bool:
     proc.check_running()
     with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - fixed http://127.0.0.1 URL
-        return resp.status == 200
+        return bool(resp.status == 200)
 
 
 def _https_ok(url: str, proc: process.Process, ca: Path, cert: Path, key: Path) -> bool:
@@ -215,7 +259,7 @@ def _https_ok(url: str, proc: process.Process, ca: Path, cert: Path, key: Path) 
     ctx = ssl.create_default_context(cafile=str(ca))
     ctx.load_cert_chain(str(cert), str(key))
     with urllib.request.urlopen(url, timeout=2, context=ctx) as resp:  # noqa: S310 - fixed https URL
-        return resp.status == 200
+        return bool(resp.status == 200)
 
 
 def _bootstrap_objects(token: str, server: str, ca_pem: bytes) -> list[dict[str, Any]]:
@@ -225,51 +269,87 @@ def _bootstrap_objects(token: str, server: str, ca_pem: bytes) -> list[dict[str,
 
     def binding(name: str, role: str, group: str) -> dict[str, Any]:
         return {
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
             "metadata": {"name": name},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}],
         }
 
-    cluster_info = json.dumps({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "", "cluster": {"server": server,
-                                              "certificate-authority-data": base64.b64encode(ca_pem).decode()}}],
-        "contexts": [], "users": [],
-    })
+    cluster_info = json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "",
+                    "cluster": {
+                        "server": server,
+                        "certificate-authority-data": base64.b64encode(ca_pem).decode(),
+                    },
+                }
+            ],
+            "contexts": [],
+            "users": [],
+        }
+    )
     return [
         {
-            "apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "bootstrap.kubernetes.io/token",
             "metadata": {"name": f"bootstrap-token-{token_id}", "namespace": "kube-system"},
             "stringData": {
-                "token-id": token_id, "token-secret": token_secret,
-                "usage-bootstrap-authentication": "true", "usage-bootstrap-signing": "true",
+                "token-id": token_id,
+                "token-secret": token_secret,
+                "usage-bootstrap-authentication": "true",
+                "usage-bootstrap-signing": "true",
                 "auth-extra-groups": "system:bootstrappers:yurt-edge:default-node-token",
                 "expiration": expiry.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "description": "yurt-edge testenv node join token",
             },
         },
         binding("yurt-edge:kubelet-bootstrap", "system:node-bootstrapper", "system:bootstrappers"),
-        binding("yurt-edge:node-autoapprove-bootstrap",
-                "system:certificates.k8s.io:certificatesigningrequests:nodeclient", "system:bootstrappers"),
-        binding("yurt-edge:node-autoapprove-certificate-rotation",
-                "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient", "system:nodes"),
+        binding(
+            "yurt-edge:node-autoapprove-bootstrap",
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            "system:bootstrappers",
+        ),
+        binding(
+            "yurt-edge:node-autoapprove-certificate-rotation",
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            "system:nodes",
+        ),
         {
-            "apiVersion": "v1", "kind": "ConfigMap",
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
             "metadata": {"name": "cluster-info", "namespace": "kube-public"},
             "data": {"kubeconfig": cluster_info},
         },
         {
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
             "metadata": {"name": "yurt-edge:bootstrap-signer-clusterinfo", "namespace": "kube-public"},
-            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["cluster-info"],
-                       "verbs": ["get"]}],
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["configmaps"],
+                    "resourceNames": ["cluster-info"],
+                    "verbs": ["get"],
+                }
+            ],
         },
         {
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
             "metadata": {"name": "yurt-edge:bootstrap-signer-clusterinfo", "namespace": "kube-public"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                        "name": "yurt-edge:bootstrap-signer-clusterinfo"},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:anonymous"}],
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "yurt-edge:bootstrap-signer-clusterinfo",
+            },
+            "subjects": [
+                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:anonymous"}
+            ],
         },
     ]

@@ -26,13 +26,22 @@ def main() -> int:
     started = time.monotonic()
     with cluster.Cluster.start(settings) as kube:
         node = settings.node.name
-        say(f"cluster up in {time.monotonic() - started:.0f}s: etcd, kube-apiserver, controller-manager, scheduler,")
-        say(f"real node {node} (systemd + containerd + kubelet in its own namespaces) and {settings.kwok_nodes} kwok nodes")
+        say(f"cluster up in {time.monotonic() - started:.0f}s: etcd, kube-apiserver, controller-manager,")
+        say(f"scheduler, real node {node} (systemd, containerd and kubelet in its own namespaces)")
+        say(f"and {settings.kwok_nodes} kwok nodes")
         print(kube.kubectl.run("get", "nodes", "-o", "wide"), flush=True)
 
         say(f"deploying {images.BUSYBOX_IMAGE} (packed locally from busybox-static, no registry)")
-        kube.kubectl.run("create", "deployment", APP, f"--image={images.BUSYBOX_IMAGE}", "--",
-                         "/bin/sh", "-c", "while :; do echo tick $(date +%T) from $(hostname); sleep 2; done")
+        kube.kubectl.run(
+            "create",
+            "deployment",
+            APP,
+            f"--image={images.BUSYBOX_IMAGE}",
+            "--",
+            "/bin/sh",
+            "-c",
+            "while :; do echo tick $(date +%T) from $(hostname); sleep 2; done",
+        )
         wait_for("the demo pod to run", lambda: _phase(kube) == "Running", timeout=90)
         pod = _pod(kube)
         say(f"pod {pod['metadata']['name']} runs on {pod['spec']['nodeName']}; its log via kubectl logs:")
@@ -43,7 +52,8 @@ def main() -> int:
         kube.node.cut_link()
         cut = time.monotonic()
         wait_for("NotReady", lambda: not node_ready(kube.kubectl.get("node", node)), timeout=60)
-        say(f"the control plane marked {node} NotReady after {time.monotonic() - cut:.0f}s; the pod keeps running on the node:")
+        say(f"the control plane marked {node} NotReady after {time.monotonic() - cut:.0f}s")
+        say("meanwhile its containers keep running on the node (containerd's view):")
         print(kube.node.run(["ctr", "-n", "k8s.io", "tasks", "ls"], check=False).stdout, flush=True)
         say("restoring the link")
         kube.node.restore_link()

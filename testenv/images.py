@@ -35,8 +35,15 @@ def _is_dynamic(path: Path) -> bool:
     return "dynamically linked" in out
 
 
-def _add(tar: tarfile.TarFile, name: str, *, data: bytes | None = None, mode: int = 0o644,
-         kind: bytes = tarfile.REGTYPE, link: str = "") -> None:
+def _add(
+    tar: tarfile.TarFile,
+    name: str,
+    *,
+    data: bytes | None = None,
+    mode: int = 0o644,
+    kind: bytes = tarfile.REGTYPE,
+    link: str = "",
+) -> None:
     info = tarfile.TarInfo(name)
     info.type, info.mode, info.mtime, info.uid, info.gid = kind, mode, 0, 0, 0
     info.linkname = link
@@ -46,7 +53,9 @@ def _add(tar: tarfile.TarFile, name: str, *, data: bytes | None = None, mode: in
 
 def busybox_layer(busybox: Path) -> bytes:
     """An uncompressed layer: /bin/busybox, a link per applet, and the few files a container expects."""
-    applets = subprocess.run([str(busybox), "--list"], capture_output=True, text=True, check=True).stdout.split()
+    applets = subprocess.run(
+        [str(busybox), "--list"], capture_output=True, text=True, check=True
+    ).stdout.split()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for directory in ("bin", "etc", "tmp", "proc", "sys", "dev", "root", "var"):
@@ -54,7 +63,11 @@ def busybox_layer(busybox: Path) -> bytes:
         _add(tar, "bin/busybox", data=busybox.read_bytes(), mode=0o755)
         for applet in sorted(set(applets) - {"busybox"}):
             _add(tar, f"bin/{applet}", kind=tarfile.SYMTYPE, link="busybox", mode=0o777)
-        _add(tar, "etc/passwd", data=b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
+        _add(
+            tar,
+            "etc/passwd",
+            data=b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+        )
         _add(tar, "etc/group", data=b"root:x:0:\nnogroup:x:65534:\n")
     return buf.getvalue()
 
@@ -80,22 +93,34 @@ def oci_archive(name: str, layer: bytes, *, entrypoint: list[str], cmd: list[str
     manifest = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest,
-                   "size": config_size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest,
-                    "size": layer_size}],
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config_size,
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": layer_digest,
+                "size": layer_size,
+            }
+        ],
     }
     manifest_digest, manifest_size = _blob(blobs, json.dumps(manifest, sort_keys=True).encode())
     index = {
         "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": manifest_digest,
-            "size": manifest_size,
-            "platform": {"architecture": "amd64", "os": "linux"},
-            "annotations": {"io.containerd.image.name": name,
-                            "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1]},
-        }],
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest_digest,
+                "size": manifest_size,
+                "platform": {"architecture": "amd64", "os": "linux"},
+                "annotations": {
+                    "io.containerd.image.name": name,
+                    "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1],
+                },
+            }
+        ],
     }
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:

@@ -35,8 +35,14 @@ class Kubectl:
 
     def apply(self, objects: Iterable[dict[str, Any]]) -> None:
         items = list(objects)
-        self.run("apply", "--server-side", "--force-conflicts", "-f", "-",
-                 stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+        self.run(
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            "-",
+            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}),
+        )
 
 
 def wait_for(what: str, check: Callable[[], bool], *, timeout: float, interval: float = 0.5) -> None:
@@ -50,7 +56,9 @@ def wait_for(what: str, check: Callable[[], bool], *, timeout: float, interval: 
         except (KubectlError, OSError, ValueError, KeyError) as exc:
             last = exc
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last})" if last else ""))
+    raise TimeoutError(
+        f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last})" if last else "")
+    )
 
 
 def node_ready(node: dict[str, Any]) -> bool:

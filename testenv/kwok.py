@@ -89,11 +89,20 @@ def start(bins: Path, kubeconfig: Path, directory: Path, group: cgroups.Group) -
     stages = directory / "kwok-stages.yaml"
     stages.parent.mkdir(parents=True, exist_ok=True)
     stages.write_text(STAGES)
-    return process.Process("kwok", [
-        str(bins / "kwok"), f"--kubeconfig={kubeconfig}", f"--config={stages}",
-        f"--manage-nodes-with-annotation-selector={ANNOTATION}=fake",
-        "--node-lease-duration-seconds=40", "--cidr=10.216.0.0/16", "--node-ip=10.216.255.254",
-    ], group=group, log_dir=directory / "logs")
+    return process.Process(
+        "kwok",
+        [
+            str(bins / "kwok"),
+            f"--kubeconfig={kubeconfig}",
+            f"--config={stages}",
+            f"--manage-nodes-with-annotation-selector={ANNOTATION}=fake",
+            "--node-lease-duration-seconds=40",
+            "--cidr=10.216.0.0/16",
+            "--node-ip=10.216.255.254",
+        ],
+        group=group,
+        log_dir=directory / "logs",
+    )
 
 
 def node(name: str) -> dict[str, Any]:

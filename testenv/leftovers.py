@@ -60,9 +60,18 @@ def _iptables() -> list[str]:
     for tool in ("iptables-save", "ip6tables-save"):
         with contextlib.suppress(FileNotFoundError):
             out = subprocess.run([tool], capture_output=True, text=True, check=False).stdout
-            rules += [r for r in out.splitlines()
-                      if r.startswith("-A") and (any(p in r for p in ADDRESS_PREFIXES) or LINK_PREFIX in r
-                                                 or "KUBE-" in r or "CNI-" in r or "YURT-EDGE" in r)]
+            rules += [
+                r
+                for r in out.splitlines()
+                if r.startswith("-A")
+                and (
+                    any(p in r for p in ADDRESS_PREFIXES)
+                    or LINK_PREFIX in r
+                    or "KUBE-" in r
+                    or "CNI-" in r
+                    or "YURT-EDGE" in r
+                )
+            ]
     return rules
 
 

@@ -94,26 +94,37 @@ def _files(settings: NodeSettings, *, ca_pem: bytes, bootstrap_kubeconfig: str) 
         "cniVersion": "1.0.0",
         "name": "yurt-edge",
         "plugins": [
-            {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": True, "hairpinMode": True,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": settings.pod_cidr}]],
-                      "routes": [{"dst": "0.0.0.0/0"}]}},
+            {
+                "type": "bridge",
+                "bridge": "cni0",
+                "isGateway": True,
+                "ipMasq": True,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": settings.pod_cidr}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                },
+            },
             {"type": "portmap", "capabilities": {"portMappings": True}},
         ],
     }
-    containerd = "\n".join([
-        "version = 2",
-        '[plugins."io.containerd.grpc.v1.cri"]',
-        f'  sandbox_image = "{images.PAUSE_IMAGE}"',
-        # Without CAP_SYS_RESOURCE (this machine's sandbox withholds it) runc cannot give a container a
-        # negative oom_score_adj; kubelet asks for one (-998 for sandboxes). Clamp instead of failing.
-        "  restrict_oom_score_adj = true",
-        '[plugins."io.containerd.grpc.v1.cri".cni]',
-        '  bin_dir = "/usr/lib/cni"',
-        '  conf_dir = "/etc/cni/net.d"',
-        '[plugins."io.containerd.internal.v1.opt"]',
-        '  path = "/var/lib/containerd/opt"',
-        "",
-    ])
+    containerd = "\n".join(
+        [
+            "version = 2",
+            '[plugins."io.containerd.grpc.v1.cri"]',
+            f'  sandbox_image = "{images.PAUSE_IMAGE}"',
+            # Without CAP_SYS_RESOURCE (this machine's sandbox withholds it) runc cannot give a container a
+            # negative oom_score_adj; kubelet asks for one (-998 for sandboxes). Clamp instead of failing.
+            "  restrict_oom_score_adj = true",
+            '[plugins."io.containerd.grpc.v1.cri".cni]',
+            '  bin_dir = "/usr/lib/cni"',
+            '  conf_dir = "/etc/cni/net.d"',
+            '[plugins."io.containerd.internal.v1.opt"]',
+            '  path = "/var/lib/containerd/opt"',
+            "",
+        ]
+    )
     return {
         "/etc/hostname": f"{settings.name}\n",
         "/etc/hosts": f"127.0.0.1 localhost\n{settings.address} {settings.name}\n",
@@ -162,8 +173,9 @@ _ENABLED = ("containerd.service", "yurt-edge-images.service", "kubelet.service")
 class Node:
     """A booted node. Build it with `boot`; `stop` kills everything in it, which also removes its link."""
 
-    def __init__(self, settings: NodeSettings, directory: Path, group: cgroups.Group, proc: process.Process,
-                 pid: int) -> None:
+    def __init__(
+        self, settings: NodeSettings, directory: Path, group: cgroups.Group, proc: process.Process, pid: int
+    ) -> None:
         self.settings = settings
         self.directory = directory
         self.group = group
@@ -203,9 +215,23 @@ class Node:
 
         group.create()
         argv = [
-            "unshare", "--cgroup", "--pid", "--mount", "--uts", "--ipc", "--net", "--fork", "--kill-child",
-            str(_INIT), str(rootfs), str(upper), str(work), str(state), settings.name,
-            f"{settings.address}/{settings.prefix}", settings.cloud_address,
+            "unshare",
+            "--cgroup",
+            "--pid",
+            "--mount",
+            "--uts",
+            "--ipc",
+            "--net",
+            "--fork",
+            "--kill-child",
+            str(_INIT),
+            str(rootfs),
+            str(upper),
+            str(work),
+            str(state),
+            settings.name,
+            f"{settings.address}/{settings.prefix}",
+            settings.cloud_address,
         ]
         proc = process.Process("node-console", argv, group=group, log_dir=directory)
         pid = cls._init_pid(proc)
@@ -238,12 +264,20 @@ class Node:
             raise RuntimeError(f"node {self.settings.name} booted degraded; failed units:\n{failed}")
         return state == "running"
 
-    def run(self, argv: list[str], *, check: bool = True, timeout: float = 60.0,
-            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run a command inside the node (all its namespaces and its cgroup), as a person with a shell there."""
+    def run(
+        self, argv: list[str], *, check: bool = True, timeout: float = 60.0, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the node (its namespaces and cgroup), as a person with a shell there."""
         wrapped, env = process.join_argv(self.group, ["nsenter", "-t", str(self.pid), "-a", *argv])
-        return subprocess.run(wrapped, env={**os.environ, **env}, capture_output=True, text=True,
-                              check=check, timeout=timeout, input=stdin)
+        return subprocess.run(
+            wrapped,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
+            input=stdin,
+        )
 
     def journal(self, unit: str, lines: int = 50) -> str:
         return self.run(["journalctl", "-u", unit, "-n", str(lines), "--no-pager"], check=False).stdout

@@ -1,4 +1,4 @@
-"""Certificates for the test cluster: one CA, and leaf certificates signed by it (cryptography, no openssl)."""
+"""Certificates for the test cluster: one CA and the leaf certificates it signs (cryptography, no openssl)."""
 
 from __future__ import annotations
 

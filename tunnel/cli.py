@@ -13,7 +13,11 @@ def build_server_parser() -> argparse.ArgumentParser:
         "egress selector (HTTP CONNECT) to reach edge nodes through them.",
     )
     agents = parser.add_argument_group("agents")
-    agents.add_argument("--agent-bind-address", default="0.0.0.0", help="address agents dial (websocket over TLS)")
+    agents.add_argument(
+        "--agent-bind-address",
+        default="0.0.0.0",  # noqa: S104 - agents dial in from the edge: all interfaces is the point
+        help="address agents dial (websocket over TLS)",
+    )
     agents.add_argument("--agent-port", type=int, default=10262)
     front = parser.add_argument_group("front end")
     front.add_argument("--connect-port", type=int, default=10263, help="HTTP CONNECT port for kube-apiserver")
@@ -28,7 +32,9 @@ def build_agent_parser() -> argparse.ArgumentParser:
         "allow-listed local targets on its behalf.",
     )
     parser.add_argument("--node-name", required=True)
-    parser.add_argument("--server-addr", required=True, help="tunnel server address(es), host:port, comma-separated")
+    parser.add_argument(
+        "--server-addr", required=True, help="tunnel server address(es), host:port, comma-separated"
+    )
     parser.add_argument("--allowed-ports", default="10250", help="local ports the cloud may reach")
     return parser
 

@@ -14,7 +14,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Caching proxy between an edge node's components and the cloud kube-apiserver(s).",
     )
     cloud = parser.add_argument_group("cloud")
-    cloud.add_argument("--server-addr", required=True, help="kube-apiserver URLs, comma-separated, by priority")
+    cloud.add_argument(
+        "--server-addr", required=True, help="kube-apiserver URLs, comma-separated, by priority"
+    )
     cloud.add_argument("--lb-mode", choices=[m.value for m in config.LoadBalancingMode], default="rr")
     cloud.add_argument("--heartbeat-interval-seconds", type=float, default=10.0)
     cloud.add_argument("--heartbeat-timeout-seconds", type=float, default=2.0)
@@ -24,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--node-name", required=True, help="name of the node this yurthub serves")
     listen = parser.add_argument_group("listen")
     listen.add_argument("--bind-address", default="127.0.0.1")
-    listen.add_argument("--proxy-port", type=int, default=10261, help="plain HTTP proxy port for node components")
+    listen.add_argument(
+        "--proxy-port", type=int, default=10261, help="plain HTTP proxy port for node components"
+    )
     listen.add_argument("--serve-port", type=int, default=10267, help="healthz, readyz and metrics port")
     cache = parser.add_argument_group("cache")
     cache.add_argument("--disk-cache-path", default="/var/lib/yurthub/cache")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from typing import Any
 
@@ -32,8 +33,9 @@ def deployment(name: str, script: str) -> dict[str, Any]:
                 "metadata": {"labels": labels},
                 "spec": {
                     "terminationGracePeriodSeconds": 2,
-                    "containers": [{"name": "main", "image": images.BUSYBOX_IMAGE,
-                                    "command": ["/bin/sh", "-c", script]}],
+                    "containers": [
+                        {"name": "main", "image": images.BUSYBOX_IMAGE, "command": ["/bin/sh", "-c", script]}
+                    ],
                 },
             },
         },
@@ -56,24 +58,32 @@ def test_deployment_runs_on_the_real_node_and_its_logs_are_readable(kube: cluste
     wait_for("the hello pod to run", running, timeout=90)
     pod = running_pod(kube, "hello")
     assert pod["spec"]["nodeName"] == kube.settings.node.name  # kwok nodes are tainted; the scheduler chose
-    wait_for("the pod's output", lambda: "hello from" in kube.kubectl.run(
-        "logs", "-n", "default", pod["metadata"]["name"]), timeout=30)
+    wait_for(
+        "the pod's output",
+        lambda: "hello from" in kube.kubectl.run("logs", "-n", "default", pod["metadata"]["name"]),
+        timeout=30,
+    )
     assert kube.kubectl.run("logs", "-n", "default", pod["metadata"]["name"]).strip() == (
-        f"hello from {pod['metadata']['name']}")
+        f"hello from {pod['metadata']['name']}"
+    )
 
 
-def test_kubelet_client_certificate_came_from_a_csr_signed_by_the_controller_manager(kube: cluster.Cluster) -> None:
+def test_kubelet_client_certificate_came_from_a_csr_signed_by_the_controller_manager(
+    kube: cluster.Cluster,
+) -> None:
     name = kube.settings.node.name
     csrs = kube.kubectl.get("csr")["items"]
-    mine = [c for c in csrs if c["spec"]["username"].startswith("system:bootstrap:")
-            and c["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet"]
+    mine = [
+        c
+        for c in csrs
+        if c["spec"]["username"].startswith("system:bootstrap:")
+        and c["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet"
+    ]
     assert mine, f"no kubelet bootstrap CSR among {[c['metadata']['name'] for c in csrs]}"
     csr = mine[0]
     conditions = {c["type"]: c for c in csr["status"]["conditions"]}
     assert conditions["Approved"]["status"] == "True"
     assert conditions["Approved"]["reason"] == "AutoApproved"  # by kube-controller-manager's csrapproving
-    import base64
-
     issued = x509.load_pem_x509_certificate(base64.b64decode(csr["status"]["certificate"]))
     assert issued.subject.rfc4514_string() == f"CN=system:node:{name},O=system:nodes"
     ca = x509.load_pem_x509_certificate(kube.plane.ca.pair.cert_pem)  # type: ignore[union-attr]
@@ -99,8 +109,11 @@ def test_cutting_the_cloud_link_makes_the_node_not_ready_and_restoring_it_recove
     kube.node.cut_link()
     cut_at = time.monotonic()
     try:
-        wait_for(f"{name} to go NotReady", lambda: not node_ready(kube.kubectl.get("node", name)),
-                 timeout=kube.settings.node_monitor_grace_s + 30)
+        wait_for(
+            f"{name} to go NotReady",
+            lambda: not node_ready(kube.kubectl.get("node", name)),
+            timeout=kube.settings.node_monitor_grace_s + 30,
+        )
         took = time.monotonic() - cut_at
     finally:
         kube.node.restore_link()

@@ -15,10 +15,21 @@ def test_stop_leaves_no_process_cgroup_link_mount_or_rule_behind() -> None:
         pytest.fail("end-to-end tests need root")
     cache = cluster.cache_dir()
     with cluster.Cluster.start(cluster.Settings()) as kube:
-        kube.kubectl.run("run", "sleeper", "--image=localhost/yurt-edge/busybox:1", "--restart=Never",
-                         "--command", "--", "sleep", "3600")
-        wait_for("the sleeper pod to run", lambda: kube.kubectl.get("pod", "sleeper")["status"].get("phase")
-                 == "Running", timeout=90)
+        kube.kubectl.run(
+            "run",
+            "sleeper",
+            "--image=localhost/yurt-edge/busybox:1",
+            "--restart=Never",
+            "--command",
+            "--",
+            "sleep",
+            "3600",
+        )
+        wait_for(
+            "the sleeper pod to run",
+            lambda: kube.kubectl.get("pod", "sleeper")["status"].get("phase") == "Running",
+            timeout=90,
+        )
         during = leftovers.find(cache)
         assert during["processes"] and during["cgroups"] and during["links"], during  # the check can see them
     assert leftovers.find(cache) == {k: [] for k in during}

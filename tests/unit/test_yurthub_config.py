@@ -20,7 +20,11 @@ def test_flags_become_settings_with_openyurt_defaults() -> None:
 
 @pytest.mark.parametrize(
     ("value", "complaint"),
-    [("", "at least one"), ("http://10.0.0.1:6443", "not an https"), ("https://h:1/api", "must not carry a path")],
+    [
+        ("", "at least one"),
+        ("http://10.0.0.1:6443", "not an https"),
+        ("https://h:1/api", "must not carry a path"),
+    ],
 )
 def test_bad_server_addresses_are_refused_with_the_reason(value: str, complaint: str) -> None:
     with pytest.raises(config.ConfigError, match=complaint):
