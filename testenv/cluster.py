@@ -179,6 +179,8 @@ class Cluster:
         if self._node is not None:
             self._node.stop()
             self._node = None
+        if self.kwok is not None:
+            self.kwok.stop()
         if self.plane is not None:
             self.plane.stop()
         self.group.kill()

@@ -9,7 +9,7 @@ import logging
 import sys
 import time
 
-from testenv import cluster, images
+from testenv import cluster, images, leftovers
 from testenv.kubectl import node_ready, wait_for
 
 APP = "demo-hello"
@@ -62,7 +62,11 @@ def main() -> int:
         restarts = after["status"]["containerStatuses"][0]["restartCount"]
         say(f"{node} is Ready again; same pod {after['metadata']['name']}, restarts: {restarts}")
         say("tearing everything down")
-    say("done: no process, cgroup, link or mount of the demo is left")
+    left = {kind: found for kind, found in leftovers.find(cluster.cache_dir()).items() if found}
+    if left:
+        say(f"teardown left something behind: {left}")
+        return 1
+    say("done: no process, cgroup, link, mount or iptables rule of the demo is left")
     return 0
 
 

@@ -313,6 +313,8 @@ class Node:
         deadline = time.monotonic() + 10
         while link_exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+        if link_exists():  # the namespace outlived its processes; do not leave the host end behind
+            _run(["ip", "link", "del", HOST_LINK], check=False)
 
 
 def link_exists() -> bool:
