@@ -302,7 +302,23 @@ class Node:
             _run([*iptables, "-X", _NAT_CHAIN], check=False)
             return
         _run([*iptables, "-N", _NAT_CHAIN])
-        _run([*iptables, "-A", _NAT_CHAIN, "-i", "eth0", "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP"])
+        # Packets the cloud sends on connections it opened (ORIGINAL direction), including ones already
+        # open, are dropped; replies on connections the node opened (REPLY direction) pass.
+        _run(
+            [
+                *iptables,
+                "-A",
+                _NAT_CHAIN,
+                "-i",
+                "eth0",
+                "-m",
+                "conntrack",
+                "--ctdir",
+                "ORIGINAL",
+                "-j",
+                "DROP",
+            ]
+        )
         _run([*iptables, "-I", "INPUT", "-j", _NAT_CHAIN])
         _run([*iptables, "-I", "FORWARD", "-j", _NAT_CHAIN])
 

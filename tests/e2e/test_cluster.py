@@ -48,15 +48,23 @@ def running_pod(kube: cluster.Cluster, app: str) -> dict[str, Any]:
     return pods[0]
 
 
-def test_deployment_runs_on_the_real_node_and_its_logs_are_readable(kube: cluster.Cluster) -> None:
+@pytest.fixture(scope="module")
+def hello(kube: cluster.Cluster) -> dict[str, Any]:
+    """A Deployment of the local busybox image whose one pod says hello and sleeps; its running pod."""
     kube.kubectl.apply([deployment("hello", "echo hello from $(hostname); exec sleep 100000")])
 
     def running() -> bool:
-        pod = running_pod(kube, "hello")
-        return pod["status"].get("phase") == "Running"
+        pods = kube.kubectl.get("pods", "-n", "default", "-l", "app=hello")["items"]
+        return len(pods) == 1 and pods[0]["status"].get("phase") == "Running"
 
     wait_for("the hello pod to run", running, timeout=90)
-    pod = running_pod(kube, "hello")
+    return running_pod(kube, "hello")
+
+
+def test_deployment_runs_on_the_real_node_and_its_logs_are_readable(
+    kube: cluster.Cluster, hello: dict[str, Any]
+) -> None:
+    pod = hello
     assert pod["spec"]["nodeName"] == kube.settings.node.name  # kwok nodes are tainted; the scheduler chose
     wait_for(
         "the pod's output",
@@ -100,7 +108,7 @@ def test_kwok_nodes_are_ready(kube: cluster.Cluster) -> None:
 
 
 def test_cutting_the_cloud_link_makes_the_node_not_ready_and_restoring_it_recovers_without_restarts(
-    kube: cluster.Cluster,
+    kube: cluster.Cluster, hello: dict[str, Any]
 ) -> None:
     name = kube.settings.node.name
     pod = running_pod(kube, "hello")
@@ -129,3 +137,22 @@ def test_cutting_the_cloud_link_makes_the_node_not_ready_and_restoring_it_recove
     assert after["metadata"]["uid"] == pod["metadata"]["uid"]
     assert after["status"]["containerStatuses"][0]["containerID"] == container_id
     assert after["status"]["containerStatuses"][0]["restartCount"] == 0
+
+
+def test_behind_nat_switch_blocks_the_cloud_dialling_in_but_not_the_node_dialling_out(
+    kube: cluster.Cluster, hello: dict[str, Any]
+) -> None:
+    name = kube.settings.node.name
+    pod = hello["metadata"]["name"]
+    assert "hello from" in kube.kubectl.run("logs", pod)  # an apiserver-to-kubelet connection is open now
+    kube.node.set_reachable_from_cloud(False)
+    try:
+        # kubectl logs makes the apiserver open a connection to the kubelet (10250): that must now fail...
+        result = kube.kubectl.run("logs", pod, "--request-timeout=5s", check=False, timeout=30)
+        assert "hello from" not in result
+        # ...while the kubelet's own connections to the apiserver keep the node Ready past the grace period.
+        time.sleep(kube.settings.node_monitor_grace_s + 4)
+        assert node_ready(kube.kubectl.get("node", name))
+    finally:
+        kube.node.set_reachable_from_cloud(True)
+    assert "hello from" in kube.kubectl.run("logs", pod)
