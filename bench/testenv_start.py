@@ -21,9 +21,7 @@ def one_run() -> dict[str, float]:
     ready = time.monotonic() - t0
     try:
         t1 = time.monotonic()
-        kube.kubectl.run(
-            "run", "bench", f"--image={images.BUSYBOX_IMAGE}", "--restart=Never", "--", "sleep", "3600"
-        )
+        kube.kubectl.run("run", "bench", f"--image={images.BUSYBOX_IMAGE}", "--restart=Never", "--", "sleep", "3600")
         wait_for(
             "the bench pod to run",
             lambda: kube.kubectl.get("pod", "bench")["status"].get("phase") == "Running",

@@ -229,9 +229,7 @@ class ControlPlane:
     def _default_sa_exists(self) -> bool:
         self.check_running()
         return bool(
-            self.kubectl.run(
-                "get", "serviceaccount", "default", "-n", "default", "-o", "name", check=False
-            ).strip()
+            self.kubectl.run("get", "serviceaccount", "default", "-n", "default", "-o", "name", check=False).strip()
         )
 
     def check_running(self) -> None:
@@ -348,8 +346,6 @@ def _bootstrap_objects(token: str, server: str, ca_pem: bytes) -> list[dict[str,
                 "kind": "Role",
                 "name": "yurt-edge:bootstrap-signer-clusterinfo",
             },
-            "subjects": [
-                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:anonymous"}
-            ],
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:anonymous"}],
         },
     ]

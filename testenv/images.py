@@ -53,9 +53,7 @@ def _add(
 
 def busybox_layer(busybox: Path) -> bytes:
     """An uncompressed layer: /bin/busybox, a link per applet, and the few files a container expects."""
-    applets = subprocess.run(
-        [str(busybox), "--list"], capture_output=True, text=True, check=True
-    ).stdout.split()
+    applets = subprocess.run([str(busybox), "--list"], capture_output=True, text=True, check=True).stdout.split()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for directory in ("bin", "etc", "tmp", "proc", "sys", "dev", "root", "var"):

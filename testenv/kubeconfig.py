@@ -31,9 +31,7 @@ def write(
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [
-            {"name": "yurt-edge", "cluster": {"server": server, "certificate-authority-data": _b64(ca_pem)}}
-        ],
+        "clusters": [{"name": "yurt-edge", "cluster": {"server": server, "certificate-authority-data": _b64(ca_pem)}}],
         "users": [{"name": user, "user": credentials}],
         "contexts": [{"name": "yurt-edge", "context": {"cluster": "yurt-edge", "user": user}}],
         "current-context": "yurt-edge",

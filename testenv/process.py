@@ -55,9 +55,7 @@ class Process:
 
     def check_running(self) -> None:
         if not self.running():
-            raise RuntimeError(
-                f"{self.name} exited with {self._popen.returncode}; last log lines:\n{self.log_tail()}"
-            )
+            raise RuntimeError(f"{self.name} exited with {self._popen.returncode}; last log lines:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 30) -> str:
         try:

@@ -32,9 +32,7 @@ def build_agent_parser() -> argparse.ArgumentParser:
         "allow-listed local targets on its behalf.",
     )
     parser.add_argument("--node-name", required=True)
-    parser.add_argument(
-        "--server-addr", required=True, help="tunnel server address(es), host:port, comma-separated"
-    )
+    parser.add_argument("--server-addr", required=True, help="tunnel server address(es), host:port, comma-separated")
     parser.add_argument("--allowed-ports", default="10250", help="local ports the cloud may reach")
     return parser
 

@@ -1,46 +1,114 @@
-"""The `yurthub` command: flags grouped by concern, turned into `config.HubSettings` once."""
+"""The `yurthub` command: flags (or a config file) grouped by concern, turned into settings once.
+
+yurthub --server-addr https://10.0.0.1:6443 --node-name edge-1 --ca-file ... --client-cert ...
+yurthub --config /etc/yurthub/config.yaml
+yurthub status                       what this node's yurthub is doing, at a glance
+"""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import json
+import logging
 import sys
+import urllib.error
+import urllib.request
+from typing import Any
 
-from yurthub import config
+import yaml
+
+from yurthub import config, server
+
+DEFAULT_AGENTS = "kubelet,kube-proxy,coredns,flanneld,yurt-tunnel-agent"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="yurthub",
-        description="Caching proxy between an edge node's components and the cloud kube-apiserver(s).",
+        description="Caching proxy between an edge node's components and the cloud kube-apiserver(s). "
+        "'yurthub status' shows what a running yurthub is doing.",
     )
+    parser.add_argument(
+        "--config",
+        help="YAML or JSON file of settings named like the flags (node-name: ...); flags given on the command line win",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every state change and request error")
     cloud = parser.add_argument_group("cloud")
-    cloud.add_argument(
-        "--server-addr", required=True, help="kube-apiserver URLs, comma-separated, by priority"
-    )
+    cloud.add_argument("--server-addr", help="kube-apiserver URLs, comma-separated, by priority (required)")
     cloud.add_argument("--lb-mode", choices=[m.value for m in config.LoadBalancingMode], default="rr")
     cloud.add_argument("--heartbeat-interval-seconds", type=float, default=10.0)
     cloud.add_argument("--heartbeat-timeout-seconds", type=float, default=2.0)
     cloud.add_argument("--heartbeat-failed-retry", type=int, default=3)
     cloud.add_argument("--heartbeat-healthy-threshold", type=int, default=2)
-    node = parser.add_argument_group("node")
-    node.add_argument("--node-name", required=True, help="name of the node this yurthub serves")
-    listen = parser.add_argument_group("listen")
-    listen.add_argument("--bind-address", default="127.0.0.1")
-    listen.add_argument(
-        "--proxy-port", type=int, default=10261, help="plain HTTP proxy port for node components"
+    cloud.add_argument("--request-timeout-seconds", type=float, default=30.0)
+    node = parser.add_argument_group("node identity")
+    node.add_argument("--node-name", help="name of the node this yurthub serves (required)")
+    node.add_argument("--ca-file", default="/etc/kubernetes/pki/ca.crt", help="CA of the apiserver's certificate")
+    node.add_argument(
+        "--client-cert",
+        default="/var/lib/kubelet/pki/kubelet-client-current.pem",
+        help="node client certificate (PEM, may include the key)",
     )
-    listen.add_argument("--serve-port", type=int, default=10267, help="healthz, readyz and metrics port")
+    node.add_argument("--client-key", default="", help="key of --client-cert when in a file of its own")
+    listen = parser.add_argument_group("listen")
+    listen.add_argument("--bind-address", default="127.0.0.1", help="loopback address for both ports")
+    listen.add_argument("--proxy-port", type=int, default=10261, help="plain HTTP proxy port for node components")
+    listen.add_argument("--serve-port", type=int, default=10267, help="healthz, readyz, metrics and status port")
     cache = parser.add_argument_group("cache")
     cache.add_argument("--disk-cache-path", default="/var/lib/yurthub/cache")
     cache.add_argument(
         "--cache-agents",
-        default="kubelet,kube-proxy,coredns,flanneld,yurt-tunnel-agent",
+        default=DEFAULT_AGENTS,
         help="comma-separated client components whose responses are cached; '*' for all",
     )
+    box = parser.add_argument_group("outbox")
+    box.add_argument("--outbox-path", default="/var/lib/yurthub/outbox")
+    box.add_argument("--outbox-capacity", type=int, default=1000)
     return parser
 
 
+def _load_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = yaml.safe_load(fh) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise config.ConfigError(f"--config {path}: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise config.ConfigError(f"--config {path}: expected a mapping of settings")
+    return {str(k).replace("-", "_"): v for k, v in doc.items()}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    first, _ = parser.parse_known_args(argv)
+    if first.config:
+        values = _load_file(first.config)
+        known = {a.dest for a in parser._actions}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise config.ConfigError(f"--config {first.config}: unknown settings {unknown}")
+        parser.set_defaults(**values)
+    return parser.parse_args(argv)
+
+
+def _loopback(address: str) -> str:
+    try:
+        if ipaddress.ip_address(address).is_loopback:
+            return address
+    except ValueError:
+        pass
+    raise config.ConfigError(
+        f"--bind-address {address}: the plain proxy port acts with the node's identity, so it only binds "
+        "to a loopback address"
+    )
+
+
 def settings_from_args(args: argparse.Namespace) -> config.HubSettings:
+    if not args.server_addr:
+        raise config.ConfigError("--server-addr is required")
+    if not args.node_name:
+        raise config.ConfigError("--node-name is required")
     return config.HubSettings(
         node_name=args.node_name,
         cloud=config.CloudSettings(
@@ -50,29 +118,68 @@ def settings_from_args(args: argparse.Namespace) -> config.HubSettings:
             heartbeat_timeout_s=args.heartbeat_timeout_seconds,
             heartbeat_failed_retry=args.heartbeat_failed_retry,
             heartbeat_healthy_threshold=args.heartbeat_healthy_threshold,
+            request_timeout_s=args.request_timeout_seconds,
         ),
         listen=config.ListenSettings(
-            bind_address=args.bind_address,
+            bind_address=_loopback(args.bind_address),
             proxy_port=config.check_port("--proxy-port", args.proxy_port),
             serve_port=config.check_port("--serve-port", args.serve_port),
         ),
         cache=config.CacheSettings(
             disk_cache_path=args.disk_cache_path,
-            cache_agents=tuple(a.strip() for a in args.cache_agents.split(",") if a.strip()),
+            cache_agents=tuple(a.strip().lower() for a in args.cache_agents.split(",") if a.strip()),
         ),
+        identity=config.IdentitySettings(
+            ca_file=args.ca_file, client_cert=args.client_cert, client_key=args.client_key
+        ),
+        outbox=config.OutboxSettings(path=args.outbox_path, capacity=args.outbox_capacity),
     )
+
+
+def status_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="yurthub status", description="What the local yurthub is doing.")
+    parser.add_argument("--serve-address", default="127.0.0.1:10267", help="yurthub's serve port")
+    parser.add_argument("--json", action="store_true", help="print the raw report")
+    args = parser.parse_args(argv)
+    try:
+        with urllib.request.urlopen(f"http://{args.serve_address}/v1/status", timeout=5) as resp:
+            report = json.loads(resp.read())
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"yurthub status: cannot reach yurthub at {args.serve_address}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    cloud = report["cloud"]
+    print(f"node {report['node']}: cloud {'reachable' if cloud['reachable'] else 'UNREACHABLE'} since {cloud['since']}")
+    for s in report["servers"]:
+        print(f"  {s['server']:<40} {'healthy' if s['healthy'] else 'unhealthy'} since {s['since']}")
+    cache = report["cache"]
+    print(f"cache {cache['path']} ({'writable' if cache['writable'] else 'NOT WRITABLE'}):")
+    for e in cache["entries"]:
+        print(
+            f"  {e['component']:<20} {e['gvr']:<45} {e['encoding']:<9} {e['objects']:>6} objects {e['bytes']:>10} bytes"
+        )
+    box = report["outbox"]
+    print(f"outbox: {box['depth']}/{box['capacity']} waiting, {box['dropped']} dropped")
+    for w in box["oldest"]:
+        print(f"  {w['method']} {w['path']} from {w['component']} ({w['bytes']} bytes)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_list = sys.argv[1:] if argv is None else argv
+    if args_list[:1] == ["status"]:
+        return status_main(args_list[1:])
     try:
+        args = parse_args(args_list)
         settings = settings_from_args(args)
     except config.ConfigError as exc:
-        parser.error(str(exc))
-    print(
-        f"yurthub: settings for node {settings.node_name} are valid, but this build does not serve yet "
-        "(the proxy lands with the yurthub proxy issue)",
-        file=sys.stderr,
+        print(f"yurthub: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return 2
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    return server.run(settings)

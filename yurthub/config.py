@@ -35,6 +35,8 @@ class CloudSettings:
     """Failed probes in a row that mark a healthy server unhealthy."""
     heartbeat_healthy_threshold: int = 2
     """Successful probes in a row that mark an unhealthy server healthy again."""
+    request_timeout_s: float = 30.0
+    """Longest wait for a non-watch response; past it the server counts as failed and the cache answers."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -56,12 +58,32 @@ class CacheSettings:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class IdentitySettings:
+    ca_file: str
+    """CA bundle that signed the kube-apiserver's serving certificate."""
+    client_cert: str
+    """Node client certificate (PEM); may also hold the key, as kubelet's `kubelet-client-current.pem` does."""
+    client_key: str = ""
+    """Key of the client certificate, when it is not in the same file."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OutboxSettings:
+    path: str = "/var/lib/yurthub/outbox"
+    """Directory of the durable outbox for writes made while the cloud is away."""
+    capacity: int = 1000
+    """Writes kept at most; past it the oldest is dropped and counted."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class HubSettings:
     node_name: str
     """The node this yurthub serves; its identity towards the cloud."""
     cloud: CloudSettings
     listen: ListenSettings
     cache: CacheSettings
+    identity: IdentitySettings
+    outbox: OutboxSettings
 
 
 def parse_servers(value: str) -> tuple[str, ...]:

@@ -48,9 +48,7 @@ def test_the_next_start_clears_what_a_killed_harness_left_behind() -> None:
         "print('ready', flush=True)\n"
         "time.sleep(600)\n"
     )
-    harness = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=cluster.REPO
-    )
+    harness = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=cluster.REPO)
     try:
         assert harness.stdout is not None
         assert harness.stdout.readline().strip() == "ready"

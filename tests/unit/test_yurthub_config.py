@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from yurthub import cli, config
 
 
 def test_flags_become_settings_with_openyurt_defaults() -> None:
-    args = cli.build_parser().parse_args(
-        ["--server-addr", "https://10.0.0.1:6443, https://10.0.0.2:6443", "--node-name", "edge-1"]
-    )
+    args = cli.parse_args(["--server-addr", "https://10.0.0.1:6443, https://10.0.0.2:6443", "--node-name", "edge-1"])
     settings = cli.settings_from_args(args)
     assert settings.cloud.servers == ("https://10.0.0.1:6443", "https://10.0.0.2:6443")
     assert settings.listen.proxy_port == 10261
@@ -32,6 +32,26 @@ def test_bad_server_addresses_are_refused_with_the_reason(value: str, complaint:
 
 
 def test_out_of_range_port_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        cli.main(["--server-addr", "https://a:1", "--node-name", "n", "--proxy-port", "70000"])
+    assert cli.main(["--server-addr", "https://a:1", "--node-name", "n", "--proxy-port", "70000"]) == 2
     assert "--proxy-port: 70000 is not a TCP port" in capsys.readouterr().err
+
+
+def test_the_proxy_port_only_binds_to_loopback(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--server-addr", "https://a:1", "--node-name", "n", "--bind-address", "0.0.0.0"]) == 2
+    assert "only binds to a loopback address" in capsys.readouterr().err
+
+
+def test_a_config_file_supplies_settings_and_flags_override_it(tmp_path: Path) -> None:
+    conf = tmp_path / "yurthub.yaml"
+    conf.write_text("server-addr: https://10.0.0.9:6443\nnode-name: from-file\nproxy-port: 10300\n")
+    settings = cli.settings_from_args(cli.parse_args(["--config", str(conf), "--node-name", "from-flag"]))
+    assert settings.cloud.servers == ("https://10.0.0.9:6443",)
+    assert settings.node_name == "from-flag"
+    assert settings.listen.proxy_port == 10300
+
+
+def test_a_config_file_with_an_unknown_setting_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "yurthub.yaml"
+    conf.write_text("node-nmae: typo\n")
+    assert cli.main(["--config", str(conf)]) == 2
+    assert "unknown settings ['node_nmae']" in capsys.readouterr().err

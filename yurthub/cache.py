@@ -1,0 +1,133 @@
+"""Cache policy: what may be cached, where it goes, and how an offline answer is made from it.
+
+Pure apart from the storage it is handed. The proxy asks `cacheable(info)` before teeing a response,
+hands the finished body or each watch batch to `record_*`, and asks `answer(...)` when the cloud is away.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from yurthub import errors, storage, wire
+from yurthub.requestinfo import RequestInfo
+
+NEVER_CACHED = frozenset(
+    {
+        "certificatesigningrequests",
+        "subjectaccessreviews",
+        "selfsubjectaccessreviews",
+        "localsubjectaccessreviews",
+        "tokenreviews",
+        "selfsubjectreviews",
+        "selfsubjectrulesreviews",
+    }
+)
+CACHED_VERBS = frozenset({"get", "list", "watch", "create", "update", "patch"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    status: int
+    content_type: str
+    body: bytes
+
+
+def cacheable(info: RequestInfo, agents: frozenset[str]) -> bool:
+    """Whether responses to this request are kept: cache agents' reads and writes of resources."""
+    return (
+        info.is_resource
+        and bool(info.component)
+        and ("*" in agents or info.component in agents)
+        and info.verb in CACHED_VERBS
+        and info.subresource in ("", "status")
+        and info.resource not in NEVER_CACHED
+        and not info.paged
+    )
+
+
+def scope(info: RequestInfo, encoding: wire.Encoding) -> storage.Scope:
+    return storage.Scope(info.component, encoding, info.gvr)
+
+
+def view_key(info: RequestInfo, encoding: wire.Encoding) -> storage.ViewKey:
+    return storage.ViewKey(scope(info, encoding), info.namespace, info.label_selector, info.field_selector)
+
+
+def accepted(accept: str) -> list[wire.Encoding]:
+    """Encodings a client takes, in its order of preference; JSON when it names none we know."""
+    found: list[wire.Encoding] = []
+    for clause in accept.split(","):
+        media = clause.split(";", 1)[0].strip().lower()
+        options = {
+            wire.PROTOBUF: [wire.Encoding.PROTOBUF],
+            wire.JSON: [wire.Encoding.JSON],
+            "*/*": [wire.Encoding.JSON, wire.Encoding.PROTOBUF],
+            "application/*": [wire.Encoding.JSON, wire.Encoding.PROTOBUF],
+        }.get(media, [])
+        found += [e for e in options if e not in found]
+    return found or [wire.Encoding.JSON]
+
+
+def record_object(store: storage.Storage, info: RequestInfo, encoding: wire.Encoding, body: bytes) -> None:
+    """Keep the object a GET, CREATE, UPDATE or PATCH returned."""
+    store.put_object(scope(info, encoding), wire.parse_object(encoding, body))
+
+
+def record_list(store: storage.Storage, info: RequestInfo, encoding: wire.Encoding, body: bytes) -> bool:
+    """Replace the view this LIST defines; False (and nothing stored) for a partial page."""
+    listing = wire.parse_list(encoding, body)
+    if not listing.complete:
+        return False
+    store.replace_list(view_key(info, encoding), listing)
+    return True
+
+
+def record_events(store: storage.Storage, info: RequestInfo, encoding: wire.Encoding, frames: list[bytes]) -> None:
+    store.apply_events(view_key(info, encoding), [wire.parse_event(encoding, f) for f in frames])
+
+
+def answer_read(store: storage.Storage, info: RequestInfo, accept: str) -> Answer | None:
+    """A GET or LIST answered from the cache in the first encoding the client accepts that we hold."""
+    for encoding in accepted(accept):
+        if info.verb == "get":
+            body = store.get_object(scope(info, encoding), info.namespace, info.name)
+            if body is not None:
+                return Answer(200, wire.content_type(encoding), body)
+        elif info.verb == "list":
+            view = store.read_view(view_key(info, encoding))
+            if view is not None:
+                body = wire.build_list(
+                    encoding, view.api_version, view.kind, view.resource_version, view.items_typed, view.items
+                )
+                return Answer(200, wire.content_type(encoding), body)
+            single = _by_name(store, info, encoding)
+            if single is not None:
+                return single
+    return None
+
+
+def _by_name(store: storage.Storage, info: RequestInfo, encoding: wire.Encoding) -> Answer | None:
+    """`fieldSelector=metadata.name=X` is a GET in disguise (kubelet watches its own Node that way)."""
+    prefix = "metadata.name="
+    selector = info.field_selector
+    if info.label_selector or not selector.startswith(prefix) or "," in selector:
+        return None
+    body = store.get_object(scope(info, encoding), info.namespace, selector.removeprefix(prefix))
+    if body is None:
+        return None
+    if encoding is wire.Encoding.PROTOBUF:
+        api_version, kind, _raw = wire.unwrap(body)
+    else:
+        api_version, kind = _json_type(body)
+    obj = wire.parse_object(encoding, body)
+    listed = wire.build_list(encoding, api_version, f"{kind}List", obj.resource_version, False, [body])
+    return Answer(200, wire.content_type(encoding), listed)
+
+
+def _json_type(body: bytes) -> tuple[str, str]:
+    try:
+        doc = json.loads(body)
+    except ValueError as exc:
+        raise errors.WireFormatError(f"cached JSON object does not parse: {exc}") from exc
+    return str(doc.get("apiVersion", "")), str(doc.get("kind", ""))

@@ -1,0 +1,56 @@
+"""Writes the node made while the cloud was away, kept on disk and delivered in order when it is back.
+
+A bounded deque (diskcache, SQLite with `synchronous=FULL`, so a 201 given to kubelet survives a power
+cut). When it is full the oldest entry is dropped and counted, never the newest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import diskcache
+
+
+@dataclasses.dataclass(frozen=True)
+class Write:
+    method: str
+    path_qs: str
+    content_type: str
+    body: bytes
+    component: str
+
+
+class Outbox:
+    def __init__(self, directory: Path, capacity: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._cache = diskcache.Cache(str(directory), sqlite_synchronous=2)
+        self._deque: Any = diskcache.Deque.fromcache(self._cache, maxlen=capacity)
+        self.capacity = capacity
+        dropped = self._cache.get("dropped", 0)
+        self.dropped: int = int(dropped) if isinstance(dropped, int) else 0
+
+    def __len__(self) -> int:
+        return len(self._deque)
+
+    def put(self, write: Write) -> None:
+        if len(self._deque) >= self.capacity:
+            self.dropped += 1
+            self._cache.set("dropped", self.dropped)
+        self._deque.append(dataclasses.asdict(write))
+
+    def peek(self) -> Write | None:
+        try:
+            return Write(**self._deque[0])
+        except IndexError:
+            return None
+
+    def pop(self) -> None:
+        self._deque.popleft()
+
+    def entries(self, limit: int = 20) -> list[Write]:
+        return [Write(**e) for _, e in zip(range(limit), self._deque, strict=False)]
+
+    def close(self) -> None:
+        self._cache.close()

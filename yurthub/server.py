@@ -1,0 +1,238 @@
+"""Wiring: build the hub from settings, serve the proxy and the serve port, run the background loops.
+
+Background work lives in one TaskGroup with named tasks: the health prober and the outbox courier. Each
+loop is a thin wrapper around one step (`probe_once`, `deliver_once`) that tests can drive directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from yurthub import config, health, metrics, outbox, proxy, storage
+
+log = logging.getLogger(__name__)
+HUB = web.AppKey("hub", proxy.Hub)
+
+
+def tls_contexts(identity: config.IdentitySettings) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(with the node's client certificate, without any): the second carries pods' own bearer tokens."""
+    node = ssl.create_default_context(cafile=identity.ca_file)
+    node.load_cert_chain(identity.client_cert, identity.client_key or None)
+    anonymous = ssl.create_default_context(cafile=identity.ca_file)
+    return node, anonymous
+
+
+async def probe_once(hub: proxy.Hub) -> None:
+    """Probe every server once (`/readyz` with the node identity) and record the outcomes."""
+    cloud = hub.settings.cloud
+    for state in hub.servers.states:
+        ok, detail = False, ""
+        for _ in range(max(1, cloud.heartbeat_failed_retry)):
+            try:
+                async with asyncio.timeout(cloud.heartbeat_timeout_s):
+                    async with hub.node_session.get(f"{state.server}/readyz") as resp:
+                        ok = resp.status == 200
+                        detail = f"readyz answered {resp.status}"
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                detail = f"{type(exc).__name__}: {exc}"
+            if ok:
+                break
+        hub.metrics.cloud_healthy.labels(state.server).set(1 if ok else 0)
+        if hub.servers.record(state.server, ok, detail):
+            hub.cloud_changed()
+
+
+async def deliver_once(hub: proxy.Hub) -> int:
+    """Send queued writes, oldest first, while the cloud takes them; return how many left the outbox."""
+    sent = 0
+    while hub.servers.is_healthy:
+        write = await hub.in_writer(hub.outbox.peek)
+        server = hub.servers.pick()
+        if write is None or server is None:
+            break
+        try:
+            async with asyncio.timeout(hub.settings.cloud.request_timeout_s):
+                async with hub.node_session.request(
+                    write.method,
+                    server + write.path_qs,
+                    data=write.body,
+                    headers={"Content-Type": write.content_type, "User-Agent": f"{write.component}/outbox"},
+                ) as resp:
+                    code = resp.status
+                    text = (await resp.read())[:300]
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.info("outbox delivery paused error=%s", type(exc).__name__)
+            break
+        if code >= 500 or code == 429:
+            break
+        if code >= 400:
+            log.warning("outbox write refused by the cloud status=%s path=%s body=%r", code, write.path_qs, text)
+        await hub.in_writer(hub.outbox.pop)
+        hub.metrics.outbox_delivered.inc()
+        sent += 1
+    hub.metrics.outbox_depth.set(len(hub.outbox))
+    return sent
+
+
+async def _prober(hub: proxy.Hub) -> None:
+    while True:
+        await probe_once(hub)
+        await asyncio.sleep(hub.settings.cloud.heartbeat_interval_s)
+
+
+async def _courier(hub: proxy.Hub) -> None:
+    while True:
+        if len(hub.outbox) and hub.servers.is_healthy:
+            await deliver_once(hub)
+        await asyncio.sleep(1)
+
+
+def status_report(hub: proxy.Hub, usage: list[storage.Usage]) -> dict[str, object]:
+    return {
+        "node": hub.settings.node_name,
+        "cloud": {"reachable": hub.servers.is_healthy, "since": _iso(hub.servers.cloud_since)},
+        "servers": [{"server": s.server, "healthy": s.healthy, "since": _iso(s.since)} for s in hub.servers.states],
+        "cache": {
+            "path": hub.settings.cache.disk_cache_path,
+            "writable": bool(hub.metrics.cache_writable._value.get()),
+            "entries": [u.__dict__ for u in usage],
+        },
+        "outbox": {
+            "depth": len(hub.outbox),
+            "capacity": hub.outbox.capacity,
+            "dropped": hub.outbox.dropped,
+            "oldest": [
+                {"method": w.method, "path": w.path_qs, "component": w.component, "bytes": len(w.body)}
+                for w in hub.outbox.entries(10)
+            ],
+        },
+    }
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _serve_app(hub: proxy.Hub, usage_cache: list[list[storage.Usage]]) -> web.Application:
+    async def healthz(_r: web.Request) -> web.Response:
+        return web.Response(text="OK")
+
+    async def readyz(_r: web.Request) -> web.Response:
+        return web.Response(text="OK")
+
+    async def refresh() -> list[storage.Usage]:
+        usage: list[storage.Usage] = await hub.in_writer(hub.store.usage)
+        usage_cache[0] = usage
+        return usage
+
+    async def metrics_page(_r: web.Request) -> web.Response:
+        await refresh()
+        hub.metrics.outbox_depth.set(len(hub.outbox))
+        hub.metrics.outbox_dropped.set(hub.outbox.dropped)
+        return web.Response(body=generate_latest(hub.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def status_page(_r: web.Request) -> web.Response:
+        report = await hub.in_writer(status_report, hub, await refresh())
+        return web.Response(text=json.dumps(report, indent=2), content_type="application/json")
+
+    app = web.Application()
+    app[HUB] = hub
+    app.router.add_get("/v1/healthz", healthz)
+    app.router.add_get("/v1/readyz", readyz)
+    app.router.add_get("/metrics", metrics_page)
+    app.router.add_get("/v1/status", status_page)
+    return app
+
+
+def notify_systemd(message: str) -> None:
+    """sd_notify(3): tell systemd we are ready (Type=notify units); a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.sendall(message.encode())
+
+
+async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    node_tls, token_tls = tls_contexts(settings.identity)
+    store = storage.SqliteStorage(Path(settings.cache.disk_cache_path))
+    box = outbox.Outbox(Path(settings.outbox.path), settings.outbox.capacity)
+    stats = metrics.Metrics()
+    usage_cache: list[list[storage.Usage]] = [[]]
+    stats.watch_cache(lambda: usage_cache[0])
+    servers = health.Servers(settings.cloud)
+    for server in settings.cloud.servers:
+        stats.cloud_healthy.labels(server).set(1)
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=node_tls, limit=0)) as node_session,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=token_tls, limit=0)) as token_session,
+    ):
+        hub = proxy.Hub(settings, servers, store, box, stats, node_session, token_session)
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await proxy.handle(hub, request)
+
+        proxy_app = web.Application(client_max_size=proxy.MAX_REQUEST_BODY)
+        proxy_app[HUB] = hub
+        proxy_app.router.add_route("*", "/{tail:.*}", handler)
+        runners = [
+            web.AppRunner(proxy_app, access_log=None),
+            web.AppRunner(_serve_app(hub, usage_cache), access_log=None),
+        ]
+        try:
+            for runner in runners:
+                await runner.setup()
+            listen = settings.listen
+            await web.TCPSite(runners[0], listen.bind_address, listen.proxy_port, shutdown_timeout=1).start()
+            await web.TCPSite(runners[1], listen.bind_address, listen.serve_port, shutdown_timeout=1).start()
+            log.info(
+                "yurthub serving node=%s proxy=%s:%d serve=%s:%d servers=%s cache=%s",
+                settings.node_name,
+                listen.bind_address,
+                listen.proxy_port,
+                listen.bind_address,
+                listen.serve_port,
+                ",".join(settings.cloud.servers),
+                settings.cache.disk_cache_path,
+            )
+            notify_systemd("READY=1")
+            async with asyncio.TaskGroup() as tasks:
+                prober = tasks.create_task(_prober(hub), name="health-prober")
+                courier = tasks.create_task(_courier(hub), name="outbox-courier")
+                await stop.wait()
+                prober.cancel()
+                courier.cancel()
+        finally:
+            for runner in runners:
+                await runner.cleanup()
+            hub.writer.shutdown(wait=True)
+            store.close()
+            box.close()
+
+
+def run(settings: config.HubSettings) -> int:
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, stop)
+
+    asyncio.run(main())
+    return 0

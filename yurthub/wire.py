@@ -1,0 +1,461 @@
+"""Kubernetes' wire formats, read and written at the byte level so cached answers stay byte-exact.
+
+Pure: no I/O. Two encodings:
+
+- JSON. A GET body is the object with `kind` and `apiVersion` first. A LIST body is
+  `{"kind":"<K>List","apiVersion":..,"metadata":{..},"items":[..]}`; items of built-in kinds carry no
+  `kind`/`apiVersion`, custom resources do. A watch stream is one `{"type":..,"object":<GET body>}` per line.
+- Protobuf. A GET body is `k8s\\0` + `runtime.Unknown{typeMeta{apiVersion,kind}, raw, contentEncoding,
+  contentType}`; `raw` is the object message, whose field 1 is ObjectMeta (name 1, namespace 3,
+  resourceVersion 6). A LIST's `raw` is `{1: ListMeta{selfLink 1, resourceVersion 2, continue 3}, 2: item*}`
+  with bare item messages. A watch stream is frames of a 4-byte big-endian length and a bare
+  `WatchEvent{type 1, object 2: RawExtension{raw 1: <GET body>}}`.
+
+An object is kept in its GET form (`Obj.body`); lists are rebuilt from those with the same framing the
+apiserver uses, so an offline answer is what the cloud would have sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import json
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from yurthub import errors
+
+MAGIC = b"k8s\x00"
+PROTOBUF = "application/vnd.kubernetes.protobuf"
+JSON = "application/json"
+
+
+class Encoding(enum.StrEnum):
+    JSON = "json"
+    PROTOBUF = "protobuf"
+
+
+def encoding_of(content_type: str) -> Encoding | None:
+    """The encoding of a response body, from its Content-Type; None for anything we do not cache."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == JSON:
+        return Encoding.JSON
+    if media == PROTOBUF:
+        return Encoding.PROTOBUF
+    return None
+
+
+def content_type(encoding: Encoding, *, watch: bool = False) -> str:
+    base = PROTOBUF if encoding is Encoding.PROTOBUF else JSON
+    return f"{base};stream=watch" if watch else base
+
+
+@dataclasses.dataclass(frozen=True)
+class Obj:
+    """One object in its GET form, with what the cache needs to know about it."""
+
+    namespace: str
+    name: str
+    resource_version: str
+    body: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class ListBody:
+    api_version: str
+    kind: str
+    """The list kind, e.g. `PodList`."""
+    resource_version: str
+    complete: bool
+    """False when the apiserver returned one page of several (a `continue` token)."""
+    items_typed: bool
+    """JSON only: whether the items carried `kind`/`apiVersion` (custom resources do)."""
+    items: list[Obj]
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    type: str
+    """ADDED, MODIFIED, DELETED, BOOKMARK or ERROR."""
+    obj: Obj | None
+    """None for ERROR events, whose object is a Status."""
+
+
+# --- protobuf primitives -------------------------------------------------------------------------
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise errors.WireFormatError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise errors.WireFormatError("varint longer than 64 bits")
+
+
+def _put_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def fields(buf: bytes) -> Iterator[tuple[int, int, int | bytes]]:
+    """(field number, wire type, value) for each field of a protobuf message; bytes for length-delimited."""
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        number, wire_type = key >> 3, key & 7
+        if number == 0:
+            raise errors.WireFormatError("protobuf field number 0")
+        if wire_type == 0:
+            value, pos = _varint(buf, pos)
+            yield number, wire_type, value
+        elif wire_type == 2:
+            length, pos = _varint(buf, pos)
+            if pos + length > len(buf):
+                raise errors.WireFormatError("truncated protobuf field")
+            yield number, wire_type, buf[pos : pos + length]
+            pos += length
+        elif wire_type == 1:
+            pos += 8
+            yield number, wire_type, 0
+        elif wire_type == 5:
+            pos += 4
+            yield number, wire_type, 0
+        else:
+            raise errors.WireFormatError(f"unsupported protobuf wire type {wire_type}")
+        if pos > len(buf):
+            raise errors.WireFormatError("truncated protobuf message")
+
+
+def bytes_field(number: int, data: bytes) -> bytes:
+    return _put_varint(number << 3 | 2) + _put_varint(len(data)) + data
+
+
+def _string(value: int | bytes) -> str:
+    if not isinstance(value, bytes):
+        raise errors.WireFormatError("expected a length-delimited field")
+    return value.decode("utf-8")
+
+
+def unwrap(body: bytes) -> tuple[str, str, bytes]:
+    """(apiVersion, kind, raw) of a protobuf envelope."""
+    if not body.startswith(MAGIC):
+        raise errors.WireFormatError("protobuf body lacks the k8s\\0 prefix")
+    api_version = kind = ""
+    raw = b""
+    for number, _wt, value in fields(body[len(MAGIC) :]):
+        if number == 1:
+            for n, _w, v in fields(value if isinstance(value, bytes) else b""):
+                if n == 1:
+                    api_version = _string(v)
+                elif n == 2:
+                    kind = _string(v)
+        elif number == 2 and isinstance(value, bytes):
+            raw = value
+    return api_version, kind, raw
+
+
+def wrap(api_version: str, kind: str, raw: bytes) -> bytes:
+    type_meta = bytes_field(1, api_version.encode()) + bytes_field(2, kind.encode())
+    return MAGIC + bytes_field(1, type_meta) + bytes_field(2, raw) + bytes_field(3, b"") + bytes_field(4, b"")
+
+
+def _object_meta(raw: bytes) -> tuple[str, str, str]:
+    """(namespace, name, resourceVersion) from an object message's ObjectMeta (field 1)."""
+    for number, _wt, value in fields(raw):
+        if number == 1 and isinstance(value, bytes):
+            name = namespace = rv = ""
+            for n, _w, v in fields(value):
+                if n == 1:
+                    name = _string(v)
+                elif n == 3:
+                    namespace = _string(v)
+                elif n == 6:
+                    rv = _string(v)
+            return namespace, name, rv
+    raise errors.WireFormatError("protobuf object has no metadata")
+
+
+# --- JSON span scanning --------------------------------------------------------------------------
+
+_WS = b" \t\r\n"
+
+
+def _skip_ws(buf: bytes, pos: int) -> int:
+    while pos < len(buf) and buf[pos] in _WS:
+        pos += 1
+    return pos
+
+
+def _value_end(buf: bytes, pos: int) -> int:
+    """Index just past the JSON value starting at `pos` (strings, numbers, literals, objects, arrays)."""
+    if pos >= len(buf):
+        raise errors.WireFormatError("truncated JSON")
+    first = buf[pos]
+    if first == 0x22:  # "
+        pos += 1
+        while pos < len(buf):
+            c = buf[pos]
+            if c == 0x5C:  # backslash
+                pos += 2
+                continue
+            if c == 0x22:
+                return pos + 1
+            pos += 1
+        raise errors.WireFormatError("unterminated JSON string")
+    if first in b"{[":
+        depth = 0
+        while pos < len(buf):
+            c = buf[pos]
+            if c == 0x22:
+                pos = _value_end(buf, pos)
+                continue
+            if c in b"{[":
+                depth += 1
+            elif c in b"}]":
+                depth -= 1
+                if depth == 0:
+                    return pos + 1
+            pos += 1
+        raise errors.WireFormatError("unterminated JSON object or array")
+    end = pos
+    while end < len(buf) and buf[end] not in b",}] \t\r\n":
+        end += 1
+    if end == pos:
+        raise errors.WireFormatError(f"unexpected JSON byte {buf[pos : pos + 1]!r}")
+    return end
+
+
+def top_level(buf: bytes) -> dict[str, tuple[int, int]]:
+    """Byte spans of the values of a JSON object's top-level keys."""
+    pos = _skip_ws(buf, 0)
+    if pos >= len(buf) or buf[pos] != 0x7B:
+        raise errors.WireFormatError("JSON body is not an object")
+    spans: dict[str, tuple[int, int]] = {}
+    pos += 1
+    while True:
+        pos = _skip_ws(buf, pos)
+        if pos < len(buf) and buf[pos] == 0x7D:
+            return spans
+        key_end = _value_end(buf, pos)
+        key = json.loads(buf[pos:key_end])
+        pos = _skip_ws(buf, key_end)
+        if pos >= len(buf) or buf[pos] != 0x3A:
+            raise errors.WireFormatError("expected ':' in JSON object")
+        start = _skip_ws(buf, pos + 1)
+        end = _value_end(buf, start)
+        spans[key] = (start, end)
+        pos = _skip_ws(buf, end)
+        if pos < len(buf) and buf[pos] == 0x2C:
+            pos += 1
+        elif pos < len(buf) and buf[pos] == 0x7D:
+            return spans
+        else:
+            raise errors.WireFormatError("expected ',' or '}' in JSON object")
+
+
+def _array_items(buf: bytes, start: int, end: int) -> list[bytes]:
+    pos = _skip_ws(buf, start + 1)
+    items = []
+    while pos < end - 1:
+        item_end = _value_end(buf, pos)
+        items.append(buf[pos:item_end])
+        pos = _skip_ws(buf, item_end)
+        if buf[pos] == 0x2C:
+            pos = _skip_ws(buf, pos + 1)
+    return items
+
+
+def _json_meta(body: bytes) -> tuple[str, str, str]:
+    try:
+        meta = json.loads(body).get("metadata") or {}
+    except (ValueError, AttributeError) as exc:
+        raise errors.WireFormatError(f"JSON object does not parse: {exc}") from exc
+    return meta.get("namespace", ""), meta.get("name", ""), meta.get("resourceVersion", "")
+
+
+def _json_str(buf: bytes, spans: dict[str, tuple[int, int]], key: str) -> str:
+    if key not in spans:
+        return ""
+    value = json.loads(buf[spans[key][0] : spans[key][1]])
+    return value if isinstance(value, str) else ""
+
+
+# --- objects, lists and events -------------------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+def _wire_errors(fn: Callable[[Encoding, bytes], _T]) -> Callable[[Encoding, bytes], _T]:
+    """Any failure to read a body is a WireFormatError, whatever deep call noticed it."""
+
+    @functools.wraps(fn)
+    def wrapper(encoding: Encoding, body: bytes) -> _T:
+        try:
+            return fn(encoding, body)
+        except errors.WireFormatError:
+            raise
+        except (ValueError, UnicodeDecodeError, IndexError, KeyError, TypeError, AttributeError) as exc:
+            raise errors.WireFormatError(f"{type(exc).__name__}: {exc}") from exc
+
+    return wrapper
+
+
+@_wire_errors
+def parse_object(encoding: Encoding, body: bytes) -> Obj:
+    if encoding is Encoding.PROTOBUF:
+        _av, _kind, raw = unwrap(body)
+        namespace, name, rv = _object_meta(raw)
+    else:
+        body = body if body.endswith(b"\n") else body + b"\n"  # the apiserver ends JSON bodies with one
+        namespace, name, rv = _json_meta(body)
+    if not name:
+        raise errors.WireFormatError("object has no metadata.name")
+    return Obj(namespace, name, rv, body)
+
+
+@_wire_errors
+def parse_list(encoding: Encoding, body: bytes) -> ListBody:
+    if encoding is Encoding.PROTOBUF:
+        api_version, kind, raw = unwrap(body)
+        item_kind = kind.removesuffix("List")
+        rv = cont = ""
+        items = []
+        for number, _wt, value in fields(raw):
+            if number == 1 and isinstance(value, bytes):
+                for n, _w, v in fields(value):
+                    if n == 2:
+                        rv = _string(v)
+                    elif n == 3:
+                        cont = _string(v)
+            elif number == 2 and isinstance(value, bytes):
+                namespace, name, item_rv = _object_meta(value)
+                items.append(Obj(namespace, name, item_rv, wrap(api_version, item_kind, value)))
+        return ListBody(api_version, kind, rv, not cont, False, items)
+    spans = top_level(body)
+    if "items" not in spans:
+        raise errors.WireFormatError("JSON list has no items")
+    api_version, kind = _json_str(body, spans, "apiVersion"), _json_str(body, spans, "kind")
+    meta = json.loads(body[slice(*spans["metadata"])]) if "metadata" in spans else {}
+    prefix = _json_type_prefix(kind.removesuffix("List"), api_version)
+    raw_items = _array_items(body, *spans["items"])
+    typed = bool(raw_items) and all("kind" in top_level(i) for i in raw_items)
+    items = []
+    for raw_item in raw_items:
+        full = (raw_item if typed else prefix + raw_item[_skip_ws(raw_item, 1) :]) + b"\n"
+        namespace, name, item_rv = _json_meta(raw_item)
+        items.append(Obj(namespace, name, item_rv, full))
+    return ListBody(api_version, kind, meta.get("resourceVersion", ""), not meta.get("continue"), typed, items)
+
+
+def build_list(
+    encoding: Encoding, api_version: str, kind: str, rv: str, items_typed: bool, items: list[bytes]
+) -> bytes:
+    """A complete LIST body with these items (GET forms), framed as the apiserver frames it."""
+    if encoding is Encoding.PROTOBUF:
+        list_meta = bytes_field(1, b"") + bytes_field(2, rv.encode()) + bytes_field(3, b"")
+        raw = bytes_field(1, list_meta) + b"".join(bytes_field(2, unwrap(i)[2]) for i in items)
+        return wrap(api_version, kind, raw)
+    prefix = _json_type_prefix(kind.removesuffix("List"), api_version)
+    parts = []
+    for item in (i.removesuffix(b"\n") for i in items):
+        if items_typed:
+            parts.append(item)
+        elif item.startswith(prefix):  # built-in kinds: list items carry no kind/apiVersion
+            parts.append(b"{" + item[len(prefix) :])
+        else:
+            untyped = {k: v for k, v in json.loads(item).items() if k not in ("kind", "apiVersion")}
+            parts.append(json.dumps(untyped, separators=(",", ":")).encode())
+    head = (
+        b'{"kind":'
+        + json.dumps(kind).encode()
+        + b',"apiVersion":'
+        + json.dumps(api_version).encode()
+        + b',"metadata":{"resourceVersion":'
+        + json.dumps(rv).encode()
+        + b'},"items":['
+    )
+    return head + b",".join(parts) + b"]}\n"
+
+
+def _json_type_prefix(kind: str, api_version: str) -> bytes:
+    """How the apiserver starts a built-in object's JSON GET body: kind first, then apiVersion."""
+    return b'{"kind":' + json.dumps(kind).encode() + b',"apiVersion":' + json.dumps(api_version).encode() + b","
+
+
+@_wire_errors
+def parse_event(encoding: Encoding, frame: bytes) -> Event:
+    if encoding is Encoding.PROTOBUF:
+        event_type, obj_body = "", b""
+        for number, _wt, value in fields(frame):
+            if number == 1:
+                event_type = _string(value)
+            elif number == 2 and isinstance(value, bytes):
+                for n, _w, v in fields(value):
+                    if n == 1 and isinstance(v, bytes):
+                        obj_body = v
+    else:
+        spans = top_level(frame)
+        event_type = _json_str(frame, spans, "type")
+        obj_body = frame[slice(*spans["object"])] if "object" in spans else b""
+    if not event_type:
+        raise errors.WireFormatError("watch event has no type")
+    if event_type == "ERROR":
+        return Event(event_type, None)
+    if event_type == "BOOKMARK":
+        if encoding is Encoding.PROTOBUF:
+            _ns, _n, rv = _object_meta(unwrap(obj_body)[2])
+        else:
+            rv = _json_meta(obj_body)[2]
+        return Event(event_type, Obj("", "", rv, b""))
+    return Event(event_type, parse_object(encoding, obj_body))
+
+
+class FrameSplitter:
+    """Cuts a watch stream into event frames as bytes arrive: lines for JSON, length prefixes for protobuf."""
+
+    MAX_FRAME = 64 * 1024 * 1024
+
+    def __init__(self, encoding: Encoding) -> None:
+        self.encoding = encoding
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        frames = []
+        if self.encoding is Encoding.JSON:
+            while (nl := self._buf.find(b"\n")) >= 0:
+                line = bytes(self._buf[:nl]).strip()
+                del self._buf[: nl + 1]
+                if line:
+                    frames.append(line)
+            if len(self._buf) > self.MAX_FRAME:
+                raise errors.WireFormatError("watch event longer than 64 MiB")
+            return frames
+        while len(self._buf) >= 4:
+            length = int.from_bytes(self._buf[:4], "big")
+            if length > self.MAX_FRAME:
+                raise errors.WireFormatError(f"watch frame of {length} bytes")
+            if len(self._buf) < 4 + length:
+                break
+            frames.append(bytes(self._buf[4 : 4 + length]))
+            del self._buf[: 4 + length]
+        return frames
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
