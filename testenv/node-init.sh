@@ -15,7 +15,7 @@ mkdir -p "$root"
 mount -t overlay overlay -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$root"
 
 # State that containerd's and kubelet's own overlay mounts need a real file system under.
-for dir in var/lib/containerd var/lib/kubelet var/log; do
+for dir in var/lib/containerd var/lib/kubelet var/lib/yurt-edge var/log; do
     mkdir -p "$state/$dir" "$root/$dir"
     mount --bind "$state/$dir" "$root/$dir"
 done

@@ -168,19 +168,19 @@ def _files(settings: NodeSettings, *, ca_pem: bytes, bootstrap_kubeconfig: str) 
 
 
 _ENABLED = ("containerd.service", "yurt-edge-images.service", "kubelet.service")
+_BOUND = ("/var/lib/kubelet/", "/var/lib/yurt-edge/")
 
 
 class Node:
     """A booted node. Build it with `boot`; `stop` kills everything in it, which also removes its link."""
 
-    def __init__(
-        self, settings: NodeSettings, directory: Path, group: cgroups.Group, proc: process.Process, pid: int
-    ) -> None:
+    def __init__(self, settings: NodeSettings, directory: Path, group: cgroups.Group, rootfs: Path) -> None:
         self.settings = settings
         self.directory = directory
         self.group = group
-        self._proc = proc
-        self.pid = pid
+        self.rootfs = rootfs
+        self._proc: process.Process | None = None
+        self.pid = 0
         """The node's PID 1 (its systemd), as the host sees it."""
 
     @classmethod
@@ -196,24 +196,30 @@ class Node:
         directory: Path,
         group: cgroups.Group,
     ) -> Node:
-        upper, work, state = directory / "upper", directory / "work", directory / "state"
-        for d in (upper, work, state):
+        upper, state = directory / "upper", directory / "state"
+        for d in (upper, directory / "work", state):
             d.mkdir(parents=True, exist_ok=True)
         for path, text in _files(settings, ca_pem=ca_pem, bootstrap_kubeconfig=bootstrap_kubeconfig).items():
-            # /var/lib/kubelet is a bind mount of the state directory inside the node (see node-init.sh).
-            base = state if path.startswith("/var/lib/kubelet/") else upper
+            # /var/lib/kubelet and /var/lib/yurt-edge are bind mounts of the state directory (node-init.sh).
+            base = state if path.startswith(_BOUND) else upper
             mode = 0o600 if path.endswith(".conf") and "kubernetes" in path else 0o644
             _write(base, path, text, mode)
         _link_or_copy(bins / "kubelet", upper, "/usr/bin/kubelet")
         for archive in image_archives:
-            _link_or_copy(archive, upper, f"/var/lib/yurt-edge/images/{archive.name}")
+            _link_or_copy(archive, state, f"/var/lib/yurt-edge/images/{archive.name}")
         wants = upper / "etc/systemd/system/multi-user.target.wants"
         wants.mkdir(parents=True, exist_ok=True)
         for unit in _ENABLED:
             (wants / unit).unlink(missing_ok=True)
             (wants / unit).symlink_to(f"/usr/lib/systemd/system/{unit}")
+        node = cls(settings, directory, group, rootfs)
+        node.start()
+        return node
 
-        group.create()
+    def start(self, *, link_up: bool = True) -> None:
+        """Boot the prepared node: PID 1 in fresh namespaces, the cloud link, systemd's units."""
+        settings, directory = self.settings, self.directory
+        self.group.create()
         argv = [
             "unshare",
             "--cgroup",
@@ -225,24 +231,30 @@ class Node:
             "--fork",
             "--kill-child",
             str(_INIT),
-            str(rootfs),
-            str(upper),
-            str(work),
-            str(state),
+            str(self.rootfs),
+            str(directory / "upper"),
+            str(directory / "work"),
+            str(directory / "state"),
             settings.name,
             f"{settings.address}/{settings.prefix}",
             settings.cloud_address,
         ]
-        proc = process.Process("node-console", argv, group=group, log_dir=directory)
-        pid = cls._init_pid(proc)
-        _run(["ip", "link", "add", HOST_LINK, "type", "veth", "peer", "name", "eth0", "netns", str(pid)])
+        self._proc = process.Process("node-console", argv, group=self.group, log_dir=directory)
+        self.pid = self._init_pid(self._proc)
+        _run(["ip", "link", "add", HOST_LINK, "type", "veth", "peer", "name", "eth0", "netns", str(self.pid)])
         _run(["ip", "addr", "add", f"{settings.cloud_address}/{settings.prefix}", "dev", HOST_LINK])
-        _run(["ip", "link", "set", HOST_LINK, "up"])
-        node = cls(settings, directory, group, proc, pid)
-        wait_for(f"systemd on {settings.name} to finish booting", node._booted, timeout=60)
+        if link_up:
+            _run(["ip", "link", "set", HOST_LINK, "up"])
+        wait_for(f"systemd on {settings.name} to finish booting", self._booted, timeout=60)
         if not settings.reachable_from_cloud:
-            node.set_reachable_from_cloud(False)
-        return node
+            self.set_reachable_from_cloud(False)
+
+    def reboot(self) -> None:
+        """Power-cycle the node: every process dies at once, then it boots from the same disk. The link
+        comes back in the state it was in (a node rebooted during an outage stays cut off)."""
+        link_up = self.link_is_up()
+        self.stop()
+        self.start(link_up=link_up)
 
     @staticmethod
     def _init_pid(proc: process.Process) -> int:
@@ -257,7 +269,8 @@ class Node:
         raise TimeoutError("the node's init process did not start")
 
     def _booted(self) -> bool:
-        self._proc.check_running()
+        if self._proc is not None:
+            self._proc.check_running()
         state = self.run(["systemctl", "is-system-running"], check=False).stdout.strip()
         if state == "degraded":
             failed = self.run(["systemctl", "--failed", "--no-legend", "--plain"], check=False).stdout
@@ -325,7 +338,8 @@ class Node:
     def stop(self) -> None:
         """Kill every process of the node. Its mounts and network namespace (and so the link) go with them."""
         self.group.kill()
-        self._proc.stop(timeout=5)
+        if self._proc is not None:
+            self._proc.stop(timeout=5)
         deadline = time.monotonic() + 10
         while link_exists() and time.monotonic() < deadline:
             time.sleep(0.05)

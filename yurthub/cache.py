@@ -7,6 +7,7 @@ hands the finished body or each watch batch to `record_*`, and asks `answer(...)
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 
 from yurthub import errors, storage, wire
@@ -123,6 +124,52 @@ def _by_name(store: storage.Storage, info: RequestInfo, encoding: wire.Encoding)
     obj = wire.parse_object(encoding, body)
     listed = wire.build_list(encoding, api_version, f"{kind}List", obj.resource_version, False, [body])
     return Answer(200, wire.content_type(encoding), listed)
+
+
+def is_token_request(info: RequestInfo) -> bool:
+    return info.resource == "serviceaccounts" and info.subresource == "token" and info.verb == "create"
+
+
+def _token_scope(info: RequestInfo, encoding: wire.Encoding) -> storage.Scope:
+    return storage.Scope(info.component, encoding, f"serviceaccounts.token.{info.version}.core")
+
+
+def _token_key(info: RequestInfo, request_body: bytes) -> str:
+    """Which token request this is: kubelet asks again with the same body (audience, expiry, bound pod)."""
+    return f"{info.name}.{hashlib.sha256(request_body).hexdigest()[:32]}"
+
+
+def record_token(
+    store: storage.Storage, info: RequestInfo, encoding: wire.Encoding, request_body: bytes, response_body: bytes
+) -> None:
+    """Keep a real service-account token the cloud issued, to hand out again while it is away.
+
+    OpenYurt invents a fake token offline; a pod restarted during an outage gets its real, still-valid
+    token from here instead (and a stale one is no worse than a fake one while nothing can verify it).
+    """
+    obj = wire.Obj(info.namespace, _token_key(info, request_body), "", response_body)
+    store.put_object(_token_scope(info, encoding), obj)
+
+
+def answer_token(store: storage.Storage, info: RequestInfo, accept: str, request_body: bytes) -> Answer | None:
+    for encoding in accepted(accept):
+        body = store.get_object(_token_scope(info, encoding), info.namespace, _token_key(info, request_body))
+        if body is not None:
+            return Answer(201, wire.content_type(encoding), body)
+    return None
+
+
+def cached_node_named(store: storage.Storage, info: RequestInfo, request_body: bytes, content_type: str) -> bool:
+    """Whether a node create is for a node we hold: kubelet re-registering after a restart."""
+    encoding = wire.encoding_of(content_type)
+    if encoding is None:
+        return False
+    try:
+        name = wire.parse_object(encoding, request_body).name
+    except errors.WireFormatError:
+        return False
+    node_scope = storage.Scope(info.component, encoding, info.gvr)
+    return store.get_object(node_scope, "", name) is not None
 
 
 def _json_type(body: bytes) -> tuple[str, str]:

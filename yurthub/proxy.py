@@ -184,14 +184,14 @@ async def forward(
     hub.metrics.requests.labels(info.component, info.verb, info.resource, "forwarded").inc()
     hub.inflight.add(upstream.close)
     try:
-        return await _relay(hub, request, info, upstream)
+        return await _relay(hub, request, info, upstream, body)
     finally:
         hub.inflight.discard(upstream.close)
         upstream.release()
 
 
 async def _relay(
-    hub: Hub, request: web.Request, info: requestinfo.RequestInfo, upstream: aiohttp.ClientResponse
+    hub: Hub, request: web.Request, info: requestinfo.RequestInfo, upstream: aiohttp.ClientResponse, request_body: bytes
 ) -> web.StreamResponse:
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     for key, value in upstream.headers.items():
@@ -200,7 +200,8 @@ async def _relay(
     if upstream.content_length is not None:
         response.content_length = upstream.content_length
     encoding = wire.encoding_of(upstream.headers.get("Content-Type", ""))
-    tee = encoding is not None and upstream.status in (200, 201) and cache.cacheable(info, hub.agents)
+    token = cache.is_token_request(info) and bool(info.component) and info.component in hub.agents
+    tee = encoding is not None and upstream.status in (200, 201) and (cache.cacheable(info, hub.agents) or token)
     gunzip = (
         zlib.decompressobj(16 + zlib.MAX_WBITS)
         if tee and upstream.headers.get("Content-Encoding", "").lower() == "gzip"
@@ -235,6 +236,8 @@ async def _relay(
     if tee and complete and splitter is None and encoding is not None:
         if upstream.content_length is not None and gunzip is None and len(kept) != upstream.content_length:
             hub.metrics.cache_write_errors.labels("truncated").inc()
+        elif token:
+            await hub.record(info.path, cache.record_token, hub.store, info, encoding, request_body, bytes(kept))
         elif info.verb == "list":
             await hub.record(info.path, cache.record_list, hub.store, info, encoding, bytes(kept))
         else:
@@ -277,22 +280,26 @@ async def local(hub: Hub, request: web.Request, info: requestinfo.RequestInfo, b
         if info.resource == "nodes" and info.subresource == "status" and info.component == "kubelet":
             outcome = "local"
             return await _cached_node(hub, request, info)
-        if info.resource == "events" and info.verb == "create":
+        if info.resource == "events" and info.verb in ("create", "patch"):
             outcome = "queued"
-            await hub.in_writer(
-                hub.outbox.put,
-                outbox.Write(
-                    request.method, request.raw_path, request.headers.get("Content-Type", ""), body, component
-                ),
-            )
-            hub.metrics.outbox_depth.set(len(hub.outbox))
-            hub.metrics.outbox_dropped.set(hub.outbox.dropped)
-            return web.Response(
-                status=201,
-                body=body,
-                content_type=None,
-                headers={"Content-Type": request.headers.get("Content-Type", wire.JSON)},
-            )
+            return await _queue_event(hub, request, info, body)
+        if cache.is_token_request(info) and info.component in hub.agents:
+            answer = await hub.in_writer(cache.answer_token, hub.store, info, request.headers.get("Accept", ""), body)
+            if answer is not None:
+                outcome = "cache"
+                return web.Response(
+                    status=answer.status,
+                    body=answer.body,
+                    content_type=None,
+                    headers={"Content-Type": answer.content_type},
+                )
+        if info.resource == "nodes" and info.verb == "create" and info.component == "kubelet":
+            content_type = request.headers.get("Content-Type", "")
+            if await hub.in_writer(cache.cached_node_named, hub.store, info, body, content_type):
+                outcome = "local"  # what the cloud would say to a kubelet re-registering its node
+                return _error(
+                    409, "node already exists (answered from the cache: the cloud is unreachable)", "AlreadyExists"
+                )
         return _error(
             503,
             f"cloud unreachable: {info.verb} {info.gvr} cannot be honoured offline; "
@@ -302,6 +309,24 @@ async def local(hub: Hub, request: web.Request, info: requestinfo.RequestInfo, b
         return _error(503, f"cloud unreachable and the cache cannot be read: {exc}")
     finally:
         hub.metrics.requests.labels(component, info.verb, info.resource, outcome).inc()
+
+
+async def _queue_event(hub: Hub, request: web.Request, info: requestinfo.RequestInfo, body: bytes) -> web.Response:
+    """Keep an event write for the cloud; answer as the cloud would have (the object, or the cached one)."""
+    content_type = request.headers.get("Content-Type", wire.JSON)
+    await hub.in_writer(
+        hub.outbox.put, outbox.Write(request.method, request.raw_path, content_type, body, info.component)
+    )
+    hub.metrics.outbox_depth.set(len(hub.outbox))
+    hub.metrics.outbox_dropped.set(hub.outbox.dropped)
+    if info.verb == "create":
+        return web.Response(status=201, body=body, content_type=None, headers={"Content-Type": content_type})
+    answer = await hub.in_writer(
+        cache.answer_read, hub.store, dataclasses.replace(info, verb="get"), request.headers.get("Accept", "")
+    )
+    if answer is None:
+        return _error(503, "cloud unreachable: the event update is queued for the cloud, but no copy is cached")
+    return web.Response(status=200, body=answer.body, content_type=None, headers={"Content-Type": answer.content_type})
 
 
 async def _hold_watch(hub: Hub, request: web.Request, info: requestinfo.RequestInfo) -> web.StreamResponse:

@@ -1,0 +1,92 @@
+"""Put yurthub on the real node the way an operator would: wheels, a virtualenv, the systemd unit from
+`systemd/`, an environment file; then point kubelet's kubeconfig at it and restart kubelet.
+
+The node has no route to a package index, so the wheels (yurt-edge and its dependencies) are built on the
+host and handed to the node; `pip install --no-index` installs them into /opt/yurt-edge with the node's own
+Debian Python 3.11.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from testenv import cluster
+from testenv.kubectl import wait_for
+from testenv.node import Node
+
+UNIT = cluster.REPO / "systemd" / "yurthub.service"
+KUBELET_CONF = cluster.REPO / "systemd" / "kubelet-yurthub.conf"
+FLAGS_ENV = "/var/lib/kubelet/kubeadm-flags.env"
+
+
+def wheelhouse() -> Path:
+    """yurt-edge's dependencies as wheels (cached by setup.cfg) plus a fresh wheel of yurt-edge itself."""
+    key = hashlib.sha256((cluster.REPO / "setup.cfg").read_bytes()).hexdigest()[:12]
+    deps = cluster.cache_dir() / "wheels" / key
+    pip = [sys.executable, "-m", "pip", "-q", "wheel", "--wheel-dir"]
+    if not (deps / ".complete").exists():
+        shutil.rmtree(deps, ignore_errors=True)
+        subprocess.run([*pip, str(deps), str(cluster.REPO)], check=True)
+        for own in deps.glob("yurt_edge-*.whl"):
+            own.unlink()
+        (deps / ".complete").touch()
+    own_dir = cluster.cache_dir() / "wheels" / "yurt-edge"
+    shutil.rmtree(own_dir, ignore_errors=True)
+    subprocess.run([*pip, str(own_dir), "--no-deps", str(cluster.REPO)], check=True)
+    house = cluster.cache_dir() / "wheels" / "house"
+    shutil.rmtree(house, ignore_errors=True)
+    house.mkdir(parents=True)
+    for wheel in [*deps.glob("*.whl"), *own_dir.glob("*.whl")]:
+        shutil.copy2(wheel, house / wheel.name)
+    return house
+
+
+def install(node: Node, *, server: str, wheels: Path, extra_args: str = "") -> None:
+    """Install and start yurthub.service on `node`, talking to `server` with the kubelet's client cert."""
+    target = node.directory / "state" / "var/lib/yurt-edge/wheels"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(wheels, target)
+    node.run(["python3", "-m", "venv", "/opt/yurt-edge"], timeout=120)
+    node.run(["/opt/yurt-edge/bin/pip", "install", "-q", "--no-index", "--find-links", "/var/lib/yurt-edge/wheels",
+              "yurt-edge"], timeout=300)
+    args = (
+        f"--server-addr={server} --node-name={node.settings.name} --ca-file=/etc/kubernetes/pki/ca.crt "
+        f"--client-cert=/var/lib/kubelet/pki/kubelet-client-current.pem {extra_args}"
+    )
+    write(node, "/etc/yurthub/yurthub.env", f'YURTHUB_ARGS="{args.strip()}"\n')
+    write(node, "/etc/systemd/system/yurthub.service", UNIT.read_text())
+    node.run(["systemctl", "daemon-reload"])
+    node.run(["systemctl", "enable", "--now", "yurthub.service"], timeout=90)
+
+
+def route_kubelet_through_yurthub(node: Node) -> None:
+    """What the converter does on a kubeadm node: a kubeconfig for yurthub, kubelet pointed at it, restart."""
+    write(node, "/etc/kubernetes/kubelet-yurthub.conf", KUBELET_CONF.read_text())
+    flags = node.run(["cat", FLAGS_ENV]).stdout.strip()
+    if "kubelet-yurthub.conf" not in flags:
+        # Later flags win. An empty --bootstrap-kubeconfig stops kubelet from "repairing" a kubeconfig that
+        # has no client certificate by bootstrapping again and rewriting it to point at the cloud.
+        flags = flags.rstrip('"') + ' --kubeconfig=/etc/kubernetes/kubelet-yurthub.conf --bootstrap-kubeconfig="'
+        write(node, FLAGS_ENV, flags + "\n")
+    node.run(["systemctl", "restart", "kubelet"])
+
+
+def write(node: Node, path: str, text: str) -> None:
+    node.run(["sh", "-c", f'mkdir -p "$(dirname "{path}")" && cat > "{path}"'], stdin=text)
+
+
+def yurthub_status(node: Node) -> dict[str, object]:
+    out = node.run(["/opt/yurt-edge/bin/yurthub", "status", "--json"], check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"yurthub status failed: {out.stderr.strip()}")
+    report: dict[str, object] = json.loads(out.stdout)
+    return report
+
+
+def wait_until_serving(node: Node) -> None:
+    wait_for("yurthub on the node to serve", lambda: bool(yurthub_status(node)), timeout=60)
