@@ -7,6 +7,7 @@ restore the link, converge.
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import time
@@ -154,7 +155,7 @@ def test_offline_the_node_keeps_its_pods_through_restarts_and_converges_when_bac
     assert set(app) <= set(on_node)
 
     edge.node.cut_link()
-    cut_at = time.monotonic()
+    cut_at, cut_wall = time.monotonic(), datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     wait_for("yurthub to see the cloud gone", lambda: not hub_status(edge)["cloud"]["reachable"], timeout=30)
     time.sleep(20)
     assert containers_on_node(edge) == on_node  # same containers, none restarted
@@ -185,6 +186,7 @@ def test_offline_the_node_keeps_its_pods_through_restarts_and_converges_when_bac
     assert queued > 0, "kubelet's events while offline belong in the outbox"
 
     time.sleep(max(0.0, OFFLINE_AT_LEAST_S - (time.monotonic() - cut_at)))
+    restored_wall = datetime.datetime.now(datetime.UTC)
     edge.node.restore_link()
     wait_for("the node to be Ready again", lambda: node_ready(edge.kubectl.get("node", "edge-1")), timeout=40)
 
@@ -196,9 +198,12 @@ def test_offline_the_node_keeps_its_pods_through_restarts_and_converges_when_bac
     wait_for("the outbox to drain", lambda: hub_status(edge)["outbox"]["depth"] == 0, timeout=60)
     events = edge.kubectl.get("events", "-n", "default")["items"]
     offline_events = [
-        e
-        for e in events
-        if e.get("source", {}).get("host") == "edge-1"
-        and e.get("reason") in ("SandboxChanged", "Started", "Created", "Pulled")
+        e for e in events if e.get("source", {}).get("host") == "edge-1" and cut_wall <= stamp(e) <= restored_wall
     ]
     assert offline_events, "the events kubelet emitted while offline reached the cloud"
+    assert {e["reason"] for e in offline_events} & {"SandboxChanged", "Started", "Created"}
+
+
+def stamp(event: dict[str, Any]) -> datetime.datetime:
+    value = event.get("firstTimestamp") or event.get("eventTime") or "1970-01-01T00:00:00Z"
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).replace(microsecond=0)
