@@ -52,8 +52,18 @@ def install(node: Node, *, server: str, wheels: Path, extra_args: str = "") -> N
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(wheels, target)
     node.run(["python3", "-m", "venv", "/opt/yurt-edge"], timeout=120)
-    node.run(["/opt/yurt-edge/bin/pip", "install", "-q", "--no-index", "--find-links", "/var/lib/yurt-edge/wheels",
-              "yurt-edge"], timeout=300)
+    node.run(
+        [
+            "/opt/yurt-edge/bin/pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--find-links",
+            "/var/lib/yurt-edge/wheels",
+            "yurt-edge",
+        ],
+        timeout=300,
+    )
     args = (
         f"--server-addr={server} --node-name={node.settings.name} --ca-file=/etc/kubernetes/pki/ca.crt "
         f"--client-cert=/var/lib/kubelet/pki/kubelet-client-current.pem {extra_args}"

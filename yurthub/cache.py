@@ -99,7 +99,13 @@ def answer_read(store: storage.Storage, info: RequestInfo, accept: str) -> Answe
             view = store.read_view(view_key(info, encoding))
             if view is not None:
                 body = wire.build_list(
-                    encoding, view.api_version, view.kind, view.resource_version, view.items_typed, view.items
+                    encoding,
+                    view.api_version,
+                    view.kind,
+                    view.resource_version,
+                    view.items_typed,
+                    view.items,
+                    view.envelope,
                 )
                 return Answer(200, wire.content_type(encoding), body)
             single = _by_name(store, info, encoding)

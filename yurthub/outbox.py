@@ -25,20 +25,25 @@ class Write:
 class Outbox:
     def __init__(self, directory: Path, capacity: int) -> None:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._cache = diskcache.Cache(str(directory), sqlite_synchronous=2)
-        self._deque: Any = diskcache.Deque.fromcache(self._cache, maxlen=capacity)
+        # The deque owns its whole cache (every key in it is an entry), so the counter lives beside it.
+        self._cache = diskcache.Cache(str(directory / "writes"), sqlite_synchronous=2)
+        self._meta = diskcache.Cache(str(directory / "meta"), sqlite_synchronous=2)
+        self._deque: Any = diskcache.Deque.fromcache(self._cache)
         self.capacity = capacity
-        dropped = self._cache.get("dropped", 0)
+        dropped = self._meta.get("dropped", 0)
         self.dropped: int = int(dropped) if isinstance(dropped, int) else 0
 
     def __len__(self) -> int:
         return len(self._deque)
 
     def put(self, write: Write) -> None:
-        if len(self._deque) >= self.capacity:
-            self.dropped += 1
-            self._cache.set("dropped", self.dropped)
-        self._deque.append(dataclasses.asdict(write))
+        """Append durably; past capacity the oldest entry goes, and the count of dropped ones is kept too."""
+        with self._cache.transact():
+            self._deque.append(dataclasses.asdict(write))
+            while len(self._deque) > self.capacity:
+                self._deque.popleft()
+                self.dropped += 1
+                self._meta.set("dropped", self.dropped)
 
     def peek(self) -> Write | None:
         try:
@@ -54,3 +59,4 @@ class Outbox:
 
     def close(self) -> None:
         self._cache.close()
+        self._meta.close()

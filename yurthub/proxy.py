@@ -45,6 +45,8 @@ HOP_BY_HOP = frozenset(
 )
 MAX_CACHED_BODY = 64 * 1024 * 1024
 MAX_REQUEST_BODY = 16 * 1024 * 1024
+MAX_HEADER = 16 * 1024
+"""Longest request header accepted; aiohttp's own parser stops at 64 KiB (`server.PARSER_LIMIT`)."""
 DEFAULT_WATCH_TIMEOUT_S = 1800
 
 
@@ -113,6 +115,11 @@ def _query(request: web.Request) -> dict[str, str]:
 
 
 async def handle(hub: Hub, request: web.Request) -> web.StreamResponse:
+    too_big = [k for k, v in request.headers.items() if len(k) + len(v) > MAX_HEADER]
+    if too_big:
+        return _error(
+            431, f"request header {too_big[0]} is longer than {MAX_HEADER} bytes", "RequestHeaderFieldsTooLarge"
+        )
     try:
         info = requestinfo.parse(
             request.method,

@@ -24,6 +24,9 @@ from yurthub import config, health, metrics, outbox, proxy, storage
 
 log = logging.getLogger(__name__)
 HUB = web.AppKey("hub", proxy.Hub)
+PARSER_LIMIT = 64 * 1024
+"""Let headers up to 64 KiB reach the handler, which refuses long ones with a Status (aiohttp's own 400 is
+plain text)."""
 
 
 def tls_contexts(identity: config.IdentitySettings) -> tuple[ssl.SSLContext, ssl.SSLContext]:
@@ -192,7 +195,7 @@ async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None)
         proxy_app[HUB] = hub
         proxy_app.router.add_route("*", "/{tail:.*}", handler)
         runners = [
-            web.AppRunner(proxy_app, access_log=None),
+            web.AppRunner(proxy_app, access_log=None, max_line_size=PARSER_LIMIT, max_field_size=PARSER_LIMIT),
             web.AppRunner(_serve_app(hub, usage_cache), access_log=None),
         ]
         try:

@@ -58,6 +58,7 @@ class View:
     resource_version: str
     items_typed: bool
     items: list[bytes]
+    envelope: bytes = b""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +101,7 @@ class _MemView:
     rv: str
     typed: bool
     members: set[tuple[str, str]]
+    envelope: bytes
 
 
 class MemoryStorage:
@@ -120,7 +122,7 @@ class MemoryStorage:
             self._put(key.scope, obj)
         members = {(o.namespace, o.name) for o in listing.items}
         self._views[key] = _MemView(
-            listing.api_version, listing.kind, listing.resource_version, listing.items_typed, members
+            listing.api_version, listing.kind, listing.resource_version, listing.items_typed, members, listing.envelope
         )
 
     def apply_events(self, key: ViewKey, events: Sequence[wire.Event]) -> None:
@@ -165,7 +167,7 @@ class MemoryStorage:
             return None
         objects = self._objects.get(key.scope, {})
         items = [objects[m].body for m in sorted(view.members) if m in objects]
-        return View(view.api_version, view.kind, view.rv, view.typed, items)
+        return View(view.api_version, view.kind, view.rv, view.typed, items, view.envelope)
 
     def usage(self) -> list[Usage]:
         return [
@@ -177,6 +179,7 @@ class MemoryStorage:
 
 # --- SQLite on disk ------------------------------------------------------------------------------
 
+SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     component TEXT NOT NULL, encoding TEXT NOT NULL, gvr TEXT NOT NULL,
@@ -188,6 +191,7 @@ CREATE TABLE IF NOT EXISTS views (
     component TEXT NOT NULL, encoding TEXT NOT NULL, gvr TEXT NOT NULL, namespace TEXT NOT NULL,
     label TEXT NOT NULL, field TEXT NOT NULL,
     api_version TEXT NOT NULL, kind TEXT NOT NULL, rv TEXT NOT NULL, typed INTEGER NOT NULL,
+    envelope BLOB NOT NULL,
     UNIQUE (component, encoding, gvr, namespace, label, field)
 );
 CREATE TABLE IF NOT EXISTS members (
@@ -248,7 +252,12 @@ class SqliteStorage:
             result = db.execute("PRAGMA quick_check").fetchone()[0]
             if result != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {result}")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            empty = db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+            if not empty and version != SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(f"cache schema version {version}, this yurthub uses {SCHEMA_VERSION}")
             db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError:
             db.close()
             raise
@@ -299,7 +308,7 @@ class SqliteStorage:
             if view is None:
                 view = db.execute(
                     "INSERT INTO views (component, encoding, gvr, namespace, label, field, api_version, kind, "
-                    "rv, typed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    "rv, typed, envelope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     (
                         s.component,
                         s.encoding.value,
@@ -311,16 +320,18 @@ class SqliteStorage:
                         listing.kind,
                         listing.resource_version,
                         int(listing.items_typed),
+                        listing.envelope,
                     ),
                 ).fetchone()[0]
             else:
                 db.execute(
-                    "UPDATE views SET api_version=?, kind=?, rv=?, typed=? WHERE id=?",
+                    "UPDATE views SET api_version=?, kind=?, rv=?, typed=?, envelope=? WHERE id=?",
                     (
                         listing.api_version,
                         listing.kind,
                         listing.resource_version,
                         int(listing.items_typed),
+                        listing.envelope,
                         view,
                     ),
                 )
@@ -401,8 +412,8 @@ class SqliteStorage:
                 view = self._view_id(db, key)
                 if view is None:
                     return None
-                api_version, kind, rv, typed = db.execute(
-                    "SELECT api_version, kind, rv, typed FROM views WHERE id=?", (view,)
+                api_version, kind, rv, typed, envelope = db.execute(
+                    "SELECT api_version, kind, rv, typed, envelope FROM views WHERE id=?", (view,)
                 ).fetchone()
                 rows = db.execute(
                     "SELECT o.body FROM members m JOIN objects o ON o.component=? AND o.encoding=? AND o.gvr=? "
@@ -411,7 +422,7 @@ class SqliteStorage:
                 ).fetchall()
         except errors.StorageError:
             raise
-        return View(api_version, kind, rv, bool(typed), [bytes(r[0]) for r in rows])
+        return View(api_version, kind, rv, bool(typed), [bytes(r[0]) for r in rows], bytes(envelope))
 
     def usage(self) -> list[Usage]:
         rows = self._db.execute(

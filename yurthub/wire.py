@@ -27,6 +27,8 @@ from typing import TypeVar
 from yurthub import errors
 
 MAGIC = b"k8s\x00"
+_ITEMS = b"\x00"
+_RV = b"\x01"
 PROTOBUF = "application/vnd.kubernetes.protobuf"
 JSON = "application/json"
 
@@ -72,6 +74,10 @@ class ListBody:
     items_typed: bool
     """JSON only: whether the items carried `kind`/`apiVersion` (custom resources do)."""
     items: list[Obj]
+    envelope: bytes = b""
+    """JSON only: the list's own bytes around its items (`_ITEMS` where they go, `_RV` for the list's
+    resourceVersion), so a rebuilt list keeps the apiserver's framing, which differs between built-in
+    kinds and custom resources (whose keys come sorted)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,11 +365,25 @@ def parse_list(encoding: Encoding, body: bytes) -> ListBody:
         full = (raw_item if typed else prefix + raw_item[_skip_ws(raw_item, 1) :]) + b"\n"
         namespace, name, item_rv = _json_meta(raw_item)
         items.append(Obj(namespace, name, item_rv, full))
-    return ListBody(api_version, kind, meta.get("resourceVersion", ""), not meta.get("continue"), typed, items)
+    rv = meta.get("resourceVersion", "")
+    start, end = spans["items"]
+    head, tail = body[: start + 1], body[end - 1 :]
+    old_rv = b'"resourceVersion":' + json.dumps(rv).encode()
+    envelope = b""
+    if (head + tail).count(old_rv) == 1:
+        marked = b'"resourceVersion":"' + _RV + b'"'
+        envelope = head.replace(old_rv, marked) + _ITEMS + tail.replace(old_rv, marked)
+    return ListBody(api_version, kind, rv, not meta.get("continue"), typed, items, envelope)
 
 
 def build_list(
-    encoding: Encoding, api_version: str, kind: str, rv: str, items_typed: bool, items: list[bytes]
+    encoding: Encoding,
+    api_version: str,
+    kind: str,
+    rv: str,
+    items_typed: bool,
+    items: list[bytes],
+    envelope: bytes = b"",
 ) -> bytes:
     """A complete LIST body with these items (GET forms), framed as the apiserver frames it."""
     if encoding is Encoding.PROTOBUF:
@@ -380,6 +400,10 @@ def build_list(
         else:
             untyped = {k: v for k, v in json.loads(item).items() if k not in ("kind", "apiVersion")}
             parts.append(json.dumps(untyped, separators=(",", ":")).encode())
+    if envelope:
+        head, tail = envelope.split(_ITEMS, 1)
+        value = json.dumps(rv).encode()[1:-1]
+        return head.replace(_RV, value) + b",".join(parts) + tail.replace(_RV, value)
     head = (
         b'{"kind":'
         + json.dumps(kind).encode()

@@ -42,7 +42,20 @@ class Hub:
 @pytest.fixture(scope="module")
 def cloud() -> Iterator[cluster.Cluster]:
     with cluster.Cluster.start(cluster.Settings(real_node=False)) as c:
-        c.kubectl.apply([{"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}}])
+        c.kubectl.apply(
+            [
+                {"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}},
+                {  # beyond what the Node authorizer gives a node, so tests can read ConfigMaps in bulk
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "ClusterRoleBinding",
+                    "metadata": {"name": "yurt-test-view"},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+                    "subjects": [
+                        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": f"system:node:{NODE}"}
+                    ],
+                },
+            ]
+        )
         yield c
 
 

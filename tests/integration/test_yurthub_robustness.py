@@ -1,0 +1,288 @@
+"""yurthub under failures and bad input: failover, custom resources, garbage from upstream, huge headers,
+a full disk, kill -9 in the middle of writes, and secrets kept out of its log."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import ssl
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from testenv import cluster, controlplane, pki, relay
+from testenv.kubectl import wait_for
+from tests.integration.conftest import NODE, Hub, start_hub, stop_hub, wait_cloud
+from tests.integration.test_yurthub_proxy import PB, call, services
+
+
+def test_failover_to_the_second_server_keeps_the_cloud_online(
+    cloud: cluster.Cluster, link: relay.Relay, tmp_path: Path
+) -> None:
+    port = int(cloud.plane.server.rsplit(":", 1)[1])  # type: ignore[union-attr]
+    second = relay.Relay("127.0.0.1", port)
+    hub = start_hub(
+        cloud, link, tmp_path, f"--server-addr=https://127.0.0.1:{link.port},https://127.0.0.1:{second.port}"
+    )
+    try:
+        link.cut()
+        wait_for("the first server to be marked down", lambda: not hub.status()["servers"][0]["healthy"], timeout=30)
+        assert hub.status()["cloud"]["reachable"]
+        services(cloud, "after-failover")
+        code, _, body = call(hub.proxy + "/api/v1/namespaces/default/services")
+        assert code == 200 and b"after-failover" in body  # fresh from the cloud, not the cache
+    finally:
+        link.restore()
+        stop_hub(hub)
+        second.close()
+
+
+def test_custom_resources_are_cached_like_built_in_kinds(cloud: cluster.Cluster, link: relay.Relay, hub: Hub) -> None:
+    cloud.kubectl.apply(
+        [
+            {
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {"name": "widgets.example.com"},
+                "spec": {
+                    "group": "example.com",
+                    "scope": "Namespaced",
+                    "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+                    "versions": [
+                        {
+                            "name": "v1",
+                            "served": True,
+                            "storage": True,
+                            "schema": {
+                                "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                            },
+                        }
+                    ],
+                },
+            }
+        ]
+    )
+    wait_for(
+        "the Widget API", lambda: "widgets" in cloud.kubectl.run("api-resources", "--api-group=example.com"), timeout=30
+    )
+    cloud.kubectl.apply(
+        [
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": "widget-reader"},
+                "rules": [{"apiGroups": ["example.com"], "resources": ["widgets"], "verbs": ["get", "list", "watch"]}],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": "widget-reader"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "widget-reader"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": f"system:node:{NODE}"}],
+            },
+        ]
+    )
+    cloud.kubectl.apply(
+        [
+            {
+                "apiVersion": "example.com/v1",
+                "kind": "Widget",
+                "metadata": {"name": f"w{i}", "namespace": "default"},
+                "spec": {"size": i},
+            }
+            for i in range(3)
+        ]
+    )
+    paths = ["/apis/example.com/v1/namespaces/default/widgets", "/apis/example.com/v1/namespaces/default/widgets/w1"]
+    online = {p: call(hub.proxy + p) for p in paths}
+    assert all(v[0] == 200 for v in online.values())
+    link.cut()
+    try:
+        wait_cloud(hub, reachable=False)
+        for path, want in online.items():
+            assert call(hub.proxy + path) == want
+    finally:
+        link.restore()
+        wait_cloud(hub, reachable=True)
+
+
+@pytest.fixture
+def garbage_cloud(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """An HTTPS server that answers API reads with truncated or garbage bodies (and /readyz with OK)."""
+    ca = pki.CertificateAuthority("garbage-ca")
+    ca_crt, _ = ca.pair.write(tmp_path, "ca")
+    crt, key = ca.issue("garbage", server=True, ip_addresses=("127.0.0.1",)).write(tmp_path, "server")
+    bodies = {
+        "/api/v1/namespaces/default/services": (
+            b'{"kind":"ServiceList","apiVersion":"v1","items":[{"metadata":',
+            "application/json",
+        ),
+        "/api/v1/namespaces/default/pods": (b"k8s\x00\x0a\xff\xff\xff\xff\x0f", "application/vnd.kubernetes.protobuf"),
+        "/api/v1/namespaces/default/configmaps": (os.urandom(4096), "application/json"),
+    }
+
+    async def answer(request: web.Request) -> web.Response:
+        if request.path == "/readyz":
+            return web.Response(text="ok")
+        body, ctype = bodies.get(request.path, (b"{}", "application/json"))
+        if "watch" in request.query:
+            return web.Response(body=body + b"\n" + os.urandom(64), headers={"Content-Type": ctype + ";stream=watch"})
+        return web.Response(body=body, headers={"Content-Type": ctype})
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(crt), str(key))
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    port = controlplane.free_port()
+    ready = threading.Event()
+    loop_holder: dict[str, object] = {}
+
+    def serve() -> None:
+        loop = asyncio.new_event_loop()
+        runner = web.AppRunner(app)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx).start())
+        loop_holder["loop"] = loop
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ready.wait(10)
+    yield f"https://127.0.0.1:{port}", ca_crt
+    loop = loop_holder["loop"]
+    loop.call_soon_threadsafe(loop.stop)  # type: ignore[attr-defined]
+    thread.join(5)
+
+
+def test_garbage_from_upstream_is_relayed_but_never_cached_and_never_crashes(
+    cloud: cluster.Cluster, link: relay.Relay, garbage_cloud: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, ca = garbage_cloud
+    hub = start_hub(cloud, link, tmp_path, f"--server-addr={url}", f"--ca-file={ca}")
+    try:
+        for path in (
+            "/api/v1/namespaces/default/services",
+            "/api/v1/namespaces/default/pods",
+            "/api/v1/namespaces/default/configmaps",
+            "/api/v1/namespaces/default/services?watch=1",
+        ):
+            code, _, _ = call(hub.proxy + path, accept=PB)
+            assert code == 200
+        assert hub.proc.poll() is None
+        assert hub.status()["cache"]["entries"] == []
+        assert 'yurthub_cache_write_errors_total{reason="malformed"}' in hub.metrics()
+    finally:
+        stop_hub(hub)
+
+
+def test_huge_headers_get_a_status_error(hub: Hub) -> None:
+    code, ctype, body = call(hub.proxy + "/api/v1/namespaces/default/services", agent="kubelet/" + "x" * 20000)
+    assert (code, ctype) == (431, "application/json")
+    assert json.loads(body)["kind"] == "Status"
+    assert hub.proc.poll() is None
+
+
+def test_a_full_disk_keeps_the_proxy_working_and_says_so(
+    cloud: cluster.Cluster, link: relay.Relay, tmp_path: Path
+) -> None:
+    disk = tmp_path / "small"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)], check=True)
+    try:
+        hub = start_hub(cloud, link, tmp_path, f"--disk-cache-path={disk / 'cache'}")
+        try:
+            cloud.kubectl.apply(
+                [
+                    {
+                        "apiVersion": "v1",
+                        "kind": "ConfigMap",
+                        "metadata": {"name": f"big-{i}", "namespace": "default"},
+                        "data": {"blob": secrets.token_hex(20000)},
+                    }
+                    for i in range(30)
+                ]
+            )
+            code, _, body = call(hub.proxy + "/api/v1/namespaces/default/configmaps")
+            assert code == 200 and body.count(b'"big-') == 30  # the online answer is whole
+            wait_for(
+                "the cache to report it cannot write", lambda: "yurthub_cache_writable 0.0" in hub.metrics(), timeout=10
+            )
+            assert hub.status()["cache"]["writable"] is False
+            code, _, _ = call(hub.proxy + "/api/v1/namespaces/default/services")
+            assert code == 200
+        finally:
+            stop_hub(hub)
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_kill_9_during_writes_leaves_a_whole_list_from_the_cloud(
+    cloud: cluster.Cluster, link: relay.Relay, tmp_path: Path
+) -> None:
+    hub = start_hub(cloud, link, tmp_path)
+    seen: list[bytes] = []
+    stop = threading.Event()
+
+    def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            services(cloud, f"churn-{i % 7}")
+            with contextlib.suppress(OSError):
+                code, _, body = call(hub.proxy + "/api/v1/namespaces/default/services", accept=PB, timeout=5)
+                if code == 200:
+                    seen.append(body)
+            i += 1
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    time.sleep(4)
+    os.kill(hub.proc.pid, signal.SIGKILL)
+    hub.proc.wait()
+    stop.set()
+    worker.join(30)
+    assert len(seen) > 3
+    link.cut()
+    try:
+        again = start_hub(cloud, link, tmp_path)
+        try:
+            wait_cloud(again, reachable=False)
+            code, _, body = call(again.proxy + "/api/v1/namespaces/default/services", accept=PB)
+            assert code == 200
+            assert body in seen  # exactly one list the cloud sent, not a mix
+        finally:
+            stop_hub(again)
+    finally:
+        link.restore()
+
+
+def test_tokens_and_keys_never_reach_the_log(cloud: cluster.Cluster, link: relay.Relay, tmp_path: Path) -> None:
+    hub = start_hub(cloud, link, tmp_path, "--verbose")
+    try:
+        token = "yurt-secret-" + secrets.token_hex(16)
+        request = urllib.request.Request(
+            hub.proxy + "/api/v1/namespaces/default/pods", headers={"Authorization": f"Bearer {token}"}
+        )
+        with contextlib.suppress(Exception):
+            urllib.request.urlopen(request, timeout=10)
+        link.cut()
+        wait_cloud(hub, reachable=False)
+        link.restore()
+        wait_cloud(hub, reachable=True)
+    finally:
+        stop_hub(hub)
+    text = hub.log.read_text()
+    assert "cloud unreachable" in text  # the log is being written
+    assert token not in text
+    assert "PRIVATE KEY" not in text and "BEGIN CERTIFICATE" not in text
