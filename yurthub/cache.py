@@ -56,10 +56,15 @@ def view_key(info: RequestInfo, encoding: wire.Encoding) -> storage.ViewKey:
 
 
 def accepted(accept: str) -> list[wire.Encoding]:
-    """Encodings a client takes, in its order of preference; JSON when it names none we know."""
+    """Encodings a client takes, in its order of preference; JSON when it sends no Accept at all."""
+    if not accept.strip():
+        return [wire.Encoding.JSON]
     found: list[wire.Encoding] = []
     for clause in accept.split(","):
-        media = clause.split(";", 1)[0].strip().lower()
+        media, _, params = clause.partition(";")
+        if "as=" in params.replace(" ", ""):
+            continue  # a Table or partial metadata: not what the cache holds
+        media = media.strip().lower()
         options = {
             wire.PROTOBUF: [wire.Encoding.PROTOBUF],
             wire.JSON: [wire.Encoding.JSON],
@@ -67,7 +72,7 @@ def accepted(accept: str) -> list[wire.Encoding]:
             "application/*": [wire.Encoding.JSON, wire.Encoding.PROTOBUF],
         }.get(media, [])
         found += [e for e in options if e not in found]
-    return found or [wire.Encoding.JSON]
+    return found
 
 
 def record_object(store: storage.Storage, info: RequestInfo, encoding: wire.Encoding, body: bytes) -> None:

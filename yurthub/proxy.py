@@ -338,7 +338,7 @@ async def _queue_event(hub: Hub, request: web.Request, info: requestinfo.Request
 
 async def _hold_watch(hub: Hub, request: web.Request, info: requestinfo.RequestInfo) -> web.StreamResponse:
     """An offline watch: open, silent, ended cleanly when the cloud returns or its timeout passes."""
-    encoding = cache.accepted(request.headers.get("Accept", ""))[0]
+    encoding = next(iter(cache.accepted(request.headers.get("Accept", ""))), wire.Encoding.JSON)
     response = web.StreamResponse(status=200)
     response.headers["Content-Type"] = wire.content_type(encoding, watch=True)
     await response.prepare(request)

@@ -39,8 +39,15 @@ class Encoding(enum.StrEnum):
 
 
 def encoding_of(content_type: str) -> Encoding | None:
-    """The encoding of a response body, from its Content-Type; None for anything we do not cache."""
-    media = content_type.split(";", 1)[0].strip().lower()
+    """The encoding of a response body, from its Content-Type; None for anything we do not cache.
+
+    A body asked for `as=Table` or `as=PartialObjectMetadata[List]` is another kind than the resource's own,
+    so it is never read as one.
+    """
+    media, _, params = content_type.partition(";")
+    if "as=" in params.replace(" ", ""):
+        return None
+    media = media.strip().lower()
     if media == JSON:
         return Encoding.JSON
     if media == PROTOBUF:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from yurthub import errors, requestinfo
+from yurthub import cache, errors, requestinfo, wire
 
 
 @pytest.mark.parametrize(
@@ -70,3 +70,22 @@ def test_non_resource_paths(path: str) -> None:
 def test_dangerous_paths_are_refused(path: str) -> None:
     with pytest.raises(errors.BadRequest):
         requestinfo.parse("GET", path, {})
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        ("", ["json"]),
+        ("application/vnd.kubernetes.protobuf,application/json", ["protobuf", "json"]),
+        ("application/json;as=Table;v=v1;g=meta.k8s.io,application/json", ["json"]),
+        ("application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io", []),
+        ("*/*", ["json", "protobuf"]),
+    ],
+)
+def test_accept_headers_name_the_encodings_the_cache_may_answer_in(accept: str, expected: list[str]) -> None:
+    assert [e.value for e in cache.accepted(accept)] == expected
+
+
+def test_tables_and_partial_metadata_are_never_read_as_the_resource() -> None:
+    assert wire.encoding_of("application/json;as=Table;v=v1;g=meta.k8s.io") is None
+    assert wire.encoding_of("application/vnd.kubernetes.protobuf;stream=watch") is wire.Encoding.PROTOBUF
