@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import random
 import time
@@ -45,6 +46,7 @@ HOP_BY_HOP = frozenset(
 )
 MAX_CACHED_BODY = 64 * 1024 * 1024
 MAX_REQUEST_BODY = 16 * 1024 * 1024
+MAX_PENDING_WRITES = 256
 MAX_HEADER = 16 * 1024
 """Longest request header accepted; aiohttp's own parser stops at 64 KiB (`server.PARSER_LIMIT`)."""
 DEFAULT_WATCH_TIMEOUT_S = 1800
@@ -78,6 +80,8 @@ class Hub:
         # One writer thread: cache writes apply in arrival order and SQLite sees a single writer.
         self.writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-writer")
         self.inflight: set[Callable[[], object]] = set()
+        self.pending: set[asyncio.Future[Any]] = set()
+        self.last_lists: dict[object, bytes] = {}
         self.cloud_back = asyncio.Event()
 
     def cloud_changed(self) -> None:
@@ -93,17 +97,42 @@ class Hub:
         return await asyncio.get_running_loop().run_in_executor(self.writer, fn, *args)
 
     async def record(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
-        """Write to the cache off the loop; a failure is counted and logged, never raised to the client."""
-        try:
-            await self.in_writer(fn, *args)
+        """Queue a cache write on the writer thread and return at once: the client never waits for the disk.
+
+        Writes run one at a time in the order queued, so a list and the watch events after it apply in
+        order. Past `MAX_PENDING_WRITES` queued writes the caller waits for the oldest (backpressure instead
+        of unbounded memory). A failure is counted and logged, never raised to the client.
+        """
+        while len(self.pending) >= MAX_PENDING_WRITES:
+            await asyncio.wait(set(self.pending), return_when=asyncio.FIRST_COMPLETED)
+        future = asyncio.get_running_loop().run_in_executor(self.writer, fn, *args)
+        self.pending.add(future)
+        future.add_done_callback(lambda f: self._written(what, f))
+
+    def _written(self, what: str, future: asyncio.Future[Any]) -> None:
+        self.pending.discard(future)
+        exc = future.exception() if not future.cancelled() else None
+        if exc is None:
             self.metrics.cache_writable.set(1)
-        except errors.StorageError as exc:
+        elif isinstance(exc, errors.StorageError):
+            self.last_lists.clear()  # what was not stored must be written again when it comes again
             self.metrics.cache_writable.set(0)
             self.metrics.cache_write_errors.labels("storage").inc()
             log.error("cache write failed what=%s error=%s", what, exc)
-        except (errors.WireFormatError, ValueError, UnicodeDecodeError) as exc:
+        elif isinstance(exc, errors.WireFormatError | ValueError | UnicodeDecodeError):
             self.metrics.cache_write_errors.labels("malformed").inc()
             log.warning("not caching a malformed response what=%s error=%s", what, exc)
+        else:
+            self.metrics.cache_write_errors.labels("bug").inc()
+            log.error("cache write crashed what=%s", what, exc_info=exc)
+
+    def list_changed(self, key: object, body: bytes) -> bool:
+        """False when this exact list was the last one stored for its view: nothing to write again."""
+        digest = hashlib.blake2b(body, digest_size=16).digest()
+        if self.last_lists.get(key) == digest:
+            return False
+        self.last_lists[key] = digest
+        return True
 
 
 def _error(code: int, message: str, reason: str | None = None) -> web.Response:
@@ -246,7 +275,8 @@ async def _relay(
         elif token:
             await hub.record(info.path, cache.record_token, hub.store, info, encoding, request_body, bytes(kept))
         elif info.verb == "list":
-            await hub.record(info.path, cache.record_list, hub.store, info, encoding, bytes(kept))
+            if hub.list_changed(cache.view_key(info, encoding), bytes(kept)):
+                await hub.record(info.path, cache.record_list, hub.store, info, encoding, bytes(kept))
         else:
             await hub.record(info.path, cache.record_object, hub.store, info, encoding, bytes(kept))
     with contextlib.suppress(ConnectionResetError):

@@ -37,12 +37,12 @@ def tls_contexts(identity: config.IdentitySettings) -> tuple[ssl.SSLContext, ssl
     return node, anonymous
 
 
-async def probe_once(hub: proxy.Hub) -> None:
+async def probe_once(hub: proxy.Hub, attempts: int | None = None) -> None:
     """Probe every server once (`/readyz` with the node identity) and record the outcomes."""
     cloud = hub.settings.cloud
     for state in hub.servers.states:
         ok, detail = False, ""
-        for _ in range(max(1, cloud.heartbeat_failed_retry)):
+        for _ in range(max(1, attempts or cloud.heartbeat_failed_retry)):
             try:
                 async with asyncio.timeout(cloud.heartbeat_timeout_s):
                     async with hub.node_session.get(f"{state.server}/readyz") as resp:
@@ -201,6 +201,9 @@ async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None)
         try:
             for runner in runners:
                 await runner.setup()
+            # Know the cloud's state before the first client asks: a node booting during an outage then
+            # answers from its cache at once instead of letting each request wait for a dead link.
+            await probe_once(hub, attempts=1)
             listen = settings.listen
             await web.TCPSite(runners[0], listen.bind_address, listen.proxy_port, shutdown_timeout=1).start()
             await web.TCPSite(runners[1], listen.bind_address, listen.serve_port, shutdown_timeout=1).start()

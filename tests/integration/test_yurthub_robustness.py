@@ -182,7 +182,11 @@ def test_garbage_from_upstream_is_relayed_but_never_cached_and_never_crashes(
             assert code == 200
         assert hub.proc.poll() is None
         assert hub.status()["cache"]["entries"] == []
-        assert 'yurthub_cache_write_errors_total{reason="malformed"}' in hub.metrics()
+        wait_for(
+            "the malformed bodies to be counted",
+            lambda: 'yurthub_cache_write_errors_total{reason="malformed"}' in hub.metrics(),
+            timeout=10,
+        )
     finally:
         stop_hub(hub)
 
