@@ -2,7 +2,9 @@
 
 `ServerHealth` is the pure state machine: a failed probe (or a connection error while proxying) makes a
 server unhealthy at once; it is healthy again only after `healthy_threshold` successful probes in a row.
-Before the first probe a server counts as healthy, so yurthub forwards from its first second.
+Before the first probe a server counts as healthy (a fresh node forwards from its first second), or, when a
+cache already exists, as unhealthy (a node rebooting during an outage answers from its cache at once and
+does not wait for a dead link to time out; online, the first probe flips it within milliseconds).
 `Servers` holds one per server and picks one per request (`rr` or `priority`).
 """
 
@@ -45,12 +47,15 @@ class ServerHealth:
 
 
 class Servers:
-    def __init__(self, settings: config.CloudSettings) -> None:
+    def __init__(self, settings: config.CloudSettings, *, start_healthy: bool = True) -> None:
+        """`start_healthy=False` serves from the cache until the first probe says otherwise."""
         self.settings = settings
-        self.states = [ServerHealth(s, settings.heartbeat_healthy_threshold) for s in settings.servers]
+        self.states = [
+            ServerHealth(s, settings.heartbeat_healthy_threshold, healthy=start_healthy) for s in settings.servers
+        ]
         self._turn = itertools.count()
         self.cloud_since = time.time()
-        self._was_healthy = True
+        self._was_healthy = start_healthy
 
     @property
     def is_healthy(self) -> bool:

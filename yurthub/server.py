@@ -179,9 +179,10 @@ async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None)
     stats = metrics.Metrics()
     usage_cache: list[list[storage.Usage]] = [[]]
     stats.watch_cache(lambda: usage_cache[0])
-    servers = health.Servers(settings.cloud)
+    cached = bool(store.usage())
+    servers = health.Servers(settings.cloud, start_healthy=not cached)
     for server in settings.cloud.servers:
-        stats.cloud_healthy.labels(server).set(1)
+        stats.cloud_healthy.labels(server).set(0 if cached else 1)
     async with (
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=node_tls, limit=0)) as node_session,
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=token_tls, limit=0)) as token_session,
@@ -201,9 +202,9 @@ async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None)
         try:
             for runner in runners:
                 await runner.setup()
-            # Know the cloud's state before the first client asks: a node booting during an outage then
-            # answers from its cache at once instead of letting each request wait for a dead link.
-            await probe_once(hub, attempts=1)
+            if not cached:
+                # Nothing to answer from yet: learn the cloud's state before the first client asks.
+                await probe_once(hub, attempts=1)
             listen = settings.listen
             await web.TCPSite(runners[0], listen.bind_address, listen.proxy_port, shutdown_timeout=1).start()
             await web.TCPSite(runners[1], listen.bind_address, listen.serve_port, shutdown_timeout=1).start()
