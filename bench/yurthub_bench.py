@@ -13,15 +13,13 @@ import json
 import os
 import signal
 import ssl
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from testenv import cluster, controlplane, hubinstall, images
+from testenv import cluster, hosthub, hubinstall, images
 from testenv.kubectl import wait_for
 from yurthub import storage, wire
 
@@ -88,39 +86,13 @@ def apply_in_chunks(kube: cluster.Cluster, objects: list[dict[str, Any]], chunk:
         )
 
 
-def start_yurthub(kube: cluster.Cluster, directory: Path) -> tuple[subprocess.Popen[bytes], int, int, ssl.SSLContext]:
+def start_yurthub(kube: cluster.Cluster, directory: Path) -> tuple[hosthub.HostHub, int, int, ssl.SSLContext]:
     plane = kube.plane
     assert plane is not None
-    cert, key = plane.ca.issue(f"system:node:{NODE}", organizations=("system:nodes",), client=True).write(
-        directory, "node"
-    )
-    proxy_port, serve_port = controlplane.free_port(), controlplane.free_port()
-    ca = plane.directory / "pki" / "ca.crt"
-    yurthub = str(Path(sys.executable).with_name("yurthub"))
-    proc = subprocess.Popen(
-        [
-            yurthub,
-            f"--server-addr={plane.server}",
-            f"--node-name={NODE}",
-            f"--ca-file={ca}",
-            f"--client-cert={cert}",
-            f"--client-key={key}",
-            f"--proxy-port={proxy_port}",
-            f"--serve-port={serve_port}",
-            f"--disk-cache-path={directory / 'cache'}",
-            f"--outbox-path={directory / 'outbox'}",
-            "--heartbeat-interval-seconds=1",
-            "--heartbeat-timeout-seconds=1",
-            "--heartbeat-failed-retry=1",
-            "--cache-agents=kubelet",
-        ],
-        stdout=(directory / "yurthub.log").open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-    context = ssl.create_default_context(cafile=str(ca))
-    context.load_cert_chain(str(cert), str(key))
-    wait_for("yurthub", lambda: Client("127.0.0.1", serve_port).get("/v1/status", "*/*")[0] == 200, timeout=20)
-    return proc, proxy_port, serve_port, context
+    hub = hosthub.start(plane, plane.server, NODE, directory, "--cache-agents=kubelet")
+    context = ssl.create_default_context(cafile=str(plane.directory / "pki" / "ca.crt"))
+    context.load_cert_chain(str(hub.cert), str(hub.key))
+    return hub, int(hub.proxy.rsplit(":", 1)[1]), int(hub.serve.rsplit(":", 1)[1]), context
 
 
 def cloud_reachable(serve_port: int) -> bool:
@@ -143,7 +115,7 @@ def measure_requests(kube: cluster.Cluster, directory: Path) -> dict[str, float]
         ]
     )
     apply_in_chunks(kube, pods(PODS))
-    proc, proxy_port, serve_port, context = start_yurthub(kube, directory)
+    hub_proc, proxy_port, serve_port, context = start_yurthub(kube, directory)
     api_port = int(plane.server.rsplit(":", 1)[1])
     direct, hub = Client("127.0.0.1", api_port, context), Client("127.0.0.1", proxy_port)
     results: dict[str, float] = {}
@@ -187,10 +159,9 @@ def measure_requests(kube: cluster.Cluster, directory: Path) -> dict[str, float]
         results["list_1k_pods_offline_p50_ms"] = pct(o_list, 0.5)
         results["list_1k_pods_offline_p99_ms"] = pct(o_list, 0.99)
         wait_for("the cloud back", lambda: cloud_reachable(serve_port), timeout=30)
-        results["rss_mb_idle_10k_objects"] = rss_with_objects(kube, proxy_port, proc.pid)
+        results["rss_mb_idle_10k_objects"] = rss_with_objects(kube, proxy_port, hub_proc.proc.pid)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        hub_proc.stop()
     return results
 
 

@@ -82,6 +82,8 @@ class Hub:
         self.inflight: set[Callable[[], object]] = set()
         self.pending: set[asyncio.Future[Any]] = set()
         self.last_lists: dict[object, bytes] = {}
+        self.cache_writable = True
+        """False while cache writes fail (a full disk); forwarding goes on regardless."""
         self.cloud_back = asyncio.Event()
 
     def cloud_changed(self) -> None:
@@ -113,9 +115,11 @@ class Hub:
         self.pending.discard(future)
         exc = future.exception() if not future.cancelled() else None
         if exc is None:
+            self.cache_writable = True
             self.metrics.cache_writable.set(1)
         elif isinstance(exc, errors.StorageError):
             self.last_lists.clear()  # what was not stored must be written again when it comes again
+            self.cache_writable = False
             self.metrics.cache_writable.set(0)
             self.metrics.cache_write_errors.labels("storage").inc()
             log.error("cache write failed what=%s error=%s", what, exc)
@@ -133,6 +137,13 @@ class Hub:
             return False
         self.last_lists[key] = digest
         return True
+
+
+def _answered(answer: cache.Answer, code: int | None = None) -> web.Response:
+    """A response carrying cached bytes exactly, with their own content type."""
+    return web.Response(
+        status=code or answer.status, body=answer.body, content_type=None, headers={"Content-Type": answer.content_type}
+    )
 
 
 def _error(code: int, message: str, reason: str | None = None) -> web.Response:
@@ -302,12 +313,7 @@ async def local(hub: Hub, request: web.Request, info: requestinfo.RequestInfo, b
                     f"{info.verb} {info.gvr} {info.namespace}/{info.name}".rstrip("/"),
                 )
             outcome = "cache"
-            return web.Response(
-                status=answer.status,
-                body=answer.body,
-                content_type=None,
-                headers={"Content-Type": answer.content_type},
-            )
+            return _answered(answer)
         if info.verb == "watch" and cache.cacheable(info, hub.agents):
             outcome = "held"
             return await _hold_watch(hub, request, info)
@@ -324,12 +330,7 @@ async def local(hub: Hub, request: web.Request, info: requestinfo.RequestInfo, b
             answer = await hub.in_writer(cache.answer_token, hub.store, info, request.headers.get("Accept", ""), body)
             if answer is not None:
                 outcome = "cache"
-                return web.Response(
-                    status=answer.status,
-                    body=answer.body,
-                    content_type=None,
-                    headers={"Content-Type": answer.content_type},
-                )
+                return _answered(answer)
         if info.resource == "nodes" and info.verb == "create" and info.component == "kubelet":
             content_type = request.headers.get("Content-Type", "")
             if await hub.in_writer(cache.cached_node_named, hub.store, info, body, content_type):
@@ -363,7 +364,7 @@ async def _queue_event(hub: Hub, request: web.Request, info: requestinfo.Request
     )
     if answer is None:
         return _error(503, "cloud unreachable: the event update is queued for the cloud, but no copy is cached")
-    return web.Response(status=200, body=answer.body, content_type=None, headers={"Content-Type": answer.content_type})
+    return _answered(answer, 200)
 
 
 async def _hold_watch(hub: Hub, request: web.Request, info: requestinfo.RequestInfo) -> web.StreamResponse:
@@ -398,4 +399,4 @@ async def _cached_node(hub: Hub, request: web.Request, info: requestinfo.Request
     answer = await hub.in_writer(cache.answer_read, hub.store, plain, request.headers.get("Accept", ""))
     if answer is None:
         return _error(503, f"cloud unreachable and node {info.name} is not cached")
-    return web.Response(status=200, body=answer.body, content_type=None, headers={"Content-Type": answer.content_type})
+    return _answered(answer, 200)

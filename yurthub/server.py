@@ -109,7 +109,7 @@ def status_report(hub: proxy.Hub, usage: list[storage.Usage]) -> dict[str, objec
         "servers": [{"server": s.server, "healthy": s.healthy, "since": _iso(s.since)} for s in hub.servers.states],
         "cache": {
             "path": hub.settings.cache.disk_cache_path,
-            "writable": bool(hub.metrics.cache_writable._value.get()),
+            "writable": hub.cache_writable,
             "entries": [u.__dict__ for u in usage],
         },
         "outbox": {
