@@ -1,4 +1,5 @@
-"""`make demo`: bring up the real local cluster, show an edge node at work, cut its link, tear down.
+"""`make demo`: the real local cluster, an edge node going through yurthub, surviving a cut link, kubelet
+restart and a power cycle while cut off, then converging; and a clean teardown.
 
 Prints each step and what it saw, so a newcomer can follow what yurt-edge's test cluster is made of.
 """
@@ -9,7 +10,7 @@ import logging
 import sys
 import time
 
-from testenv import cluster, images, leftovers
+from testenv import cluster, hubinstall, images, leftovers
 from testenv.kubectl import node_ready, wait_for
 
 APP = "demo-hello"
@@ -48,19 +49,8 @@ def main() -> int:
         time.sleep(3)
         print(kube.kubectl.run("logs", pod["metadata"]["name"], "--tail=3"), flush=True)
 
-        say(f"cutting {node}'s link to the cloud")
-        kube.node.cut_link()
-        cut = time.monotonic()
-        wait_for("NotReady", lambda: not node_ready(kube.kubectl.get("node", node)), timeout=60)
-        say(f"the control plane marked {node} NotReady after {time.monotonic() - cut:.0f}s")
-        say("meanwhile its containers keep running on the node (containerd's view):")
-        print(kube.node.run(["ctr", "-n", "k8s.io", "tasks", "ls"], check=False).stdout, flush=True)
-        say("restoring the link")
-        kube.node.restore_link()
-        wait_for("Ready", lambda: node_ready(kube.kubectl.get("node", node)), timeout=60)
-        after = _pod(kube)
-        restarts = after["status"]["containerStatuses"][0]["restartCount"]
-        say(f"{node} is Ready again; same pod {after['metadata']['name']}, restarts: {restarts}")
+        _install_yurthub(kube, node)
+        _offline_tour(kube, node, pod)
         say("tearing everything down")
     left = {kind: found for kind, found in leftovers.find(cluster.cache_dir()).items() if found}
     if left:
@@ -70,9 +60,56 @@ def main() -> int:
     return 0
 
 
+def _install_yurthub(kube: cluster.Cluster, node: str) -> None:
+    if kube.plane is None:
+        raise RuntimeError("no control plane")
+    say(f"installing yurthub on {node} as a systemd unit and pointing its kubelet at it")
+    hubinstall.install(
+        kube.node,
+        server=kube.plane.cloud_server,
+        wheels=hubinstall.wheelhouse(),
+        extra_args="--heartbeat-interval-seconds=2 --heartbeat-timeout-seconds=2",
+    )
+    hubinstall.wait_until_serving(kube.node)
+    hubinstall.route_kubelet_through_yurthub(kube.node)
+    wait_for("Ready through yurthub", lambda: node_ready(kube.kubectl.get("node", node)), timeout=60)
+    time.sleep(3)
+    say("what yurthub on the node has cached so far (`yurthub status`):")
+    print(kube.node.run(["/opt/yurt-edge/bin/yurthub", "status"]).stdout, flush=True)
+
+
+def _offline_tour(kube: cluster.Cluster, node: str, pod: dict) -> None:  # type: ignore[type-arg]
+    say(f"cutting {node}'s link to the cloud")
+    kube.node.cut_link()
+    cut = time.monotonic()
+    wait_for("NotReady", lambda: not node_ready(kube.kubectl.get("node", node)), timeout=60)
+    say(f"the control plane marked {node} NotReady after {time.monotonic() - cut:.0f}s")
+    say(f"offline: restarting kubelet on {node}; yurthub answers it from the cache")
+    kube.node.run(["systemctl", "restart", "kubelet"])
+    time.sleep(15)
+    say("offline: power-cycling the whole node; every container dies and must come back from the cache")
+    kube.node.reboot()
+    wait_for("the pod back on the node", lambda: _running_on_node(kube), timeout=120)
+    say("the pod's container runs again on the rebooted, still disconnected node (containerd's view):")
+    print(kube.node.run(["ctr", "-n", "k8s.io", "tasks", "ls"], check=False).stdout, flush=True)
+    print(kube.node.run(["/opt/yurt-edge/bin/yurthub", "status"]).stdout, flush=True)
+    say("restoring the link")
+    kube.node.restore_link()
+    wait_for("Ready", lambda: node_ready(kube.kubectl.get("node", node)), timeout=60)
+    after = _pod(kube)
+    same = "same" if after["metadata"]["uid"] == pod["metadata"]["uid"] else "a NEW"
+    say(f"{node} is Ready again; {same} pod {after['metadata']['name']}; the restarted container's log:")
+    print(kube.kubectl.run("logs", after["metadata"]["name"], "--tail=3"), flush=True)
+
+
 def _pod(kube: cluster.Cluster) -> dict:  # type: ignore[type-arg]
     pods = kube.kubectl.get("pods", "-l", f"app={APP}")["items"]
     return pods[0] if pods else {}
+
+
+def _running_on_node(kube: cluster.Cluster) -> bool:
+    tasks = kube.node.run(["ctr", "-n", "k8s.io", "tasks", "ls"], check=False).stdout.splitlines()[1:]
+    return sum(1 for line in tasks if line.split()[-1] == "RUNNING") >= 2  # the pod's sandbox and container
 
 
 def _phase(kube: cluster.Cluster) -> str:
