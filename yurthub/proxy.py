@@ -84,6 +84,7 @@ class Hub:
         self.last_lists: dict[object, bytes] = {}
         self.cache_writable = True
         """False while cache writes fail (a full disk); forwarding goes on regardless."""
+        self.closing: set[asyncio.Future[None]] = set()
         self.cloud_back = asyncio.Event()
 
     def cloud_changed(self) -> None:
@@ -129,6 +130,12 @@ class Hub:
         else:
             self.metrics.cache_write_errors.labels("bug").inc()
             log.error("cache write crashed what=%s", what, exc_info=exc)
+
+    def spawn_close(self, session: aiohttp.ClientSession) -> None:
+        """Close a retired session in the background (held here so the task is not lost)."""
+        task = asyncio.ensure_future(session.close())
+        self.closing.add(task)
+        task.add_done_callback(self.closing.discard)
 
     def list_changed(self, key: object, body: bytes) -> bool:
         """False when this exact list was the last one stored for its view: nothing to write again."""

@@ -89,10 +89,55 @@ async def deliver_once(hub: proxy.Hub) -> int:
     return sent
 
 
-async def _prober(hub: proxy.Hub) -> None:
+async def _prober(hub: proxy.Hub, identity: Identity) -> None:
     while True:
+        identity.reload_if_rotated(hub)
         await probe_once(hub)
         await asyncio.sleep(hub.settings.cloud.heartbeat_interval_s)
+
+
+def _fingerprint(paths: list[str]) -> tuple[object, ...]:
+    """What changes when kubelet rotates its certificate: the file the symlink points at, its mtime, size."""
+    marks: list[object] = []
+    for path in paths:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+        marks += [real, st.st_mtime_ns, st.st_size]
+    return tuple(marks)
+
+
+class Identity:
+    """The node client certificate on disk, followed as kubelet rotates it.
+
+    On a change the hub gets a new session with the new certificate for new requests; the old session
+    stays open for `OLD_SESSION_GRACE_S` so streams already open through it (watches) are not cut.
+    """
+
+    OLD_SESSION_GRACE_S = 900.0
+
+    def __init__(self, settings: config.IdentitySettings) -> None:
+        self.settings = settings
+        self.paths = [p for p in (settings.client_cert, settings.client_key) if p]
+        self.mark = _fingerprint(self.paths)
+        self.retired: list[tuple[float, aiohttp.ClientSession]] = []
+
+    def reload_if_rotated(self, hub: proxy.Hub) -> None:
+        now = time.monotonic()
+        while self.retired and self.retired[0][0] <= now:
+            _, old = self.retired.pop(0)
+            hub.spawn_close(old)
+        try:
+            mark = _fingerprint(self.paths)
+            if mark == self.mark:
+                return
+            node_tls, _ = tls_contexts(self.settings)
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("client certificate changed but cannot be loaded yet error=%s", exc)
+            return
+        self.mark = mark
+        self.retired.append((now + self.OLD_SESSION_GRACE_S, hub.node_session))
+        hub.node_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=node_tls, limit=0))
+        log.info("client certificate rotated on disk; new requests use it, open streams keep theirs")
 
 
 async def _courier(hub: proxy.Hub) -> None:
@@ -174,6 +219,7 @@ def notify_systemd(message: str) -> None:
 async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     node_tls, token_tls = tls_contexts(settings.identity)
+    identity = Identity(settings.identity)
     store = storage.SqliteStorage(Path(settings.cache.disk_cache_path))
     box = outbox.Outbox(Path(settings.outbox.path), settings.outbox.capacity)
     stats = metrics.Metrics()
@@ -220,7 +266,7 @@ async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None)
             )
             notify_systemd("READY=1")
             async with asyncio.TaskGroup() as tasks:
-                prober = tasks.create_task(_prober(hub), name="health-prober")
+                prober = tasks.create_task(_prober(hub, identity), name="health-prober")
                 courier = tasks.create_task(_courier(hub), name="outbox-courier")
                 await stop.wait()
                 prober.cancel()
@@ -228,6 +274,10 @@ async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None)
         finally:
             for runner in runners:
                 await runner.cleanup()
+            for _, old in identity.retired:
+                await old.close()
+            if hub.node_session is not node_session:
+                await hub.node_session.close()
             hub.writer.shutdown(wait=True)
             store.close()
             box.close()

@@ -290,3 +290,44 @@ def test_tokens_and_keys_never_reach_the_log(cloud: cluster.Cluster, link: relay
     assert "cloud unreachable" in text  # the log is being written
     assert token not in text
     assert "PRIVATE KEY" not in text and "BEGIN CERTIFICATE" not in text
+
+
+def test_a_rotated_client_certificate_is_used_for_new_requests_without_cutting_open_watches(
+    cloud: cluster.Cluster, link: relay.Relay, tmp_path: Path
+) -> None:
+    hub = start_hub(cloud, link, tmp_path)
+    try:
+        path = "/api/v1/namespaces/default/configmaps"
+        assert call(hub.proxy + path)[0] == 200  # the node identity may read them (view)
+        events: list[bytes] = []
+        watch = urllib.request.urlopen(
+            urllib.request.Request(
+                hub.proxy + "/api/v1/namespaces/default/services?watch=1&resourceVersion=0&timeoutSeconds=15",
+                headers={"User-Agent": "kubelet/test"},
+            ),
+            timeout=60,
+        )
+        reader = threading.Thread(target=lambda: events.extend(iter(watch.readline, b"")), daemon=True)
+        reader.start()
+        # kubelet's way: a new file, then the symlink swung over to it; here the files are replaced in place
+        plane = cloud.plane
+        assert plane is not None
+        rotated = plane.ca.issue("system:node:yurt-rotated", organizations=("system:nodes",), client=True)
+        hub.cert.write_bytes(rotated.cert_pem)
+        hub.key.write_bytes(rotated.key_pem)
+        wait_for(
+            "requests to go out with the rotated identity (which may not read ConfigMaps)",
+            lambda: call(hub.proxy + path)[0] == 403,
+            timeout=20,
+        )
+        services(cloud, "after-rotation")
+        wait_for(
+            "the watch opened before the rotation to see the new Service",
+            lambda: any(b"after-rotation" in e for e in events),
+            timeout=20,
+        )
+        assert reader.is_alive()  # the same stream, not a reconnect
+        reader.join(30)  # the apiserver ends it at timeoutSeconds
+        watch.close()
+    finally:
+        stop_hub(hub)
