@@ -250,14 +250,11 @@ def node_restart(offline: bool) -> float:
     """Seconds from a node's power-on to all its pods' containers running again (online or cut off)."""
     with cluster.Cluster.start(cluster.Settings()) as kube:
         assert kube.plane is not None
-        hubinstall.install(
+        hubinstall.put_behind_yurthub(
             kube.node,
             server=kube.plane.cloud_server,
-            wheels=hubinstall.wheelhouse(),
             extra_args="--heartbeat-interval-seconds=2 --heartbeat-timeout-seconds=2",
         )
-        hubinstall.wait_until_serving(kube.node)
-        hubinstall.route_kubelet_through_yurthub(kube.node)
         kube.kubectl.run(
             "create",
             "deployment",

@@ -64,14 +64,11 @@ def _install_yurthub(kube: cluster.Cluster, node: str) -> None:
     if kube.plane is None:
         raise RuntimeError("no control plane")
     say(f"installing yurthub on {node} as a systemd unit and pointing its kubelet at it")
-    hubinstall.install(
+    hubinstall.put_behind_yurthub(
         kube.node,
         server=kube.plane.cloud_server,
-        wheels=hubinstall.wheelhouse(),
         extra_args="--heartbeat-interval-seconds=2 --heartbeat-timeout-seconds=2",
     )
-    hubinstall.wait_until_serving(kube.node)
-    hubinstall.route_kubelet_through_yurthub(kube.node)
     wait_for("Ready through yurthub", lambda: node_ready(kube.kubectl.get("node", node)), timeout=60)
     time.sleep(3)
     say("what yurthub on the node has cached so far (`yurthub status`):")

@@ -74,6 +74,13 @@ def install(node: Node, *, server: str, wheels: Path, extra_args: str = "") -> N
     node.run(["systemctl", "enable", "--now", "yurthub.service"], timeout=90)
 
 
+def put_behind_yurthub(node: Node, *, server: str, extra_args: str = "") -> None:
+    """The whole move: install and start yurthub on `node`, wait until it serves, route kubelet through it."""
+    install(node, server=server, wheels=wheelhouse(), extra_args=extra_args)
+    wait_until_serving(node)
+    route_kubelet_through_yurthub(node)
+
+
 def route_kubelet_through_yurthub(node: Node) -> None:
     """What the converter does on a kubeadm node: a kubeconfig for yurthub, kubelet pointed at it, restart."""
     write(node, "/etc/kubernetes/kubelet-yurthub.conf", KUBELET_CONF.read_text())

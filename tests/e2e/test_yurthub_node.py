@@ -26,9 +26,7 @@ HUB_ARGS = "--heartbeat-interval-seconds=2 --heartbeat-timeout-seconds=2 --heart
 @pytest.fixture(scope="module")
 def edge(kube: cluster.Cluster) -> Iterator[cluster.Cluster]:
     assert kube.plane is not None
-    hubinstall.install(kube.node, server=kube.plane.cloud_server, wheels=hubinstall.wheelhouse(), extra_args=HUB_ARGS)
-    hubinstall.wait_until_serving(kube.node)
-    hubinstall.route_kubelet_through_yurthub(kube.node)
+    hubinstall.put_behind_yurthub(kube.node, server=kube.plane.cloud_server, extra_args=HUB_ARGS)
     wait_for("kubelet requests through yurthub", lambda: forwarded_by_kubelet(kube) > 0, timeout=60)
     wait_for("the node to be Ready through yurthub", lambda: node_ready(kube.kubectl.get("node", "edge-1")), timeout=60)
     kube.kubectl.run("create", "configmap", "app-config", "--from-literal=greeting=hello")
