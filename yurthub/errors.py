@@ -1,10 +1,11 @@
-"""yurthub's errors. One root; each becomes a Kubernetes `Status` a client can act on.
+"""yurthub's errors. One root. What reaches a client becomes a Kubernetes `Status`
+it can act on; `Unreachable` never does: it sends the request to the cache.
 
 YurthubError
 ├── BadRequest            the request itself is malformed or dangerous (400)
 ├── WireFormatError       a response body is not the JSON/protobuf Kubernetes shape we expected
 ├── StorageError          the disk cache failed (full disk, corruption); online serving goes on
-└── Unavailable           the cloud is unreachable and the cache cannot answer (503)
+└── Unreachable           a cloud server did not answer a forwarded request: the cache answers instead
 """
 
 from __future__ import annotations
@@ -26,5 +27,5 @@ class StorageError(YurthubError):
     """The disk cache could not read or write; the proxy keeps forwarding while this lasts."""
 
 
-class Unavailable(YurthubError):
-    """The cloud is unreachable and nothing cached answers this request."""
+class Unreachable(YurthubError):
+    """A cloud server could not be reached for this request, and nothing was sent back to the client yet."""

@@ -52,10 +52,6 @@ MAX_HEADER = 16 * 1024
 DEFAULT_WATCH_TIMEOUT_S = 1800
 
 
-class Unreachable(errors.YurthubError):
-    """The cloud server could not be reached for this request (nothing was sent back to the client yet)."""
-
-
 class Hub:
     """Everything the request path needs, built once by `server` and passed in."""
 
@@ -157,10 +153,6 @@ def _error(code: int, message: str, reason: str | None = None) -> web.Response:
     return web.Response(status=code, body=status.body(code, message, reason), content_type="application/json")
 
 
-def _query(request: web.Request) -> dict[str, str]:
-    return {k: v for k, v in request.query.items()}
-
-
 async def handle(hub: Hub, request: web.Request) -> web.StreamResponse:
     too_big = [k for k, v in request.headers.items() if len(k) + len(v) > MAX_HEADER]
     if too_big:
@@ -171,7 +163,7 @@ async def handle(hub: Hub, request: web.Request) -> web.StreamResponse:
         info = requestinfo.parse(
             request.method,
             request.raw_path.split("?", 1)[0],
-            _query(request),
+            dict(request.query),
             request.headers.get("User-Agent", ""),
         )
     except errors.BadRequest as exc:
@@ -184,7 +176,7 @@ async def handle(hub: Hub, request: web.Request) -> web.StreamResponse:
     if server is not None:
         try:
             return await forward(hub, request, info, server, body)
-        except Unreachable as exc:
+        except errors.Unreachable as exc:
             if hub.servers.record(server, False, str(exc)):
                 hub.cloud_changed()
             hub.metrics.cloud_healthy.labels(server).set(0)
@@ -229,9 +221,9 @@ async def forward(
     except asyncio.CancelledError:
         if not aborted:  # the client went away: not the cloud's fault
             raise
-        raise Unreachable("the cloud became unreachable while waiting for its answer") from None
+        raise errors.Unreachable("the cloud became unreachable while waiting for its answer") from None
     except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
-        raise Unreachable(f"{type(exc).__name__}: {exc}") from None
+        raise errors.Unreachable(f"{type(exc).__name__}: {exc}") from None
     finally:
         hub.inflight.discard(abort)
     hub.metrics.upstream_latency.labels(server).observe(time.monotonic() - started)
