@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
@@ -61,6 +62,27 @@ class Settings:
     extra_apiserver_args: tuple[str, ...] = ()
 
 
+def _take_lock(path: Path) -> IO[str]:
+    """One cluster per machine. Another run holding the lock is waited for (YURT_EDGE_LOCK_WAIT seconds,
+    default 1800; 0 fails at once), so several test sessions on one machine take turns instead of failing."""
+    wait = float(os.environ.get("YURT_EDGE_LOCK_WAIT", "1800"))
+    lock = path.open("w")
+    deadline = time.monotonic() + wait
+    told = False
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return lock
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                lock.close()
+                raise RuntimeError(f"another yurt-edge test cluster is running on this machine (lock {path})") from None
+            if not told:
+                log.warning("waiting for another yurt-edge test cluster to finish (lock %s)", path)
+                told = True
+            time.sleep(1)
+
+
 class Cluster:
     def __init__(self, settings: Settings, directory: Path, lock: IO[str]) -> None:
         self.settings = settings
@@ -76,14 +98,7 @@ class Cluster:
         settings = settings or Settings()
         cache = cache_dir()
         cache.mkdir(parents=True, exist_ok=True)
-        lock = (cache / "cluster.lock").open("w")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            raise RuntimeError(
-                f"another yurt-edge test cluster is running on this machine (lock {cache}/cluster.lock)"
-            ) from None
+        lock = _take_lock(cache / "cluster.lock")
         leftovers.clear(cache)
         directory = cache / "run"
         shutil.rmtree(directory, ignore_errors=True)
