@@ -110,6 +110,10 @@ class Mux:
         s = self._streams.get(stream)
         return len(s.pending) if s else 0
 
+    def is_open(self, stream: int) -> bool:
+        """The stream still exists here (not refused, reset, or closed in both directions)."""
+        return stream in self._streams
+
     @property
     def streams(self) -> int:
         return len(self._streams)

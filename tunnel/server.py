@@ -1,0 +1,346 @@
+"""`yurt-tunnel-server`: accepts edge agents over websockets (mutual TLS) and serves kube-apiserver's egress
+selector (HTTP CONNECT over mutual TLS or a Unix socket), carrying each CONNECT over the agent of the node the
+target belongs to.
+
+Routing (`routes`): the target host is a node name or one of a node's addresses (from Node objects); an edge
+node is reached only through its agent (502 when none is connected), any other target is dialled directly
+when `direct_fallback` is on (cloud kubelets, webhooks, aggregated APIs), as the apiserver itself would.
+
+The answer to a CONNECT is written only after the agent reached the target: 200 and nothing else, then the
+apiserver's own TLS to the kubelet flows through untouched. Refusals carry a status and a one-line reason
+(403 not allowed on the node, 502 no agent / refused / lost, 503 too many pending dials, 504 timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from tunnel import config, connect, endpoints, errors, nodes, routes, session
+from tunnel.metrics import Live, ServerMetrics
+
+log = logging.getLogger(__name__)
+HEAD_TIMEOUT_S = 10.0
+
+
+def node_from_certificate(peercert: dict[str, Any] | None) -> str | None:
+    """The node a verified client certificate names (CN `system:node:<name>`), or None."""
+    if not peercert:
+        return None
+    for rdn in peercert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName" and str(value).startswith(config.NODE_CN_PREFIX):
+                name = str(value)[len(config.NODE_CN_PREFIX) :]
+                return name or None
+    return None
+
+
+def common_name(peercert: dict[str, Any] | None) -> str:
+    for rdn in (peercert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return ""
+
+
+def _mtls_context(cert: str, key: str, client_ca: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=client_ca)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_cert_chain(cert, key or None)
+    return context
+
+
+class AgentInfo:
+    def __init__(self, node: str, remote: str, tunnel: session.Session) -> None:
+        self.node = node
+        self.remote = remote
+        self.session = tunnel
+        self.since = time.time()
+
+
+class Server:
+    def __init__(self, settings: config.ServerSettings) -> None:
+        self.settings = settings
+        self.routes: routes.Routes[AgentInfo] = routes.Routes()
+        self.metrics = ServerMetrics(self._live)
+        self._pending = 0
+        self._closed_in = 0
+        self._closed_out = 0
+        self._direct_streams = 0
+        self._listening = False
+        self._watch: nodes.NodeWatch | None = None
+
+    # --- state ------------------------------------------------------------------------------------
+
+    def _infos(self) -> list[AgentInfo]:
+        return [info for infos in self.routes.agents.values() for info in infos]
+
+    def _live(self) -> Live:
+        infos = self._infos()
+        return Live(
+            peers=len(infos),
+            streams=sum(i.session.open_streams for i in infos) + self._direct_streams,
+            bytes_in=self._closed_in + sum(i.session.bytes_in for i in infos),
+            bytes_out=self._closed_out + sum(i.session.bytes_out for i in infos),
+        )
+
+    def ready(self) -> tuple[bool, str]:
+        if not self._listening:
+            return False, "not listening yet"
+        if self._watch is not None and not self._watch.synced.is_set():
+            return False, "node addresses not synced yet"
+        return True, f"ok: {len(self._infos())} agent connection(s)"
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "server": self.settings.server_id,
+            "agents": [
+                {
+                    "node": info.node,
+                    "remote": info.remote,
+                    "connectedSince": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(info.since)),
+                    "streams": info.session.open_streams,
+                    "streamsOpened": info.session.streams_opened,
+                    "bytesReceived": info.session.bytes_in,
+                    "bytesSent": info.session.bytes_out,
+                    "addresses": sorted(self.routes.addresses(info.node)),
+                }
+                for info in sorted(self._infos(), key=lambda i: i.node)
+            ],
+            "pendingDials": self._pending,
+        }
+
+    # --- agents -----------------------------------------------------------------------------------
+
+    def _check_agent(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path != config.AGENT_PATH:
+            self.metrics.agent_rejections.labels("path").inc()
+            return connection.respond(404, f"agents connect to {config.AGENT_PATH}\n")
+        node = node_from_certificate(connection.transport.get_extra_info("peercert"))
+        if node is None:
+            self.metrics.agent_rejections.labels("certificate").inc()
+            log.warning("agent refused: certificate names no node remote=%s", connection.remote_address)
+            return connection.respond(403, f"the client certificate must name a node ({config.NODE_CN_PREFIX}<name>)\n")
+        claimed = request.headers.get(config.NODE_HEADER, node)
+        if claimed != node:
+            self.metrics.agent_rejections.labels("node-mismatch").inc()
+            log.warning("agent refused: claims another node certificate_node=%s claimed=%s", node, claimed)
+            return connection.respond(403, f"certificate names node {node!r}, agent claims {claimed!r}\n")
+        return None
+
+    def _stamp(self, _connection: ServerConnection, _request: Request, response: Response) -> Response:
+        response.headers[config.SERVER_HEADER] = self.settings.server_id
+        return response
+
+    async def _agent(self, connection: ServerConnection) -> None:
+        node = node_from_certificate(connection.transport.get_extra_info("peercert"))
+        if node is None:  # _check_agent refused it already; never reached
+            return
+        remote = f"{connection.remote_address[0]}:{connection.remote_address[1]}"
+        tunnel = session.Session(
+            connection,
+            dials_out=False,
+            name=node,
+            max_streams=self.settings.max_streams_per_agent,
+            window=self.settings.window,
+        )
+        info = AgentInfo(node, remote, tunnel)
+        self.routes.add(node, info)
+        log.info("agent joined node=%s remote=%s", node, remote)
+        try:
+            reason = await tunnel.run()
+        finally:
+            self.routes.remove(node, info)
+            self._closed_in += tunnel.bytes_in
+            self._closed_out += tunnel.bytes_out
+        if reason.startswith("protocol error"):
+            self.metrics.protocol_errors.inc()
+        log.info("agent left node=%s remote=%s reason=%s", node, remote, reason)
+
+    # --- CONNECT front end ------------------------------------------------------------------------
+
+    async def _connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        code = 500
+        try:
+            code = await self._serve_connect(reader, writer)
+        except (ConnectionError, OSError) as exc:
+            log.debug("CONNECT client went away error=%s", exc)
+        finally:
+            self.metrics.connects.labels(str(code)).inc()
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+    async def _serve_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+        peercert = writer.get_extra_info("peercert")
+        allowed = self.settings.connect_allowed_names
+        if peercert is not None and allowed and common_name(peercert) not in allowed:
+            return await _refuse(writer, 403, f"client {common_name(peercert)!r} may not CONNECT here")
+        try:
+            head, early = await _read_head(reader)
+            target = connect.parse(head)
+        except errors.BadConnect as exc:
+            return await _refuse(writer, exc.status, exc.message)
+        if self._pending >= self.settings.max_pending_dials:
+            self.metrics.dial_failures.labels("overloaded").inc()
+            return await _refuse(writer, 503, "too many dials pending; retry")
+        node, agent = self.routes.pick(target.host)
+        if agent is None:
+            if node is not None and self.routes.is_edge(node):
+                self.metrics.dial_failures.labels("no-agent").inc()
+                return await _refuse(writer, 502, f"no tunnel agent connected for edge node {node}")
+            if not self.settings.direct_fallback:
+                self.metrics.dial_failures.labels("no-agent").inc()
+                return await _refuse(writer, 502, f"{target} is not an edge node with a tunnel agent")
+            return await self._direct(target, early, reader, writer)
+        self._pending += 1
+        try:
+            stream = await agent.session.open(str(target), within=self.settings.dial_timeout_s)
+        except errors.DialFailed as exc:
+            self.metrics.dial_failures.labels(_failure_reason(exc.status)).inc()
+            log.info("dial failed node=%s target=%s status=%d reason=%s", node, target, exc.status, exc.message)
+            return await _refuse(writer, exc.status, f"{target} via node {node}: {exc.message}")
+        finally:
+            self._pending -= 1
+        writer.write(connect.response(200))
+        if early:
+            await stream.write(early)
+        await session.splice(stream, reader, writer)
+        return 200
+
+    async def _direct(
+        self, target: connect.Target, early: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> int:
+        try:
+            async with asyncio.timeout(self.settings.dial_timeout_s):
+                up_reader, up_writer = await asyncio.open_connection(target.host, target.port)
+        except (OSError, TimeoutError) as exc:
+            self.metrics.dial_failures.labels("direct").inc()
+            status = 504 if isinstance(exc, TimeoutError) else 502
+            return await _refuse(writer, status, f"direct dial to {target} failed: {exc or 'timed out'}")
+        writer.write(connect.response(200))
+        up_writer.write(early)
+        self._direct_streams += 1
+        try:
+            await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
+        finally:
+            self._direct_streams -= 1
+            up_writer.close()
+        return 200
+
+    # --- running ----------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        access = nodes.load_access(s.kubeconfig)
+        async with asyncio.TaskGroup() as group:
+            watch: asyncio.Task[None] | None = None
+            if access is not None:
+                self._watch = nodes.NodeWatch(access, s.edge_label, self._nodes_listed, self._node_changed)
+                watch = group.create_task(self._watch.run(), name="node-watch")
+            else:
+                log.warning("no Kubernetes API access: targets are routed by node name only")
+            agent_tls = _mtls_context(s.agent_cert, s.agent_key, s.agent_ca)
+            agents = await serve(
+                self._agent,
+                s.agent_address,
+                s.agent_port,
+                ssl=agent_tls,
+                process_request=self._check_agent,
+                process_response=self._stamp,
+                compression=None,
+                max_size=session.MAX_MESSAGE,
+                max_queue=64,
+                ping_interval=s.keepalive_s,
+                ping_timeout=s.keepalive_s,
+                server_header=None,
+            )
+            fronts: list[asyncio.Server] = []
+            if s.connect_port:
+                tls = _mtls_context(s.connect_cert, s.connect_key, s.connect_ca)
+                fronts.append(await asyncio.start_server(self._connect, s.connect_address, s.connect_port, ssl=tls))
+            if s.connect_uds:
+                await asyncio.to_thread(Path(s.connect_uds).unlink, missing_ok=True)
+                old = os.umask(0o177)
+                try:
+                    fronts.append(await asyncio.start_unix_server(self._connect, s.connect_uds))
+                finally:
+                    os.umask(old)
+            runner = await endpoints.start(
+                endpoints.app(self.ready, self.status, self.metrics.registry), s.serve_address, s.serve_port
+            )
+            self._listening = True
+            log.info(
+                "tunnel server listening id=%s agents=%s:%d connect=%s uds=%s",
+                s.server_id,
+                s.agent_address,
+                s.agent_port,
+                f"{s.connect_address}:{s.connect_port}" if s.connect_port else "off",
+                s.connect_uds or "off",
+            )
+            try:
+                await stop.wait()
+            finally:
+                self._listening = False
+                agents.close()
+                for front in fronts:
+                    front.close()
+                await runner.cleanup()
+                if watch is not None:
+                    watch.cancel()
+
+    def _nodes_listed(self, listed: dict[str, nodes.Node]) -> None:
+        self.routes.replace_nodes({name: (node.addresses, node.edge) for name, node in listed.items()})
+
+    def _node_changed(self, name: str, node: nodes.Node | None) -> None:
+        if node is None:
+            self.routes.forget_node(name)
+        else:
+            self.routes.set_addresses(name, node.addresses, edge=node.edge)
+
+
+def _failure_reason(status: int) -> str:
+    return {403: "not-allowed", 504: "timeout"}.get(status, "refused")
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """(request head, bytes the client sent after it) — bounded in size and time."""
+    buffer = b""
+    try:
+        async with asyncio.timeout(HEAD_TIMEOUT_S):
+            while not (end := connect.head_complete(buffer)):
+                if len(buffer) > connect.MAX_HEAD:
+                    raise errors.BadConnect(431, f"request head longer than {connect.MAX_HEAD} bytes")
+                chunk = await reader.read(4096)
+                if not chunk:
+                    raise errors.BadConnect(400, "connection closed before the request head ended")
+                buffer += chunk
+    except TimeoutError:
+        raise errors.BadConnect(408, f"no complete request head within {HEAD_TIMEOUT_S:g}s") from None
+    return buffer[:end], buffer[end:]
+
+
+async def _refuse(writer: asyncio.StreamWriter, status: int, message: str) -> int:
+    writer.write(connect.response(status, message))
+    with contextlib.suppress(ConnectionError, OSError):
+        await writer.drain()
+    return status
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError, OSError):
+        while data := await reader.read(64 * 1024):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()

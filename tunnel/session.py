@@ -1,0 +1,373 @@
+"""One tunnel connection: the multiplexer driven over a websocket. The asyncio shell shared by server and agent.
+
+Ownership: one reader task feeds every received message to the `Mux` and hands events to streams; one writer
+task sends what the `Mux` emits, in order. Nothing else touches the websocket, so frames are never
+interleaved and the Mux is only used from the event loop.
+
+Backpressure is per stream. A reader that does not read (`Stream.read`) does not grant window, so its
+sender's data stays in that sender's per-stream buffer; `Stream.write` waits while that buffer is above
+`HIGH_WATER`, which stops the sender reading its own socket. Every other stream keeps flowing. Memory per
+stream is bounded by the window plus `HIGH_WATER`.
+
+When the connection ends, every stream of it ends with it (`ConnectionResetError` to readers and writers,
+`DialFailed` to opens still waiting).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from websockets.asyncio.connection import Connection
+from websockets.exceptions import ConnectionClosed
+
+from tunnel import errors, frames, mux
+
+log = logging.getLogger(__name__)
+
+HIGH_WATER = 256 * 1024
+"""Bytes a stream may have waiting for the peer's window before its writer is paused."""
+MAX_MESSAGE = frames.MAX_PAYLOAD + 64
+"""Largest websocket message either side accepts: one frame."""
+
+
+class Stream:
+    """One end of one tunnelled TCP connection, with the read/write/half-close surface of a socket."""
+
+    def __init__(self, session: Session, stream_id: int, target: str) -> None:
+        self.session = session
+        self.id = stream_id
+        self.target = target
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._eof = False
+        self._error: str | None = None
+        self._unacked = 0
+
+    async def read(self) -> bytes:
+        """The next chunk; b"" once the peer half-closed. Reading is what grants the peer more window,
+        and the chunk returned last time is acknowledged only now, after the caller has dealt with it."""
+        if self._unacked:
+            self.session.consumed(self.id, self._unacked)
+            self._unacked = 0
+        while not self._chunks and not self._eof and self._error is None:
+            self._readable.clear()
+            await self._readable.wait()
+        if self._chunks:
+            data = self._chunks.popleft()
+            self._unacked = len(data)
+            return data
+        if self._error is not None:
+            raise ConnectionResetError(self._error)
+        return b""
+
+    async def write(self, data: bytes) -> None:
+        if self._error is not None:
+            raise ConnectionResetError(self._error)
+        self.session.send(self.id, data)
+        while self.session.mux.buffered(self.id) > HIGH_WATER and self._error is None:
+            self._writable.clear()
+            await self._writable.wait()
+        if self._error is not None:
+            raise ConnectionResetError(self._error)
+
+    def write_eof(self) -> None:
+        """Half-close: the peer reads b"" once everything written so far has arrived."""
+        if self._error is None:
+            self.session.close_stream(self.id)
+
+    def reset(self, reason: str) -> None:
+        """Abort both directions."""
+        if self._error is None:
+            self.session.reset_stream(self.id, reason)
+            self._fail(reason)
+
+    # --- fed by the session ------------------------------------------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._readable.set()
+
+    def _feed_eof(self) -> None:
+        self._eof = True
+        self._readable.set()
+
+    def _fail(self, reason: str) -> None:
+        if self._error is None:
+            self._error = reason
+        self._readable.set()
+        self._writable.set()
+        self.session.forget(self.id)
+
+    def _wake_writer(self) -> None:
+        if not self._writable.is_set() and self.session.mux.buffered(self.id) <= HIGH_WATER // 2:
+            self._writable.set()
+
+    @property
+    def done(self) -> bool:
+        return self._error is not None
+
+
+OnOpen = Callable[["Stream"], Coroutine[Any, Any, None]]
+"""What the accepting side runs for a stream the peer opened; it must `accept` or `refuse` it."""
+
+
+class Session:
+    def __init__(
+        self,
+        ws: Connection,
+        *,
+        dials_out: bool,
+        name: str,
+        on_open: OnOpen | None = None,
+        max_streams: int = 1024,
+        window: int = frames.INITIAL_WINDOW,
+    ) -> None:
+        self.ws = ws
+        self.name = name
+        self.mux = mux.Mux(dials_out=dials_out, max_streams=max_streams, window=window)
+        self._on_open = on_open
+        self._streams: dict[int, Stream] = {}
+        self._opening: dict[int, asyncio.Future[None]] = {}
+        self._out: collections.deque[bytes] = collections.deque()
+        self._out_ready = asyncio.Event()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._group: asyncio.TaskGroup | None = None
+        self._closed = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.streams_opened = 0
+
+    # --- lifetime ---------------------------------------------------------------------------------
+
+    async def run(self) -> str:
+        """Serve the connection until it ends; returns why it ended. Streams end with it."""
+        reason = "tunnel connection lost"
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                writer = group.create_task(self._writer(), name=f"tunnel-writer-{self.name}")
+                reason = await self._reader()
+                self._closed = True
+                writer.cancel()
+                for task in list(self._handlers):
+                    task.cancel()
+        finally:
+            self._closed = True
+            self._group = None
+            self._end_all(f"tunnel connection lost ({reason})")
+        return reason
+
+    async def _reader(self) -> str:
+        try:
+            async for message in self.ws:
+                if isinstance(message, str):
+                    return await self._protocol_error("text message on a binary tunnel")
+                try:
+                    self.mux.receive(message)
+                except errors.ProtocolError as exc:
+                    return await self._protocol_error(str(exc))
+                self._dispatch()
+            return "closed by peer"
+        except ConnectionClosed as exc:
+            return f"connection lost: {exc}"
+
+    async def _protocol_error(self, reason: str) -> str:
+        log.warning("tunnel peer broke the protocol, closing peer=%s reason=%s", self.name, reason)
+        with contextlib.suppress(ConnectionClosed):
+            await self.ws.close(1002, reason[:120])
+        return f"protocol error: {reason}"
+
+    async def _writer(self) -> None:
+        with contextlib.suppress(ConnectionClosed):  # the reader sees the close and ends the session
+            while True:
+                await self._out_ready.wait()
+                self._out_ready.clear()
+                while self._out:
+                    message = self._out.popleft()
+                    await self.ws.send(message)
+
+    def _flush(self) -> None:
+        out = self.mux.data_to_send()
+        if out:
+            self._out.extend(out)
+            self._out_ready.set()
+
+    def _end_all(self, reason: str) -> None:
+        for stream in list(self._streams.values()):
+            stream._fail(reason)
+        for future in self._opening.values():
+            if not future.done():
+                future.set_exception(errors.DialFailed(502, reason))
+        self._opening.clear()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    # --- opening streams --------------------------------------------------------------------------
+
+    async def open(self, target: str, within: float) -> Stream:
+        """Open a stream to `target` on the peer; `DialFailed` when it refuses, times out or goes away."""
+        if self._closed:
+            raise errors.DialFailed(502, "tunnel connection lost")
+        stream_id = self.mux.open(target)
+        stream = Stream(self, stream_id, target)
+        self._streams[stream_id] = stream
+        accepted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._opening[stream_id] = accepted
+        self._flush()
+        try:
+            async with asyncio.timeout(within):
+                await accepted
+        except TimeoutError:
+            self._opening.pop(stream_id, None)
+            self.reset_stream(stream_id, "dial timed out")
+            self._streams.pop(stream_id, None)
+            raise errors.DialFailed(504, f"no answer from the agent within {within:g}s") from None
+        except errors.DialFailed:
+            self._streams.pop(stream_id, None)
+            raise
+        self.streams_opened += 1
+        return stream
+
+    def accept(self, stream: Stream) -> None:
+        self.mux.accept(stream.id)
+        self.streams_opened += 1
+        self._flush()
+
+    def refuse(self, stream: Stream, reason: str) -> None:
+        self.mux.refuse(stream.id, reason)
+        self._streams.pop(stream.id, None)
+        self._flush()
+
+    # --- used by streams --------------------------------------------------------------------------
+
+    def send(self, stream_id: int, data: bytes) -> None:
+        try:
+            self.mux.send(stream_id, data)
+        except errors.UsageError as exc:
+            raise ConnectionResetError(str(exc)) from None
+        self.bytes_out += len(data)
+        self._flush()
+
+    def consumed(self, stream_id: int, count: int) -> None:
+        self.mux.consumed(stream_id, count)
+        self._flush()
+
+    def close_stream(self, stream_id: int) -> None:
+        with contextlib.suppress(errors.UsageError):
+            self.mux.close(stream_id)
+        self._flush()
+        self._forget_if_retired(stream_id)
+
+    def reset_stream(self, stream_id: int, reason: str) -> None:
+        self.mux.reset(stream_id, reason)
+        self._flush()
+
+    def forget(self, stream_id: int) -> None:
+        self._streams.pop(stream_id, None)
+
+    def _forget_if_retired(self, stream_id: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None and not self.mux.is_open(stream_id) and stream._eof:
+            self._streams.pop(stream_id, None)
+
+    # --- events from the peer ---------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        for event in self.mux.events_received():
+            match event:
+                case mux.DataReceived(stream_id, data):
+                    self.bytes_in += len(data)
+                    if (stream := self._streams.get(stream_id)) is not None:
+                        stream._feed(data)
+                case mux.StreamEnded(stream_id):
+                    if (stream := self._streams.get(stream_id)) is not None:
+                        stream._feed_eof()
+                        self._forget_if_retired(stream_id)
+                case mux.StreamReset(stream_id, reason):
+                    if (stream := self._streams.get(stream_id)) is not None:
+                        stream._fail(f"reset by peer: {reason}")
+                case mux.StreamAccepted(stream_id):
+                    if (future := self._opening.pop(stream_id, None)) is not None and not future.done():
+                        future.set_result(None)
+                case mux.StreamRefused(stream_id, reason):
+                    if (future := self._opening.pop(stream_id, None)) is not None and not future.done():
+                        future.set_exception(_refusal(reason))
+                case mux.StreamOpened(stream_id, target):
+                    self._incoming(stream_id, target)
+                case mux.Pong():
+                    pass
+        for stream in self._streams.values():
+            stream._wake_writer()
+        self._flush()
+
+    def _incoming(self, stream_id: int, target: str) -> None:
+        stream = Stream(self, stream_id, target)
+        self._streams[stream_id] = stream
+        if self._on_open is None:
+            self.refuse(stream, "403 this side does not accept streams")
+            return
+        if self._group is None:
+            self.refuse(stream, "502 tunnel connection is closing")
+            return
+        task = self._group.create_task(
+            self._handle(self._on_open, stream), name=f"tunnel-stream-{self.name}-{stream_id}"
+        )
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _handle(self, on_open: OnOpen, stream: Stream) -> None:
+        try:
+            await on_open(stream)
+        except Exception:  # one stream's bug must not end the connection and every other stream with it
+            log.exception("stream handler failed peer=%s stream=%d target=%s", self.name, stream.id, stream.target)
+            stream.reset("500 internal error on the accepting side")
+
+
+def _refusal(reason: str) -> errors.DialFailed:
+    """A REFUSE reason is `<http status> <text>`; anything else is a 502."""
+    code, _, text = reason.partition(" ")
+    if code.isdigit() and 400 <= int(code) < 600:
+        return errors.DialFailed(int(code), text or reason)
+    return errors.DialFailed(502, reason)
+
+
+async def splice(stream: Stream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy both ways between a socket and a stream until both directions ended, passing half-closes on.
+
+    A failure in either direction aborts both: the stream is reset and the socket closed."""
+
+    async def outbound() -> None:
+        while data := await reader.read(frames.MAX_PAYLOAD):
+            await stream.write(data)
+        stream.write_eof()
+
+    async def inbound() -> None:
+        while data := await stream.read():
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(outbound(), name=f"splice-out-{stream.id}")
+            group.create_task(inbound(), name=f"splice-in-{stream.id}")
+    except* (ConnectionError, OSError) as failure:
+        stream.reset(f"connection aborted: {failure.exceptions[0]}")
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await writer.wait_closed()
