@@ -46,8 +46,8 @@ def wheelhouse() -> Path:
     return house
 
 
-def install(node: Node, *, server: str, wheels: Path, extra_args: str = "") -> None:
-    """Install and start yurthub.service on `node`, talking to `server` with the kubelet's client cert."""
+def install_package(node: Node, wheels: Path) -> None:
+    """yurt-edge into the node's /opt/yurt-edge virtualenv, from the wheels (the node has no package index)."""
     target = node.directory / "state" / "var/lib/yurt-edge/wheels"
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(wheels, target)
@@ -64,6 +64,11 @@ def install(node: Node, *, server: str, wheels: Path, extra_args: str = "") -> N
         ],
         timeout=300,
     )
+
+
+def install(node: Node, *, server: str, wheels: Path, extra_args: str = "") -> None:
+    """Install and start yurthub.service on `node`, talking to `server` with the kubelet's client cert."""
+    install_package(node, wheels)
     args = (
         f"--server-addr={server} --node-name={node.settings.name} --ca-file=/etc/kubernetes/pki/ca.crt "
         f"--client-cert=/var/lib/kubelet/pki/kubelet-client-current.pem {extra_args}"

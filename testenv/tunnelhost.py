@@ -159,10 +159,12 @@ def server(
     name: str = "server-0",
     *,
     connect_port: int | None = None,
+    agent_ca: Path | None = None,
     kubeconfig: Path | None = None,
     extra: tuple[str, ...] = (),
 ) -> Server:
-    """A started server with its own ports (agents, CONNECT over TLS, Unix socket, health)."""
+    """A started server with its own ports (agents, CONNECT over TLS, Unix socket, health). Agents' client
+    certificates are checked against `agent_ca` (the cluster CA, for kubelet's certificates) or `certs.ca`."""
     directory.mkdir(parents=True, exist_ok=True)
     agent_port = controlplane.free_port()
     connect_port = connect_port or controlplane.free_port()
@@ -175,7 +177,7 @@ def server(
         f"--agent-port={agent_port}",
         f"--agent-cert={certs.server_cert}",
         f"--agent-key={certs.server_key}",
-        f"--agent-ca={certs.ca}",
+        f"--agent-ca={agent_ca or certs.ca}",
         "--connect-bind-address=127.0.0.1",
         f"--connect-port={connect_port}",
         f"--connect-cert={certs.server_cert}",

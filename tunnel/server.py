@@ -170,13 +170,14 @@ class Server:
     # --- CONNECT front end ------------------------------------------------------------------------
 
     async def _connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        code = 500
+        code = 0  # stays 0 when the client went away before any answer
         try:
             code = await self._serve_connect(reader, writer)
         except (ConnectionError, OSError) as exc:
             log.debug("CONNECT client went away error=%s", exc)
         finally:
-            self.metrics.connects.labels(str(code)).inc()
+            if code != 200:  # a 200 is counted when it is answered: the tunnel may stay open for long
+                self.metrics.connects.labels(str(code) if code else "aborted").inc()
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
@@ -213,6 +214,7 @@ class Server:
         finally:
             self._pending -= 1
         writer.write(connect.response(200))
+        self.metrics.connects.labels("200").inc()
         if early:
             await stream.write(early)
         await session.splice(stream, reader, writer)
@@ -229,6 +231,7 @@ class Server:
             status = 504 if isinstance(exc, TimeoutError) else 502
             return await _refuse(writer, status, f"direct dial to {target} failed: {exc or 'timed out'}")
         writer.write(connect.response(200))
+        self.metrics.connects.labels("200").inc()
         up_writer.write(early)
         self._direct_streams += 1
         try:
