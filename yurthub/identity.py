@@ -190,7 +190,7 @@ class Identity:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session:
             for server in self.settings.cloud.servers:
                 try:
-                    async with asyncio.timeout(self.settings.cloud.request_timeout_s):
+                    async with asyncio.timeout(min(10.0, self.settings.cloud.request_timeout_s)):
                         async with session.request(
                             method, server + path, json=body, headers=headers, allow_redirects=False
                         ) as resp:
