@@ -23,6 +23,7 @@ health prober counts as unreachable, so the cache answers (OpenYurt answers 503 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -121,7 +122,11 @@ class Identity:
         """Take what is on disk; a CSR-mode file's life is counted from its mtime (when it was obtained)."""
         for slot in self.slots:
             if slot.source is config.ClientSource.CSR:
-                pair = certificate.read_pair(slot.path)
+                try:
+                    pair = certificate.read_pair(slot.path)
+                except certificate.CertificateError as exc:
+                    log.warning("ignoring an unusable %s certificate file, asking anew: %s", slot.kind.value, exc)
+                    pair = None
                 if pair is not None:
                     obtained = datetime.datetime.fromtimestamp(slot.path.stat().st_mtime, datetime.UTC)
                     self._install(slot, certificate.summarize(pair[0]), obtained)
@@ -218,12 +223,15 @@ class Identity:
             await self._advance(self.serving)
         self.publish()
 
-    async def obtain_client(self) -> None:
-        """Before serving in CSR mode with nothing on disk: ask until a client certificate is issued."""
-        while self.client.summary is None:
+    async def obtain_client(self, stop: asyncio.Event) -> None:
+        """Before serving in CSR mode with nothing on disk: ask until a client certificate is issued (or
+        `stop` is set)."""
+        while self.client.summary is None and not stop.is_set():
             await self._advance(self.client)
             if self.client.summary is None:
-                await asyncio.sleep(max(0.2, min(self.ids.csr_poll_s, self.client.next_try - time.monotonic())))
+                pause = max(0.2, min(self.ids.csr_poll_s, self.client.next_try - time.monotonic()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), pause)
 
     async def _advance(self, slot: Slot) -> bool:
         """Move `slot` on by at most one request; True when a new certificate was installed."""

@@ -173,7 +173,9 @@ async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None)
     ids = identity.Identity(settings, stats)
     if ids.client.summary is None:
         log.info("no client certificate yet node=%s: asking for one with the bootstrap token", settings.node_name)
-        await ids.obtain_client()
+        await ids.obtain_client(stop)
+        if stop.is_set():
+            return
     node_tls = ids.node_tls()
     token_tls = ssl.create_default_context(cafile=settings.identity.ca_file)
     store = storage.SqliteStorage(Path(settings.cache.disk_cache_path))

@@ -113,10 +113,18 @@ def test_a_fresh_node_joins_with_only_a_bootstrap_token(edge: cluster.Cluster) -
     mode = edge.node.run(["stat", "-c", "%a %U", CLIENT_FILE, "/var/lib/yurthub/pki"]).stdout.split("\n")
     assert mode[:2] == ["600 root", "700 root"]
     token_id = edge.plane.bootstrap_token.split(".")[0] if edge.plane else ""
-    joined = [c for c in csrs(edge) if c["metadata"]["name"].startswith(f"yurthub-client-{NODE}-")]
-    assert joined and joined[0]["spec"]["username"] == f"system:bootstrap:{token_id}"
+    joined = [
+        c
+        for c in csrs(edge)
+        if c["metadata"]["name"].startswith(f"yurthub-client-{NODE}-")
+        and c["spec"]["username"] == f"system:bootstrap:{token_id}"
+    ]
+    assert len(joined) == 1, joined  # one join, by the bootstrap token
     assert joined[0]["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet"
     assert approved(joined[0])  # by the stock controller-manager, through kubeadm's RBAC
+
+    shown = edge.node.run(["/opt/yurt-edge/bin/yurthub", "status"]).stdout
+    assert f"client certificate (csr): CN=system:node:{NODE},O=system:nodes, valid until" in shown
 
     edge.kubectl.apply([pod("joined")])
     wait_for("a pod to run on the joined node", lambda: "joined" in running_pods(edge), timeout=120)
