@@ -1,6 +1,7 @@
 """The `yurthub` command: flags (or a config file) grouped by concern, turned into settings once.
 
 yurthub --server-addr https://10.0.0.1:6443 --node-name edge-1 --ca-file ... --client-cert ...
+yurthub --server-addr https://10.0.0.1:6443 --node-name edge-1 --join-token abcdef.0123456789abcdef
 yurthub --config /etc/yurthub/config.yaml
 yurthub status                       what this node's yurthub is doing, at a glance
 """
