@@ -1,6 +1,7 @@
 """The `yurthub` command: flags (or a config file) grouped by concern, turned into settings once.
 
 yurthub --server-addr https://10.0.0.1:6443 --node-name edge-1 --ca-file ... --client-cert ...
+yurthub --server-addr https://10.0.0.1:6443 --node-name edge-1 --join-token abcdef.0123456789abcdef
 yurthub --config /etc/yurthub/config.yaml
 yurthub status                       what this node's yurthub is doing, at a glance
 """
@@ -11,6 +12,7 @@ import argparse
 import ipaddress
 import json
 import logging
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -42,15 +44,36 @@ def build_parser() -> argparse.ArgumentParser:
     cloud.add_argument("--heartbeat-failed-retry", type=int, default=3)
     cloud.add_argument("--heartbeat-healthy-threshold", type=int, default=2)
     cloud.add_argument("--request-timeout-seconds", type=float, default=30.0)
-    node = parser.add_argument_group("node identity")
+    node = parser.add_argument_group(
+        "identity",
+        "With a bootstrap token (--join-token or --bootstrap-file) yurthub gets its own client certificate by "
+        "CSR and rotates it; without one it uses --client-cert (the kubelet's, by default).",
+    )
     node.add_argument("--node-name", help="name of the node this yurthub serves (required)")
     node.add_argument("--ca-file", default="/etc/kubernetes/pki/ca.crt", help="CA of the apiserver's certificate")
     node.add_argument(
         "--client-cert",
         default="/var/lib/kubelet/pki/kubelet-client-current.pem",
-        help="node client certificate (PEM, may include the key)",
+        help="node client certificate (PEM, may include the key) when no bootstrap token is given",
     )
     node.add_argument("--client-key", default="", help="key of --client-cert when in a file of its own")
+    node.add_argument("--join-token", default="", help="bootstrap token <id>.<secret> to ask for a certificate with")
+    node.add_argument("--bootstrap-file", default="", help="kubeconfig whose user holds a bootstrap token")
+    node.add_argument("--root-dir", default="/var/lib/yurthub", help="yurthub's certificates go to <root-dir>/pki")
+    node.add_argument(
+        "--serving-cert",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ask for a serving certificate (kubelet-serving signer) for the HTTPS door; an admin or "
+        "yurt-manager approves it",
+    )
+    node.add_argument(
+        "--serving-ip-addresses",
+        default="127.0.0.1,169.254.2.1",
+        help="IP SANs of the serving certificate, besides the node IP and the kubernetes Service's ClusterIP",
+    )
+    node.add_argument("--node-ip", default="", help="node IP for the serving certificate (default: the route's)")
+    node.add_argument("--csr-poll-seconds", type=float, default=2.0, help="how often to look at a pending CSR")
     listen = parser.add_argument_group("listen")
     listen.add_argument("--bind-address", default="127.0.0.1", help="loopback address for both ports")
     listen.add_argument("--proxy-port", type=int, default=10261, help="plain HTTP proxy port for node components")
@@ -129,10 +152,52 @@ def settings_from_args(args: argparse.Namespace) -> config.HubSettings:
             disk_cache_path=args.disk_cache_path,
             cache_agents=tuple(a.strip().lower() for a in args.cache_agents.split(",") if a.strip()),
         ),
-        identity=config.IdentitySettings(
-            ca_file=args.ca_file, client_cert=args.client_cert, client_key=args.client_key
-        ),
+        identity=identity_settings(args),
         outbox=config.OutboxSettings(path=args.outbox_path, capacity=args.outbox_capacity),
+    )
+
+
+def _bootstrap_token(args: argparse.Namespace) -> str:
+    token = str(args.join_token or "")
+    if args.bootstrap_file:
+        try:
+            with open(args.bootstrap_file, encoding="utf-8") as fh:
+                doc = yaml.safe_load(fh) or {}
+            users = [u.get("user") or {} for u in doc.get("users") or []]
+        except (OSError, yaml.YAMLError, AttributeError) as exc:
+            raise config.ConfigError(f"--bootstrap-file {args.bootstrap_file}: {exc}") from exc
+        tokens = [str(u["token"]) for u in users if isinstance(u, dict) and u.get("token")]
+        if not tokens:
+            raise config.ConfigError(f"--bootstrap-file {args.bootstrap_file}: no user with a token in it")
+        token = token or tokens[0]
+    if token and not re.fullmatch(r"[a-z0-9]{6}\.[a-z0-9]{16}", token):
+        raise config.ConfigError("bootstrap token: expected <6 characters>.<16 characters> of [a-z0-9]")
+    return token
+
+
+def _ips(flag: str, value: str) -> tuple[str, ...]:
+    ips = tuple(v.strip() for v in value.split(",") if v.strip())
+    for ip in ips:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise config.ConfigError(f"{flag}: {ip!r} is not an IP address") from None
+    return ips
+
+
+def identity_settings(args: argparse.Namespace) -> config.IdentitySettings:
+    if args.csr_poll_seconds <= 0:
+        raise config.ConfigError("--csr-poll-seconds: must be positive")
+    return config.IdentitySettings(
+        ca_file=args.ca_file,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+        bootstrap_token=_bootstrap_token(args),
+        root_dir=args.root_dir.rstrip("/") or "/",
+        serving_cert=args.serving_cert,
+        serving_ip_addresses=_ips("--serving-ip-addresses", args.serving_ip_addresses),
+        node_ip=(_ips("--node-ip", args.node_ip) or ("",))[0],
+        csr_poll_s=args.csr_poll_seconds,
     )
 
 
@@ -154,6 +219,17 @@ def status_main(argv: list[str]) -> int:
     print(f"node {report['node']}: cloud {'reachable' if cloud['reachable'] else 'UNREACHABLE'} since {cloud['since']}")
     for s in report["servers"]:
         print(f"  {s['server']:<40} {'healthy' if s['healthy'] else 'unhealthy'} since {s['since']}")
+    for kind, cert in (report.get("certificates") or {}).items():
+        line = f"{kind} certificate ({cert['source']}): {cert['subject'] or 'none yet'}"
+        if cert["notAfter"]:
+            line += f", {'EXPIRED' if cert['expired'] else 'valid'} until {cert['notAfter']}"
+        if cert["renewAfter"]:
+            line += f", renews after {cert['renewAfter']}"
+        print(line + f", {cert['rotations']} rotations")
+        if cert["pendingCSR"]:
+            print(f"  waiting for CSR {cert['pendingCSR']} (kubectl certificate approve {cert['pendingCSR']})")
+        if cert["problem"]:
+            print(f"  last problem: {cert['problem']}")
     cache = report["cache"]
     print(f"cache {cache['path']} ({'writable' if cache['writable'] else 'NOT WRITABLE'}):")
     for e in cache["entries"]:
