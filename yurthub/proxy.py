@@ -120,7 +120,10 @@ class Hub:
                 headers = {"Accept": wire.JSON, "User-Agent": "yurthub"}
                 async with self.node_session.get(server + path, headers=headers) as resp:
                     body = await resp.read()
-                    return body if resp.status == 200 else None
+                    if resp.status != 200:
+                        log.info("cloud GET refused path=%s status=%d body=%r", path, resp.status, body[:200])
+                        return None
+                    return body
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.info("cloud GET failed path=%s error=%s", path, type(exc).__name__)
             return None

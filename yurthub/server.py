@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import ssl
+import subprocess
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from yurthub import config, health, metrics, outbox, proxy, storage
+from yurthub import config, door, health, metrics, outbox, proxy, storage
 
 log = logging.getLogger(__name__)
 HUB = web.AppKey("hub", proxy.Hub)
@@ -140,6 +141,27 @@ class Identity:
         log.info("client certificate rotated on disk; new requests use it, open streams keep theirs")
 
 
+async def _door_keeper(settings: config.DoorSettings, cert: door.ServingCert, runner: web.AppRunner) -> None:
+    """Open the HTTPS door once its interface is up and its certificate loads; then follow the certificate."""
+    interface_ready, site = not settings.manage_interface, None
+    while True:
+        if not interface_ready:
+            try:
+                await asyncio.to_thread(door.interface_up, settings)
+                interface_ready = True
+            except (door.InterfaceError, OSError, subprocess.SubprocessError) as exc:
+                log.error("door interface not ready error=%s", exc)
+        if await asyncio.to_thread(cert.reload) and site is None and interface_ready:
+            site = web.TCPSite(
+                runner, settings.address, settings.port, ssl_context=cert.server_context, shutdown_timeout=1
+            )
+            await site.start()
+            log.info("door open address=%s:%d", settings.address, settings.port)
+        elif site is None and interface_ready and cert.current is not None:
+            cert.mark = None  # loaded before the interface was up: open on the next round
+        await asyncio.sleep(door.POLL_S)
+
+
 async def _courier(hub: proxy.Hub) -> None:
     while True:
         if len(hub.outbox) and hub.servers.is_healthy:
@@ -204,6 +226,18 @@ def _serve_app(hub: proxy.Hub, usage_cache: list[list[storage.Usage]]) -> web.Ap
     return app
 
 
+def _door_runner(hub: proxy.Hub) -> web.AppRunner:
+    """The HTTPS door's app: the same routing as the proxy port, with a pod's own token required."""
+
+    async def door_handler(request: web.Request) -> web.StreamResponse:
+        return await proxy.handle(hub, request, door=True)
+
+    app = web.Application(client_max_size=proxy.MAX_REQUEST_BODY)
+    app[HUB] = hub
+    app.router.add_route("*", "/{tail:.*}", door_handler)
+    return web.AppRunner(app, access_log=None, max_line_size=PARSER_LIMIT, max_field_size=PARSER_LIMIT)
+
+
 def notify_systemd(message: str) -> None:
     """sd_notify(3): tell systemd we are ready (Type=notify units); a no-op outside systemd."""
     address = os.environ.get("NOTIFY_SOCKET")
@@ -245,6 +279,9 @@ async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None)
             web.AppRunner(proxy_app, access_log=None, max_line_size=PARSER_LIMIT, max_field_size=PARSER_LIMIT),
             web.AppRunner(_serve_app(hub, usage_cache), access_log=None),
         ]
+        door_cert = door.ServingCert(settings.door) if settings.door.enabled else None
+        if door_cert is not None:
+            runners.append(_door_runner(hub))
         try:
             for runner in runners:
                 await runner.setup()
@@ -266,14 +303,21 @@ async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None)
             )
             notify_systemd("READY=1")
             async with asyncio.TaskGroup() as tasks:
-                prober = tasks.create_task(_prober(hub, identity), name="health-prober")
-                courier = tasks.create_task(_courier(hub), name="outbox-courier")
+                background = [
+                    tasks.create_task(_prober(hub, identity), name="health-prober"),
+                    tasks.create_task(_courier(hub), name="outbox-courier"),
+                ]
+                if door_cert is not None:
+                    keeper = _door_keeper(settings.door, door_cert, runners[2])
+                    background.append(tasks.create_task(keeper, name="door-keeper"))
                 await stop.wait()
-                prober.cancel()
-                courier.cancel()
+                for task in background:
+                    task.cancel()
         finally:
             for runner in runners:
                 await runner.cleanup()
+            if settings.door.enabled and settings.door.manage_interface:
+                await asyncio.to_thread(door.interface_down, settings.door)
             for _, old in identity.retired:
                 await old.close()
             if hub.node_session is not node_session:

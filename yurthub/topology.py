@@ -1,9 +1,12 @@
 """Where `servicetopology` learns which Services ask for a topology and which nodes share this node's pool.
 
-yurthub asks the cloud itself, with the node's identity (the Node authorizer lets a node read nodes and
-services): its own Node (for its pool label), the nodes of that pool (a label selector, so a big cluster's
-other pools are never transferred), and the Services (only the `openyurt.io/topologyKeys` annotations are
-kept). Asking directly, rather than reading what other components cached, means the answer never depends
+yurthub asks the cloud itself, with the node's identity: its own Node (for its pool label), the nodes of
+that pool (a label selector, so a big cluster's other pools are never transferred), and the Services (only
+the `openyurt.io/topologyKeys` annotations are kept). Stock Node authorization lets a node read Services and
+its own Node but not list others; listing the pool needs a ClusterRole granting `list` on nodes to the node
+(README). Without it the pool is this node alone, and yurthub says so once in its log.
+
+Asking directly, rather than reading what other components cached, means the answer never depends
 on which component listed what first (kube-proxy lists Services and EndpointSlices at the same moment) or on
 which components are cache agents.
 
@@ -45,6 +48,7 @@ class FactsSource:
         self.facts: Facts | None = None
         self.fetched_at = float("-inf")
         self.lock = asyncio.Lock()
+        self.pool_warned = False
 
     async def get(self) -> Facts | None:
         """Fresh facts if the cloud gives them, else the last known ones (from memory or the cache)."""
@@ -84,9 +88,13 @@ class FactsSource:
             if pool:
                 selector = quote(f"{self.pool_label}={pool}", safe="")
                 nodes = await self.fetch(f"/api/v1/nodes?labelSelector={selector}")
-                if nodes is None:
-                    return None
-                members = frozenset(i["metadata"]["name"] for i in json.loads(nodes).get("items") or [])
+                if nodes is not None:
+                    members = frozenset(i["metadata"]["name"] for i in json.loads(nodes).get("items") or [])
+                elif not self.pool_warned:
+                    self.pool_warned = True
+                    log.warning("cannot list the nodes of pool=%s: servicetopology keeps this node only", pool)
+                # else: not allowed to list nodes (stock Node authorization lets a node read only its own):
+                # the pool shrinks to this node, the narrowest reading of "keep traffic in the pool".
             topology = {}
             for item in json.loads(services).get("items") or []:
                 meta = item.get("metadata") or {}
