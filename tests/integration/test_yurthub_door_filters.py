@@ -1,4 +1,4 @@
-"""Response filters through yurthub against the real kube-apiserver, online and offline.
+"""Response filters and the HTTPS door for pods, through yurthub against the real kube-apiserver, online and offline.
 
 Each filter is checked on LIST and WATCH for a JSON client and a protobuf client (client-go's
 `application/vnd.kubernetes.protobuf,application/json`): filtered requests are negotiated as JSON, so both get
@@ -8,15 +8,21 @@ filtered JSON, from the cloud online and from the cache offline. Requests no fil
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
+import ssl
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from testenv import cluster, controlplane, relay
+from testenv.kubectl import wait_for
 from tests.integration.conftest import NODE, Hub, start_hub, stop_hub, wait_cloud
 from tests.integration.test_yurthub_proxy import KUBELET, PB, call
 
@@ -269,3 +275,157 @@ def test_servicetopology_limits_endpoints_to_the_node_or_its_pool(
     finally:
         link.restore()
         wait_cloud(fhub, reachable=True)
+
+
+# --- the HTTPS door for pods -------------------------------------------------------------------------
+
+
+def door_context(cloud: cluster.Cluster) -> ssl.SSLContext:
+    assert cloud.plane is not None
+    return ssl.create_default_context(cafile=str(cloud.plane.directory / "pki" / "ca.crt"))
+
+
+def pod_token(cloud: cluster.Cluster, account: str) -> str:
+    return cloud.kubectl.run("create", "token", account, "-n", "team", "--duration=1h").strip()
+
+
+@pytest.fixture(scope="module")
+def team(cloud: cluster.Cluster) -> None:
+    """Namespace `team`: ServiceAccounts that may read its ConfigMaps (and nothing else), a ConfigMap, a Secret."""
+    cloud.kubectl.apply(
+        [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}},
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "elsewhere"}},
+            *(
+                {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": n, "namespace": "team"}}
+                for n in ("reader", "other-reader")
+            ),
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": "read-configmaps", "namespace": "team"},
+                "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": "read-configmaps", "namespace": "team"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-configmaps"},
+                "subjects": [
+                    {"kind": "ServiceAccount", "name": n, "namespace": "team"} for n in ("reader", "other-reader")
+                ],
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "app", "namespace": "team"},
+                "data": {"a": "1"},
+            },
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "elsewhere"}, "data": {}},
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "s", "namespace": "team"},
+                "stringData": {"k": "v"},
+            },
+        ]
+    )
+
+
+def through_door(
+    cloud: cluster.Cluster, door_port: int, path: str, token: str | None, accept: str = "application/json"
+) -> tuple[int, str, bytes]:
+    headers = {"Accept": accept, "User-Agent": "app/1.0"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(f"https://127.0.0.1:{door_port}{path}", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=15, context=door_context(cloud)) as resp:
+            return resp.status, resp.headers.get("Content-Type", ""), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers.get("Content-Type", ""), err.read()
+
+
+CONFIGMAPS = "/api/v1/namespaces/team/configmaps"
+
+
+def test_the_door_forwards_a_pods_own_token_and_answers_offline_only_what_that_token_read(
+    fhub: Hub, cloud: cluster.Cluster, link: relay.Relay, door_port: int, team: None
+) -> None:
+    token, other = pod_token(cloud, "reader"), pod_token(cloud, "other-reader")
+    code, ctype, body = through_door(cloud, door_port, CONFIGMAPS, None)
+    assert (code, ctype) == (401, "application/json") and json.loads(body)["reason"] == "Unauthorized"
+    online = {accept: through_door(cloud, door_port, CONFIGMAPS, token, accept) for accept in ENCODINGS}
+    assert online["application/json"][0] == 200
+    assert "app" in [i["metadata"]["name"] for i in json.loads(online["application/json"][2])["items"]]
+    for beyond in ("/api/v1/namespaces/team/secrets", "/api/v1/namespaces/elsewhere/configmaps"):
+        assert through_door(cloud, door_port, beyond, token)[0] == 403, "the pod's own rights, not the node's"
+    # the node itself reads `elsewhere` (it may, in this test cluster): that is in the cache, for the node only
+    assert call(fhub.proxy + "/api/v1/namespaces/elsewhere/configmaps")[0] == 200
+    assert token.encode() not in b"".join(p.read_bytes() for p in fhub.cache.rglob("*") if p.is_file())
+    link.cut()
+    try:
+        wait_cloud(fhub, reachable=False)
+        for accept, want in online.items():
+            assert through_door(cloud, door_port, CONFIGMAPS, token, accept) == want, accept
+        for path, who in (
+            ("/api/v1/namespaces/elsewhere/configmaps", token),  # the node cached it, this token never read it
+            ("/api/v1/namespaces/team/secrets", token),
+            (CONFIGMAPS, other),  # same rights, but its own requests never happened
+        ):
+            code, _, body = through_door(cloud, door_port, path, who)
+            assert code == 503 and json.loads(body)["kind"] == "Status", path
+        assert through_door(cloud, door_port, CONFIGMAPS, None)[0] == 401
+        code, _, _ = through_door(cloud, door_port, CONFIGMAPS.replace("configmaps", "events"), token)
+        assert code == 503
+    finally:
+        link.restore()
+        wait_cloud(fhub, reachable=True)
+
+
+def replace_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def peer_cn(conn: http.client.HTTPSConnection) -> str:
+    assert conn.sock is not None
+    der = conn.sock.getpeercert(binary_form=True)
+    assert isinstance(der, bytes)
+    return str(x509.load_der_x509_certificate(der).subject.rfc4514_string())
+
+
+def test_a_renewed_serving_certificate_is_used_for_new_connections_and_open_ones_go_on(
+    fhub: Hub, cloud: cluster.Cluster, door_port: int, team: None
+) -> None:
+    assert cloud.plane is not None
+    token = pod_token(cloud, "reader")
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    kept = http.client.HTTPSConnection("127.0.0.1", door_port, context=door_context(cloud), timeout=15)
+    kept.request("GET", CONFIGMAPS, headers=headers)
+    assert kept.getresponse().read() and peer_cn(kept) == "CN=yurthub-door"
+    renewed = cloud.plane.ca.issue("yurthub-door-renewed", server=True, ip_addresses=("127.0.0.1",))
+    cert_file = fhub.cache.parent / "door.crt"  # where the fixture wrote it
+    replace_atomically(cert_file, renewed.cert_pem)  # the certificate first: a moment of mismatch, then the key
+    replace_atomically(cert_file.with_suffix(".key"), renewed.key_pem)
+
+    def new_connection_cn() -> str:
+        fresh = http.client.HTTPSConnection("127.0.0.1", door_port, context=door_context(cloud), timeout=15)
+        try:
+            fresh.request("GET", CONFIGMAPS, headers=headers)
+            assert fresh.getresponse().status == 200
+            return peer_cn(fresh)
+        finally:
+            fresh.close()
+
+    wait_for(
+        "the door to serve the renewed certificate",
+        lambda: new_connection_cn() == "CN=yurthub-door-renewed",
+        timeout=20,
+    )
+    kept.request("GET", CONFIGMAPS, headers=headers)
+    response = kept.getresponse()
+    assert response.status == 200 and json.loads(response.read())["items"]
+    assert peer_cn(kept) == "CN=yurthub-door", "the open connection goes on with the certificate it was made with"
+    kept.close()
