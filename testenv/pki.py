@@ -89,9 +89,17 @@ class CertificateAuthority:
         server: bool = False,
         dns_names: tuple[str, ...] = (),
         ip_addresses: tuple[str, ...] = (),
+        rsa_key: bool = False,
     ) -> KeyPair:
-        """A leaf certificate for `common_name`, usable for client and/or server authentication."""
-        key = ec.generate_private_key(ec.SECP256R1())
+        """A leaf certificate for `common_name`, usable for client and/or server authentication.
+
+        The key is ECDSA P-256 unless `rsa_key` (for clients that only speak RSA, like busybox's TLS).
+        """
+        key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = (
+            rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            if rsa_key
+            else ec.generate_private_key(ec.SECP256R1())
+        )
         now = datetime.datetime.now(datetime.UTC)
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
         usages += [ExtendedKeyUsageOID.SERVER_AUTH] if server else []

@@ -11,6 +11,7 @@ import argparse
 import ipaddress
 import json
 import logging
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -104,6 +105,11 @@ def _door_flags(parser: argparse.ArgumentParser) -> None:
         help="create the dummy interface at start and remove it at stop (off: --dummy-if-ip must exist)",
     )
     group.add_argument("--dummy-if-name", default="yurthub0")
+    group.add_argument(
+        "--secure-tls-ciphers",
+        default="",
+        help="OpenSSL cipher string for the door, for old pod clients (default: OpenSSL's, TLS 1.2 or newer)",
+    )
 
 
 def _load_file(path: str) -> dict[str, Any]:
@@ -193,6 +199,13 @@ def _door_settings(args: argparse.Namespace) -> config.DoorSettings:
         raise config.ConfigError(f"--dummy-if-ip {args.dummy_if_ip!r} is not an IP address") from None
     if not 0 < len(args.dummy_if_name) <= 15:
         raise config.ConfigError(f"--dummy-if-name {args.dummy_if_name!r}: interface names have 1 to 15 characters")
+    if args.secure_tls_ciphers:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(args.secure_tls_ciphers)
+        except ssl.SSLError:
+            raise config.ConfigError(
+                f"--secure-tls-ciphers {args.secure_tls_ciphers!r}: OpenSSL knows no such ciphers"
+            ) from None
     return config.DoorSettings(
         cert_file=args.secure_cert_file,
         key_file=args.secure_key_file,
@@ -200,6 +213,7 @@ def _door_settings(args: argparse.Namespace) -> config.DoorSettings:
         port=config.check_port("--proxy-secure-port", args.proxy_secure_port),
         manage_interface=args.enable_dummy_if,
         interface=args.dummy_if_name,
+        tls_ciphers=args.secure_tls_ciphers,
     )
 
 

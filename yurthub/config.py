@@ -103,6 +103,8 @@ class DoorSettings:
     """Create `interface` with `address` at start and remove it at stop; off, `address` must exist already."""
     interface: str = "yurthub0"
     """Name of the dummy interface yurthub creates (at most 15 characters)."""
+    tls_ciphers: str = ""
+    """OpenSSL cipher string for the door (e.g. `DEFAULT:@SECLEVEL=1`); empty keeps OpenSSL's defaults."""
 
     @property
     def enabled(self) -> bool:

@@ -45,16 +45,23 @@ class ServingCert:
         self.cert_file = settings.cert_file
         self.key_file = settings.key_file or None
         self.paths = [p for p in (settings.cert_file, settings.key_file) if p]
+        self.ciphers = settings.tls_ciphers
         self.mark: tuple[object, ...] | None = None
         self.current: ssl.SSLContext | None = None
-        self.server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.server_context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.server_context = self._bare()
         self.server_context.sni_callback = self._choose
         self.waiting_logged = False
 
-    def _context(self) -> ssl.SSLContext:
+    def _bare(self) -> ssl.SSLContext:
+        """A server context with the door's protocol settings (the listener's and each loaded one share them)."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.ciphers:
+            context.set_ciphers(self.ciphers)
+        return context
+
+    def _context(self) -> ssl.SSLContext:
+        context = self._bare()
         context.load_cert_chain(self.cert_file, self.key_file)
         return context
 
