@@ -6,6 +6,10 @@ handle(request)
   └── cloud away    → local: GET/LIST from the cache, WATCH held open until the cloud returns,
                       kubelet's Lease and node status answered here, Events into the outbox,
                       everything else a 503 Status that says why
+
+Filtered requests (`filters`: a component's services/endpointslices get, list and watch) are fetched and
+answered as JSON, filtered before the cache sees them; offline they are answered from that JSON. On the HTTPS
+door (`door`) a pod's own token is required and forwarded, and the request's cache scope is its token's hash.
 """
 
 from __future__ import annotations
