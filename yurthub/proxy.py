@@ -248,6 +248,11 @@ async def handle(hub: Hub, request: web.Request, *, door: bool = False) -> web.S
     return await local(hub, request, info, body, names)
 
 
+def _metric_component(info: requestinfo.RequestInfo) -> str:
+    """The component as metrics label it: every pod token counts as `pod`, so tokens never multiply series."""
+    return "pod" if cache.is_token_scope(info.component) else info.component
+
+
 def _upstream_headers(request: web.Request, filtered: bool = False) -> dict[str, str]:
     """The client's headers minus hop-by-hop ones. A filtered request asks for plain JSON (`filters`)."""
     headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
@@ -302,7 +307,7 @@ async def forward(
     finally:
         hub.inflight.discard(abort)
     hub.metrics.upstream_latency.labels(server).observe(time.monotonic() - started)
-    hub.metrics.requests.labels(info.component, info.verb, info.resource, "forwarded").inc()
+    hub.metrics.requests.labels(_metric_component(info), info.verb, info.resource, "forwarded").inc()
     hub.inflight.add(upstream.close)
     try:
         if (
@@ -433,7 +438,7 @@ async def _relay_filtered(
 async def local(
     hub: Hub, request: web.Request, info: requestinfo.RequestInfo, body: bytes, names: tuple[str, ...] = ()
 ) -> web.StreamResponse:
-    component, outcome = info.component, "refused"
+    component, outcome = _metric_component(info), "refused"
     accept = wire.JSON if names else request.headers.get("Accept", "")  # filtered answers are kept as JSON only
     try:
         if not info.is_resource:
