@@ -90,10 +90,18 @@ class CertificateAuthority:
         dns_names: tuple[str, ...] = (),
         ip_addresses: tuple[str, ...] = (),
         valid_until: datetime.datetime | None = None,
+        rsa_key: bool = False,
     ) -> KeyPair:
         """A leaf certificate for `common_name`, usable for client and/or server authentication; valid for
-        30 days, or until `valid_until` (which may be in the past, for an expired one)."""
-        key = ec.generate_private_key(ec.SECP256R1())
+        30 days, or until `valid_until` (which may be in the past, for an expired one).
+
+        The key is ECDSA P-256 unless `rsa_key` (for clients that only speak RSA, like busybox's TLS).
+        """
+        key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = (
+            rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            if rsa_key
+            else ec.generate_private_key(ec.SECP256R1())
+        )
         now = datetime.datetime.now(datetime.UTC)
         not_after = valid_until or now + _VALIDITY
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []

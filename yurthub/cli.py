@@ -13,6 +13,7 @@ import ipaddress
 import json
 import logging
 import re
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -20,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from yurthub import config, server
+from yurthub import config, filters, server
 
 DEFAULT_AGENTS = "kubelet,kube-proxy,coredns,flanneld,yurt-tunnel-agent"
 
@@ -88,7 +89,50 @@ def build_parser() -> argparse.ArgumentParser:
     box = parser.add_argument_group("outbox")
     box.add_argument("--outbox-path", default="/var/lib/yurthub/outbox")
     box.add_argument("--outbox-capacity", type=int, default=1000)
+    _filter_flags(parser)
+    _door_flags(parser)
     return parser
+
+
+def _filter_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "response filters",
+        "defaults: "
+        + "; ".join(f"{name}={','.join(targets)}" for name, targets in filters.DEFAULT_RULES.items())
+        + ". Filtered requests are fetched and answered as JSON.",
+    )
+    group.add_argument("--enable-resource-filter", action=argparse.BooleanOptionalAction, default=True)
+    group.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="NAME=COMPONENT[/RESOURCE],...",
+        help="who gets filter NAME (replaces its defaults; 'NAME=' turns it off); repeatable",
+    )
+    group.add_argument("--disabled-resource-filters", default="", help="comma-separated filters to turn off")
+    group.add_argument("--nodepool-label", default="apps.openyurt.io/nodepool", help="node label naming its pool")
+
+
+def _door_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "https door for pods", "TLS port for pods' in-cluster config; shut unless --secure-cert-file is given"
+    )
+    group.add_argument("--secure-cert-file", default="", help="serving certificate (PEM, may include the key)")
+    group.add_argument("--secure-key-file", default="", help="its key, when in a file of its own")
+    group.add_argument("--dummy-if-ip", default="169.254.2.1", help="address of the door, and of the dummy interface")
+    group.add_argument("--proxy-secure-port", type=int, default=10268, help="port of the door")
+    group.add_argument(
+        "--enable-dummy-if",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="create the dummy interface at start and remove it at stop (off: --dummy-if-ip must exist)",
+    )
+    group.add_argument("--dummy-if-name", default="yurthub0")
+    group.add_argument(
+        "--secure-tls-ciphers",
+        default="",
+        help="OpenSSL cipher string for the door, for old pod clients (default: OpenSSL's, TLS 1.2 or newer)",
+    )
 
 
 def _load_file(path: str) -> dict[str, Any]:
@@ -154,6 +198,43 @@ def settings_from_args(args: argparse.Namespace) -> config.HubSettings:
         ),
         identity=identity_settings(args),
         outbox=config.OutboxSettings(path=args.outbox_path, capacity=args.outbox_capacity),
+        filters=_filter_settings(args),
+        door=_door_settings(args),
+    )
+
+
+def _filter_settings(args: argparse.Namespace) -> config.FilterSettings:
+    disabled = [n.strip() for n in str(args.disabled_resource_filters).split(",") if n.strip()]
+    rules = filters.parse_rules(args.filter or [], disabled)
+    return config.FilterSettings(
+        enabled=args.enable_resource_filter,
+        rules=tuple((name, targets) for name, targets in rules.items() if targets),
+        nodepool_label=args.nodepool_label,
+    )
+
+
+def _door_settings(args: argparse.Namespace) -> config.DoorSettings:
+    try:
+        ipaddress.ip_address(args.dummy_if_ip)
+    except ValueError:
+        raise config.ConfigError(f"--dummy-if-ip {args.dummy_if_ip!r} is not an IP address") from None
+    if not 0 < len(args.dummy_if_name) <= 15:
+        raise config.ConfigError(f"--dummy-if-name {args.dummy_if_name!r}: interface names have 1 to 15 characters")
+    if args.secure_tls_ciphers:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(args.secure_tls_ciphers)
+        except ssl.SSLError:
+            raise config.ConfigError(
+                f"--secure-tls-ciphers {args.secure_tls_ciphers!r}: OpenSSL knows no such ciphers"
+            ) from None
+    return config.DoorSettings(
+        cert_file=args.secure_cert_file,
+        key_file=args.secure_key_file,
+        address=args.dummy_if_ip,
+        port=config.check_port("--proxy-secure-port", args.proxy_secure_port),
+        manage_interface=args.enable_dummy_if,
+        interface=args.dummy_if_name,
+        tls_ciphers=args.secure_tls_ciphers,
     )
 
 

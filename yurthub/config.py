@@ -121,6 +121,42 @@ class OutboxSettings:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class FilterSettings:
+    """Response filters (`filters`): which component gets which filter on which resource."""
+
+    enabled: bool = True
+    """Filter responses at all; off, every response passes through unchanged."""
+    rules: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """(filter, `component/resource` targets) for every filter that is on; built by `filters.parse_rules`."""
+    nodepool_label: str = "apps.openyurt.io/nodepool"
+    """Node label whose value names the node's pool, for `servicetopology`."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DoorSettings:
+    """The HTTPS door for pods: TLS on a node-local address, pods' own bearer tokens forwarded."""
+
+    cert_file: str = ""
+    """Serving certificate (PEM, may include the key); empty keeps the door shut. Reloaded when it changes."""
+    key_file: str = ""
+    """Its key, when in a file of its own."""
+    address: str = "169.254.2.1"
+    """Address the door listens on and the `masterservice` filter points the `kubernetes` Service at."""
+    port: int = 10268
+    """The door's TCP port."""
+    manage_interface: bool = True
+    """Create `interface` with `address` at start and remove it at stop; off, `address` must exist already."""
+    interface: str = "yurthub0"
+    """Name of the dummy interface yurthub creates (at most 15 characters)."""
+    tls_ciphers: str = ""
+    """OpenSSL cipher string for the door (e.g. `DEFAULT:@SECLEVEL=1`); empty keeps OpenSSL's defaults."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class HubSettings:
     node_name: str
     """The node this yurthub serves; its identity towards the cloud."""
@@ -129,6 +165,8 @@ class HubSettings:
     cache: CacheSettings
     identity: IdentitySettings
     outbox: OutboxSettings
+    filters: FilterSettings = FilterSettings()
+    door: DoorSettings = DoorSettings()
 
 
 def parse_servers(value: str) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import ssl
+import subprocess
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from yurthub import config, health, identity, metrics, outbox, proxy, storage
+from yurthub import config, door, health, identity, metrics, outbox, proxy, storage
 
 log = logging.getLogger(__name__)
 HUB = web.AppKey("hub", proxy.Hub)
@@ -87,6 +88,27 @@ async def _prober(hub: proxy.Hub) -> None:
     while True:
         await probe_once(hub)
         await asyncio.sleep(hub.settings.cloud.heartbeat_interval_s)
+
+
+async def _door_keeper(settings: config.DoorSettings, cert: door.ServingCert, runner: web.AppRunner) -> None:
+    """Open the HTTPS door once its interface is up and its certificate loads; then follow the certificate."""
+    interface_ready, site = not settings.manage_interface, None
+    while True:
+        if not interface_ready:
+            try:
+                await asyncio.to_thread(door.interface_up, settings)
+                interface_ready = True
+            except (door.InterfaceError, OSError, subprocess.SubprocessError) as exc:
+                log.error("door interface not ready error=%s", exc)
+        if await asyncio.to_thread(cert.reload) and site is None and interface_ready:
+            site = web.TCPSite(
+                runner, settings.address, settings.port, ssl_context=cert.server_context, shutdown_timeout=1
+            )
+            await site.start()
+            log.info("door open address=%s:%d", settings.address, settings.port)
+        elif site is None and interface_ready and cert.current is not None:
+            cert.mark = None  # loaded before the interface was up: open on the next round
+        await asyncio.sleep(door.POLL_S)
 
 
 async def _courier(hub: proxy.Hub) -> None:
@@ -155,6 +177,18 @@ def _serve_app(hub: proxy.Hub, usage_cache: list[list[storage.Usage]], ids: iden
     return app
 
 
+def _door_runner(hub: proxy.Hub) -> web.AppRunner:
+    """The HTTPS door's app: the same routing as the proxy port, with a pod's own token required."""
+
+    async def door_handler(request: web.Request) -> web.StreamResponse:
+        return await proxy.handle(hub, request, door=True)
+
+    app = web.Application(client_max_size=proxy.MAX_REQUEST_BODY)
+    app[HUB] = hub
+    app.router.add_route("*", "/{tail:.*}", door_handler)
+    return web.AppRunner(app, access_log=None, max_line_size=PARSER_LIMIT, max_field_size=PARSER_LIMIT)
+
+
 def notify_systemd(message: str) -> None:
     """sd_notify(3): tell systemd we are ready (Type=notify units); a no-op outside systemd."""
     address = os.environ.get("NOTIFY_SOCKET")
@@ -165,6 +199,23 @@ def notify_systemd(message: str) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.connect(address)
         sock.sendall(message.encode())
+
+
+async def _listen(settings: config.HubSettings, runners: list[web.AppRunner]) -> None:
+    """The proxy and the serve port (the door opens later, once its certificate is there)."""
+    listen = settings.listen
+    await web.TCPSite(runners[0], listen.bind_address, listen.proxy_port, shutdown_timeout=1).start()
+    await web.TCPSite(runners[1], listen.bind_address, listen.serve_port, shutdown_timeout=1).start()
+    log.info(
+        "yurthub serving node=%s proxy=%s:%d serve=%s:%d servers=%s cache=%s",
+        settings.node_name,
+        listen.bind_address,
+        listen.proxy_port,
+        listen.bind_address,
+        listen.serve_port,
+        ",".join(settings.cloud.servers),
+        settings.cache.disk_cache_path,
+    )
 
 
 async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None) -> None:
@@ -202,25 +253,16 @@ async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None)
             web.AppRunner(proxy_app, access_log=None, max_line_size=PARSER_LIMIT, max_field_size=PARSER_LIMIT),
             web.AppRunner(_serve_app(hub, usage_cache, ids), access_log=None),
         ]
+        door_cert = door.ServingCert(settings.door) if settings.door.enabled else None
+        if door_cert is not None:
+            runners.append(_door_runner(hub))
         try:
             for runner in runners:
                 await runner.setup()
             if not cached:
                 # Nothing to answer from yet: learn the cloud's state before the first client asks.
                 await probe_once(hub, attempts=1)
-            listen = settings.listen
-            await web.TCPSite(runners[0], listen.bind_address, listen.proxy_port, shutdown_timeout=1).start()
-            await web.TCPSite(runners[1], listen.bind_address, listen.serve_port, shutdown_timeout=1).start()
-            log.info(
-                "yurthub serving node=%s proxy=%s:%d serve=%s:%d servers=%s cache=%s",
-                settings.node_name,
-                listen.bind_address,
-                listen.proxy_port,
-                listen.bind_address,
-                listen.serve_port,
-                ",".join(settings.cloud.servers),
-                settings.cache.disk_cache_path,
-            )
+            await _listen(settings, runners)
             notify_systemd("READY=1")
             async with asyncio.TaskGroup() as tasks:
                 loops = [
@@ -228,12 +270,17 @@ async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None)
                     tasks.create_task(_courier(hub), name="outbox-courier"),
                     tasks.create_task(identity.run(hub, ids), name="identity"),
                 ]
+                if door_cert is not None:
+                    keeper = _door_keeper(settings.door, door_cert, runners[2])
+                    loops.append(tasks.create_task(keeper, name="door-keeper"))
                 await stop.wait()
                 for loop in loops:
                     loop.cancel()
         finally:
             for runner in runners:
                 await runner.cleanup()
+            if settings.door.enabled and settings.door.manage_interface:
+                await asyncio.to_thread(door.interface_down, settings.door)
             await ids.close()
             if hub.node_session is not node_session:
                 await hub.node_session.close()
