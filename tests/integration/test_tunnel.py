@@ -355,7 +355,7 @@ def test_an_agent_without_a_certificate_or_on_the_wrong_path_is_refused(
 ) -> None:
     url = f"wss://127.0.0.1:{server.agent_port}"
     with (
-        pytest.raises((InvalidHandshake, ssl.SSLError, OSError)),
+        pytest.raises((InvalidHandshake, ConnectionClosed, ssl.SSLError, OSError)),
         ws_connect(f"{url}/v1/agent", ssl=_client_tls(certs, with_cert=False)) as ws,
     ):
         ws.recv(timeout=5)
