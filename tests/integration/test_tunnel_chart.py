@@ -463,3 +463,37 @@ def test_rendered_manifests_pass_a_server_side_dry_run(cloud: cluster.Cluster, h
         assert len(accepted) == expected, f"{variant}: {out}"
     # A dry run stores nothing.
     assert not cloud.kubectl.get("deployments", "-n", NS, "-l", f"app.kubernetes.io/instance={RELEASE}")["items"]
+
+
+def test_install_and_upgrade_keep_the_generated_certificates(
+    cloud: cluster.Cluster, helm: Path, tmp_path: Path
+) -> None:
+    """A real `helm install`, then `helm upgrade`: the upgrade finds the generated Secrets and keeps them, so
+    agents and kube-apiserver keep trusting the server."""
+    assert cloud.plane is not None
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(cloud.plane.admin_kubeconfig),
+        **{f"HELM_{d}_HOME": str(tmp_path / d.lower()) for d in ("CACHE", "CONFIG", "DATA")},
+    }
+
+    def run(*args: str) -> str:
+        proc = subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=120, check=False, env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    def trust() -> tuple[str, str, str]:
+        server = cloud.kubectl.get("secret", "-n", NS, f"{RELEASE}-tls")["data"]
+        client = cloud.kubectl.get("secret", "-n", NS, f"{RELEASE}-apiserver-client")["data"]
+        ca = cloud.kubectl.get("configmap", "-n", NS, f"{RELEASE}-ca")["data"]["ca.crt"]
+        assert base64.b64decode(server["ca.crt"]).decode().strip() == ca.strip()
+        return server["tls.crt"], client["tls.crt"], ca
+
+    installed = run("install", RELEASE, str(CHART), "--namespace", NS, "--set", "service.connect.clusterIP=10.215.0.63")
+    assert f"kube-apiserver's client certificate is in Secret {RELEASE}-apiserver-client" in installed
+    before = trust()
+    run("upgrade", RELEASE, str(CHART), "--namespace", NS, "--reuse-values", "--set", "server.replicaCount=3")
+    assert cloud.kubectl.get("deployment", "-n", NS, RELEASE)["spec"]["replicas"] == 3
+    assert trust() == before
+    run("uninstall", RELEASE, "--namespace", NS, "--wait")
+    assert not cloud.kubectl.get("secrets", "-n", NS, "-l", f"app.kubernetes.io/instance={RELEASE}")["items"]
