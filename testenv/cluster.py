@@ -60,6 +60,7 @@ class Settings:
     unreachable_toleration_s: int = 300
     egress_selector_config: str | None = None
     extra_apiserver_args: tuple[str, ...] = ()
+    extra_controller_manager_args: tuple[str, ...] = ()
 
 
 def _take_lock(path: Path) -> IO[str]:
@@ -125,6 +126,7 @@ class Cluster:
                 unreachable_toleration_s=self.settings.unreachable_toleration_s,
                 egress_selector_config=self.settings.egress_selector_config,
                 extra_apiserver_args=self.settings.extra_apiserver_args,
+                extra_controller_manager_args=self.settings.extra_controller_manager_args,
             ),
             bins=bins,
             directory=self.directory / "cloud",
@@ -153,8 +155,9 @@ class Cluster:
                 group=cgroups.Group("node"),
             )
             name = self.settings.node.name
-            wait_for(f"node {name} to be Ready", lambda: self.node_is_ready(name), timeout=120)
-            log.info("node %s Ready", name)
+            if not self.settings.node.kubelet_through_yurthub:  # else it joins once a test installs yurthub
+                wait_for(f"node {name} to be Ready", lambda: self.node_is_ready(name), timeout=120)
+                log.info("node %s Ready", name)
         if self.settings.kwok_nodes:
             wait_for(f"{self.settings.kwok_nodes} kwok nodes to be Ready", self._kwok_ready, timeout=120)
 

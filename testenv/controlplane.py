@@ -40,6 +40,9 @@ class ControlPlaneSettings:
     """An EgressSelectorConfiguration document for kube-apiserver (the tunnel needs one), or None."""
     extra_apiserver_args: tuple[str, ...] = ()
     """More kube-apiserver flags, appended last."""
+    extra_controller_manager_args: tuple[str, ...] = ()
+    """More kube-controller-manager flags, appended last (`--cluster-signing-duration=2m` for short-lived
+    node certificates)."""
 
 
 def free_port() -> int:
@@ -207,6 +210,7 @@ class ControlPlane:
                 "--node-monitor-period=2s",
                 f"--node-monitor-grace-period={settings.node_monitor_grace_s}s",
                 "--profiling=false",
+                *settings.extra_controller_manager_args,
             ],
         )
         launch(

@@ -1,16 +1,22 @@
-"""`make demo`: the real local cluster, an edge node going through yurthub, surviving a cut link, kubelet
-restart and a power cycle while cut off, then converging; and a clean teardown.
+"""`make demo`: the real local cluster with its edge node behind NAT, reached by the cloud only through the
+tunnel; the node going through yurthub, surviving a cut link, kubelet restart and a power cycle while cut off,
+then converging; and a clean teardown.
 
 Prints each step and what it saw, so a newcomer can follow what yurt-edge's test cluster is made of.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import shutil
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-from testenv import cluster, hubinstall, images, leftovers
+from testenv import cluster, controlplane, hubinstall, images, leftovers, pki, tunnelhost, tunnelinstall
 from testenv.kubectl import node_ready, wait_for
 
 APP = "demo-hello"
@@ -22,7 +28,14 @@ def say(message: str) -> None:
 
 def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    settings = cluster.Settings(kwok_nodes=5)
+    workdir = Path(tempfile.mkdtemp(prefix="yurt-edge-demo-"))
+    tunnel_ca = pki.CertificateAuthority("yurt-edge-demo-tunnel-ca")
+    node_settings = dataclasses.replace(cluster.Settings().node, reachable_from_cloud=False)
+    certs = tunnelhost.issue(tunnel_ca, workdir / "pki", addresses=("127.0.0.1", node_settings.cloud_address))
+    connect_port = controlplane.free_port()
+    settings = cluster.Settings(
+        kwok_nodes=5, node=node_settings, egress_selector_config=tunnelhost.egress_selector(certs, connect_port)
+    )
     say("building or finding the reference binaries and the node's Debian root (cached after the first run)")
     started = time.monotonic()
     with cluster.Cluster.start(settings) as kube:
@@ -31,6 +44,7 @@ def main() -> int:
         say(f"scheduler, real node {node} (systemd, containerd and kubelet in its own namespaces)")
         say(f"and {settings.kwok_nodes} kwok nodes")
         print(kube.kubectl.run("get", "nodes", "-o", "wide"), flush=True)
+        server = _install_tunnel(kube, certs, tunnel_ca, connect_port, workdir)
 
         say(f"deploying {images.BUSYBOX_IMAGE} (packed locally from busybox-static, no registry)")
         kube.kubectl.run(
@@ -45,19 +59,48 @@ def main() -> int:
         )
         wait_for("the demo pod to run", lambda: _phase(kube) == "Running", timeout=90)
         pod = _pod(kube)
-        say(f"pod {pod['metadata']['name']} runs on {pod['spec']['nodeName']}; its log via kubectl logs:")
+        say(f"pod {pod['metadata']['name']} runs on {pod['spec']['nodeName']}; its log via kubectl logs (tunnel):")
         time.sleep(3)
         print(kube.kubectl.run("logs", pod["metadata"]["name"], "--tail=3"), flush=True)
 
         _install_yurthub(kube, node)
         _offline_tour(kube, node, pod)
+        say("the tunnel server's view (`yurt-tunnel-server status`):")
+        print(json.dumps(server.status()["agents"], indent=2), flush=True)
+        server.stop()
         say("tearing everything down")
+    shutil.rmtree(workdir, ignore_errors=True)
     left = {kind: found for kind, found in leftovers.find(cluster.cache_dir()).items() if found}
     if left:
         say(f"teardown left something behind: {left}")
         return 1
     say("done: no process, cgroup, link, mount or iptables rule of the demo is left")
     return 0
+
+
+def _install_tunnel(
+    kube: cluster.Cluster, certs: tunnelhost.Certs, ca: pki.CertificateAuthority, connect_port: int, workdir: Path
+) -> tunnelhost.Server:
+    if kube.plane is None:
+        raise RuntimeError("no control plane")
+    node = kube.settings.node
+    say(f"{node.name} is behind NAT: the cloud cannot open a connection to its kubelet at {node.address}:10250")
+    say("starting yurt-tunnel-server beside the apiserver (its egress selector sends kubelet traffic there)")
+    kube.kubectl.run("label", "node", node.name, "openyurt.io/is-edge-worker=true")
+    server = tunnelhost.server(
+        certs,
+        workdir,
+        "tunnel-0",
+        connect_port=connect_port,
+        agent_ca=kube.plane.directory / "pki" / "ca.crt",
+        kubeconfig=kube.plane.admin_kubeconfig,
+    )
+    say(f"installing yurt-tunnel-agent on {node.name} as a systemd unit; it dials out with kubelet's certificate")
+    tunnelinstall.install_agent(
+        kube.node, ca_pem=ca.pair.cert_pem, servers=[f"{node.cloud_address}:{server.agent_port}"]
+    )
+    wait_for("the agent to join", lambda: bool(server.status()["agents"]), timeout=60)
+    return server
 
 
 def _install_yurthub(kube: cluster.Cluster, node: str) -> None:
@@ -95,7 +138,9 @@ def _offline_tour(kube: cluster.Cluster, node: str, pod: dict) -> None:  # type:
     wait_for("Ready", lambda: node_ready(kube.kubectl.get("node", node)), timeout=60)
     after = _pod(kube)
     same = "same" if after["metadata"]["uid"] == pod["metadata"]["uid"] else "a NEW"
-    say(f"{node} is Ready again; {same} pod {after['metadata']['name']}; the restarted container's log:")
+    say(f"{node} is Ready again; {same} pod {after['metadata']['name']}; the restarted container's log,")
+    say("through the tunnel the agent re-established by itself:")
+    wait_for("logs through the tunnel", lambda: bool(kube.kubectl.run("logs", after["metadata"]["name"])), timeout=60)
     print(kube.kubectl.run("logs", after["metadata"]["name"], "--tail=3"), flush=True)
 
 

@@ -66,12 +66,18 @@ def install_package(node: Node, wheels: Path) -> None:
     )
 
 
-def install(node: Node, *, server: str, wheels: Path, extra_args: str = "") -> None:
-    """Install and start yurthub.service on `node`, talking to `server` with the kubelet's client cert."""
+KUBELET_IDENTITY = "--client-cert=/var/lib/kubelet/pki/kubelet-client-current.pem"
+
+
+def install(
+    node: Node, *, server: str, wheels: Path, extra_args: str = "", identity_args: str = KUBELET_IDENTITY
+) -> None:
+    """Install and start yurthub.service on `node`, talking to `server` with the identity `identity_args`
+    name (the kubelet's client cert by default; `--join-token=...` for yurthub's own by CSR)."""
     install_package(node, wheels)
     args = (
         f"--server-addr={server} --node-name={node.settings.name} --ca-file=/etc/kubernetes/pki/ca.crt "
-        f"--client-cert=/var/lib/kubelet/pki/kubelet-client-current.pem {extra_args}"
+        f"{identity_args} {extra_args}"
     )
     write(node, "/etc/yurthub/yurthub.env", f'YURTHUB_ARGS="{args.strip()}"\n')
     write(node, "/etc/systemd/system/yurthub.service", UNIT.read_text())

@@ -27,6 +27,7 @@ from testenv.kubectl import wait_for
 HOST_LINK = "ye-cloud0"
 _NAT_CHAIN = "YURT-EDGE-NAT"
 _INIT = Path(__file__).with_name("node-init.sh")
+_KUBELET_YURTHUB_CONF = Path(__file__).resolve().parent.parent / "systemd" / "kubelet-yurthub.conf"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -44,6 +45,9 @@ class NodeSettings:
     """kubelet's node Lease duration; it renews every quarter of it."""
     reachable_from_cloud: bool = True
     """False: the cloud cannot open connections to the node (as behind NAT); the node can still dial out."""
+    kubelet_through_yurthub: bool = False
+    """True: kubelet talks to yurthub (127.0.0.1:10261) from its first start and has no bootstrap kubeconfig
+    of its own, so the node joins only once yurthub is installed and has got a certificate."""
 
 
 def _write(root: Path, path: str, text: str, mode: int = 0o644) -> None:
@@ -125,7 +129,11 @@ def _files(settings: NodeSettings, *, ca_pem: bytes, bootstrap_kubeconfig: str) 
             "",
         ]
     )
-    return {
+    kubelet_args = f"--node-ip={settings.address} --hostname-override={settings.name}"
+    if settings.kubelet_through_yurthub:
+        # Later flags win; the empty bootstrap kubeconfig keeps kubelet from joining by itself.
+        kubelet_args += " --kubeconfig=/etc/kubernetes/kubelet-yurthub.conf --bootstrap-kubeconfig="
+    files = {
         "/etc/hostname": f"{settings.name}\n",
         "/etc/hosts": f"127.0.0.1 localhost\n{settings.address} {settings.name}\n",
         "/etc/resolv.conf": f"nameserver {settings.cloud_address}\n",
@@ -161,10 +169,11 @@ def _files(settings: NodeSettings, *, ca_pem: bytes, bootstrap_kubeconfig: str) 
             "[Install]\nWantedBy=multi-user.target\n"
         ),
         "/var/lib/kubelet/config.yaml": json.dumps(_kubelet_config(settings), indent=2) + "\n",
-        "/var/lib/kubelet/kubeadm-flags.env": (
-            f'KUBELET_KUBEADM_ARGS="--node-ip={settings.address} --hostname-override={settings.name}"\n'
-        ),
+        "/var/lib/kubelet/kubeadm-flags.env": f'KUBELET_KUBEADM_ARGS="{kubelet_args}"\n',
     }
+    if settings.kubelet_through_yurthub:
+        files["/etc/kubernetes/kubelet-yurthub.conf"] = _KUBELET_YURTHUB_CONF.read_text()
+    return files
 
 
 _ENABLED = ("containerd.service", "yurt-edge-images.service", "kubelet.service")

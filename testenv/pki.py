@@ -89,10 +89,21 @@ class CertificateAuthority:
         server: bool = False,
         dns_names: tuple[str, ...] = (),
         ip_addresses: tuple[str, ...] = (),
+        valid_until: datetime.datetime | None = None,
+        rsa_key: bool = False,
     ) -> KeyPair:
-        """A leaf certificate for `common_name`, usable for client and/or server authentication."""
-        key = ec.generate_private_key(ec.SECP256R1())
+        """A leaf certificate for `common_name`, usable for client and/or server authentication; valid for
+        30 days, or until `valid_until` (which may be in the past, for an expired one).
+
+        The key is ECDSA P-256 unless `rsa_key` (for clients that only speak RSA, like busybox's TLS).
+        """
+        key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = (
+            rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            if rsa_key
+            else ec.generate_private_key(ec.SECP256R1())
+        )
         now = datetime.datetime.now(datetime.UTC)
+        not_after = valid_until or now + _VALIDITY
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
         usages += [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
         builder = (
@@ -101,8 +112,8 @@ class CertificateAuthority:
             .issuer_name(self._cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + _VALIDITY)
+            .not_valid_before(min(now, not_after) - datetime.timedelta(minutes=5))
+            .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), critical=False)

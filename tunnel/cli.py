@@ -119,7 +119,7 @@ def build_agent_parser() -> argparse.ArgumentParser:
     tuning = parser.add_argument_group("tuning")
     tuning.add_argument("--dial-timeout", type=float, default=5.0, metavar="SECONDS")
     tuning.add_argument("--keepalive", type=float, default=15.0, metavar="SECONDS")
-    tuning.add_argument("--backoff-max", type=float, default=30.0, metavar="SECONDS")
+    tuning.add_argument("--backoff-max", type=float, default=10.0, metavar="SECONDS")
     serving = parser.add_argument_group("health, metrics and status")
     serving.add_argument("--serve-address", default="127.0.0.1")
     serving.add_argument("--serve-port", type=int, default=10266)

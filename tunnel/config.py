@@ -50,7 +50,6 @@ class ServerSettings:
     """CONNECTs waiting for an agent's answer at once; beyond it the answer is 503."""
     keepalive_s: float = 15.0
     """Websocket ping interval; a peer silent for as long again is dropped."""
-    window: int = 256 * 1024
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -71,11 +70,10 @@ class AgentSettings:
     """This node's own addresses the cloud may name as targets (besides loopback and the node name)."""
     serve_address: str = "127.0.0.1"
     serve_port: int = 10266
-    """`/healthz`, `/readyz`, `/metrics`, `/v1/status` (plain HTTP, loopback by default)."""
+    """`/healthz`, `/readyz`, `/metrics`, `/v1/status` (plain HTTP, loopback by default); -1: none."""
     dial_timeout_s: float = 5.0
     keepalive_s: float = 15.0
     backoff_initial_s: float = 1.0
-    backoff_max_s: float = 30.0
+    backoff_max_s: float = 10.0
     resolve_interval_s: float = 30.0
     """How often server names are resolved again to find new replicas."""
-    window: int = 256 * 1024

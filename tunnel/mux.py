@@ -144,6 +144,12 @@ class Mux:
         s = self._get(stream)
         if s.fin_queued:
             raise errors.UsageError(f"stream {stream} was closed for sending")
+        if not data:
+            return
+        if not s.pending and s.state is State.OPEN and len(data) <= min(s.send_window, frames.MAX_PAYLOAD):
+            s.send_window -= len(data)  # the common case: straight out, no copy through the buffer
+            self._emit(Frame(Kind.DATA, stream, bytes(data)))
+            return
         s.pending += data
         self._flush(s)
 

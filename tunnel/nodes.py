@@ -149,10 +149,10 @@ class NodeWatch:
                 buffer += chunk
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
-                    if line.strip() and not self._event(json.loads(line)):
+                    if line.strip() and not self.apply_event(json.loads(line)):
                         return
 
-    def _event(self, event: dict[str, Any]) -> bool:
+    def apply_event(self, event: dict[str, Any]) -> bool:
         """Apply one watch event; False when the watch must be restarted with a relist."""
         kind = event.get("type")
         if kind == "ERROR":

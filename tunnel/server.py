@@ -14,6 +14,7 @@ apiserver's own TLS to the kubelet flows through untouched. Refusals carry a sta
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import contextlib
 import logging
 import os
@@ -30,6 +31,10 @@ from tunnel.metrics import Live, ServerMetrics
 
 log = logging.getLogger(__name__)
 HEAD_TIMEOUT_S = 10.0
+TLS_READ_BUFFER = 16 * 1024
+"""asyncio gives every TLS connection a read buffer of `SSLProtocol.max_size` (256 KiB), allocated and zeroed up
+front: 2,000 idle agents would pin 500 MB for nothing. A read returns at most one TLS record (16 KiB), so a buffer
+that size costs no throughput (bench/tunnel_bench.py measures both)."""
 
 
 def node_from_certificate(peercert: dict[str, Any] | None) -> str | None:
@@ -152,7 +157,6 @@ class Server:
             dials_out=False,
             name=node,
             max_streams=self.settings.max_streams_per_agent,
-            window=self.settings.window,
         )
         info = AgentInfo(node, remote, tunnel)
         self.routes.add(node, info)
@@ -244,6 +248,7 @@ class Server:
     # --- running ----------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
         s = self.settings
         access = nodes.load_access(s.kubeconfig)
         async with asyncio.TaskGroup() as group:

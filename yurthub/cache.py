@@ -25,6 +25,9 @@ NEVER_CACHED = frozenset(
     }
 )
 CACHED_VERBS = frozenset({"get", "list", "watch", "create", "update", "patch"})
+TOKEN_SCOPE = "token/"  # noqa: S105 - a cache-key prefix, not a secret
+"""Prefix of the cache component of requests made with a pod's own token on the HTTPS door. A User-Agent
+never yields a component with a `/`, so no client of the plain port can name one of these."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,12 +42,25 @@ def cacheable(info: RequestInfo, agents: frozenset[str]) -> bool:
     return (
         info.is_resource
         and bool(info.component)
-        and ("*" in agents or info.component in agents)
+        and ("*" in agents or info.component in agents or is_token_scope(info.component))
         and info.verb in CACHED_VERBS
         and info.subresource in ("", "status")
         and info.resource not in NEVER_CACHED
         and not info.paged
     )
+
+
+def token_scope(token: str) -> str:
+    """The cache component of one bearer token: a hash, so the token itself is never stored.
+
+    Only requests carrying that very token read what is kept there; a pod whose token was rotated starts
+    with an empty scope (what the old token saw is not handed to the new one).
+    """
+    return TOKEN_SCOPE + hashlib.sha256(token.encode()).hexdigest()[:40]
+
+
+def is_token_scope(component: str) -> bool:
+    return component.startswith(TOKEN_SCOPE)
 
 
 def scope(info: RequestInfo, encoding: wire.Encoding) -> storage.Scope:

@@ -1,6 +1,7 @@
 """The `yurthub` command: flags (or a config file) grouped by concern, turned into settings once.
 
 yurthub --server-addr https://10.0.0.1:6443 --node-name edge-1 --ca-file ... --client-cert ...
+yurthub --server-addr https://10.0.0.1:6443 --node-name edge-1 --join-token abcdef.0123456789abcdef
 yurthub --config /etc/yurthub/config.yaml
 yurthub status                       what this node's yurthub is doing, at a glance
 """
@@ -11,6 +12,8 @@ import argparse
 import ipaddress
 import json
 import logging
+import re
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -18,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from yurthub import config, server
+from yurthub import config, filters, server
 
 DEFAULT_AGENTS = "kubelet,kube-proxy,coredns,flanneld,yurt-tunnel-agent"
 
@@ -42,15 +45,36 @@ def build_parser() -> argparse.ArgumentParser:
     cloud.add_argument("--heartbeat-failed-retry", type=int, default=3)
     cloud.add_argument("--heartbeat-healthy-threshold", type=int, default=2)
     cloud.add_argument("--request-timeout-seconds", type=float, default=30.0)
-    node = parser.add_argument_group("node identity")
+    node = parser.add_argument_group(
+        "identity",
+        "With a bootstrap token (--join-token or --bootstrap-file) yurthub gets its own client certificate by "
+        "CSR and rotates it; without one it uses --client-cert (the kubelet's, by default).",
+    )
     node.add_argument("--node-name", help="name of the node this yurthub serves (required)")
     node.add_argument("--ca-file", default="/etc/kubernetes/pki/ca.crt", help="CA of the apiserver's certificate")
     node.add_argument(
         "--client-cert",
         default="/var/lib/kubelet/pki/kubelet-client-current.pem",
-        help="node client certificate (PEM, may include the key)",
+        help="node client certificate (PEM, may include the key) when no bootstrap token is given",
     )
     node.add_argument("--client-key", default="", help="key of --client-cert when in a file of its own")
+    node.add_argument("--join-token", default="", help="bootstrap token <id>.<secret> to ask for a certificate with")
+    node.add_argument("--bootstrap-file", default="", help="kubeconfig whose user holds a bootstrap token")
+    node.add_argument("--root-dir", default="/var/lib/yurthub", help="yurthub's certificates go to <root-dir>/pki")
+    node.add_argument(
+        "--serving-cert",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ask for a serving certificate (kubelet-serving signer) for the HTTPS door; an admin or "
+        "yurt-manager approves it",
+    )
+    node.add_argument(
+        "--serving-ip-addresses",
+        default="127.0.0.1,169.254.2.1",
+        help="IP SANs of the serving certificate, besides the node IP and the kubernetes Service's ClusterIP",
+    )
+    node.add_argument("--node-ip", default="", help="node IP for the serving certificate (default: the route's)")
+    node.add_argument("--csr-poll-seconds", type=float, default=2.0, help="how often to look at a pending CSR")
     listen = parser.add_argument_group("listen")
     listen.add_argument("--bind-address", default="127.0.0.1", help="loopback address for both ports")
     listen.add_argument("--proxy-port", type=int, default=10261, help="plain HTTP proxy port for node components")
@@ -65,7 +89,50 @@ def build_parser() -> argparse.ArgumentParser:
     box = parser.add_argument_group("outbox")
     box.add_argument("--outbox-path", default="/var/lib/yurthub/outbox")
     box.add_argument("--outbox-capacity", type=int, default=1000)
+    _filter_flags(parser)
+    _door_flags(parser)
     return parser
+
+
+def _filter_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "response filters",
+        "defaults: "
+        + "; ".join(f"{name}={','.join(targets)}" for name, targets in filters.DEFAULT_RULES.items())
+        + ". Filtered requests are fetched and answered as JSON.",
+    )
+    group.add_argument("--enable-resource-filter", action=argparse.BooleanOptionalAction, default=True)
+    group.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="NAME=COMPONENT[/RESOURCE],...",
+        help="who gets filter NAME (replaces its defaults; 'NAME=' turns it off); repeatable",
+    )
+    group.add_argument("--disabled-resource-filters", default="", help="comma-separated filters to turn off")
+    group.add_argument("--nodepool-label", default="apps.openyurt.io/nodepool", help="node label naming its pool")
+
+
+def _door_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "https door for pods", "TLS port for pods' in-cluster config; shut unless --secure-cert-file is given"
+    )
+    group.add_argument("--secure-cert-file", default="", help="serving certificate (PEM, may include the key)")
+    group.add_argument("--secure-key-file", default="", help="its key, when in a file of its own")
+    group.add_argument("--dummy-if-ip", default="169.254.2.1", help="address of the door, and of the dummy interface")
+    group.add_argument("--proxy-secure-port", type=int, default=10268, help="port of the door")
+    group.add_argument(
+        "--enable-dummy-if",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="create the dummy interface at start and remove it at stop (off: --dummy-if-ip must exist)",
+    )
+    group.add_argument("--dummy-if-name", default="yurthub0")
+    group.add_argument(
+        "--secure-tls-ciphers",
+        default="",
+        help="OpenSSL cipher string for the door, for old pod clients (default: OpenSSL's, TLS 1.2 or newer)",
+    )
 
 
 def _load_file(path: str) -> dict[str, Any]:
@@ -129,10 +196,89 @@ def settings_from_args(args: argparse.Namespace) -> config.HubSettings:
             disk_cache_path=args.disk_cache_path,
             cache_agents=tuple(a.strip().lower() for a in args.cache_agents.split(",") if a.strip()),
         ),
-        identity=config.IdentitySettings(
-            ca_file=args.ca_file, client_cert=args.client_cert, client_key=args.client_key
-        ),
+        identity=identity_settings(args),
         outbox=config.OutboxSettings(path=args.outbox_path, capacity=args.outbox_capacity),
+        filters=_filter_settings(args),
+        door=_door_settings(args),
+    )
+
+
+def _filter_settings(args: argparse.Namespace) -> config.FilterSettings:
+    disabled = [n.strip() for n in str(args.disabled_resource_filters).split(",") if n.strip()]
+    rules = filters.parse_rules(args.filter or [], disabled)
+    return config.FilterSettings(
+        enabled=args.enable_resource_filter,
+        rules=tuple((name, targets) for name, targets in rules.items() if targets),
+        nodepool_label=args.nodepool_label,
+    )
+
+
+def _door_settings(args: argparse.Namespace) -> config.DoorSettings:
+    try:
+        ipaddress.ip_address(args.dummy_if_ip)
+    except ValueError:
+        raise config.ConfigError(f"--dummy-if-ip {args.dummy_if_ip!r} is not an IP address") from None
+    if not 0 < len(args.dummy_if_name) <= 15:
+        raise config.ConfigError(f"--dummy-if-name {args.dummy_if_name!r}: interface names have 1 to 15 characters")
+    if args.secure_tls_ciphers:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(args.secure_tls_ciphers)
+        except ssl.SSLError:
+            raise config.ConfigError(
+                f"--secure-tls-ciphers {args.secure_tls_ciphers!r}: OpenSSL knows no such ciphers"
+            ) from None
+    return config.DoorSettings(
+        cert_file=args.secure_cert_file,
+        key_file=args.secure_key_file,
+        address=args.dummy_if_ip,
+        port=config.check_port("--proxy-secure-port", args.proxy_secure_port),
+        manage_interface=args.enable_dummy_if,
+        interface=args.dummy_if_name,
+        tls_ciphers=args.secure_tls_ciphers,
+    )
+
+
+def _bootstrap_token(args: argparse.Namespace) -> str:
+    token = str(args.join_token or "")
+    if args.bootstrap_file:
+        try:
+            with open(args.bootstrap_file, encoding="utf-8") as fh:
+                doc = yaml.safe_load(fh) or {}
+            users = [u.get("user") or {} for u in doc.get("users") or []]
+        except (OSError, yaml.YAMLError, AttributeError) as exc:
+            raise config.ConfigError(f"--bootstrap-file {args.bootstrap_file}: {exc}") from exc
+        tokens = [str(u["token"]) for u in users if isinstance(u, dict) and u.get("token")]
+        if not tokens:
+            raise config.ConfigError(f"--bootstrap-file {args.bootstrap_file}: no user with a token in it")
+        token = token or tokens[0]
+    if token and not re.fullmatch(r"[a-z0-9]{6}\.[a-z0-9]{16}", token):
+        raise config.ConfigError("bootstrap token: expected <6 characters>.<16 characters> of [a-z0-9]")
+    return token
+
+
+def _ips(flag: str, value: str) -> tuple[str, ...]:
+    ips = tuple(v.strip() for v in value.split(",") if v.strip())
+    for ip in ips:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise config.ConfigError(f"{flag}: {ip!r} is not an IP address") from None
+    return ips
+
+
+def identity_settings(args: argparse.Namespace) -> config.IdentitySettings:
+    if args.csr_poll_seconds <= 0:
+        raise config.ConfigError("--csr-poll-seconds: must be positive")
+    return config.IdentitySettings(
+        ca_file=args.ca_file,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+        bootstrap_token=_bootstrap_token(args),
+        root_dir=args.root_dir.rstrip("/") or "/",
+        serving_cert=args.serving_cert,
+        serving_ip_addresses=_ips("--serving-ip-addresses", args.serving_ip_addresses),
+        node_ip=(_ips("--node-ip", args.node_ip) or ("",))[0],
+        csr_poll_s=args.csr_poll_seconds,
     )
 
 
@@ -154,6 +300,17 @@ def status_main(argv: list[str]) -> int:
     print(f"node {report['node']}: cloud {'reachable' if cloud['reachable'] else 'UNREACHABLE'} since {cloud['since']}")
     for s in report["servers"]:
         print(f"  {s['server']:<40} {'healthy' if s['healthy'] else 'unhealthy'} since {s['since']}")
+    for kind, cert in (report.get("certificates") or {}).items():
+        line = f"{kind} certificate ({cert['source']}): {cert['subject'] or 'none yet'}"
+        if cert["notAfter"]:
+            line += f", {'EXPIRED' if cert['expired'] else 'valid'} until {cert['notAfter']}"
+        if cert["renewAfter"]:
+            line += f", renews after {cert['renewAfter']}"
+        print(line + f", {cert['rotations']} rotations")
+        if cert["pendingCSR"]:
+            print(f"  waiting for CSR {cert['pendingCSR']} (kubectl certificate approve {cert['pendingCSR']})")
+        if cert["problem"]:
+            print(f"  last problem: {cert['problem']}")
     cache = report["cache"]
     print(f"cache {cache['path']} ({'writable' if cache['writable'] else 'NOT WRITABLE'}):")
     for e in cache["entries"]:

@@ -57,14 +57,59 @@ class CacheSettings:
     """Client components (User-Agent product names) whose responses are cached; `*` caches every client."""
 
 
+class ClientSource(enum.StrEnum):
+    """Where the node client certificate comes from."""
+
+    CSR = "csr"
+    """yurthub's own, obtained and rotated by CertificateSigningRequest (bootstrap token, then itself)."""
+    KUBELET = "kubelet"
+    """The kubelet's current client certificate, followed as kubelet rotates it."""
+    FILE = "file"
+    """A certificate file someone else provides and rotates."""
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class IdentitySettings:
     ca_file: str
     """CA bundle that signed the kube-apiserver's serving certificate."""
     client_cert: str
-    """Node client certificate (PEM); may also hold the key, as kubelet's `kubelet-client-current.pem` does."""
+    """Node client certificate (PEM); may also hold the key, as kubelet's `kubelet-client-current.pem` does.
+    Ignored when a bootstrap token is given: yurthub then keeps its own under `root_dir`."""
     client_key: str = ""
     """Key of the client certificate, when it is not in the same file."""
+    bootstrap_token: str = dataclasses.field(default="", repr=False)
+    """Bootstrap token (`<id>.<secret>`) to ask for a client certificate with, as `kubeadm join` does;
+    from `--join-token` or the user of `--bootstrap-file`. Empty: no CSR, use `client_cert`."""
+    root_dir: str = "/var/lib/yurthub"
+    """yurthub's own certificates live in `<root_dir>/pki` (root-only)."""
+    serving_cert: bool = True
+    """Ask for a serving certificate (kubelet-serving signer) for the HTTPS door."""
+    serving_ip_addresses: tuple[str, ...] = ("127.0.0.1", "169.254.2.1")
+    """IP SANs of the serving certificate besides the node IP and the `kubernetes` Service's ClusterIP."""
+    node_ip: str = ""
+    """The node's IP (a serving SAN); empty: the address this node reaches the first cloud server from."""
+    csr_poll_s: float = 2.0
+    """Seconds between looks at a pending CertificateSigningRequest."""
+
+    @property
+    def client_source(self) -> ClientSource:
+        if self.bootstrap_token:
+            return ClientSource.CSR
+        if self.client_cert.endswith("/kubelet-client-current.pem"):
+            return ClientSource.KUBELET
+        return ClientSource.FILE
+
+    @property
+    def client_file(self) -> str:
+        """The combined PEM file of the client certificate yurthub uses (its own in CSR mode)."""
+        if self.client_source is ClientSource.CSR:
+            return f"{self.root_dir}/pki/yurthub-client-current.pem"
+        return self.client_cert
+
+    @property
+    def serving_file(self) -> str:
+        """The combined PEM (certificate, then key) the HTTPS door serves with; replaced atomically."""
+        return f"{self.root_dir}/pki/yurthub-server-current.pem"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -76,6 +121,42 @@ class OutboxSettings:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class FilterSettings:
+    """Response filters (`filters`): which component gets which filter on which resource."""
+
+    enabled: bool = True
+    """Filter responses at all; off, every response passes through unchanged."""
+    rules: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """(filter, `component/resource` targets) for every filter that is on; built by `filters.parse_rules`."""
+    nodepool_label: str = "apps.openyurt.io/nodepool"
+    """Node label whose value names the node's pool, for `servicetopology`."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DoorSettings:
+    """The HTTPS door for pods: TLS on a node-local address, pods' own bearer tokens forwarded."""
+
+    cert_file: str = ""
+    """Serving certificate (PEM, may include the key); empty keeps the door shut. Reloaded when it changes."""
+    key_file: str = ""
+    """Its key, when in a file of its own."""
+    address: str = "169.254.2.1"
+    """Address the door listens on and the `masterservice` filter points the `kubernetes` Service at."""
+    port: int = 10268
+    """The door's TCP port."""
+    manage_interface: bool = True
+    """Create `interface` with `address` at start and remove it at stop; off, `address` must exist already."""
+    interface: str = "yurthub0"
+    """Name of the dummy interface yurthub creates (at most 15 characters)."""
+    tls_ciphers: str = ""
+    """OpenSSL cipher string for the door (e.g. `DEFAULT:@SECLEVEL=1`); empty keeps OpenSSL's defaults."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class HubSettings:
     node_name: str
     """The node this yurthub serves; its identity towards the cloud."""
@@ -84,6 +165,8 @@ class HubSettings:
     cache: CacheSettings
     identity: IdentitySettings
     outbox: OutboxSettings
+    filters: FilterSettings = FilterSettings()
+    door: DoorSettings = DoorSettings()
 
 
 def parse_servers(value: str) -> tuple[str, ...]:

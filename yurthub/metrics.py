@@ -75,5 +75,18 @@ class Metrics:
             registry=r,
         )
 
+        self.cert_expiry = Gauge(
+            "yurthub_certificate_expiry_seconds",
+            "Seconds until the certificate expires (negative once it has)",
+            ["kind"],
+            registry=r,
+        )
+        self.cert_rotations = Counter(
+            "yurthub_certificate_rotations_total", "Certificates replaced by newer ones", ["kind"], registry=r
+        )
+        self.cert_pending = Gauge(
+            "yurthub_certificate_request_pending", "1 while a CSR waits for approval or signing", ["kind"], registry=r
+        )
+
     def watch_cache(self, usage: Callable[[], list[storage.Usage]]) -> None:
         self.registry.register(_CacheUsage(usage))

@@ -6,6 +6,10 @@ handle(request)
   └── cloud away    → local: GET/LIST from the cache, WATCH held open until the cloud returns,
                       kubelet's Lease and node status answered here, Events into the outbox,
                       everything else a 503 Status that says why
+
+Filtered requests (`filters`: a component's services/endpointslices get, list and watch) are fetched and
+answered as JSON, filtered before the cache sees them; offline they are answered from that JSON. On the HTTPS
+door (`door`) a pod's own token is required and forwarded, and the request's cache scope is its token's hash.
 """
 
 from __future__ import annotations
@@ -25,7 +29,20 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from yurthub import cache, config, errors, health, metrics, outbox, requestinfo, status, storage, wire
+from yurthub import (
+    cache,
+    config,
+    errors,
+    filters,
+    health,
+    metrics,
+    outbox,
+    requestinfo,
+    status,
+    storage,
+    topology,
+    wire,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +99,38 @@ class Hub:
         """False while cache writes fail (a full disk); forwarding goes on regardless."""
         self.closing: set[asyncio.Future[None]] = set()
         self.cloud_back = asyncio.Event()
+        self.filter_rules = filters.index(dict(settings.filters.rules)) if settings.filters.enabled else {}
+        self.door = (settings.door.address, settings.door.port) if settings.door.enabled else None
+        self.facts = topology.FactsSource(
+            settings.node_name, settings.filters.nodepool_label, store, self.fetch_json, self.in_writer
+        )
+
+    def filter_names(self, info: requestinfo.RequestInfo) -> tuple[str, ...]:
+        """The filters this request's response goes through (`masterservice` only while the door is open)."""
+        names = filters.names_for(self.filter_rules, info)
+        return tuple(n for n in names if n != filters.MASTER_SERVICE or self.door is not None)
+
+    async def chain(self, info: requestinfo.RequestInfo, names: tuple[str, ...]) -> filters.Chain:
+        facts = await self.facts.get() if filters.SERVICE_TOPOLOGY in names else None
+        return filters.build(names, door=self.door, facts=facts)
+
+    async def fetch_json(self, path: str) -> bytes | None:
+        """GET `path` from a healthy cloud server with the node's identity; None if that cannot be had."""
+        server = self.servers.pick()
+        if server is None:
+            return None
+        try:
+            async with asyncio.timeout(self.settings.cloud.request_timeout_s):
+                headers = {"Accept": wire.JSON, "User-Agent": "yurthub"}
+                async with self.node_session.get(server + path, headers=headers) as resp:
+                    body = await resp.read()
+                    if resp.status != 200:
+                        log.info("cloud GET refused path=%s status=%d body=%r", path, resp.status, body[:200])
+                        return None
+                    return body
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            log.info("cloud GET failed path=%s error=%s", path, type(exc).__name__)
+            return None
 
     def cloud_changed(self) -> None:
         """Called when the cloud as a whole went away or came back."""
@@ -153,7 +202,9 @@ def _error(code: int, message: str, reason: str | None = None) -> web.Response:
     return web.Response(status=code, body=status.body(code, message, reason), content_type="application/json")
 
 
-async def handle(hub: Hub, request: web.Request) -> web.StreamResponse:
+async def handle(hub: Hub, request: web.Request, *, door: bool = False) -> web.StreamResponse:
+    """Route one request. On the HTTPS `door` a pod's own bearer token is required: it is forwarded as the
+    pod's identity, and the cache scope of the request is that token's (`cache.token_scope`)."""
     too_big = [k for k, v in request.headers.items() if len(k) + len(v) > MAX_HEADER]
     if too_big:
         return _error(
@@ -169,26 +220,55 @@ async def handle(hub: Hub, request: web.Request) -> web.StreamResponse:
     except errors.BadRequest as exc:
         hub.metrics.requests.labels("", request.method.lower(), "", "refused").inc()
         return _error(400, str(exc))
+    if door:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            hub.metrics.requests.labels("", info.verb, info.resource, "refused").inc()
+            return _error(401, "the HTTPS door of yurthub needs the pod's own bearer token", "Unauthorized")
+        info = dataclasses.replace(info, component=cache.token_scope(token.strip()))
+    names = hub.filter_names(info)
+    if names and wire.Encoding.JSON not in cache.accepted(request.headers.get("Accept", "")):
+        return _error(
+            406,
+            f"yurthub filters {info.resource} for {info.component} and sends them as JSON, "
+            "which this client does not accept",
+            "NotAcceptable",
+        )
     if request.content_length is not None and request.content_length > MAX_REQUEST_BODY:
         return _error(413, f"request body of {request.content_length} bytes exceeds {MAX_REQUEST_BODY}")
     body = await request.read() if request.can_read_body else b""
     server = hub.servers.pick()
     if server is not None:
         try:
-            return await forward(hub, request, info, server, body)
+            return await forward(hub, request, info, server, body, names)
         except errors.Unreachable as exc:
             if hub.servers.record(server, False, str(exc)):
                 hub.cloud_changed()
             hub.metrics.cloud_healthy.labels(server).set(0)
-    return await local(hub, request, info, body)
+    return await local(hub, request, info, body, names)
 
 
-def _upstream_headers(request: web.Request) -> dict[str, str]:
-    return {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+def _metric_component(info: requestinfo.RequestInfo) -> str:
+    """The component as metrics label it: every pod token counts as `pod`, so tokens never multiply series."""
+    return "pod" if cache.is_token_scope(info.component) else info.component
+
+
+def _upstream_headers(request: web.Request, filtered: bool = False) -> dict[str, str]:
+    """The client's headers minus hop-by-hop ones. A filtered request asks for plain JSON (`filters`)."""
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+    if filtered:
+        headers = {k: v for k, v in headers.items() if k.lower() not in ("accept", "accept-encoding")}
+        headers["Accept"] = wire.JSON
+    return headers
 
 
 async def forward(
-    hub: Hub, request: web.Request, info: requestinfo.RequestInfo, server: str, body: bytes
+    hub: Hub,
+    request: web.Request,
+    info: requestinfo.RequestInfo,
+    server: str,
+    body: bytes,
+    names: tuple[str, ...] = (),
 ) -> web.StreamResponse:
     session = hub.token_session if "Authorization" in request.headers else hub.node_session
     timeout = aiohttp.ClientTimeout(
@@ -201,7 +281,7 @@ async def forward(
         session.request(
             request.method,
             server + request.raw_path,
-            headers=_upstream_headers(request),
+            headers=_upstream_headers(request, bool(names)),
             data=body or None,
             timeout=timeout,
             allow_redirects=False,
@@ -227,9 +307,15 @@ async def forward(
     finally:
         hub.inflight.discard(abort)
     hub.metrics.upstream_latency.labels(server).observe(time.monotonic() - started)
-    hub.metrics.requests.labels(info.component, info.verb, info.resource, "forwarded").inc()
+    hub.metrics.requests.labels(_metric_component(info), info.verb, info.resource, "forwarded").inc()
     hub.inflight.add(upstream.close)
     try:
+        if (
+            names
+            and upstream.status == 200
+            and wire.encoding_of(upstream.headers.get("Content-Type", "")) is wire.Encoding.JSON
+        ):
+            return await _relay_filtered(hub, request, info, upstream, names)
         return await _relay(hub, request, info, upstream, body)
     finally:
         hub.inflight.discard(upstream.close)
@@ -294,15 +380,79 @@ async def _relay(
     return response
 
 
-async def local(hub: Hub, request: web.Request, info: requestinfo.RequestInfo, body: bytes) -> web.StreamResponse:
-    component, outcome = info.component, "refused"
+async def _relay_filtered(
+    hub: Hub,
+    request: web.Request,
+    info: requestinfo.RequestInfo,
+    upstream: aiohttp.ClientResponse,
+    names: tuple[str, ...],
+) -> web.StreamResponse:
+    """A 200 JSON response through its filters (`filters`): objects, lists and watch events; what is kept in
+    the cache is what the client was sent. A body that does not parse is relayed as it came and not kept."""
+    tee = cache.cacheable(info, hub.agents)
+    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
+    if info.verb == "watch":
+        response = web.StreamResponse(status=200, reason=upstream.reason, headers=headers)
+        await response.prepare(request)
+        splitter = wire.FrameSplitter(wire.Encoding.JSON)
+        try:
+            async for chunk in upstream.content.iter_any():
+                frames = splitter.feed(chunk)
+                if not frames:
+                    continue
+                chain = await hub.chain(info, names)
+                try:
+                    kept = [f for f in (filters.event_frame(chain, info, frame) for frame in frames) if f is not None]
+                except (errors.WireFormatError, ValueError) as exc:
+                    log.warning("watch event not filterable path=%s error=%s", info.path, exc)
+                    kept, tee = frames, False
+                if kept:
+                    await response.write(b"".join(f + b"\n" for f in kept))
+                    if tee:
+                        await hub.record(info.path, cache.record_events, hub.store, info, wire.Encoding.JSON, kept)
+        except (TimeoutError, aiohttp.ClientError, errors.WireFormatError) as exc:
+            log.info("upstream stream ended early path=%s error=%s", info.path, type(exc).__name__)
+        with contextlib.suppress(ConnectionResetError):
+            await response.write_eof()
+        return response
+    try:
+        body = await upstream.read()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise errors.Unreachable(f"response cut short: {type(exc).__name__}") from None
+    chain = await hub.chain(info, names)
+    out: bytes | None
+    try:
+        out = filters.list_body(chain, info, body) if info.verb == "list" else filters.object_body(chain, info, body)
+    except (errors.WireFormatError, ValueError) as exc:
+        log.warning("response not filterable path=%s error=%s", info.path, exc)
+        return web.Response(status=200, body=body, headers=headers)
+    if out is None:
+        return _error(404, f"{info.resource} {info.namespace}/{info.name} is not shown to {info.component}", "NotFound")
+    if tee and info.verb == "list" and hub.list_changed(cache.view_key(info, wire.Encoding.JSON), out):
+        await hub.record(info.path, cache.record_list, hub.store, info, wire.Encoding.JSON, out)
+    elif tee and info.verb == "get":
+        await hub.record(info.path, cache.record_object, hub.store, info, wire.Encoding.JSON, out)
+    return web.Response(status=200, body=out, headers=headers)
+
+
+async def local(
+    hub: Hub, request: web.Request, info: requestinfo.RequestInfo, body: bytes, names: tuple[str, ...] = ()
+) -> web.StreamResponse:
+    component, outcome = _metric_component(info), "refused"
+    accept = wire.JSON if names else request.headers.get("Accept", "")  # filtered answers are kept as JSON only
     try:
         if not info.is_resource:
             return _error(503, f"cloud unreachable: {info.path} is not served from the cache")
+        if cache.is_token_scope(component) and info.verb not in ("get", "list", "watch"):
+            return _error(
+                503,
+                f"cloud unreachable: {info.verb} {info.gvr} with a pod's token cannot be honoured offline; "
+                "retry when the cloud is back",
+            )
         if info.verb in ("get", "list"):
             answer = None
             if cache.cacheable(info, hub.agents):
-                answer = await hub.in_writer(cache.answer_read, hub.store, info, request.headers.get("Accept", ""))
+                answer = await hub.in_writer(cache.answer_read, hub.store, info, accept)
             hub.metrics.cache_reads.labels(component, "hit" if answer else "miss").inc()
             if answer is None:
                 outcome = "miss"
@@ -315,7 +465,7 @@ async def local(hub: Hub, request: web.Request, info: requestinfo.RequestInfo, b
             return _answered(answer)
         if info.verb == "watch" and cache.cacheable(info, hub.agents):
             outcome = "held"
-            return await _hold_watch(hub, request, info)
+            return await _hold_watch(hub, request, info, accept)
         if info.resource == "leases" and info.verb == "update" and info.component == "kubelet":
             outcome = "local"
             return await _echo_and_keep(hub, request, info, body, 200)
@@ -366,9 +516,9 @@ async def _queue_event(hub: Hub, request: web.Request, info: requestinfo.Request
     return _answered(answer, 200)
 
 
-async def _hold_watch(hub: Hub, request: web.Request, info: requestinfo.RequestInfo) -> web.StreamResponse:
+async def _hold_watch(hub: Hub, request: web.Request, info: requestinfo.RequestInfo, accept: str) -> web.StreamResponse:
     """An offline watch: open, silent, ended cleanly when the cloud returns or its timeout passes."""
-    encoding = next(iter(cache.accepted(request.headers.get("Accept", ""))), wire.Encoding.JSON)
+    encoding = next(iter(cache.accepted(accept)), wire.Encoding.JSON)
     response = web.StreamResponse(status=200)
     response.headers["Content-Type"] = wire.content_type(encoding, watch=True)
     await response.prepare(request)

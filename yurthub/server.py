@@ -1,7 +1,9 @@
 """Wiring: build the hub from settings, serve the proxy and the serve port, run the background loops.
 
-Background work lives in one TaskGroup with named tasks: the health prober and the outbox courier. Each
-loop is a thin wrapper around one step (`probe_once`, `deliver_once`) that tests can drive directly.
+Background work lives in one TaskGroup with named tasks: the health prober, the outbox courier and the
+identity keeper. Each loop is a thin wrapper around one step (`probe_once`, `deliver_once`,
+`Identity.step`) that tests can drive directly. In CSR mode with no certificate on disk yet, `serve` first
+obtains one (a node joining), then listens.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import signal
 import socket
 import ssl
+import subprocess
 import time
 from pathlib import Path
 
@@ -20,21 +23,13 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from yurthub import config, health, metrics, outbox, proxy, storage
+from yurthub import config, door, health, identity, metrics, outbox, proxy, storage
 
 log = logging.getLogger(__name__)
 HUB = web.AppKey("hub", proxy.Hub)
 PARSER_LIMIT = 64 * 1024
 """Let headers up to 64 KiB reach the handler, which refuses long ones with a Status (aiohttp's own 400 is
 plain text)."""
-
-
-def tls_contexts(identity: config.IdentitySettings) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(with the node's client certificate, without any): the second carries pods' own bearer tokens."""
-    node = ssl.create_default_context(cafile=identity.ca_file)
-    node.load_cert_chain(identity.client_cert, identity.client_key or None)
-    anonymous = ssl.create_default_context(cafile=identity.ca_file)
-    return node, anonymous
 
 
 async def probe_once(hub: proxy.Hub, attempts: int | None = None) -> None:
@@ -89,55 +84,31 @@ async def deliver_once(hub: proxy.Hub) -> int:
     return sent
 
 
-async def _prober(hub: proxy.Hub, identity: Identity) -> None:
+async def _prober(hub: proxy.Hub) -> None:
     while True:
-        identity.reload_if_rotated(hub)
         await probe_once(hub)
         await asyncio.sleep(hub.settings.cloud.heartbeat_interval_s)
 
 
-def _fingerprint(paths: list[str]) -> tuple[object, ...]:
-    """What changes when kubelet rotates its certificate: the file the symlink points at, its mtime, size."""
-    marks: list[object] = []
-    for path in paths:
-        real = os.path.realpath(path)
-        st = os.stat(real)
-        marks += [real, st.st_mtime_ns, st.st_size]
-    return tuple(marks)
-
-
-class Identity:
-    """The node client certificate on disk, followed as kubelet rotates it.
-
-    On a change the hub gets a new session with the new certificate for new requests; the old session
-    stays open for `OLD_SESSION_GRACE_S` so streams already open through it (watches) are not cut.
-    """
-
-    OLD_SESSION_GRACE_S = 900.0
-
-    def __init__(self, settings: config.IdentitySettings) -> None:
-        self.settings = settings
-        self.paths = [p for p in (settings.client_cert, settings.client_key) if p]
-        self.mark = _fingerprint(self.paths)
-        self.retired: list[tuple[float, aiohttp.ClientSession]] = []
-
-    def reload_if_rotated(self, hub: proxy.Hub) -> None:
-        now = time.monotonic()
-        while self.retired and self.retired[0][0] <= now:
-            _, old = self.retired.pop(0)
-            hub.spawn_close(old)
-        try:
-            mark = _fingerprint(self.paths)
-            if mark == self.mark:
-                return
-            node_tls, _ = tls_contexts(self.settings)
-        except (OSError, ssl.SSLError) as exc:
-            log.warning("client certificate changed but cannot be loaded yet error=%s", exc)
-            return
-        self.mark = mark
-        self.retired.append((now + self.OLD_SESSION_GRACE_S, hub.node_session))
-        hub.node_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=node_tls, limit=0))
-        log.info("client certificate rotated on disk; new requests use it, open streams keep theirs")
+async def _door_keeper(settings: config.DoorSettings, cert: door.ServingCert, runner: web.AppRunner) -> None:
+    """Open the HTTPS door once its interface is up and its certificate loads; then follow the certificate."""
+    interface_ready, site = not settings.manage_interface, None
+    while True:
+        if not interface_ready:
+            try:
+                await asyncio.to_thread(door.interface_up, settings)
+                interface_ready = True
+            except (door.InterfaceError, OSError, subprocess.SubprocessError) as exc:
+                log.error("door interface not ready error=%s", exc)
+        if await asyncio.to_thread(cert.reload) and site is None and interface_ready:
+            site = web.TCPSite(
+                runner, settings.address, settings.port, ssl_context=cert.server_context, shutdown_timeout=1
+            )
+            await site.start()
+            log.info("door open address=%s:%d", settings.address, settings.port)
+        elif site is None and interface_ready and cert.current is not None:
+            cert.mark = None  # loaded before the interface was up: open on the next round
+        await asyncio.sleep(door.POLL_S)
 
 
 async def _courier(hub: proxy.Hub) -> None:
@@ -147,9 +118,10 @@ async def _courier(hub: proxy.Hub) -> None:
         await asyncio.sleep(1)
 
 
-def status_report(hub: proxy.Hub, usage: list[storage.Usage]) -> dict[str, object]:
+def status_report(hub: proxy.Hub, usage: list[storage.Usage], ids: identity.Identity) -> dict[str, object]:
     return {
         "node": hub.settings.node_name,
+        "certificates": ids.report(),
         "cloud": {"reachable": hub.servers.is_healthy, "since": _iso(hub.servers.cloud_since)},
         "servers": [{"server": s.server, "healthy": s.healthy, "since": _iso(s.since)} for s in hub.servers.states],
         "cache": {
@@ -173,7 +145,7 @@ def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def _serve_app(hub: proxy.Hub, usage_cache: list[list[storage.Usage]]) -> web.Application:
+def _serve_app(hub: proxy.Hub, usage_cache: list[list[storage.Usage]], ids: identity.Identity) -> web.Application:
     async def healthz(_r: web.Request) -> web.Response:
         return web.Response(text="OK")
 
@@ -189,10 +161,11 @@ def _serve_app(hub: proxy.Hub, usage_cache: list[list[storage.Usage]]) -> web.Ap
         await refresh()
         hub.metrics.outbox_depth.set(len(hub.outbox))
         hub.metrics.outbox_dropped.set(hub.outbox.dropped)
+        ids.publish()
         return web.Response(body=generate_latest(hub.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def status_page(_r: web.Request) -> web.Response:
-        report = await hub.in_writer(status_report, hub, await refresh())
+        report = await hub.in_writer(status_report, hub, await refresh(), ids)
         return web.Response(text=json.dumps(report, indent=2), content_type="application/json")
 
     app = web.Application()
@@ -202,6 +175,18 @@ def _serve_app(hub: proxy.Hub, usage_cache: list[list[storage.Usage]]) -> web.Ap
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/v1/status", status_page)
     return app
+
+
+def _door_runner(hub: proxy.Hub) -> web.AppRunner:
+    """The HTTPS door's app: the same routing as the proxy port, with a pod's own token required."""
+
+    async def door_handler(request: web.Request) -> web.StreamResponse:
+        return await proxy.handle(hub, request, door=True)
+
+    app = web.Application(client_max_size=proxy.MAX_REQUEST_BODY)
+    app[HUB] = hub
+    app.router.add_route("*", "/{tail:.*}", door_handler)
+    return web.AppRunner(app, access_log=None, max_line_size=PARSER_LIMIT, max_field_size=PARSER_LIMIT)
 
 
 def notify_systemd(message: str) -> None:
@@ -216,13 +201,36 @@ def notify_systemd(message: str) -> None:
         sock.sendall(message.encode())
 
 
+async def _listen(settings: config.HubSettings, runners: list[web.AppRunner]) -> None:
+    """The proxy and the serve port (the door opens later, once its certificate is there)."""
+    listen = settings.listen
+    await web.TCPSite(runners[0], listen.bind_address, listen.proxy_port, shutdown_timeout=1).start()
+    await web.TCPSite(runners[1], listen.bind_address, listen.serve_port, shutdown_timeout=1).start()
+    log.info(
+        "yurthub serving node=%s proxy=%s:%d serve=%s:%d servers=%s cache=%s",
+        settings.node_name,
+        listen.bind_address,
+        listen.proxy_port,
+        listen.bind_address,
+        listen.serve_port,
+        ",".join(settings.cloud.servers),
+        settings.cache.disk_cache_path,
+    )
+
+
 async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
-    node_tls, token_tls = tls_contexts(settings.identity)
-    identity = Identity(settings.identity)
+    stats = metrics.Metrics()
+    ids = identity.Identity(settings, stats)
+    if ids.client.summary is None:
+        log.info("no client certificate yet node=%s: asking for one with the bootstrap token", settings.node_name)
+        await ids.obtain_client(stop)
+        if stop.is_set():
+            return
+    node_tls = ids.node_tls()
+    token_tls = ssl.create_default_context(cafile=settings.identity.ca_file)
     store = storage.SqliteStorage(Path(settings.cache.disk_cache_path))
     box = outbox.Outbox(Path(settings.outbox.path), settings.outbox.capacity)
-    stats = metrics.Metrics()
     usage_cache: list[list[storage.Usage]] = [[]]
     stats.watch_cache(lambda: usage_cache[0])
     cached = bool(store.usage())
@@ -243,39 +251,37 @@ async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None)
         proxy_app.router.add_route("*", "/{tail:.*}", handler)
         runners = [
             web.AppRunner(proxy_app, access_log=None, max_line_size=PARSER_LIMIT, max_field_size=PARSER_LIMIT),
-            web.AppRunner(_serve_app(hub, usage_cache), access_log=None),
+            web.AppRunner(_serve_app(hub, usage_cache, ids), access_log=None),
         ]
+        door_cert = door.ServingCert(settings.door) if settings.door.enabled else None
+        if door_cert is not None:
+            runners.append(_door_runner(hub))
         try:
             for runner in runners:
                 await runner.setup()
             if not cached:
                 # Nothing to answer from yet: learn the cloud's state before the first client asks.
                 await probe_once(hub, attempts=1)
-            listen = settings.listen
-            await web.TCPSite(runners[0], listen.bind_address, listen.proxy_port, shutdown_timeout=1).start()
-            await web.TCPSite(runners[1], listen.bind_address, listen.serve_port, shutdown_timeout=1).start()
-            log.info(
-                "yurthub serving node=%s proxy=%s:%d serve=%s:%d servers=%s cache=%s",
-                settings.node_name,
-                listen.bind_address,
-                listen.proxy_port,
-                listen.bind_address,
-                listen.serve_port,
-                ",".join(settings.cloud.servers),
-                settings.cache.disk_cache_path,
-            )
+            await _listen(settings, runners)
             notify_systemd("READY=1")
             async with asyncio.TaskGroup() as tasks:
-                prober = tasks.create_task(_prober(hub, identity), name="health-prober")
-                courier = tasks.create_task(_courier(hub), name="outbox-courier")
+                loops = [
+                    tasks.create_task(_prober(hub), name="health-prober"),
+                    tasks.create_task(_courier(hub), name="outbox-courier"),
+                    tasks.create_task(identity.run(hub, ids), name="identity"),
+                ]
+                if door_cert is not None:
+                    keeper = _door_keeper(settings.door, door_cert, runners[2])
+                    loops.append(tasks.create_task(keeper, name="door-keeper"))
                 await stop.wait()
-                prober.cancel()
-                courier.cancel()
+                for loop in loops:
+                    loop.cancel()
         finally:
             for runner in runners:
                 await runner.cleanup()
-            for _, old in identity.retired:
-                await old.close()
+            if settings.door.enabled and settings.door.manage_interface:
+                await asyncio.to_thread(door.interface_down, settings.door)
+            await ids.close()
             if hub.node_session is not node_session:
                 await hub.node_session.close()
             hub.writer.shutdown(wait=True)

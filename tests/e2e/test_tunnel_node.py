@@ -27,8 +27,8 @@ from testenv import balancer, cluster, controlplane, images, pki, tunnelhost, tu
 from testenv.kubectl import KubectlError, wait_for
 
 APP = "tunnelled"
-SCRIPT = (
-    "mkdir -p /www && echo hello-through-the-tunnel > /www/index.html && "
+SCRIPT = (  # `;` not `&&` before the `&`: only the counting loop goes to the background, after /www exists
+    "mkdir -p /www; echo hello-through-the-tunnel > /www/index.html; "
     "(i=0; while true; do echo line $i; i=$((i+1)); sleep 1; done) & exec httpd -f -p 8080 -h /www"
 )
 CA = pki.CertificateAuthority("yurt-edge-tunnel-ca")

@@ -8,8 +8,10 @@ answers a half-close with `<eof>`, and a firehose that writes until stopped).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import random
 import socket
 import socketserver
 import ssl
@@ -23,6 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import connect as ws_connect
+from websockets.sync.server import ServerConnection
+from websockets.sync.server import serve as ws_serve
 
 from testenv import pki, tunnelhost
 from testenv.kubectl import wait_for
@@ -402,3 +406,49 @@ def test_an_agent_holds_every_replica_and_survives_losing_one(
         ha.stop()
         for r in replicas:
             r.stop()
+
+
+def test_a_hostile_server_never_crashes_the_agent(
+    ca: pki.CertificateAuthority, certs: tunnelhost.Certs, targets: dict[str, int], tmp_path: Path
+) -> None:
+    """A server with a valid certificate that sends garbage, bad frames and odd OPENs: the agent refuses what
+    it must, drops the connection when the protocol is broken, dials again, and stays up."""
+    rng = random.Random(5)  # noqa: S311 - reproducible garbage, not cryptography
+    connections: list[int] = []
+
+    def hostile(ws: ServerConnection) -> None:
+        connections.append(len(connections))
+        stream = 2
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(200):
+                pick = rng.random()
+                if pick < 0.3:
+                    message = rng.randbytes(rng.randint(0, 40))
+                elif pick < 0.8:  # a well-formed OPEN with a target the agent must judge
+                    target = rng.choice([f"{NODE}:{targets['echo']}", "10.9.9.9:10250", f"{NODE}:22", "x" * 300, "a:b"])
+                    message = bytes([frames.Kind.OPEN]) + stream.to_bytes(4, "big") + target.encode()[:261]
+                    stream += 2
+                else:
+                    kind = rng.choice(list(frames.Kind))
+                    message = bytes([kind]) + rng.randint(0, 8).to_bytes(4, "big") + rng.randbytes(rng.randint(0, 8))
+                ws.send(message)
+            ws.recv(timeout=2)
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certs.server_cert, certs.server_key)
+    with ws_serve(hostile, "127.0.0.1", 0, ssl=context) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.socket.getsockname()[1]
+        cert = tunnelhost.node_cert(ca, tmp_path, NODE)
+        victim = tunnelhost.agent(
+            certs, cert, tmp_path, NODE, [f"127.0.0.1:{port}"], allowed_ports=(targets["echo"],), wait=False
+        )
+        try:
+            wait_for("the agent to come back several times", lambda: len(connections) >= 4, timeout=60, interval=0.2)
+            assert victim.running()
+            assert victim.get("/healthz")[0] == 200
+            assert "protocol" in victim.log_text()  # it saw the protocol broken and said so
+            assert "Traceback" not in victim.log_text()
+        finally:
+            victim.stop()
+            server.shutdown()

@@ -55,3 +55,28 @@ def test_a_config_file_with_an_unknown_setting_is_refused(tmp_path: Path, capsys
     conf.write_text("node-nmae: typo\n")
     assert cli.main(["--config", str(conf)]) == 2
     assert "unknown settings ['node_nmae']" in capsys.readouterr().err
+
+
+def test_filter_and_door_flags_become_settings() -> None:
+    base = ["--server-addr", "https://10.0.0.1:6443", "--node-name", "edge-1"]
+    settings = cli.settings_from_args(cli.parse_args(base))
+    assert not settings.door.enabled, "the door stays shut without a serving certificate"
+    assert dict(settings.filters.rules)["masterservice"] == ("kubelet/services", "kube-proxy/endpointslices")
+    settings = cli.settings_from_args(
+        cli.parse_args(
+            [
+                *base,
+                "--secure-cert-file=/pki/door.pem",
+                "--no-enable-dummy-if",
+                "--dummy-if-ip=127.0.0.1",
+                "--filter=discardcloudservice=kube-proxy,coredns",
+                "--disabled-resource-filters=servicetopology",
+            ]
+        )
+    )
+    assert settings.door.enabled and not settings.door.manage_interface and settings.door.address == "127.0.0.1"
+    rules = dict(settings.filters.rules)
+    assert rules["discardcloudservice"] == ("kube-proxy/services", "coredns/services")
+    assert "servicetopology" not in rules
+    with pytest.raises(config.ConfigError, match="not an IP address"):
+        cli.settings_from_args(cli.parse_args([*base, "--dummy-if-ip=door"]))

@@ -1,0 +1,86 @@
+"""What the tunnel server reads from Node objects and kubeconfigs."""
+
+from __future__ import annotations
+
+import base64
+import ssl
+from pathlib import Path
+
+import pytest
+
+from testenv import pki
+from tunnel import errors, nodes
+
+
+def test_a_nodes_addresses_and_edge_label() -> None:
+    name, node = nodes.node_of(
+        {
+            "metadata": {"name": "edge-1", "labels": {"openyurt.io/is-edge-worker": "true"}},
+            "status": {
+                "addresses": [
+                    {"type": "InternalIP", "address": "10.0.0.7"},
+                    {"type": "Hostname", "address": "edge-1"},
+                    {"type": "ExternalIP", "address": ""},
+                ]
+            },
+        },
+        "openyurt.io/is-edge-worker",
+    )
+    assert (name, node) == ("edge-1", nodes.Node(("10.0.0.7", "edge-1"), edge=True))
+    assert nodes.node_of({"metadata": {"name": "c"}}, "openyurt.io/is-edge-worker") == ("c", nodes.Node((), False))
+
+
+def test_a_kubeconfig_with_embedded_credentials(tmp_path: Path) -> None:
+    ca = pki.CertificateAuthority("kubeconfig-test")
+    client = ca.issue("someone", client=True)
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    path = tmp_path / "config"
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+        "clusters: [{name: k, cluster: {server: 'https://10.0.0.1:6443/', "
+        f"certificate-authority-data: {b64(ca.pair.cert_pem)}}}}}]\n"
+        f"users: [{{name: u, user: {{client-certificate-data: {b64(client.cert_pem)}, "
+        f"client-key-data: {b64(client.key_pem)}}}}}]\n"
+    )
+    access = nodes.load_access(str(path))
+    assert access is not None and access.server == "https://10.0.0.1:6443" and access.headers() == {}
+
+
+def test_a_kubeconfig_with_a_token_and_files(tmp_path: Path) -> None:
+    ca = pki.CertificateAuthority("kubeconfig-test")
+    (tmp_path / "ca.crt").write_bytes(ca.pair.cert_pem)
+    path = tmp_path / "config"
+    path.write_text(
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+        "clusters: [{name: k, cluster: {server: 'https://api:6443', certificate-authority: ca.crt}}]\n"
+        "users: [{name: u, user: {token: abc}}]\n"
+    )
+    access = nodes.load_access(str(path))
+    assert access is not None and access.headers() == {"Authorization": "Bearer abc"}
+
+
+def test_a_broken_kubeconfig_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "config"
+    path.write_text("contexts: []\n")
+    with pytest.raises(errors.ConfigError, match="cannot read kubeconfig"):
+        nodes.load_access(str(path))
+
+
+def test_watch_events_update_and_an_error_event_asks_for_a_relist() -> None:
+    changes: list[tuple[str, nodes.Node | None]] = []
+    watch = nodes.NodeWatch(
+        nodes.Access("https://x", ssl.create_default_context()),
+        "edge",
+        lambda _: None,
+        lambda n, v: changes.append((n, v)),
+    )
+    node = {"metadata": {"name": "a"}, "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.9"}]}}
+    assert watch.apply_event({"type": "MODIFIED", "object": node})
+    assert watch.apply_event({"type": "BOOKMARK", "object": {}})
+    assert watch.apply_event({"type": "DELETED", "object": node})
+    assert not watch.apply_event({"type": "ERROR", "object": {"code": 410}})
+    assert changes == [("a", nodes.Node(("10.0.0.9",), False)), ("a", None)]

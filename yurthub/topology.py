@@ -1,0 +1,107 @@
+"""Where `servicetopology` learns which Services ask for a topology and which nodes share this node's pool.
+
+yurthub asks the cloud itself, with the node's identity: its own Node (for its pool label), the nodes of
+that pool (a label selector, so a big cluster's other pools are never transferred), and the Services (only
+the `openyurt.io/topologyKeys` annotations are kept). Stock Node authorization lets a node read Services and
+its own Node but not list others; listing the pool needs a ClusterRole granting `list` on nodes to the node
+(README). Without it the pool is this node alone, and yurthub says so once in its log.
+
+Asking directly, rather than reading what other components cached, means the answer never depends
+on which component listed what first (kube-proxy lists Services and EndpointSlices at the same moment) or on
+which components are cache agents.
+
+Facts are refreshed at most every `TTL_S` while filtered EndpointSlice traffic flows, one refresh at a time.
+The last good facts are kept in the cache (component `yurthub`), so a yurthub that restarts while the cloud
+is flaky filters as before. Offline nothing needs them: offline answers come from the cache, which holds
+responses already filtered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from urllib.parse import quote
+
+from yurthub import errors, storage, wire
+from yurthub.filters import TOPOLOGY_ANNOTATION, Facts
+
+log = logging.getLogger(__name__)
+
+TTL_S = 30.0
+SCOPE = storage.Scope("yurthub", wire.Encoding.JSON, "facts.servicetopology")
+Fetch = Callable[[str], Awaitable[bytes | None]]
+"""GET a path from the cloud with the node's identity, as JSON; None when it could not be had."""
+InStore = Callable[..., Awaitable[object]]
+"""Run a storage call where storage calls run (the cache's writer thread)."""
+
+
+class FactsSource:
+    def __init__(self, node_name: str, pool_label: str, store: storage.Storage, fetch: Fetch, in_store: InStore):
+        self.node_name = node_name
+        self.pool_label = pool_label
+        self.store = store
+        self.fetch = fetch
+        self.in_store = in_store
+        self.facts: Facts | None = None
+        self.fetched_at = float("-inf")
+        self.lock = asyncio.Lock()
+        self.pool_warned = False
+
+    async def get(self) -> Facts | None:
+        """Fresh facts if the cloud gives them, else the last known ones (from memory or the cache)."""
+        async with self.lock:
+            if time.monotonic() - self.fetched_at < TTL_S:
+                return self.facts
+            fresh = await self.gather()
+            if fresh is not None:
+                self.fetched_at = time.monotonic()
+                if fresh != self.facts:
+                    log.info(
+                        "service topology facts node=%s pool_nodes=%d annotated_services=%d",
+                        self.node_name,
+                        len(fresh.pool_nodes),
+                        len(fresh.topology),
+                    )
+                    await self.in_store(self.store.put_object, SCOPE, wire.Obj("", "facts", "", fresh.to_json()))
+                self.facts = fresh
+            elif self.facts is None:
+                body = await self.in_store(self.store.get_object, SCOPE, "", "facts")
+                if isinstance(body, bytes):
+                    try:
+                        self.facts = Facts.from_json(body)
+                    except errors.WireFormatError as exc:
+                        log.warning("ignoring stored topology facts error=%s", exc)
+            return self.facts
+
+    async def gather(self) -> Facts | None:
+        node = await self.fetch(f"/api/v1/nodes/{quote(self.node_name)}")
+        services = await self.fetch("/api/v1/services")
+        if node is None or services is None:
+            return None
+        try:
+            labels = json.loads(node).get("metadata", {}).get("labels") or {}
+            pool = labels.get(self.pool_label, "")
+            members: frozenset[str] = frozenset()
+            if pool:
+                selector = quote(f"{self.pool_label}={pool}", safe="")
+                nodes = await self.fetch(f"/api/v1/nodes?labelSelector={selector}")
+                if nodes is not None:
+                    members = frozenset(i["metadata"]["name"] for i in json.loads(nodes).get("items") or [])
+                elif not self.pool_warned:
+                    self.pool_warned = True
+                    log.warning("cannot list the nodes of pool=%s: servicetopology keeps this node only", pool)
+                # else: not allowed to list nodes (stock Node authorization lets a node read only its own):
+                # the pool shrinks to this node, the narrowest reading of "keep traffic in the pool".
+            topology = {}
+            for item in json.loads(services).get("items") or []:
+                meta = item.get("metadata") or {}
+                key = (meta.get("annotations") or {}).get(TOPOLOGY_ANNOTATION)
+                if key:
+                    topology[(meta.get("namespace", ""), meta.get("name", ""))] = str(key)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("cannot read topology facts from the cloud error=%s", exc)
+            return None
+        return Facts(self.node_name, members | {self.node_name} if pool else frozenset(), topology)
