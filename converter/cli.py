@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import secrets
+import signal
+import socket
 import sys
+
+import prometheus_client as prom
+
+from converter import controller, errors, kube, serve
+
+log = logging.getLogger(__name__)
 
 
 def build_yurtctl_parser() -> argparse.ArgumentParser:
@@ -30,8 +40,23 @@ def build_manager_parser() -> argparse.ArgumentParser:
         "the certificate requests of yurt-edge components.",
     )
     parser.add_argument("--kubeconfig", default="", help="in-cluster config when empty")
-    parser.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--health-port", type=int, default=10272)
+    election = parser.add_argument_group("leader election")
+    election.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True)
+    election.add_argument("--leader-elect-namespace", default="kube-system", help="namespace of the Lease")
+    election.add_argument("--leader-elect-lease-name", default="yurt-manager")
+    election.add_argument("--leader-elect-lease-duration", type=int, default=15, metavar="SECONDS")
+    election.add_argument("--identity", default="", help="this replica's name in the Lease (default: host-random)")
+    serving = parser.add_argument_group("health and metrics")
+    serving.add_argument(
+        "--health-bind-address",
+        default="0.0.0.0",  # noqa: S104 - kubelet probes reach the pod IP
+        help="address of /healthz, /readyz, /metrics",
+    )
+    serving.add_argument("--health-port", type=int, default=10272)
+    loop = parser.add_argument_group("control loop")
+    loop.add_argument("--resync-seconds", type=float, default=2.0, help="seconds between passes")
+    loop.add_argument("--cluster-domain", default="cluster.local", help="for the kubernetes Service's DNS name")
+    loop.add_argument("--v", type=int, default=1, help="log verbosity: 0 warnings, 1 info, 2 debug")
     return parser
 
 
@@ -49,8 +74,54 @@ def yurtctl_main(argv: list[str] | None = None) -> int:
 
 
 def manager_main(argv: list[str] | None = None) -> int:
-    build_manager_parser().parse_args(argv)
-    return _not_yet("yurt-manager")
+    args = build_manager_parser().parse_args(argv)
+    _logging(args.v)
+    try:
+        api = kube.KubeApi(args.kubeconfig, user_agent="yurt-manager")
+    except errors.ConverterError as exc:
+        print(f"yurt-manager: {exc}", file=sys.stderr)
+        return 1
+    settings = controller.Settings(
+        identity=args.identity or f"{socket.gethostname()}_{secrets.token_hex(4)}",
+        leader_elect=args.leader_elect,
+        namespace=args.leader_elect_namespace,
+        lease_name=args.leader_elect_lease_name,
+        lease_duration_s=args.leader_elect_lease_duration,
+        resync_s=args.resync_seconds,
+        cluster_domain=args.cluster_domain,
+    )
+    registry = prom.CollectorRegistry()
+    manager = controller.Manager(api, settings, controller.Metrics(registry))
+    try:
+        server = serve.start(
+            args.health_bind_address,
+            args.health_port,
+            registry,
+            alive=serve.stalled_after(max(60.0, settings.resync_s * 10), lambda: manager.last_pass),
+            ready=lambda: manager.synced,
+        )
+    except OSError as exc:
+        print(f"yurt-manager: cannot listen on {args.health_bind_address}:{args.health_port}: {exc}", file=sys.stderr)
+        return 1
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: manager.stopping.set())
+    log.info(
+        "yurt-manager started identity=%s server=%s health=%s:%d",
+        settings.identity,
+        api.server,
+        args.health_bind_address,
+        server.server_address[1],
+    )
+    manager.run()
+    server.shutdown()
+    api.close()
+    log.info("yurt-manager stopped")
+    return 0
+
+
+def _logging(verbosity: int) -> None:
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
 def main(argv: list[str] | None = None) -> int:
