@@ -6,6 +6,7 @@ the cluster before and after) can tell ours from the cluster's own.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 Obj = dict[str, Any]
@@ -99,6 +100,51 @@ def manager_deployment(image: str, *, replicas: int = 2) -> Obj:
                             "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
                         }
                     ],
+                },
+            },
+        },
+    }
+
+
+JOB_LABEL = "yurtctl.openyurt.io/node-job"
+"""Label on every per-node Job (value: the node), so leftovers of any earlier run are found and removed."""
+
+
+def job_name(action: str, node: str) -> str:
+    name = f"yurtctl-{action}-{node}"
+    return name if len(name) <= 63 else name[:54] + "-" + hashlib.sha256(node.encode()).hexdigest()[:8]
+
+
+def node_job(action: str, node: str, image: str, args: list[str]) -> Obj:
+    """The Job that runs `yurtctl node <action>` on `node`, in the node's root and namespaces."""
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {**_meta(job_name(action, node), NAMESPACE), "labels": {**MANAGED_BY, JOB_LABEL: node}},
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": 900,
+            "template": {
+                "metadata": {"labels": {**MANAGED_BY, JOB_LABEL: node}},
+                "spec": {
+                    "nodeName": node,
+                    "restartPolicy": "Never",
+                    "hostPID": True,
+                    "hostNetwork": True,
+                    "terminationGracePeriodSeconds": 5,
+                    "tolerations": [{"operator": "Exists"}],
+                    "automountServiceAccountToken": False,
+                    "containers": [
+                        {
+                            "name": "node",
+                            "image": image,
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": ["/usr/local/bin/yurt-node-entry", action, f"--node-name={node}", *args],
+                            "securityContext": {"privileged": True, "runAsUser": 0},
+                            "volumeMounts": [{"name": "host", "mountPath": "/host"}],
+                        }
+                    ],
+                    "volumes": [{"name": "host", "hostPath": {"path": "/", "type": "Directory"}}],
                 },
             },
         },

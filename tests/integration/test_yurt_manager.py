@@ -5,46 +5,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from converter import components, csr, kube, names
-from testenv import cluster, controlplane, kubeconfig
+from converter import csr, kube, names
+from testenv import cluster, yurtmanager
 from testenv.kubectl import wait_for
 from tests.unit import access_contract
 from tests.unit.csrfixtures import request_b64
 
 EDGE, PLAIN = "edge-auto", "edge-plain"
-USER = "yurt-manager-test"
-
-
-@dataclass
-class Replica:
-    proc: subprocess.Popen[bytes]
-    health: str
-    log: Path
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"{self.health}{path}", timeout=5) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(20)
+Replica = yurtmanager.HostManager
 
 
 @pytest.fixture(scope="module")
@@ -55,43 +29,12 @@ def cloud() -> Iterator[cluster.Cluster]:
 
 @pytest.fixture(scope="module")
 def manager_kubeconfig(cloud: cluster.Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    plane = cloud.plane
-    assert plane is not None
-    cloud.kubectl.apply(
-        components.manager_rbac({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": USER})
-    )
-    pair = plane.ca.issue(USER, client=True)
-    return kubeconfig.write(
-        tmp_path_factory.mktemp("manager") / "kubeconfig",
-        server=plane.server,
-        ca_pem=plane.ca.pair.cert_pem,
-        user=USER,
-        cert_pem=pair.cert_pem,
-        key_pem=pair.key_pem,
-    )
+    assert cloud.plane is not None
+    return yurtmanager.own_kubeconfig(cloud.plane, tmp_path_factory.mktemp("manager"))
 
 
 def start_replica(config: Path, directory: Path, identity: str) -> Replica:
-    binary = shutil.which("yurt-manager", path=os.path.dirname(sys.executable))
-    assert binary is not None
-    port = controlplane.free_port()
-    log = directory / f"{identity}.log"
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--kubeconfig={config}",
-            f"--identity={identity}",
-            "--health-bind-address=127.0.0.1",
-            f"--health-port={port}",
-            "--resync-seconds=0.5",
-            "--leader-elect-lease-duration=4",
-        ],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    replica = Replica(proc, f"http://127.0.0.1:{port}", log)
-    wait_for(f"{identity} to answer /readyz", lambda: replica.get("/readyz")[0] == 200, timeout=30)
-    return replica
+    return yurtmanager.start(config, directory, identity, "--resync-seconds=0.5", "--leader-elect-lease-duration=4")
 
 
 @pytest.fixture(scope="module")
