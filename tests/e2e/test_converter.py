@@ -1,5 +1,5 @@
 """`yurtctl convert` / `revert` and yurt-manager on the real local cluster: the real node (converted through a
-Job running on it) and two kwok nodes (cloud nodes). The tests run in order and build on each other: dry run,
+Job running on it) and four kwok nodes (cloud nodes). The tests run in order and build on each other: dry run,
 convert, autonomy through an outage, revert; the cluster and the node's files are snapshotted before convert
 and compared after the dry run and after revert.
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import os
 import re
 import shutil
@@ -29,10 +30,13 @@ from testenv.kubectl import KubectlError, node_ready, wait_for
 
 TOLERATION_S = 20
 EDGE = "edge-1"
+CLOUD = [f"kwok-{i}" for i in range(4)]
+"""Enough healthy nodes that two nodes down is a partial outage: with most nodes of a zone down, the node
+lifecycle controller assumes the control plane lost the network and evicts nothing at all."""
 HUB_ARGS = "--heartbeat-interval-seconds=2 --heartbeat-timeout-seconds=2 --heartbeat-failed-retry=1"
 CONVERT = [
     "convert",
-    "--cloud-nodes=kwok-0,kwok-1",
+    "--cloud-nodes=" + ",".join(CLOUD),
     f"--image={converterimage.IMAGE}",
     f"--hub-args={HUB_ARGS}",
     "--manager-replicas=0",
@@ -42,7 +46,9 @@ CONVERT = [
 
 @pytest.fixture(scope="module")
 def cluster_settings() -> cluster.Settings:
-    return cluster.Settings(kwok_nodes=2, not_ready_toleration_s=TOLERATION_S, unreachable_toleration_s=TOLERATION_S)
+    return cluster.Settings(
+        kwok_nodes=len(CLOUD), not_ready_toleration_s=TOLERATION_S, unreachable_toleration_s=TOLERATION_S
+    )
 
 
 @dataclasses.dataclass
@@ -143,6 +149,48 @@ def test_dry_run_prints_the_whole_plan_and_changes_nothing(env: Env) -> None:
     assert differences(env.kube, env.before) == []
 
 
+def test_a_node_whose_kubelet_does_not_come_back_through_yurthub_is_rolled_back(env: Env) -> None:
+    kube = env.kube
+    flags = kube.node.run(["cat", "/var/lib/kubelet/kubeadm-flags.env"]).stdout
+    # yurthub pointed at a port where no apiserver listens: it serves, but kubelet gets nowhere through it
+    broken = [a for a in CONVERT if not a.startswith(("--hub-args", "--node-timeout"))]
+    broken += [f"--hub-args={HUB_ARGS} --server-addr=https://{kube.settings.node.cloud_address}:1", "--node-timeout=90"]
+    result = yurtctl(kube, *broken)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(rf"^\s+{EDGE}\s+FAILED: .*rolled back", result.stdout, re.M), result.stdout
+    assert "1 of 1 nodes failed and were rolled back" in result.stdout
+    assert kube.node.run(["cat", "/var/lib/kubelet/kubeadm-flags.env"]).stdout == flags
+    assert kube.node.run(["systemctl", "is-active", "yurthub.service"], check=False).stdout.strip() != "active"
+    wait_for("the node Ready again without yurthub", functools.partial(ready, kube, EDGE), timeout=60)
+    assert kube.kubectl.get("jobs", "-n", "kube-system")["items"], "the failed Job is kept for diagnosis"
+
+
+def test_a_convert_killed_halfway_is_finished_by_the_next_run(env: Env) -> None:
+    kube = env.kube
+    assert kube.plane is not None
+    binary = shutil.which("yurtctl", path=os.path.dirname(sys.executable))
+    assert binary is not None
+    proc = subprocess.Popen(
+        [binary, f"--kubeconfig={kube.plane.admin_kubeconfig}", *CONVERT],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for("the node Job to be running", lambda: job_running(kube), timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    labels = kube.kubectl.get("node", EDGE)["metadata"]["labels"]
+    assert labels.get(names.EDGE_WORKER_LABEL) == "true"
+
+
+def job_running(kube: cluster.Cluster) -> bool:
+    pods = kube.kubectl.get("pods", "-n", "kube-system", "-l", "yurtctl.openyurt.io/node-job")["items"]
+    return any(
+        p.get("status", {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp") for p in pods
+    )
+
+
 def test_convert_puts_the_edge_node_behind_yurthub_and_labels_the_nodes(env: Env) -> None:
     kube = env.kube
     result = yurtctl(kube, *CONVERT)
@@ -152,7 +200,7 @@ def test_convert_puts_the_edge_node_behind_yurthub_and_labels_the_nodes(env: Env
         n["metadata"]["name"]: n["metadata"]["labels"].get(names.EDGE_WORKER_LABEL)
         for n in kube.kubectl.get("nodes")["items"]
     }
-    assert labels == {EDGE: "true", "kwok-0": "false", "kwok-1": "false"}
+    assert labels == {EDGE: "true"} | dict.fromkeys(CLOUD, "false")
     assert forwarded_by_kubelet(kube) > 0
     assert kube.node.run(["systemctl", "is-active", "yurthub.service"]).stdout.strip() == "active"
     assert kube.kubectl.get("deployment", "-n", "kube-system", "yurt-manager")["spec"]["replicas"] == 0
@@ -175,6 +223,10 @@ def evicted(kube: cluster.Cluster, name: str) -> bool:
         return True  # gone
 
 
+def ready(kube: cluster.Cluster, node: str) -> bool:
+    return node_ready(kube.kubectl.get("node", node))
+
+
 def tainted_for(kube: cluster.Cluster, node: str) -> float:
     """Seconds since the node got its oldest not-ready/unreachable NoExecute taint (0: none)."""
     taints = kube.kubectl.get("node", node)["spec"].get("taints") or []
@@ -192,7 +244,14 @@ def test_an_autonomous_node_keeps_its_pods_through_an_outage_while_a_plain_node_
     kube = env.kube
     assert kube.plane is not None and kube.kwok is not None
     env.manager = yurtmanager.start(env.manager_kubeconfig, env.directory, "host-manager")
-    kube.kubectl.apply([pod("edge-app", EDGE), pod("cloud-app", "kwok-1")])
+    # a second edge node, not autonomous, that never heartbeats: down for the whole test
+    plain = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": "edge-plain", "labels": {names.EDGE_WORKER_LABEL: "true"}},
+    }
+    kube.kubectl.apply([plain])
+    kube.kubectl.apply([pod("edge-app", EDGE), pod("plain-app", "edge-plain")])
     wait_for("the edge pod to run", lambda: phase(kube, "edge-app") == "Running", timeout=120)
     forever = {names.NOT_READY_TAINT: None, names.UNREACHABLE_TAINT: None}
     wait_for(
@@ -200,12 +259,11 @@ def test_an_autonomous_node_keeps_its_pods_through_an_outage_while_a_plain_node_
         lambda: tolerations(kube, "edge-app") == forever,
         timeout=60,
     )
-    assert tolerations(kube, "cloud-app") == dict.fromkeys(forever, TOLERATION_S)
+    assert tolerations(kube, "plain-app") == dict.fromkeys(forever, TOLERATION_S)
 
     kube.node.cut_link()
-    kube.kwok.stop()
     limit = kube.settings.node_monitor_grace_s + TOLERATION_S + 90
-    wait_for("the plain node's pod to be evicted", lambda: evicted(kube, "cloud-app"), timeout=limit)
+    wait_for("the plain node's pod to be evicted", lambda: evicted(kube, "plain-app"), timeout=limit)
     wait_for(
         "the edge node to be tainted for longer than the tolerations",
         lambda: tainted_for(kube, EDGE) > TOLERATION_S + 15,
@@ -215,10 +273,9 @@ def test_an_autonomous_node_keeps_its_pods_through_an_outage_while_a_plain_node_
         assert not evicted(kube, name), f"{name} on the autonomous node was evicted"
 
     kube.node.restore_link()
-    kube.kwok = kwok.start(cluster.binaries(), kube.plane.admin_kubeconfig, kube.directory / "cloud", kube.group)
-    for node in (EDGE, "kwok-0", "kwok-1"):
-        wait_for(f"{node} Ready again", lambda n=node: node_ready(kube.kubectl.get("node", n)), timeout=120)
-    kube.kubectl.run("delete", "pod", "cloud-app", "--force", "--grace-period=0", "--ignore-not-found")
+    wait_for(f"{EDGE} Ready again", functools.partial(ready, kube, EDGE), timeout=120)
+    kube.kubectl.run("delete", "pod", "plain-app", "--force", "--grace-period=0", "--ignore-not-found")
+    kube.kubectl.run("delete", "node", "edge-plain")
     kube.kubectl.run("delete", "pod", "edge-app", "--wait=true", timeout=120)
 
 
