@@ -21,7 +21,7 @@ import threading
 import time
 from typing import TextIO
 
-from converter import access, components, errors, lease, plan
+from converter import access, components, errors, lease, plan, tolerations
 from converter.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -102,12 +102,28 @@ def apply_change(api: access.Api, change: plan.Change) -> None:
             api.create(change.path, change.body)
         except errors.Conflict:
             api.patch(f"{change.path}/{change.body['metadata']['name']}", change.body)
+    elif "/pods/" in change.path:
+        _restore_pod(api, change.path)
     else:
+        api.patch(change.path, change.body)
+
+
+def _restore_pod(api: access.Api, path: str) -> None:
+    """Put a pod's original tolerations back, deciding again from its current state: pods change all the
+    time (status), so a patch planned earlier may carry a stale resourceVersion."""
+    for _ in range(10):
+        pod = api.get(path)
+        patch = tolerations.desired_patch(pod, None) if pod is not None else None
+        if patch is None:
+            return  # gone, or nothing left to restore
         try:
-            api.patch(change.path, change.body)
+            api.patch(path, patch)
+            return
         except errors.NotFound:
-            if not change.path.startswith("/api/v1/namespaces/"):
-                raise  # a node or the record gone is news; a pod gone meanwhile is not
+            return
+        except errors.Conflict:
+            continue
+    raise errors.ConverterError(f"{path}: kept changing while its tolerations were being restored")
 
 
 def remove_jobs(api: access.Api, nodes: list[str] | None, poll_s: float, timeout_s: float = 120.0) -> None:

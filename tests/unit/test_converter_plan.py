@@ -142,3 +142,26 @@ def test_a_held_lock_stops_a_second_run() -> None:
         assert "first" in str(exc)
     else:
         raise AssertionError("the second run went ahead")
+
+
+def test_a_planned_pod_restore_still_lands_when_the_pod_changed_meanwhile() -> None:
+    api = cluster()
+    pods = "/api/v1/namespaces/default/pods"
+    api.create(
+        pods,
+        {
+            "metadata": {"name": "p", "annotations": {names.ORIGINAL_NOT_READY: "300"}},
+            "spec": {
+                "nodeName": "edge-1",
+                "tolerations": [{"key": names.NOT_READY_TAINT, "operator": "Exists", "effect": "NoExecute"}],
+            },
+            "status": {"phase": "Running"},
+        },
+    )
+    planned = plan.revert_plan(api.list("/api/v1/nodes"), api.list("/api/v1/pods"), None).after[0]
+    api.patch(f"{pods}/p", {"status": {"phase": "Running", "podIP": "10.0.0.9"}})  # kubelet reports meanwhile
+    runner.apply_change(api, planned)
+    got = api.get(f"{pods}/p")
+    assert got is not None
+    assert got["spec"]["tolerations"][0]["tolerationSeconds"] == 300
+    assert not got["metadata"].get("annotations")
