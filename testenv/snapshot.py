@@ -2,9 +2,9 @@
 listable resource (minus what only says time has passed), and every file of the real node that differs
 from its base image (the node root's overlay upper layer and its state directory), by content hash.
 
-Left out, because they change by themselves while a cluster runs: Events; resourceVersion, uid-free
-bookkeeping (managedFields, generation, timestamps) and node heartbeats; kubelet's own runtime state on the
-node (containerd's store, pod directories, logs, the journal).
+Left out, because they change by themselves while a cluster runs: Events; resourceVersion and other
+bookkeeping (managedFields, generation and observedGeneration, timestamps) and node heartbeats; kubelet's
+own runtime state on the node (containerd's store, pod directories, logs, the journal).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from testenv.kubectl import Kubectl
 _SKIP_RESOURCES = {"events", "events.events.k8s.io", "componentstatuses", "bindings", "tokenreviews"}
 _DROP_META = ("resourceVersion", "managedFields", "generation", "creationTimestamp", "selfLink")
 _TIME_KEYS = {
+    "observedGeneration",
     "lastHeartbeatTime",
     "lastTransitionTime",
     "lastProbeTime",

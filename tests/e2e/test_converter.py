@@ -146,7 +146,8 @@ def test_dry_run_prints_the_whole_plan_and_changes_nothing(env: Env) -> None:
         "nothing was changed",
     ):
         assert expected in out, out
-    assert differences(env.kube, env.before) == []
+    left = differences(env.kube, env.before)
+    assert not left, "the dry run changed:\n" + "\n".join(left)
 
 
 def test_a_node_whose_kubelet_does_not_come_back_through_yurthub_is_rolled_back(env: Env) -> None:
@@ -291,5 +292,6 @@ def test_revert_leaves_the_cluster_and_the_node_as_convert_found_them(env: Env) 
     assert re.search(rf"^\s+{EDGE}\s+reverted", result.stdout, re.M), result.stdout
     with contextlib.suppress(TimeoutError):  # garbage collection settles a little later; the assert shows what differs
         wait_for("the cluster to settle as it was", lambda: differences(kube, env.before) == [], timeout=90)
-    assert differences(kube, env.before) == []
+    left = differences(kube, env.before)
+    assert not left, "revert left differences:\n" + "\n".join(left)
     assert node_ready(kube.kubectl.get("node", EDGE))
