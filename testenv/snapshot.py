@@ -42,6 +42,8 @@ _VOLATILE_PATHS = (
     "var/lib/kubelet/cpu_manager_state",
     "var/lib/kubelet/memory_manager_state",
     "var/lib/kubelet/checkpoints",
+    "var/lib/kubelet/allocated_pods_state",  # kubelet's checkpoints of the pods it runs (they come and go)
+    "var/lib/kubelet/actuated_pods_state",
     "var/lib/kubelet/pki",
     "var/log",
     "var/lib/systemd",
