@@ -6,10 +6,15 @@ import json
 import sys
 from pathlib import Path
 
-from bench import machine, testenv_start, tunnel_bench, yurthub_bench
+from bench import converter, machine, testenv_start, tunnel_bench, yurthub_bench
 
 RESULTS = Path(__file__).with_name("results")
-BENCHMARKS = {"testenv": testenv_start.run, "yurthub": yurthub_bench.run, "tunnel": tunnel_bench.run}
+BENCHMARKS = {
+    "testenv": testenv_start.run,
+    "yurthub": yurthub_bench.run,
+    "tunnel": tunnel_bench.run,
+    "converter": converter.run,
+}
 
 
 def main(argv: list[str]) -> int:

@@ -3,7 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import secrets
+import signal
+import socket
 import sys
+import urllib.error
+import urllib.request
+
+import prometheus_client as prom
+
+from converter import controller, errors, host, kube, nodestep, plan, runner, serve
+
+log = logging.getLogger(__name__)
 
 
 def build_yurtctl_parser() -> argparse.ArgumentParser:
@@ -11,16 +24,60 @@ def build_yurtctl_parser() -> argparse.ArgumentParser:
         prog="yurtctl", description="Turn a running Kubernetes cluster into an edge cluster, and back."
     )
     parser.add_argument("--kubeconfig", default="", help="defaults to $KUBECONFIG, then ~/.kube/config")
+    parser.add_argument("--v", type=int, default=0, help="log verbosity: 0 warnings, 1 info, 2 debug")
     sub = parser.add_subparsers(dest="command", required=True)
     convert = sub.add_parser("convert", help="convert a stock cluster into an edge cluster")
     convert.add_argument("--cloud-nodes", required=True, help="comma-separated nodes that stay in the cloud")
     convert.add_argument("--edge-nodes", default="", help="nodes to convert (default: all others)")
-    convert.add_argument("--autonomous-nodes", default="", help="edge nodes whose pods are never evicted")
+    convert.add_argument(
+        "--autonomous-nodes", default="", help="edge nodes whose pods are never evicted (default: all)"
+    )
     convert.add_argument("--tunnel", action="store_true", help="also install the tunnel server")
-    convert.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    convert.add_argument(
+        "--manager-replicas", type=int, default=2, help="yurt-manager replicas (0: you run it elsewhere)"
+    )
     revert = sub.add_parser("revert", help="undo convert, node by node")
-    revert.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    for p in (convert, revert):
+        p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+        p.add_argument("--image", default=plan.Options.image, help="image of the per-node Jobs and of yurt-manager")
+        p.add_argument("--node-timeout", type=float, default=600.0, metavar="SECONDS", help="per node Job")
+        p.add_argument("--parallel", type=int, default=5, help="node Jobs running at once")
+        p.add_argument("--hub-args", default="", help="extra yurthub flags for the nodes' yurthub.env")
+    node = sub.add_parser("node", help="the node-side steps, run on the node itself (the Jobs run these)")
+    node_sub = node.add_subparsers(dest="node_command", required=True)
+    for action in ("convert", "revert"):
+        n = node_sub.add_parser(action, help=f"{action} this node")
+        n.add_argument("--node-name", required=True)
+        n.add_argument("--root", default="/", help="the node's root file system")
+        n.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS", help="per wait")
+        n.add_argument("--hub-args", default="", help="extra yurthub flags for yurthub.env")
     return parser
+
+
+def _nodes(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def _fetch(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:  # noqa: S310 - fixed loopback URLs of nodestep
+            return int(resp.status), resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except (OSError, ValueError):
+        return 0, ""
+
+
+def _node_main(args: argparse.Namespace) -> int:
+    settings = nodestep.Settings(node=args.node_name, hub_args=args.hub_args, timeout_s=args.timeout)
+    step = nodestep.convert if args.node_command == "convert" else nodestep.revert
+    try:
+        step(host.LocalHost(args.root), _fetch, settings)
+    except errors.ConverterError as exc:
+        print(f"yurtctl node {args.node_command}: {exc}", file=sys.stderr)
+        return 1
+    print(f"yurtctl node {args.node_command}: node {args.node_name} done")
+    return 0
 
 
 def build_manager_parser() -> argparse.ArgumentParser:
@@ -30,27 +87,118 @@ def build_manager_parser() -> argparse.ArgumentParser:
         "the certificate requests of yurt-edge components.",
     )
     parser.add_argument("--kubeconfig", default="", help="in-cluster config when empty")
-    parser.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--health-port", type=int, default=10272)
+    election = parser.add_argument_group("leader election")
+    election.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True)
+    election.add_argument("--leader-elect-namespace", default="kube-system", help="namespace of the Lease")
+    election.add_argument("--leader-elect-lease-name", default="yurt-manager")
+    election.add_argument("--leader-elect-lease-duration", type=int, default=15, metavar="SECONDS")
+    election.add_argument("--identity", default="", help="this replica's name in the Lease (default: host-random)")
+    serving = parser.add_argument_group("health and metrics")
+    serving.add_argument(
+        "--health-bind-address",
+        default="0.0.0.0",  # noqa: S104 - kubelet probes reach the pod IP
+        help="address of /healthz, /readyz, /metrics",
+    )
+    serving.add_argument("--health-port", type=int, default=10272)
+    loop = parser.add_argument_group("control loop")
+    loop.add_argument("--resync-seconds", type=float, default=2.0, help="seconds between passes")
+    loop.add_argument("--cluster-domain", default="cluster.local", help="for the kubernetes Service's DNS name")
+    loop.add_argument("--v", type=int, default=1, help="log verbosity: 0 warnings, 1 info, 2 debug")
     return parser
 
 
-def _not_yet(prog: str) -> int:
-    print(
-        f"{prog}: this build does not carry the converter yet (it lands with the converter issue)",
-        file=sys.stderr,
-    )
-    return 2
-
-
 def yurtctl_main(argv: list[str] | None = None) -> int:
-    build_yurtctl_parser().parse_args(argv)
-    return _not_yet("yurtctl")
+    args = build_yurtctl_parser().parse_args(argv)
+    _logging(args.v if args.command != "node" else max(args.v, 1))
+    if args.command == "node":
+        return _node_main(args)
+    if getattr(args, "tunnel", False):
+        print(
+            "yurtctl convert: --tunnel is not available in this build (the tunnel server chart has not landed)",
+            file=sys.stderr,
+        )
+        return 2
+    opts = plan.Options(
+        cloud_nodes=_nodes(getattr(args, "cloud_nodes", "")),
+        edge_nodes=_nodes(getattr(args, "edge_nodes", "")),
+        autonomous_nodes=_nodes(getattr(args, "autonomous_nodes", "")),
+        image=args.image,
+        hub_args=args.hub_args,
+        node_timeout_s=args.node_timeout,
+        manager_replicas=getattr(args, "manager_replicas", 2),
+    )
+    settings = runner.RunSettings(identity=f"{socket.gethostname()}_{secrets.token_hex(4)}", parallel=args.parallel)
+    try:
+        api = kube.KubeApi(args.kubeconfig or os.environ.get("KUBECONFIG", "") or _default_kubeconfig())
+    except errors.ConverterError as exc:
+        print(f"yurtctl: {exc}", file=sys.stderr)
+        return 1
+    run = runner.convert if args.command == "convert" else runner.revert
+    try:
+        return run(api, opts, settings, sys.stdout, dry_run=args.dry_run)
+    except errors.ConverterError as exc:
+        print(f"yurtctl {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"yurtctl {args.command}: interrupted; run it again to finish", file=sys.stderr)
+        return 130
+    finally:
+        api.close()
+
+
+def _default_kubeconfig() -> str:
+    return os.path.expanduser("~/.kube/config")
 
 
 def manager_main(argv: list[str] | None = None) -> int:
-    build_manager_parser().parse_args(argv)
-    return _not_yet("yurt-manager")
+    args = build_manager_parser().parse_args(argv)
+    _logging(args.v)
+    try:
+        api = kube.KubeApi(args.kubeconfig, user_agent="yurt-manager")
+    except errors.ConverterError as exc:
+        print(f"yurt-manager: {exc}", file=sys.stderr)
+        return 1
+    settings = controller.Settings(
+        identity=args.identity or f"{socket.gethostname()}_{secrets.token_hex(4)}",
+        leader_elect=args.leader_elect,
+        namespace=args.leader_elect_namespace,
+        lease_name=args.leader_elect_lease_name,
+        lease_duration_s=args.leader_elect_lease_duration,
+        resync_s=args.resync_seconds,
+        cluster_domain=args.cluster_domain,
+    )
+    registry = prom.CollectorRegistry()
+    manager = controller.Manager(api, settings, controller.Metrics(registry))
+    try:
+        server = serve.start(
+            args.health_bind_address,
+            args.health_port,
+            registry,
+            alive=serve.stalled_after(max(60.0, settings.resync_s * 10), lambda: manager.last_pass),
+            ready=lambda: manager.synced,
+        )
+    except OSError as exc:
+        print(f"yurt-manager: cannot listen on {args.health_bind_address}:{args.health_port}: {exc}", file=sys.stderr)
+        return 1
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: manager.stopping.set())
+    log.info(
+        "yurt-manager started identity=%s server=%s health=%s:%d",
+        settings.identity,
+        api.server,
+        args.health_bind_address,
+        server.server_address[1],
+    )
+    manager.run()
+    server.shutdown()
+    api.close()
+    log.info("yurt-manager stopped")
+    return 0
+
+
+def _logging(verbosity: int) -> None:
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,151 @@
+"""The cloud objects `yurtctl convert` installs and `yurtctl revert` removes, as plain manifests.
+
+Every object carries the label `app.kubernetes.io/managed-by: yurtctl`, so revert (and the tests comparing
+the cluster before and after) can tell ours from the cluster's own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+Obj = dict[str, Any]
+NAMESPACE = "kube-system"
+MANAGER = "yurt-manager"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "yurtctl"}
+HEALTH_PORT = 10272
+
+
+def _meta(name: str, namespace: str | None = None) -> Obj:
+    meta: Obj = {"name": name, "labels": dict(MANAGED_BY)}
+    if namespace:
+        meta["namespace"] = namespace
+    return meta
+
+
+def manager_rules() -> list[Obj]:
+    """What yurt-manager needs, and nothing more."""
+    return [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["get"]},
+        {
+            "apiGroups": ["certificates.k8s.io"],
+            "resources": ["certificatesigningrequests"],
+            "verbs": ["get", "list", "watch"],
+        },
+        {
+            "apiGroups": ["certificates.k8s.io"],
+            "resources": ["certificatesigningrequests/approval"],
+            "verbs": ["update"],
+        },
+        {
+            "apiGroups": ["certificates.k8s.io"],
+            "resources": ["signers"],
+            "resourceNames": ["kubernetes.io/kubelet-serving", "kubernetes.io/kube-apiserver-client"],
+            "verbs": ["approve"],
+        },
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
+    ]
+
+
+def manager_rbac(subject: Obj | None = None) -> list[Obj]:
+    """ServiceAccount, ClusterRole and ClusterRoleBinding of yurt-manager (bound to `subject` if given)."""
+    subject = subject or {"kind": "ServiceAccount", "name": MANAGER, "namespace": NAMESPACE}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(MANAGER, NAMESPACE)},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": _meta(MANAGER),
+            "rules": manager_rules(),
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": _meta(MANAGER),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": MANAGER},
+            "subjects": [subject],
+        },
+    ]
+
+
+def manager_deployment(image: str, *, replicas: int = 2) -> Obj:
+    """yurt-manager on the cloud nodes (`openyurt.io/is-edge-worker=false`), two replicas under a Lease."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(MANAGER, NAMESPACE),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": MANAGER}},
+            "template": {
+                "metadata": {"labels": {"app": MANAGER, **MANAGED_BY}},
+                "spec": {
+                    "serviceAccountName": MANAGER,
+                    "nodeSelector": {"openyurt.io/is-edge-worker": "false"},
+                    "tolerations": [{"operator": "Exists", "effect": "NoSchedule"}],
+                    "containers": [
+                        {
+                            "name": MANAGER,
+                            "image": image,
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": ["yurt-manager", f"--health-port={HEALTH_PORT}"],
+                            "ports": [{"name": "health", "containerPort": HEALTH_PORT}],
+                            "livenessProbe": {
+                                "httpGet": {"path": "/healthz", "port": HEALTH_PORT},
+                                "periodSeconds": 10,
+                            },
+                            "readinessProbe": {"httpGet": {"path": "/readyz", "port": HEALTH_PORT}, "periodSeconds": 5},
+                            "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+JOB_LABEL = "yurtctl.openyurt.io/node-job"
+"""Label on every per-node Job (value: the node), so leftovers of any earlier run are found and removed."""
+
+
+def job_name(action: str, node: str) -> str:
+    name = f"yurtctl-{action}-{node}"
+    return name if len(name) <= 63 else name[:54] + "-" + hashlib.sha256(node.encode()).hexdigest()[:8]
+
+
+def node_job(action: str, node: str, image: str, args: list[str]) -> Obj:
+    """The Job that runs `yurtctl node <action>` on `node`, in the node's root and namespaces."""
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {**_meta(job_name(action, node), NAMESPACE), "labels": {**MANAGED_BY, JOB_LABEL: node}},
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": 900,
+            "template": {
+                "metadata": {"labels": {**MANAGED_BY, JOB_LABEL: node}},
+                "spec": {
+                    "nodeName": node,
+                    "restartPolicy": "Never",
+                    "hostPID": True,
+                    "hostNetwork": True,
+                    "terminationGracePeriodSeconds": 5,
+                    "tolerations": [{"operator": "Exists"}],
+                    "automountServiceAccountToken": False,
+                    "containers": [
+                        {
+                            "name": "node",
+                            "image": image,
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": ["/usr/local/bin/yurt-node-entry", action, f"--node-name={node}", *args],
+                            "securityContext": {"privileged": True, "runAsUser": 0},
+                            "volumeMounts": [{"name": "host", "mountPath": "/host"}],
+                        }
+                    ],
+                    "volumes": [{"name": "host", "hostPath": {"path": "/", "type": "Directory"}}],
+                },
+            },
+        },
+    }

@@ -1,0 +1,99 @@
+"""The node-side steps' one seam to the machine they change: files under a root, and commands.
+
+`LocalHost` is the real one: files under `root` ("/" when an operator runs `yurtctl node convert` on the
+node, "/host" inside the Job's container, which mounts the node's root there) and commands run directly
+(in the Job, the whole step already runs in the node's namespaces through nsenter). `MemoryHost` keeps
+files in a dict and records commands, for the unit tests of the steps.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from converter import errors
+
+
+class Host(Protocol):
+    def read(self, path: str) -> str | None: ...
+    def write(self, path: str, text: str, mode: int = 0o644) -> None: ...
+    def remove(self, path: str) -> None: ...
+    def run(self, argv: list[str], timeout: float = 120.0) -> tuple[int, str]: ...
+    def exists(self, path: str) -> bool: ...
+
+
+class LocalHost:
+    def __init__(self, root: str = "/") -> None:
+        self.root = Path(root)
+
+    def _p(self, path: str) -> Path:
+        return self.root / path.lstrip("/")
+
+    def read(self, path: str) -> str | None:
+        try:
+            return self._p(path).read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise errors.NodeStepFailed(f"cannot read {path}: {exc}") from exc
+
+    def write(self, path: str, text: str, mode: int = 0o644) -> None:
+        target = self._p(path)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.yurtctl")
+            tmp.write_text(text)
+            tmp.chmod(mode)
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise errors.NodeStepFailed(f"cannot write {path}: {exc}") from exc
+
+    def remove(self, path: str) -> None:
+        target = self._p(path)
+        try:
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+        except OSError as exc:
+            raise errors.NodeStepFailed(f"cannot remove {path}: {exc}") from exc
+
+    def exists(self, path: str) -> bool:
+        return self._p(path).exists()
+
+    def run(self, argv: list[str], timeout: float = 120.0) -> tuple[int, str]:
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return 127, str(exc)
+        return proc.returncode, (proc.stdout + proc.stderr).strip()
+
+
+class MemoryHost:
+    def __init__(
+        self, files: dict[str, str] | None = None, answer: Callable[[list[str]], tuple[int, str]] | None = None
+    ) -> None:
+        self.files = dict(files or {})
+        self.commands: list[list[str]] = []
+        self._answer = answer or (lambda argv: (0, ""))
+
+    def read(self, path: str) -> str | None:
+        return self.files.get(path)
+
+    def write(self, path: str, text: str, mode: int = 0o644) -> None:
+        self.files[path] = text
+
+    def remove(self, path: str) -> None:
+        for name in [f for f in self.files if f == path or f.startswith(path.rstrip("/") + "/")]:
+            del self.files[name]
+
+    def exists(self, path: str) -> bool:
+        return any(f == path or f.startswith(path.rstrip("/") + "/") for f in self.files)
+
+    def run(self, argv: list[str], timeout: float = 120.0) -> tuple[int, str]:
+        self.commands.append(argv)
+        return self._answer(argv)

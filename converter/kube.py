@@ -1,0 +1,110 @@
+"""The real `access.Api`: the official kubernetes client, used only as an authenticated HTTP transport.
+
+This is the one module of the project that imports `kubernetes` (import-linter keeps it so). Credentials come
+from a kubeconfig file, or from the pod's service account when none is given (yurt-manager in the cluster).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from typing import Any
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client import exceptions as kube_errors
+
+from converter import access, errors
+
+_TIMEOUT = 30.0
+
+
+class KubeApi:
+    def __init__(self, kubeconfig: str = "", *, user_agent: str = "yurt-edge-converter") -> None:
+        configuration = client.Configuration()
+        try:
+            if kubeconfig:
+                config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]  # client is untyped
+            else:
+                config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]  # client is untyped
+        except (config.ConfigException, OSError) as exc:
+            raise errors.ConverterError(f"cannot load cluster credentials: {exc}") from exc
+        self._client = client.ApiClient(configuration)
+        self._client.user_agent = user_agent
+        self.server = str(configuration.host)
+
+    def close(self) -> None:
+        self._client.close()  # type: ignore[no-untyped-call]  # client is untyped
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        query: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        if query:
+            path = f"{path}?{urllib.parse.urlencode(query)}"
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        m, url, hdrs, data, post = self._client.param_serialize(
+            method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
+        )
+        try:
+            resp = self._client.call_api(
+                m, url, header_params=hdrs, body=data, post_params=post, _request_timeout=_TIMEOUT
+            )
+            raw = resp.read()  # type: ignore[no-untyped-call]  # client is untyped
+        except kube_errors.ApiException as exc:
+            if exc.status:
+                raise _status_error(exc.status, exc.body) from exc
+            raise errors.Unreachable(f"{method} {path}: {exc.reason}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise errors.Unreachable(f"{method} {path}: {exc}") from exc
+        if resp.status >= 400:
+            raise _status_error(resp.status, raw)
+        return json.loads(raw) if raw else None
+
+    def get(self, path: str) -> access.Obj | None:
+        try:
+            obj: access.Obj = self._call("GET", path)
+        except errors.NotFound:
+            return None
+        return obj
+
+    def list(self, path: str, *, labels: str = "", fields: str = "") -> list[access.Obj]:
+        query = {k: v for k, v in (("labelSelector", labels), ("fieldSelector", fields)) if v}
+        items: list[access.Obj] = self._call("GET", path, query=query).get("items") or []
+        return items
+
+    def create(self, path: str, body: access.Obj) -> access.Obj:
+        obj: access.Obj = self._call("POST", path, body)
+        return obj
+
+    def patch(self, path: str, body: access.Obj) -> access.Obj:
+        obj: access.Obj = self._call("PATCH", path, body, content_type="application/merge-patch+json")
+        return obj
+
+    def replace(self, path: str, body: access.Obj) -> access.Obj:
+        obj: access.Obj = self._call("PUT", path, body)
+        return obj
+
+    def delete(self, path: str) -> bool:
+        try:
+            self._call("DELETE", path, {"propagationPolicy": "Background"})
+        except errors.NotFound:
+            return False
+        return True
+
+
+def _status_error(status: int, raw: Any) -> errors.ApiError:
+    reason, message = "", str(raw)[:500]
+    try:
+        body = json.loads(raw)
+        reason, message = str(body.get("reason", "")), str(body.get("message", message))
+    except (TypeError, ValueError):
+        pass
+    return errors.from_status(status, reason, message)

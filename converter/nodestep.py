@@ -1,0 +1,287 @@
+"""`yurtctl node convert` / `yurtctl node revert`: what changes on one node, run on that node.
+
+Convert, each step idempotent so a re-run after any interruption finishes the job:
+1. preflight: the kubeadm layout (`kubeadm-flags.env` with `KUBELET_KUBEADM_ARGS`, `kubelet.conf` naming
+   the apiserver, the kubelet's client certificate) and /opt/yurt-edge/bin/yurthub installed;
+2. yurthub as a systemd service (`/etc/systemd/system/yurthub.service`, `/etc/yurthub/yurthub.env`),
+   started and answering `/v1/healthz`;
+3. kubelet pointed at yurthub: `kubeadm-flags.env` backed up once under `STATE_DIR`, then later flags
+   `--kubeconfig=/etc/kubernetes/kubelet-yurthub.conf --bootstrap-kubeconfig=` appended (later flags win;
+   the empty bootstrap flag keeps kubelet from re-bootstrapping a kubeconfig without credentials), kubelet
+   restarted;
+4. verified: yurthub has forwarded kubelet requests since the restart and the Node is Ready as read through
+   yurthub. If not within the timeout, the node is rolled back (revert below) and the step fails.
+
+Revert restores `kubeadm-flags.env` byte for byte from the backup, restarts kubelet and waits for its
+health, then stops and removes yurthub, its files and state, and the virtualenv when convert created it
+(`STATE_DIR/created-venv`, written by the Job's entry script before it creates /opt/yurt-edge).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+
+from converter import errors
+from converter.host import Host
+
+log = logging.getLogger(__name__)
+
+FLAGS_ENV = "/var/lib/kubelet/kubeadm-flags.env"
+KUBELET_CONF = "/etc/kubernetes/kubelet.conf"
+KUBELET_CERT = "/var/lib/kubelet/pki/kubelet-client-current.pem"
+CA_FILE = "/etc/kubernetes/pki/ca.crt"
+HUB_KUBECONFIG = "/etc/kubernetes/kubelet-yurthub.conf"
+UNIT = "/etc/systemd/system/yurthub.service"
+ENV_FILE = "/etc/yurthub/yurthub.env"
+VENV = "/opt/yurt-edge"
+HUB_STATE = "/var/lib/yurthub"
+STATE_DIR = "/var/lib/yurt-edge/convert"
+BACKUP = f"{STATE_DIR}/kubeadm-flags.env"
+CREATED_VENV = f"{STATE_DIR}/created-venv"
+REDIRECT = f" --kubeconfig={HUB_KUBECONFIG} --bootstrap-kubeconfig="
+HEALTHZ = "http://127.0.0.1:10267/v1/healthz"
+METRICS = "http://127.0.0.1:10267/metrics"
+PROXY = "http://127.0.0.1:10261"
+KUBELET_HEALTHZ = "http://127.0.0.1:10248/healthz"
+
+HOST_FILES = {
+    UNIT: "written (yurthub systemd unit)",
+    ENV_FILE: "written (yurthub arguments)",
+    HUB_KUBECONFIG: "written (kubelet's kubeconfig through yurthub)",
+    FLAGS_ENV: f"backed up to {BACKUP}, then `{REDIRECT.strip()}` appended",
+    VENV: "created from the image's wheels when missing (removed on revert only if convert created it)",
+    HUB_STATE: "yurthub's cache (removed on revert)",
+    STATE_DIR: "convert's backup and state (removed on revert)",
+}
+"""Every host path convert touches, for `--dry-run`."""
+
+HUB_KUBECONFIG_TEXT = """\
+# kubelet kubeconfig that sends the kubelet through yurthub's plain loopback port (written by yurtctl).
+apiVersion: v1
+kind: Config
+clusters:
+- name: yurthub
+  cluster:
+    server: http://127.0.0.1:10261
+contexts:
+- name: yurthub
+  context:
+    cluster: yurthub
+current-context: yurthub
+users: []
+"""
+
+UNIT_TEXT = """\
+# yurthub: the edge node's caching proxy between kubelet (and other node components) and the cloud.
+# Install: pip install yurt-edge into /opt/yurt-edge (or adjust ExecStart), copy this unit to
+# /etc/systemd/system/, write /etc/yurthub/yurthub.env (see yurthub.env), then:
+#   systemctl daemon-reload && systemctl enable --now yurthub
+[Unit]
+Description=yurthub: edge node proxy and cache for the Kubernetes API
+Wants=network-online.target
+After=network-online.target
+Before=kubelet.service
+
+[Service]
+Type=notify
+NotifyAccess=main
+EnvironmentFile=/etc/yurthub/yurthub.env
+ExecStart=/opt/yurt-edge/bin/yurthub $YURTHUB_ARGS
+Restart=always
+RestartSec=2
+StartLimitIntervalSec=0
+TimeoutStartSec=60
+StateDirectory=yurthub
+StateDirectoryMode=0700
+UMask=0077
+
+# Hardening: yurthub needs the network, its state directory and read access to the node's certificates.
+NoNewPrivileges=yes
+ProtectSystem=strict
+ReadWritePaths=/var/lib/yurthub
+ProtectHome=yes
+PrivateTmp=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectControlGroups=yes
+RestrictSUIDSGID=yes
+RestrictRealtime=yes
+RestrictNamespaces=yes
+LockPersonality=yes
+SystemCallArchitectures=native
+# AF_NETLINK and CAP_NET_ADMIN: the HTTPS door's interface (yurthub0), made at start and removed at stop.
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+CapabilityBoundingSet=CAP_NET_ADMIN
+MemoryMax=300M
+
+[Install]
+WantedBy=multi-user.target
+"""
+"""The same unit as the repository's systemd/yurthub.service (a unit test keeps them equal)."""
+
+Fetch = Callable[[str], tuple[int, str]]
+"""GET a URL on the node; (status, body), status 0 when nothing answered."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    node: str
+    """This node's name."""
+    hub_args: str = ""
+    """Extra yurthub flags for yurthub.env."""
+    timeout_s: float = 120.0
+    """How long yurthub may take to serve, and kubelet to come back Ready through it."""
+    interval_s: float = 1.0
+
+
+def _wait(what: str, check: Callable[[], bool], settings: Settings) -> None:
+    deadline = time.monotonic() + settings.timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(settings.interval_s)
+    raise errors.NodeStepFailed(f"{what} within {settings.timeout_s:.0f}s")
+
+
+def _must(host: Host, argv: list[str], timeout: float = 120.0) -> str:
+    rc, out = host.run(argv, timeout)
+    if rc != 0:
+        raise errors.NodeStepFailed(f"`{' '.join(argv)}` failed ({rc}): {out[-500:]}")
+    return out
+
+
+def server_of(kubeconfig: str) -> str:
+    match = re.search(r"^\s*server:\s*(\S+)\s*$", kubeconfig, re.M)
+    if match is None:
+        raise errors.PreflightFailed(f"{KUBELET_CONF} names no apiserver (no `server:` line)")
+    return match.group(1).strip("'\"")
+
+
+def preflight(host: Host) -> str:
+    """Check the node's layout; return the apiserver address kubelet uses."""
+    flags = host.read(FLAGS_ENV)
+    if flags is None or not re.search(r'^KUBELET_KUBEADM_ARGS="', flags, re.M):
+        raise errors.PreflightFailed(f"{FLAGS_ENV} with KUBELET_KUBEADM_ARGS not found: not a kubeadm-layout kubelet")
+    conf = host.read(KUBELET_CONF)
+    if conf is None:
+        raise errors.PreflightFailed(f"{KUBELET_CONF} not found")
+    if not host.exists(KUBELET_CERT):
+        raise errors.PreflightFailed(f"kubelet client certificate {KUBELET_CERT} not found")
+    if not host.exists(f"{VENV}/bin/yurthub"):
+        raise errors.PreflightFailed(f"{VENV}/bin/yurthub not installed (pip install yurt-edge into {VENV})")
+    return server_of(conf)
+
+
+def redirected(flags: str) -> str:
+    """kubeadm-flags.env with the yurthub kubeconfig appended to KUBELET_KUBEADM_ARGS (idempotent)."""
+    if REDIRECT in flags:
+        return flags
+    out, n = re.subn(
+        r'^(KUBELET_KUBEADM_ARGS=".*?)"\s*$', lambda m: f'{m.group(1)}{REDIRECT}"', flags, count=1, flags=re.M
+    )
+    if n != 1:
+        raise errors.PreflightFailed(f'{FLAGS_ENV}: no KUBELET_KUBEADM_ARGS="..." line to extend')
+    return out if out.endswith("\n") else out + "\n"
+
+
+def kubelet_forwarded(metrics: str) -> float:
+    pattern = r'^yurthub_requests_total\{component="kubelet",[^}]*outcome="forwarded"[^}]*\} (\S+)'
+    return sum(float(m) for m in re.findall(pattern, metrics, re.M))
+
+
+def _ready_through_hub(fetch: Fetch, node: str) -> bool:
+    status, body = fetch(f"{PROXY}/api/v1/nodes/{node}")
+    if status != 200:
+        return False
+    conditions = json.loads(body).get("status", {}).get("conditions", [])
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def install_hub(host: Host, fetch: Fetch, settings: Settings, server: str) -> None:
+    args = (
+        f"--server-addr={server} --node-name={settings.node} --ca-file={CA_FILE} --client-cert={KUBELET_CERT} "
+        f"{settings.hub_args}"
+    ).strip()
+    env = f'YURTHUB_ARGS="{args}"\n'
+    changed = host.read(ENV_FILE) != env or host.read(UNIT) != UNIT_TEXT
+    host.write(ENV_FILE, env, 0o600)
+    host.write(UNIT, UNIT_TEXT)
+    _must(host, ["systemctl", "daemon-reload"])
+    _must(host, ["systemctl", "enable", "yurthub.service"])
+    active = host.run(["systemctl", "is-active", "--quiet", "yurthub.service"])[0] == 0
+    if changed or not active:
+        _must(host, ["systemctl", "restart", "yurthub.service"], timeout=90)
+    _wait("yurthub did not answer /v1/healthz", lambda: fetch(HEALTHZ)[0] == 200, settings)
+    log.info("yurthub serving node=%s", settings.node)
+
+
+def redirect_kubelet(host: Host, fetch: Fetch, settings: Settings) -> None:
+    flags = host.read(FLAGS_ENV) or ""
+    if host.read(BACKUP) is None:
+        host.write(BACKUP, flags, 0o600)
+    host.write(HUB_KUBECONFIG, HUB_KUBECONFIG_TEXT, 0o600)
+    host.write(FLAGS_ENV, redirected(flags))
+    before = kubelet_forwarded(fetch(METRICS)[1])
+    _must(host, ["systemctl", "restart", "kubelet.service"], timeout=90)
+    _wait(
+        "kubelet did not come back Ready through yurthub",
+        lambda: kubelet_forwarded(fetch(METRICS)[1]) > before and _ready_through_hub(fetch, settings.node),
+        settings,
+    )
+    log.info("kubelet Ready through yurthub node=%s", settings.node)
+
+
+def convert(host: Host, fetch: Fetch, settings: Settings) -> None:
+    server = preflight(host)
+    try:
+        install_hub(host, fetch, settings, server)
+        redirect_kubelet(host, fetch, settings)
+    except errors.NodeStepFailed as exc:
+        log.error("convert failed node=%s error=%s; rolling back", settings.node, exc)
+        try:
+            revert(host, fetch, settings)
+        except errors.ConverterError as again:
+            raise errors.NodeStepFailed(f"{exc}; rollback failed too: {again}") from again
+        raise errors.NodeStepFailed(f"{exc}; node {settings.node} rolled back") from exc
+
+
+def restore_kubelet(host: Host, fetch: Fetch, settings: Settings) -> None:
+    backup = host.read(BACKUP)
+    flags = host.read(FLAGS_ENV) or ""
+    if backup is not None:
+        wanted = backup
+    elif REDIRECT in flags:
+        wanted = flags.replace(REDIRECT, "")
+    else:
+        wanted = flags
+    touched = wanted != flags or host.exists(HUB_KUBECONFIG)
+    if wanted != flags:
+        host.write(FLAGS_ENV, wanted)
+    host.remove(HUB_KUBECONFIG)
+    if touched:
+        _must(host, ["systemctl", "restart", "kubelet.service"], timeout=90)
+        _wait("kubelet did not report healthy after the restore", lambda: fetch(KUBELET_HEALTHZ)[0] == 200, settings)
+        log.info("kubelet restored to the cloud node=%s", settings.node)
+
+
+def remove_hub(host: Host) -> None:
+    if host.exists(UNIT):
+        host.run(["systemctl", "disable", "--now", "yurthub.service"], 90)
+    for path in (UNIT, "/etc/yurthub", HUB_STATE):
+        host.remove(path)
+    _must(host, ["systemctl", "daemon-reload"])
+    host.run(["systemctl", "reset-failed", "yurthub.service"])
+
+
+def revert(host: Host, fetch: Fetch, settings: Settings) -> None:
+    restore_kubelet(host, fetch, settings)
+    remove_hub(host)
+    if host.exists(CREATED_VENV):
+        host.remove(VENV)
+    host.remove(STATE_DIR)
+    log.info("node reverted node=%s", settings.node)

@@ -1,0 +1,277 @@
+"""What `yurtctl convert` and `yurtctl revert` will change: computed from the cluster's state, no I/O.
+
+A plan is data: API changes before the node work, the nodes whose Jobs run (edge nodes, in order), and
+API changes after. `--dry-run` prints it; `runner` applies it. Every change is idempotent (a merge patch, a
+create-or-patch, a delete that tolerates absence), so running a plan again after an interruption finishes it.
+
+The conversion is recorded in the ConfigMap `kube-system/yurtctl-conversion` (the options it ran with and
+each node's outcome): a second convert with the same options resumes from it, skipping nodes already
+converted; revert reads it to know what to undo, and deletes it last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Literal
+
+from converter import components, names, nodestep, tolerations
+
+Obj = dict[str, Any]
+NS = components.NAMESPACE
+RECORD = "yurtctl-conversion"
+RECORD_PATH = f"/api/v1/namespaces/{NS}/configmaps/{RECORD}"
+CONFIGMAPS = f"/api/v1/namespaces/{NS}/configmaps"
+SUPPORTED_MINORS = range(28, 37)
+"""Kubernetes 1.28 to 1.36: Job, Lease and certificates.k8s.io/v1 as used here, and tested on 1.34."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Options:
+    cloud_nodes: tuple[str, ...]
+    """Nodes that stay cloud nodes (label is-edge-worker=false); at least one."""
+    edge_nodes: tuple[str, ...] = ()
+    """Nodes to convert; empty means every node not named a cloud node."""
+    autonomous_nodes: tuple[str, ...] = ()
+    """Edge nodes whose pods are never evicted for being unreachable; empty means every edge node."""
+    image: str = "yurt-edge/converter:0.1.0"
+    """Image of the per-node Jobs and of yurt-manager."""
+    hub_args: str = ""
+    """Extra yurthub flags written to each node's yurthub.env."""
+    node_timeout_s: float = 600.0
+    """How long one node's Job may take."""
+    manager_replicas: int = 2
+    """yurt-manager replicas in the Deployment (0 where it runs elsewhere, e.g. beside the control plane)."""
+
+    def recorded(self) -> str:
+        return json.dumps(
+            {
+                "cloudNodes": sorted(self.cloud_nodes),
+                "edgeNodes": sorted(self.edge_nodes),
+                "autonomousNodes": sorted(self.autonomous_nodes),
+            },
+            sort_keys=True,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    verb: Literal["apply", "patch", "delete"]
+    path: str
+    """The object's path (apply: its collection; the object's name is in the body)."""
+    body: Obj | None
+    what: str
+    """One line for people."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    action: Literal["convert", "revert"]
+    before: list[Change]
+    nodes: list[str]
+    """Nodes whose Job runs, in order."""
+    skipped: list[str]
+    """Nodes already done by an earlier run (resumed)."""
+    after: list[Change]
+    cloud: list[str]
+    edge: list[str]
+    autonomous: list[str]
+
+    def lines(self, image: str, node_args: list[str]) -> list[str]:
+        """The whole plan, as printed by --dry-run."""
+
+        def listed(nodes: list[str]) -> str:
+            return ", ".join(nodes) or "-"
+
+        out = [
+            f"yurtctl {self.action}: cloud nodes {listed(self.cloud)}; edge nodes {listed(self.edge)};"
+            f" autonomous {listed(self.autonomous)}"
+        ]
+        out += [f"  api    {c.verb:6} {c.what}" for c in self.before]
+        for node in self.skipped:
+            out.append(f"  node   {node}: already {self.action}ed by an earlier run, skipped")
+        for node in self.nodes:
+            job = components.node_job(self.action, node, image, node_args)
+            cmd = " ".join(job["spec"]["template"]["spec"]["containers"][0]["command"])
+            out.append(f"  node   {node}: Job {NS}/{job['metadata']['name']} (privileged, host /) runs: {cmd}")
+        if self.nodes:
+            out.append("  files  on each of those nodes:")
+            out += [f"           {path}: {what}" for path, what in nodestep.HOST_FILES.items()]
+            if self.action == "convert":
+                out.append("           kubelet.service restarted; rolled back if not Ready through yurthub")
+        out += [f"  api    {c.verb:6} {c.what}" for c in self.after]
+        return out
+
+
+def _name(obj: Obj) -> str:
+    return str(obj["metadata"]["name"])
+
+
+def node_ready(node: Obj) -> bool:
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in node.get("status", {}).get("conditions") or []
+    )
+
+
+def _collection(obj: Obj) -> str:
+    api = obj["apiVersion"]
+    base = f"/api/{api}" if "/" not in api else f"/apis/{api}"
+    plural = {
+        "ServiceAccount": "serviceaccounts",
+        "ClusterRole": "clusterroles",
+        "ClusterRoleBinding": "clusterrolebindings",
+        "Deployment": "deployments",
+        "ConfigMap": "configmaps",
+        "Job": "jobs",
+    }[obj["kind"]]
+    ns = obj["metadata"].get("namespace")
+    return f"{base}/namespaces/{ns}/{plural}" if ns else f"{base}/{plural}"
+
+
+def object_path(obj: Obj) -> str:
+    return f"{_collection(obj)}/{_name(obj)}"
+
+
+def _apply(obj: Obj) -> Change:
+    ns = obj["metadata"].get("namespace")
+    return Change("apply", _collection(obj), obj, f"{obj['kind']} {ns + '/' if ns else ''}{_name(obj)}")
+
+
+def _delete(obj: Obj) -> Change:
+    ns = obj["metadata"].get("namespace")
+    return Change("delete", object_path(obj), None, f"{obj['kind']} {ns + '/' if ns else ''}{_name(obj)}")
+
+
+def cloud_objects(image: str, replicas: int = 2) -> list[Obj]:
+    return [*components.manager_rbac(), components.manager_deployment(image, replicas=replicas)]
+
+
+def node_states(record: Obj | None) -> dict[str, str]:
+    data = (record or {}).get("data") or {}
+    return {k.removeprefix("node."): v for k, v in data.items() if k.startswith("node.")}
+
+
+def preflight(opts: Options, nodes: list[Obj], version: Obj, record: Obj | None) -> list[str]:
+    """Everything that keeps convert from starting, as messages a person can act on (empty: go)."""
+    problems: list[str] = []
+    try:
+        minor = int(str(version.get("minor", "")).rstrip("+"))
+    except ValueError:
+        minor = -1
+    if str(version.get("major")) != "1" or minor not in SUPPORTED_MINORS:
+        problems.append(
+            f"Kubernetes {version.get('gitVersion', '?')} is not supported (1.{SUPPORTED_MINORS.start}"
+            f" to 1.{SUPPORTED_MINORS.stop - 1})"
+        )
+    by_name = {_name(n): n for n in nodes}
+    if not opts.cloud_nodes:
+        problems.append("--cloud-nodes names no node; at least one node must stay in the cloud")
+    for role, wanted in (("cloud", opts.cloud_nodes), ("edge", opts.edge_nodes), ("autonomous", opts.autonomous_nodes)):
+        missing = [n for n in wanted if n not in by_name]
+        if missing:
+            problems.append(f"{role} nodes not in the cluster: {', '.join(missing)}")
+    overlap = set(opts.cloud_nodes) & set(opts.edge_nodes)
+    if overlap:
+        problems.append(f"nodes named both cloud and edge: {', '.join(sorted(overlap))}")
+    edge = edge_nodes(opts, nodes)
+    stray = [n for n in opts.autonomous_nodes if n not in edge]
+    if stray:
+        problems.append(f"autonomous nodes that are not edge nodes: {', '.join(stray)}")
+    if record is None:
+        labelled = [_name(n) for n in nodes if names.EDGE_WORKER_LABEL in (n["metadata"].get("labels") or {})]
+        if labelled:
+            problems.append(
+                f"nodes already carry {names.EDGE_WORKER_LABEL} but no conversion is recorded "
+                f"(converted by another tool?): {', '.join(labelled)}"
+            )
+    elif (record.get("data") or {}).get("options") != opts.recorded():
+        problems.append(
+            f"a conversion with other options is recorded in {NS}/{RECORD}: run `yurtctl revert` first, "
+            "or convert again with the same options to finish it"
+        )
+    done = node_states(record)
+    not_ready = [n for n in edge if n in by_name and not node_ready(by_name[n]) and done.get(n) != "converted"]
+    if not_ready:
+        problems.append(f"edge nodes not Ready: {', '.join(not_ready)}")
+    return problems
+
+
+def edge_nodes(opts: Options, nodes: list[Obj]) -> list[str]:
+    if opts.edge_nodes:
+        return list(opts.edge_nodes)
+    return sorted(_name(n) for n in nodes if _name(n) not in opts.cloud_nodes)
+
+
+def convert_plan(opts: Options, nodes: list[Obj], record: Obj | None) -> Plan:
+    edge = edge_nodes(opts, nodes)
+    cloud = list(opts.cloud_nodes)
+    autonomous = list(opts.autonomous_nodes) or edge
+    before: list[Change] = []
+    if record is None:
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": RECORD, "namespace": NS, "labels": dict(components.MANAGED_BY)},
+            "data": {"options": opts.recorded(), "state": "converting"},
+        }
+        before.append(Change("apply", CONFIGMAPS, body, f"ConfigMap {NS}/{RECORD} (the record of this conversion)"))
+    for name in cloud + edge:
+        is_edge = name in edge
+        annotations = {names.AUTONOMY_ANNOTATION: "true"} if name in autonomous else {}
+        patch = {"metadata": {"labels": {names.EDGE_WORKER_LABEL: "true" if is_edge else "false"}}}
+        if annotations:
+            patch["metadata"]["annotations"] = annotations
+        what = f"Node {name}: label {names.EDGE_WORKER_LABEL}={'true' if is_edge else 'false'}"
+        if annotations:
+            what += f", annotation {names.AUTONOMY_ANNOTATION}=true"
+        before.append(Change("patch", f"/api/v1/nodes/{name}", patch, what))
+    before += [_apply(o) for o in cloud_objects(opts.image, opts.manager_replicas)]
+    done = node_states(record)
+    todo = [n for n in edge if done.get(n) != "converted"]
+    skipped = [n for n in edge if done.get(n) == "converted"]
+    after = [
+        Change("patch", RECORD_PATH, {"data": {"state": "converted"}}, f"ConfigMap {NS}/{RECORD}: state converted")
+    ]
+    return Plan("convert", before, todo, skipped, after, cloud, edge, autonomous)
+
+
+def revert_plan(nodes: list[Obj], pods: list[Obj], record: Obj | None) -> Plan:
+    labelled = [n for n in nodes if names.EDGE_WORKER_LABEL in (n["metadata"].get("labels") or {})]
+    edge = sorted(_name(n) for n in labelled if n["metadata"]["labels"][names.EDGE_WORKER_LABEL] == "true")
+    cloud = sorted(_name(n) for n in labelled if n["metadata"]["labels"][names.EDGE_WORKER_LABEL] != "true")
+    autonomous = sorted(
+        _name(n) for n in labelled if names.AUTONOMY_ANNOTATION in (n["metadata"].get("annotations") or {})
+    )
+    after: list[Change] = []
+    for pod in pods:
+        patch = tolerations.desired_patch(pod, None)
+        if patch is not None:
+            meta = pod["metadata"]
+            after.append(
+                Change(
+                    "patch",
+                    f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
+                    patch,
+                    f"Pod {meta['namespace']}/{meta['name']}: original tolerations restored",
+                )
+            )
+    for n in labelled:
+        patch = {
+            "metadata": {"labels": {names.EDGE_WORKER_LABEL: None}, "annotations": {names.AUTONOMY_ANNOTATION: None}}
+        }
+        after.append(
+            Change(
+                "patch",
+                f"/api/v1/nodes/{_name(n)}",
+                patch,
+                f"Node {_name(n)}: label {names.EDGE_WORKER_LABEL} and annotation {names.AUTONOMY_ANNOTATION} removed",
+            )
+        )
+    after += [_delete(o) for o in reversed(cloud_objects("-"))]
+    lease = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{components.MANAGER}"
+    after.append(Change("delete", lease, None, f"Lease {NS}/{components.MANAGER} (yurt-manager's leader election)"))
+    if record is not None:
+        after.append(Change("delete", RECORD_PATH, None, f"ConfigMap {NS}/{RECORD}"))
+    done = {k: v for k, v in node_states(record).items() if v == "reverted"}
+    todo = [n for n in edge if n not in done]
+    return Plan("revert", [], todo, [n for n in edge if n in done], after, cloud, edge, autonomous)

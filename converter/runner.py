@@ -1,0 +1,309 @@
+"""`yurtctl convert` / `yurtctl revert`: gather the cluster's state, check it, print or apply the plan.
+
+Order of a convert: preflight → lock → record, labels, cloud components → leftover Jobs removed → one Job
+per edge node (a few at a time), each watched until it succeeds, fails or times out → record marked
+converted when every node is. A failed node is reported with the end of its Job's log, its Job is kept for
+diagnosis (and removed by the next run), and the run exits non-zero. Revert runs the node Jobs first,
+then restores pods' tolerations, removes labels, components and the record, and waits until no Job pod of
+ours is left.
+
+The lock is the Lease `kube-system/yurtctl-lock`, renewed while the run lasts and deleted at its end; a run
+killed without cleanup holds it at most `LOCK_SECONDS`, after which the next run takes it over.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+from typing import TextIO
+
+from converter import access, components, errors, lease, plan, tolerations
+from converter.progress import Progress
+
+log = logging.getLogger(__name__)
+
+NS = components.NAMESPACE
+JOBS = f"/apis/batch/v1/namespaces/{NS}/jobs"
+PODS = f"/api/v1/namespaces/{NS}/pods"
+LOCK = "yurtctl-lock"
+LOCK_PATH = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{LOCK}"
+LOCK_SECONDS = 30
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    identity: str
+    """This run's name in the lock."""
+    parallel: int = 5
+    """Node Jobs running at once."""
+    poll_s: float = 1.0
+    lock_wait_s: float = LOCK_SECONDS * 2
+    """How long to wait for a lock held by another run."""
+
+
+class Lock:
+    """The run's lock, renewed in the background; `release` deletes it."""
+
+    def __init__(self, api: access.Api, identity: str) -> None:
+        self.api = api
+        self.identity = identity
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _try(self) -> bool:
+        current = self.api.get(LOCK_PATH)
+        want = lease.next_lease(current, self.identity, time.time(), LOCK_SECONDS, LOCK, NS)
+        if want is None:
+            return False
+        try:
+            if current is None:
+                self.api.create(LOCK_PATH.rsplit("/", 1)[0], want)
+            else:
+                self.api.replace(LOCK_PATH, want)
+        except errors.Conflict:
+            return False
+        return True
+
+    def acquire(self, wait_s: float) -> None:
+        deadline = time.monotonic() + wait_s
+        while not self._try():
+            if time.monotonic() >= deadline:
+                holder = ((self.api.get(LOCK_PATH) or {}).get("spec") or {}).get("holderIdentity", "?")
+                raise errors.LockHeld(f"another yurtctl run ({holder}) holds {NS}/{LOCK}; try again when it is done")
+            time.sleep(1)
+        self._thread = threading.Thread(target=self._renew, name="yurtctl-lock", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(LOCK_SECONDS / 3):
+            try:
+                self._try()
+            except errors.ConverterError as exc:
+                log.warning("lock renewal failed error=%s", exc)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        current = self.api.get(LOCK_PATH)
+        if current is not None and (current.get("spec") or {}).get("holderIdentity") == self.identity:
+            self.api.delete(LOCK_PATH)
+
+
+def apply_change(api: access.Api, change: plan.Change) -> None:
+    if change.verb == "delete" or change.body is None:
+        api.delete(change.path)
+    elif change.verb == "apply":
+        try:
+            api.create(change.path, change.body)
+        except errors.Conflict:
+            api.patch(f"{change.path}/{change.body['metadata']['name']}", change.body)
+    elif "/pods/" in change.path:
+        _restore_pod(api, change.path)
+    else:
+        api.patch(change.path, change.body)
+
+
+def _restore_pod(api: access.Api, path: str) -> None:
+    """Put a pod's original tolerations back, deciding again from its current state: pods change all the
+    time (status), so a patch planned earlier may carry a stale resourceVersion."""
+    for _ in range(10):
+        pod = api.get(path)
+        patch = tolerations.desired_patch(pod, None) if pod is not None else None
+        if patch is None:
+            return  # gone, or nothing left to restore
+        try:
+            api.patch(path, patch)
+            return
+        except errors.NotFound:
+            return
+        except errors.Conflict:
+            continue
+    raise errors.ConverterError(f"{path}: kept changing while its tolerations were being restored")
+
+
+def remove_jobs(api: access.Api, nodes: list[str] | None, poll_s: float, timeout_s: float = 120.0) -> None:
+    """Delete our Jobs (for `nodes`, or all) and wait until they and their pods are gone, so a leftover of
+    an earlier run never blocks this one."""
+
+    def ours(objects: list[access.Obj]) -> list[str]:
+        return [
+            o["metadata"]["name"]
+            for o in objects
+            if nodes is None or (o["metadata"].get("labels") or {}).get(components.JOB_LABEL) in nodes
+        ]
+
+    for name in ours(api.list(JOBS, labels=components.JOB_LABEL)):
+        api.delete(f"{JOBS}/{name}")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        jobs = ours(api.list(JOBS, labels=components.JOB_LABEL))
+        pods = ours(api.list(PODS, labels=components.JOB_LABEL))
+        if not jobs and not pods:
+            return
+        for name in pods:
+            api.delete(f"{PODS}/{name}")  # orphans of a Job deleted without propagation
+        time.sleep(poll_s)
+    raise errors.ConverterError(f"earlier yurtctl Jobs or their pods did not go away within {timeout_s:.0f}s")
+
+
+def _failure(api: access.Api, job_name: str) -> str:
+    for pod in api.list(PODS, labels=f"job-name={job_name}"):
+        for status in pod.get("status", {}).get("containerStatuses") or []:
+            terminated = (status.get("state") or {}).get("terminated") or {}
+            if terminated.get("message"):
+                return str(terminated["message"]).strip().splitlines()[-1]
+        waiting = [
+            ((s.get("state") or {}).get("waiting") or {}) for s in pod.get("status", {}).get("containerStatuses") or []
+        ]
+        for w in waiting:
+            if w.get("reason"):
+                return f"{w['reason']}: {w.get('message', '')}".strip()
+        phase = pod.get("status", {}).get("phase")
+        if phase == "Pending":
+            return "its pod never started (Pending)"
+    return "no pod log to show"
+
+
+def run_node_job(
+    api: access.Api,
+    action: str,
+    node: str,
+    opts: plan.Options,
+    args: list[str],
+    settings: RunSettings,
+    progress: Progress,
+) -> str | None:
+    """Create, watch and clean up one node's Job; None on success, else why it failed."""
+    job = components.node_job(action, node, opts.image, args)
+    job["spec"]["template"]["spec"]["containers"][0]["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    name = job["metadata"]["name"]
+    api.create(JOBS, job)
+    progress.set(node, "running")
+    deadline = time.monotonic() + opts.node_timeout_s
+    while time.monotonic() < deadline:
+        got = api.get(f"{JOBS}/{name}")
+        status = (got or {}).get("status") or {}
+        if status.get("succeeded"):
+            api.delete(f"{JOBS}/{name}")
+            return None
+        if status.get("failed"):
+            return _failure(api, name)
+        time.sleep(settings.poll_s)
+    reason = f"timed out after {opts.node_timeout_s:.0f}s ({_failure(api, name)})"
+    api.delete(f"{JOBS}/{name}")
+    return reason
+
+
+def _record(api: access.Api, node: str, state: str) -> None:
+    with contextlib.suppress(errors.NotFound):  # revert without a record
+        api.patch(plan.RECORD_PATH, {"data": {f"node.{node}": state}})
+
+
+def run_nodes(
+    api: access.Api, p: plan.Plan, opts: plan.Options, args: list[str], settings: RunSettings, out: TextIO
+) -> dict[str, str]:
+    """Every node's Job, a few at a time; returns the failed nodes with their reasons."""
+    progress = Progress(p.skipped + p.nodes, out)
+    for node in p.skipped:
+        progress.set(node, f"{p.action}ed already")
+    failed: dict[str, str] = {}
+
+    def one(node: str) -> None:
+        try:
+            why = run_node_job(api, p.action, node, opts, args, settings, progress)
+        except errors.ConverterError as exc:
+            why = str(exc)
+        if why is None:
+            _record(api, node, f"{p.action}ed")
+            progress.set(node, f"{p.action}ed")
+        else:
+            failed[node] = why
+            _record(api, node, "failed")
+            progress.set(node, f"FAILED: {why}")
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, settings.parallel)) as pool:
+        for f in [pool.submit(one, n) for n in p.nodes]:
+            f.result()
+    return failed
+
+
+def node_args(opts: plan.Options) -> list[str]:
+    args = [f"--timeout={opts.node_timeout_s / 2:.0f}"]
+    if opts.hub_args:
+        args.append(f"--hub-args={opts.hub_args}")
+    return args
+
+
+def convert(api: access.Api, opts: plan.Options, settings: RunSettings, out: TextIO, *, dry_run: bool) -> int:
+    nodes = api.list("/api/v1/nodes")
+    record = api.get(plan.RECORD_PATH)
+    version = api.get("/version") or {}
+    problems = plan.preflight(opts, nodes, version, record)
+    if problems:
+        out.write("yurtctl convert: preflight failed, nothing was changed:\n" + "".join(f"  - {p}\n" for p in problems))
+        return 1
+    p = plan.convert_plan(opts, nodes, record)
+    args = node_args(opts)
+    if dry_run:
+        out.write("\n".join(p.lines(opts.image, args)) + "\n(dry run: nothing was changed)\n")
+        return 0
+    lock = Lock(api, settings.identity)
+    lock.acquire(settings.lock_wait_s)
+    try:
+        for change in p.before:
+            apply_change(api, change)
+            out.write(f"  api    {change.what}\n")
+        remove_jobs(api, p.nodes, settings.poll_s)
+        failed = run_nodes(api, p, opts, args, settings, out)
+        if failed:
+            out.write(f"yurtctl convert: {len(failed)} of {len(p.nodes)} nodes failed and were rolled back:\n")
+            out.write("".join(f"  - {n}: {why}\n" for n, why in sorted(failed.items())))
+            out.write(f"  their Jobs are kept in {NS} for diagnosis; run convert again to retry them, or revert\n")
+            return 1
+        for change in p.after:
+            apply_change(api, change)
+        out.write(f"yurtctl convert: done, {len(p.edge)} edge nodes, {len(p.cloud)} cloud nodes\n")
+        return 0
+    finally:
+        lock.release()
+
+
+def revert(api: access.Api, opts: plan.Options, settings: RunSettings, out: TextIO, *, dry_run: bool) -> int:
+    nodes = api.list("/api/v1/nodes")
+    record = api.get(plan.RECORD_PATH)
+    pods = api.list("/api/v1/pods")
+    p = plan.revert_plan(nodes, pods, record)
+    if record is None and not p.edge and not p.cloud:
+        out.write("yurtctl revert: nothing to revert (no conversion recorded, no node labelled)\n")
+        return 0
+    by_name = {n["metadata"]["name"]: n for n in nodes}
+    not_ready = [n for n in p.nodes if not plan.node_ready(by_name[n])]
+    if not_ready:
+        out.write(f"yurtctl revert: edge nodes not Ready, nothing was changed: {', '.join(not_ready)}\n")
+        return 1
+    args = node_args(opts)
+    if dry_run:
+        out.write("\n".join(p.lines(opts.image, args)) + "\n(dry run: nothing was changed)\n")
+        return 0
+    lock = Lock(api, settings.identity)
+    lock.acquire(settings.lock_wait_s)
+    try:
+        remove_jobs(api, p.nodes, settings.poll_s)
+        failed = run_nodes(api, p, opts, args, settings, out)
+        if failed:
+            out.write(f"yurtctl revert: {len(failed)} nodes failed; nothing else was undone:\n")
+            out.write("".join(f"  - {n}: {why}\n" for n, why in sorted(failed.items())))
+            return 1
+        for change in p.after:
+            apply_change(api, change)
+            out.write(f"  api    {change.what}\n")
+        remove_jobs(api, None, settings.poll_s)
+        out.write("yurtctl revert: done, the cluster is as convert found it\n")
+        return 0
+    finally:
+        lock.release()

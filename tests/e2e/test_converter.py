@@ -1,0 +1,297 @@
+"""`yurtctl convert` / `revert` and yurt-manager on the real local cluster: the real node (converted through a
+Job running on it) and four kwok nodes (cloud nodes). The tests run in order and build on each other: dry run,
+convert, autonomy through an outage, revert; the cluster and the node's files are snapshotted before convert
+and compared after the dry run and after revert.
+
+yurt-manager runs on the host from its console script, beside the rest of this test cluster's control plane
+(the Deployment convert installs is scaled to 0 here: the cloud nodes are kwok nodes, which run nothing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import functools
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from converter import names
+from testenv import cluster, converterimage, images, kwok, snapshot, yurtmanager
+from testenv.kubectl import KubectlError, node_ready, wait_for
+
+TOLERATION_S = 20
+EDGE = "edge-1"
+CLOUD = [f"kwok-{i}" for i in range(4)]
+"""Enough healthy nodes that two nodes down is a partial outage: with most nodes of a zone down, the node
+lifecycle controller assumes the control plane lost the network and evicts nothing at all."""
+HUB_ARGS = "--heartbeat-interval-seconds=2 --heartbeat-timeout-seconds=2 --heartbeat-failed-retry=1"
+CONVERT = [
+    "convert",
+    "--cloud-nodes=" + ",".join(CLOUD),
+    f"--image={converterimage.IMAGE}",
+    f"--hub-args={HUB_ARGS}",
+    "--manager-replicas=0",
+    "--node-timeout=400",
+]
+
+
+@pytest.fixture(scope="module")
+def cluster_settings() -> cluster.Settings:
+    return cluster.Settings(
+        kwok_nodes=len(CLOUD), not_ready_toleration_s=TOLERATION_S, unreachable_toleration_s=TOLERATION_S
+    )
+
+
+@dataclasses.dataclass
+class Env:
+    kube: cluster.Cluster
+    manager_kubeconfig: Path
+    directory: Path
+    before: tuple[dict[str, Any], dict[str, str]]
+    manager: yurtmanager.HostManager | None = None
+
+
+def snap(kube: cluster.Cluster) -> tuple[dict[str, Any], dict[str, str]]:
+    node = kube.node
+    return snapshot.api_objects(kube.kubectl), snapshot.node_files(
+        node.rootfs, node.directory / "upper", node.directory / "state"
+    )
+
+
+def differences(kube: cluster.Cluster, before: tuple[dict[str, Any], dict[str, str]]) -> list[str]:
+    after = snap(kube)
+    return snapshot.diff(before[0], after[0]) + snapshot.diff(before[1], after[1])
+
+
+def pod(name: str, node: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "nodeName": node,
+            "terminationGracePeriodSeconds": 2,
+            "tolerations": [kwok.TAINT | {"operator": "Equal"}],
+            "containers": [
+                {"name": "main", "image": images.BUSYBOX_IMAGE, "command": ["/bin/sh", "-c", "exec sleep 100000"]}
+            ],
+        },
+    }
+
+
+def phase(kube: cluster.Cluster, name: str) -> str:
+    return str(kube.kubectl.get("pod", name).get("status", {}).get("phase", ""))
+
+
+@pytest.fixture(scope="module")
+def env(kube: cluster.Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    assert kube.plane is not None
+    directory = tmp_path_factory.mktemp("converter")
+    converterimage.load(kube.node, converterimage.build(cluster.cache_dir() / "images"))
+    config = yurtmanager.own_kubeconfig(kube.plane, directory)
+    kube.kubectl.apply([pod("stock-app", EDGE)])
+    wait_for("a workload on the edge node", lambda: phase(kube, "stock-app") == "Running", timeout=120)
+    e = Env(kube, config, directory, snap(kube))
+    yield e
+    if e.manager is not None:
+        e.manager.stop()
+
+
+def yurtctl(kube: cluster.Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    assert kube.plane is not None
+    binary = shutil.which("yurtctl", path=os.path.dirname(sys.executable))
+    assert binary is not None
+    return subprocess.run(
+        [binary, f"--kubeconfig={kube.plane.admin_kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+
+
+def forwarded_by_kubelet(kube: cluster.Cluster) -> float:
+    page = kube.node.run(
+        [
+            "python3",
+            "-c",
+            "import urllib.request as u;print(u.urlopen('http://127.0.0.1:10267/metrics').read().decode())",
+        ]
+    ).stdout
+    pattern = r'^yurthub_requests_total\{component="kubelet",[^}]*outcome="forwarded"[^}]*\} (\S+)'
+    return sum(float(m) for m in re.findall(pattern, page, re.M))
+
+
+def test_dry_run_prints_the_whole_plan_and_changes_nothing(env: Env) -> None:
+    result = yurtctl(env.kube, *CONVERT, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for expected in (
+        f"Node {EDGE}: label {names.EDGE_WORKER_LABEL}=true, annotation {names.AUTONOMY_ANNOTATION}=true",
+        f"Node kwok-0: label {names.EDGE_WORKER_LABEL}=false",
+        "Deployment kube-system/yurt-manager",
+        "ClusterRole yurt-manager",
+        f"Job kube-system/yurtctl-convert-{EDGE}",
+        "/var/lib/kubelet/kubeadm-flags.env",
+        "/etc/systemd/system/yurthub.service",
+        "nothing was changed",
+    ):
+        assert expected in out, out
+    left = differences(env.kube, env.before)
+    assert not left, "the dry run changed:\n" + "\n".join(left)
+
+
+def test_a_node_whose_kubelet_does_not_come_back_through_yurthub_is_rolled_back(env: Env) -> None:
+    kube = env.kube
+    # From here on the node is labelled, and it is cut off from the cloud while kubelet goes nowhere: without
+    # yurt-manager its pods would be evicted after the test cluster's short tolerations.
+    env.manager = yurtmanager.start(env.manager_kubeconfig, env.directory, "host-manager")
+    flags = kube.node.run(["cat", "/var/lib/kubelet/kubeadm-flags.env"]).stdout
+    # yurthub pointed at a port where no apiserver listens: it serves, but kubelet gets nowhere through it
+    broken = [a for a in CONVERT if not a.startswith(("--hub-args", "--node-timeout"))]
+    broken += [f"--hub-args={HUB_ARGS} --server-addr=https://{kube.settings.node.cloud_address}:1", "--node-timeout=90"]
+    result = yurtctl(kube, *broken)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(rf"^\s+{EDGE}\s+FAILED: .*rolled back", result.stdout, re.M), result.stdout
+    assert "1 of 1 nodes failed and were rolled back" in result.stdout
+    assert kube.node.run(["cat", "/var/lib/kubelet/kubeadm-flags.env"]).stdout == flags
+    assert kube.node.run(["systemctl", "is-active", "yurthub.service"], check=False).stdout.strip() != "active"
+    wait_for("the node Ready again without yurthub", functools.partial(ready, kube, EDGE), timeout=60)
+    assert kube.kubectl.get("jobs", "-n", "kube-system")["items"], "the failed Job is kept for diagnosis"
+
+
+def test_a_convert_killed_halfway_is_finished_by_the_next_run(env: Env) -> None:
+    kube = env.kube
+    assert kube.plane is not None
+    binary = shutil.which("yurtctl", path=os.path.dirname(sys.executable))
+    assert binary is not None
+    proc = subprocess.Popen(
+        [binary, f"--kubeconfig={kube.plane.admin_kubeconfig}", *CONVERT],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for("the node Job to be running", lambda: job_running(kube), timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    labels = kube.kubectl.get("node", EDGE)["metadata"]["labels"]
+    assert labels.get(names.EDGE_WORKER_LABEL) == "true"
+
+
+def job_running(kube: cluster.Cluster) -> bool:
+    pods = kube.kubectl.get("pods", "-n", "kube-system", "-l", "yurtctl.openyurt.io/node-job")["items"]
+    return any(
+        p.get("status", {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp") for p in pods
+    )
+
+
+def test_convert_puts_the_edge_node_behind_yurthub_and_labels_the_nodes(env: Env) -> None:
+    kube = env.kube
+    result = yurtctl(kube, *CONVERT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(rf"^\s+{EDGE}\s+converted", result.stdout, re.M), result.stdout
+    labels = {
+        n["metadata"]["name"]: n["metadata"]["labels"].get(names.EDGE_WORKER_LABEL)
+        for n in kube.kubectl.get("nodes")["items"]
+    }
+    assert labels == {EDGE: "true"} | dict.fromkeys(CLOUD, "false")
+    assert forwarded_by_kubelet(kube) > 0
+    assert kube.node.run(["systemctl", "is-active", "yurthub.service"]).stdout.strip() == "active"
+    assert kube.kubectl.get("deployment", "-n", "kube-system", "yurt-manager")["spec"]["replicas"] == 0
+    assert kube.kubectl.get("jobs", "-n", "kube-system")["items"] == []
+    wait_for("the edge node Ready through yurthub", lambda: node_ready(kube.kubectl.get("node", EDGE)), timeout=60)
+    again = yurtctl(kube, *CONVERT)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "converted already" in again.stdout
+
+
+def tolerations(kube: cluster.Cluster, name: str) -> dict[str, Any]:
+    p = kube.kubectl.get("pod", name)
+    return {t["key"]: t.get("tolerationSeconds") for t in p["spec"]["tolerations"] if t.get("effect") == "NoExecute"}
+
+
+def evicted(kube: cluster.Cluster, name: str) -> bool:
+    try:
+        return bool(kube.kubectl.get("pod", name)["metadata"].get("deletionTimestamp"))
+    except KubectlError:
+        return True  # gone
+
+
+def ready(kube: cluster.Cluster, node: str) -> bool:
+    return node_ready(kube.kubectl.get("node", node))
+
+
+def tainted_for(kube: cluster.Cluster, node: str) -> float:
+    """Seconds since the node got its oldest not-ready/unreachable NoExecute taint (0: none)."""
+    taints = kube.kubectl.get("node", node)["spec"].get("taints") or []
+    added = [
+        datetime.datetime.fromisoformat(t["timeAdded"].replace("Z", "+00:00"))
+        for t in taints
+        if t.get("effect") == "NoExecute" and t.get("timeAdded")
+    ]
+    if not added:
+        return 0.0
+    return (datetime.datetime.now(datetime.UTC) - min(added)).total_seconds()
+
+
+def test_an_autonomous_node_keeps_its_pods_through_an_outage_while_a_plain_node_loses_them(env: Env) -> None:
+    kube = env.kube
+    assert kube.plane is not None and kube.kwok is not None
+    # a second edge node, not autonomous, that never heartbeats: down for the whole test
+    plain = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": "edge-plain", "labels": {names.EDGE_WORKER_LABEL: "true"}},
+    }
+    kube.kubectl.apply([plain])
+    kube.kubectl.apply([pod("edge-app", EDGE), pod("plain-app", "edge-plain")])
+    wait_for("the edge pod to run", lambda: phase(kube, "edge-app") == "Running", timeout=120)
+    forever = {names.NOT_READY_TAINT: None, names.UNREACHABLE_TAINT: None}
+    wait_for(
+        "yurt-manager to make the edge pods tolerate forever",
+        lambda: tolerations(kube, "edge-app") == forever == tolerations(kube, "stock-app"),
+        timeout=60,
+    )
+    assert tolerations(kube, "plain-app") == dict.fromkeys(forever, TOLERATION_S)
+
+    kube.node.cut_link()
+    limit = kube.settings.node_monitor_grace_s + TOLERATION_S + 90
+    wait_for("the plain node's pod to be evicted", lambda: evicted(kube, "plain-app"), timeout=limit)
+    wait_for(
+        "the edge node to be tainted for longer than the tolerations",
+        lambda: tainted_for(kube, EDGE) > TOLERATION_S + 15,
+        timeout=limit,
+    )
+    for name in ("edge-app", "stock-app"):
+        assert not evicted(kube, name), f"{name} on the autonomous node was evicted"
+
+    kube.node.restore_link()
+    wait_for(f"{EDGE} Ready again", functools.partial(ready, kube, EDGE), timeout=120)
+    kube.kubectl.run("delete", "pod", "plain-app", "--force", "--grace-period=0", "--ignore-not-found")
+    kube.kubectl.run("delete", "node", "edge-plain")
+    kube.kubectl.run("delete", "pod", "edge-app", "--wait=true", timeout=120)
+
+
+def test_revert_leaves_the_cluster_and_the_node_as_convert_found_them(env: Env) -> None:
+    kube = env.kube
+    if env.manager is not None:
+        env.manager.stop()  # what deleting its Deployment does in a real cluster
+        env.manager = None
+    result = yurtctl(kube, "revert", f"--image={converterimage.IMAGE}", "--node-timeout=400")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(rf"^\s+{EDGE}\s+reverted", result.stdout, re.M), result.stdout
+    with contextlib.suppress(TimeoutError):  # garbage collection settles a little later; the assert shows what differs
+        wait_for("the cluster to settle as it was", lambda: differences(kube, env.before) == [], timeout=90)
+    left = differences(kube, env.before)
+    assert not left, "revert left differences:\n" + "\n".join(left)
+    assert node_ready(kube.kubectl.get("node", EDGE))

@@ -1,0 +1,167 @@
+"""convert/revert plans and preflight, as tables over cluster states; the dry run on the in-memory Api."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from converter import access, names, plan, runner
+
+VERSION = {"major": "1", "minor": "34", "gitVersion": "v1.34.12"}
+
+
+def node(name: str, ready: bool = True, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels or {}},
+        "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+NODES = [node("cloud-1"), node("edge-1"), node("edge-2")]
+OPTS = plan.Options(cloud_nodes=("cloud-1",))
+
+
+def test_a_stock_cluster_passes_preflight() -> None:
+    assert plan.preflight(OPTS, NODES, VERSION, None) == []
+
+
+def test_preflight_names_every_problem() -> None:
+    opts = plan.Options(cloud_nodes=("cloud-1", "ghost"), edge_nodes=("cloud-1",), autonomous_nodes=("edge-2",))
+    nodes = [node("cloud-1"), node("edge-1", labels={names.EDGE_WORKER_LABEL: "true"}), node("edge-2")]
+    problems = plan.preflight(opts, nodes, {"major": "1", "minor": "21"}, None)
+    text = "\n".join(problems)
+    assert "not supported" in text
+    assert "cloud nodes not in the cluster: ghost" in text
+    assert "both cloud and edge: cloud-1" in text
+    assert "autonomous nodes that are not edge nodes: edge-2" in text
+    assert "no conversion is recorded" in text
+
+
+def test_edge_nodes_must_be_ready_unless_already_converted() -> None:
+    nodes = [node("cloud-1"), node("edge-1", ready=False)]
+    assert any("not Ready: edge-1" in p for p in plan.preflight(OPTS, nodes, VERSION, None))
+    record = {"data": {"options": OPTS.recorded(), "node.edge-1": "converted"}}
+    assert plan.preflight(OPTS, nodes, VERSION, record) == []
+
+
+def test_a_record_with_other_options_blocks_a_new_convert() -> None:
+    record = {"data": {"options": plan.Options(cloud_nodes=("edge-1",)).recorded()}}
+    assert any("other options" in p for p in plan.preflight(OPTS, NODES, VERSION, record))
+
+
+def test_convert_plan_labels_every_node_and_runs_edge_nodes_only() -> None:
+    p = plan.convert_plan(OPTS, NODES, None)
+    assert p.edge == ["edge-1", "edge-2"] and p.cloud == ["cloud-1"] and p.autonomous == ["edge-1", "edge-2"]
+    assert p.nodes == ["edge-1", "edge-2"]
+    patches = {c.path: c.body for c in p.before if c.verb == "patch"}
+    assert patches["/api/v1/nodes/cloud-1"] == {"metadata": {"labels": {names.EDGE_WORKER_LABEL: "false"}}}
+    assert patches["/api/v1/nodes/edge-1"] == {
+        "metadata": {"labels": {names.EDGE_WORKER_LABEL: "true"}, "annotations": {names.AUTONOMY_ANNOTATION: "true"}}
+    }
+    kinds = [c.body["kind"] for c in p.before if c.verb == "apply" and c.body]
+    assert kinds == ["ConfigMap", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"]
+
+
+def test_a_resumed_convert_skips_converted_nodes() -> None:
+    record = {"data": {"options": OPTS.recorded(), "node.edge-1": "converted", "node.edge-2": "failed"}}
+    p = plan.convert_plan(OPTS, NODES, record)
+    assert p.nodes == ["edge-2"] and p.skipped == ["edge-1"]
+    assert not any(c.what.startswith("ConfigMap") for c in p.before)
+
+
+def test_revert_plan_undoes_labels_tolerations_components_and_the_record() -> None:
+    labelled = [
+        node("cloud-1", labels={names.EDGE_WORKER_LABEL: "false"}),
+        node("edge-1", labels={names.EDGE_WORKER_LABEL: "true"}),
+        node("other"),
+    ]
+    rewritten = {
+        "metadata": {
+            "name": "p",
+            "namespace": "default",
+            "resourceVersion": "3",
+            "annotations": {names.ORIGINAL_NOT_READY: "300"},
+        },
+        "spec": {
+            "nodeName": "edge-1",
+            "tolerations": [{"key": names.NOT_READY_TAINT, "operator": "Exists", "effect": "NoExecute"}],
+        },
+        "status": {"phase": "Running"},
+    }
+    p = plan.revert_plan(labelled, [rewritten], {"data": {}})
+    assert p.nodes == ["edge-1"]
+    whats = [c.what for c in p.after]
+    assert whats[0] == "Pod default/p: original tolerations restored"
+    assert any(w.startswith("Node cloud-1: label") for w in whats) and not any("other" in w for w in whats)
+    assert whats[-1] == f"ConfigMap kube-system/{plan.RECORD}"
+    assert "Deployment kube-system/yurt-manager" in whats
+
+
+def cluster() -> access.MemoryApi:
+    api = access.MemoryApi()
+    api.objects[("/version", "", "", "")] = VERSION
+    for n in NODES:
+        api.create("/api/v1/nodes", n)
+    return api
+
+
+def test_dry_run_prints_everything_and_changes_nothing() -> None:
+    api = cluster()
+    before = {k: dict(v) for k, v in api.objects.items()}
+    out = io.StringIO()
+    code = runner.convert(api, OPTS, runner.RunSettings(identity="t"), out, dry_run=True)
+    assert code == 0
+    text = out.getvalue()
+    assert "Node edge-2: label openyurt.io/is-edge-worker=true" in text
+    assert "Job kube-system/yurtctl-convert-edge-1" in text
+    assert "/var/lib/kubelet/kubeadm-flags.env" in text
+    assert api.objects == before
+
+
+def test_a_failed_preflight_changes_nothing_and_says_why() -> None:
+    api = cluster()
+    before = {k: dict(v) for k, v in api.objects.items()}
+    out = io.StringIO()
+    code = runner.convert(
+        api, plan.Options(cloud_nodes=("nope",)), runner.RunSettings(identity="t"), out, dry_run=False
+    )
+    assert code == 1
+    assert "cloud nodes not in the cluster: nope" in out.getvalue()
+    assert api.objects == before
+
+
+def test_a_held_lock_stops_a_second_run() -> None:
+    api = cluster()
+    runner.Lock(api, "first").acquire(0)
+    out = io.StringIO()
+    try:
+        runner.convert(api, OPTS, runner.RunSettings(identity="second", lock_wait_s=0), out, dry_run=False)
+    except runner.errors.LockHeld as exc:
+        assert "first" in str(exc)
+    else:
+        raise AssertionError("the second run went ahead")
+
+
+def test_a_planned_pod_restore_still_lands_when_the_pod_changed_meanwhile() -> None:
+    api = cluster()
+    pods = "/api/v1/namespaces/default/pods"
+    api.create(
+        pods,
+        {
+            "metadata": {"name": "p", "annotations": {names.ORIGINAL_NOT_READY: "300"}},
+            "spec": {
+                "nodeName": "edge-1",
+                "tolerations": [{"key": names.NOT_READY_TAINT, "operator": "Exists", "effect": "NoExecute"}],
+            },
+            "status": {"phase": "Running"},
+        },
+    )
+    planned = plan.revert_plan(api.list("/api/v1/nodes"), api.list("/api/v1/pods"), None).after[0]
+    api.patch(f"{pods}/p", {"status": {"phase": "Running", "podIP": "10.0.0.9"}})  # kubelet reports meanwhile
+    runner.apply_change(api, planned)
+    got = api.get(f"{pods}/p")
+    assert got is not None
+    assert got["spec"]["tolerations"][0]["tolerationSeconds"] == 300
+    assert not got["metadata"].get("annotations")
