@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -118,3 +119,16 @@ def yurthub_status(node: Node) -> dict[str, object]:
 
 def wait_until_serving(node: Node) -> None:
     wait_for("yurthub on the node to serve", lambda: bool(yurthub_status(node)), timeout=60)
+
+
+def kubelet_requests_forwarded(node: Node) -> float:
+    """How many of kubelet's requests yurthub on `node` forwarded to the cloud (from its metrics)."""
+    page = node.run(
+        [
+            "python3",
+            "-c",
+            "import urllib.request as u;print(u.urlopen('http://127.0.0.1:10267/metrics').read().decode())",
+        ]
+    ).stdout
+    pattern = r'^yurthub_requests_total\{component="kubelet",[^}]*outcome="forwarded"[^}]*\} (\S+)'
+    return sum(float(m) for m in re.findall(pattern, page, re.M))

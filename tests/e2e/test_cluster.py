@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from testenv import cluster, images
+from testenv import cluster
 from testenv.kubectl import node_ready, wait_for
+from testenv.workloads import deployment
 
 KWOK_NODES = 20
 
@@ -18,28 +19,6 @@ KWOK_NODES = 20
 @pytest.fixture(scope="module")
 def cluster_settings() -> cluster.Settings:
     return cluster.Settings(kwok_nodes=KWOK_NODES, node_monitor_grace_s=12)
-
-
-def deployment(name: str, script: str) -> dict[str, Any]:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "terminationGracePeriodSeconds": 2,
-                    "containers": [
-                        {"name": "main", "image": images.BUSYBOX_IMAGE, "command": ["/bin/sh", "-c", script]}
-                    ],
-                },
-            },
-        },
-    }
 
 
 def running_pod(kube: cluster.Cluster, app: str) -> dict[str, Any]:

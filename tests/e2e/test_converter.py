@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from converter import names
-from testenv import cluster, converterimage, images, kwok, snapshot, yurtmanager
+from testenv import cluster, converterimage, hubinstall, images, kwok, snapshot, yurtmanager
 from testenv.kubectl import KubectlError, node_ready, wait_for
 
 TOLERATION_S = 20
@@ -119,18 +119,6 @@ def yurtctl(kube: cluster.Cluster, *args: str) -> subprocess.CompletedProcess[st
     )
 
 
-def forwarded_by_kubelet(kube: cluster.Cluster) -> float:
-    page = kube.node.run(
-        [
-            "python3",
-            "-c",
-            "import urllib.request as u;print(u.urlopen('http://127.0.0.1:10267/metrics').read().decode())",
-        ]
-    ).stdout
-    pattern = r'^yurthub_requests_total\{component="kubelet",[^}]*outcome="forwarded"[^}]*\} (\S+)'
-    return sum(float(m) for m in re.findall(pattern, page, re.M))
-
-
 def test_dry_run_prints_the_whole_plan_and_changes_nothing(env: Env) -> None:
     result = yurtctl(env.kube, *CONVERT, "--dry-run")
     assert result.returncode == 0, result.stderr
@@ -205,7 +193,7 @@ def test_convert_puts_the_edge_node_behind_yurthub_and_labels_the_nodes(env: Env
         for n in kube.kubectl.get("nodes")["items"]
     }
     assert labels == {EDGE: "true"} | dict.fromkeys(CLOUD, "false")
-    assert forwarded_by_kubelet(kube) > 0
+    assert hubinstall.kubelet_requests_forwarded(kube.node) > 0
     assert kube.node.run(["systemctl", "is-active", "yurthub.service"]).stdout.strip() == "active"
     assert kube.kubectl.get("deployment", "-n", "kube-system", "yurt-manager")["spec"]["replicas"] == 0
     assert kube.kubectl.get("jobs", "-n", "kube-system")["items"] == []

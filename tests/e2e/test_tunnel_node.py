@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from testenv import balancer, cluster, controlplane, images, pki, tunnelhost, tunnelinstall
+from testenv import balancer, cluster, controlplane, pki, tunnelhost, tunnelinstall, workloads
 from testenv.kubectl import KubectlError, wait_for
 
 APP = "tunnelled"
@@ -92,29 +92,7 @@ def _servers_held(kube: cluster.Cluster) -> int:
 
 @pytest.fixture(scope="module")
 def pod(kube: cluster.Cluster, running: Tunnel) -> str:
-    labels = {"app": APP}
-    kube.kubectl.apply(
-        [
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": APP, "namespace": "default"},
-                "spec": {
-                    "replicas": 1,
-                    "selector": {"matchLabels": labels},
-                    "template": {
-                        "metadata": {"labels": labels},
-                        "spec": {
-                            "terminationGracePeriodSeconds": 2,
-                            "containers": [
-                                {"name": "main", "image": images.BUSYBOX_IMAGE, "command": ["/bin/sh", "-c", SCRIPT]}
-                            ],
-                        },
-                    },
-                },
-            }
-        ]
-    )
+    kube.kubectl.apply([workloads.deployment(APP, SCRIPT)])
 
     def name() -> str:
         pods = kube.kubectl.get("pods", "-n", "default", "-l", f"app={APP}")["items"]

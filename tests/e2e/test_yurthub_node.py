@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -27,29 +26,15 @@ HUB_ARGS = "--heartbeat-interval-seconds=2 --heartbeat-timeout-seconds=2 --heart
 def edge(kube: cluster.Cluster) -> Iterator[cluster.Cluster]:
     assert kube.plane is not None
     hubinstall.put_behind_yurthub(kube.node, server=kube.plane.cloud_server, extra_args=HUB_ARGS)
-    wait_for("kubelet requests through yurthub", lambda: forwarded_by_kubelet(kube) > 0, timeout=60)
+    wait_for(
+        "kubelet requests through yurthub", lambda: hubinstall.kubelet_requests_forwarded(kube.node) > 0, timeout=60
+    )
     wait_for("the node to be Ready through yurthub", lambda: node_ready(kube.kubectl.get("node", "edge-1")), timeout=60)
     kube.kubectl.run("create", "configmap", "app-config", "--from-literal=greeting=hello")
     kube.kubectl.run("create", "secret", "generic", "app-secret", "--from-literal=token=s3cret")
     kube.kubectl.apply([app_deployment(), pod("victim")])
     wait_for("the app pods and the victim to run", lambda: len(running_pods(kube)) == 3, timeout=120)
     yield kube
-
-
-def forwarded_by_kubelet(kube: cluster.Cluster) -> float:
-    page = kube.node.run(
-        [
-            "python3",
-            "-c",
-            "import urllib.request as u;print(u.urlopen('http://127.0.0.1:10267/metrics').read().decode())",
-        ]
-    ).stdout
-    return sum(
-        float(m)
-        for m in re.findall(
-            r'^yurthub_requests_total\{component="kubelet",[^}]*outcome="forwarded"[^}]*\} (\S+)', page, re.M
-        )
-    )
 
 
 def app_deployment() -> dict[str, Any]:
