@@ -235,7 +235,12 @@ def convert_plan(opts: Options, nodes: list[Obj], record: Obj | None) -> Plan:
     return Plan("convert", before, todo, skipped, after, cloud, edge, autonomous)
 
 
-def revert_plan(nodes: list[Obj], pods: list[Obj], record: Obj | None) -> Plan:
+YURTHUB_CSR_LABEL = "app.kubernetes.io/managed-by=yurthub"
+"""The label yurthub puts on the CertificateSigningRequests it makes."""
+
+
+def revert_plan(nodes: list[Obj], pods: list[Obj], record: Obj | None, csrs: list[Obj] | None = None) -> Plan:
+    """Undo convert; `csrs` are the CSRs labelled `YURTHUB_CSR_LABEL` (those the edge nodes' yurthubs made go)."""
     labelled = [n for n in nodes if names.EDGE_WORKER_LABEL in (n["metadata"].get("labels") or {})]
     edge = sorted(_name(n) for n in labelled if n["metadata"]["labels"][names.EDGE_WORKER_LABEL] == "true")
     cloud = sorted(_name(n) for n in labelled if n["metadata"]["labels"][names.EDGE_WORKER_LABEL] != "true")
@@ -267,6 +272,18 @@ def revert_plan(nodes: list[Obj], pods: list[Obj], record: Obj | None) -> Plan:
                 f"Node {_name(n)}: label {names.EDGE_WORKER_LABEL} and annotation {names.AUTONOMY_ANNOTATION} removed",
             )
         )
+    requesters = {f"system:node:{n}" for n in edge}
+    for csr in csrs or []:
+        if csr.get("spec", {}).get("username") in requesters:
+            name = _name(csr)
+            after.append(
+                Change(
+                    "delete",
+                    f"/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}",
+                    None,
+                    f"CertificateSigningRequest {name} (made by {csr['spec']['username']}'s yurthub)",
+                )
+            )
     after += [_delete(o) for o in reversed(cloud_objects("-"))]
     lease = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{components.MANAGER}"
     after.append(Change("delete", lease, None, f"Lease {NS}/{components.MANAGER} (yurt-manager's leader election)"))

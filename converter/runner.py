@@ -277,7 +277,8 @@ def revert(api: access.Api, opts: plan.Options, settings: RunSettings, out: Text
     nodes = api.list("/api/v1/nodes")
     record = api.get(plan.RECORD_PATH)
     pods = api.list("/api/v1/pods")
-    p = plan.revert_plan(nodes, pods, record)
+    csrs = api.list("/apis/certificates.k8s.io/v1/certificatesigningrequests", labels=plan.YURTHUB_CSR_LABEL)
+    p = plan.revert_plan(nodes, pods, record, csrs)
     if record is None and not p.edge and not p.cloud:
         out.write("yurtctl revert: nothing to revert (no conversion recorded, no node labelled)\n")
         return 0

@@ -90,9 +90,15 @@ def test_revert_plan_undoes_labels_tolerations_components_and_the_record() -> No
         },
         "status": {"phase": "Running"},
     }
-    p = plan.revert_plan(labelled, [rewritten], {"data": {}})
+    csrs = [
+        {"metadata": {"name": "yurthub-serving-a"}, "spec": {"username": "system:node:edge-1"}},
+        {"metadata": {"name": "yurthub-serving-b"}, "spec": {"username": "system:node:somewhere-else"}},
+    ]
+    p = plan.revert_plan(labelled, [rewritten], {"data": {}}, csrs)
     assert p.nodes == ["edge-1"]
     whats = [c.what for c in p.after]
+    assert "CertificateSigningRequest yurthub-serving-a (made by system:node:edge-1's yurthub)" in whats
+    assert not any("yurthub-serving-b" in w for w in whats)  # not an edge node convert touched
     assert whats[0] == "Pod default/p: original tolerations restored"
     assert any(w.startswith("Node cloud-1: label") for w in whats) and not any("other" in w for w in whats)
     assert whats[-1] == f"ConfigMap kube-system/{plan.RECORD}"
