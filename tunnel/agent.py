@@ -230,8 +230,11 @@ class Agent:
             log.info("dial refused target=%s status=%d reason=%s", stream.target, exc.status, exc.message)
             stream.session.refuse(stream, f"{exc.status} {exc.message}")
             return
+        if not stream.session.accept(stream):
+            self.metrics.dials.labels("abandoned").inc()  # the server stopped waiting before we got there
+            writer.close()
+            return
         self.metrics.dials.labels("connected").inc()
-        stream.session.accept(stream)
         await session.splice(stream, reader, writer)
 
     # --- running ----------------------------------------------------------------------------------

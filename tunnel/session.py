@@ -241,15 +241,21 @@ class Session:
         self.streams_opened += 1
         return stream
 
-    def accept(self, stream: Stream) -> None:
+    def accept(self, stream: Stream) -> bool:
+        """Say the target was reached; False when the peer gave up on the stream meanwhile (its dial timed
+        out and it reset the stream, or the connection ended): the caller then drops what it dialled."""
+        if stream.done or not self.mux.is_open(stream.id):
+            return False
         self.mux.accept(stream.id)
         self.streams_opened += 1
         self._flush()
+        return True
 
     def refuse(self, stream: Stream, reason: str) -> None:
-        self.mux.refuse(stream.id, reason)
+        if not stream.done and self.mux.is_open(stream.id):
+            self.mux.refuse(stream.id, reason)
+            self._flush()
         self._streams.pop(stream.id, None)
-        self._flush()
 
     # --- used by streams --------------------------------------------------------------------------
 
