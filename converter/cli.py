@@ -14,7 +14,7 @@ import urllib.request
 
 import prometheus_client as prom
 
-from converter import controller, errors, host, kube, nodestep, plan, runner, serve
+from converter import controller, errors, helm, host, kube, nodestep, plan, runner, serve
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +32,41 @@ def build_yurtctl_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--autonomous-nodes", default="", help="edge nodes whose pods are never evicted (default: all)"
     )
-    convert.add_argument("--tunnel", action="store_true", help="also install the tunnel server")
     convert.add_argument(
         "--manager-replicas", type=int, default=2, help="yurt-manager replicas (0: you run it elsewhere)"
+    )
+    tunnel = convert.add_argument_group(
+        "tunnel", "the reverse tunnel, so the cloud reaches edge nodes behind NAT (kubectl logs/exec)"
+    )
+    tunnel.add_argument(
+        "--tunnel",
+        action="store_true",
+        help=f"install the tunnel server chart ({helm.RELEASE} in {helm.NAMESPACE}) and an agent on each edge node",
+    )
+    tunnel.add_argument(
+        "--tunnel-server-addr",
+        default="",
+        metavar="HOST:PORT[,...]",
+        help="where edge nodes reach the tunnel server (a cloud node's address with the agent NodePort, a load "
+        "balancer, or the hosts beside kube-apiserver); required with --tunnel",
+    )
+    tunnel.add_argument(
+        "--tunnel-server-name",
+        default=helm.SERVER_NAME,
+        help="name the server's certificate carries, which agents verify (default: the chart's)",
+    )
+    tunnel.add_argument(
+        "--tunnel-server-replicas",
+        type=int,
+        default=2,
+        help="server replicas on the cloud nodes (0: it runs outside the cluster, beside kube-apiserver)",
+    )
+    tunnel.add_argument(
+        "--tunnel-values",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="more values for the chart (certificates, Services), after convert's own; repeatable",
     )
     revert = sub.add_parser("revert", help="undo convert, node by node")
     for p in (convert, revert):
@@ -43,6 +75,13 @@ def build_yurtctl_parser() -> argparse.ArgumentParser:
         p.add_argument("--node-timeout", type=float, default=600.0, metavar="SECONDS", help="per node Job")
         p.add_argument("--parallel", type=int, default=5, help="node Jobs running at once")
         p.add_argument("--hub-args", default="", help="extra yurthub flags for the nodes' yurthub.env")
+        p.add_argument("--helm", default="helm", help="the helm binary (for the tunnel chart)")
+        p.add_argument(
+            "--tunnel-chart",
+            default="",
+            metavar="PATH",
+            help="the tunnel chart (default: the one shipped with yurtctl)",
+        )
     node = sub.add_parser("node", help="the node-side steps, run on the node itself (the Jobs run these)")
     node_sub = node.add_subparsers(dest="node_command", required=True)
     for action in ("convert", "revert"):
@@ -51,6 +90,14 @@ def build_yurtctl_parser() -> argparse.ArgumentParser:
         n.add_argument("--root", default="/", help="the node's root file system")
         n.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS", help="per wait")
         n.add_argument("--hub-args", default="", help="extra yurthub flags for yurthub.env")
+    node_convert = node_sub.choices["convert"]
+    node_convert.add_argument(
+        "--tunnel-server-addr", default="", metavar="HOST:PORT[,...]", help="also install the tunnel agent"
+    )
+    node_convert.add_argument("--tunnel-server-name", default="", help="name the server's certificate carries")
+    node_convert.add_argument(
+        "--tunnel-ca-file", default=nodestep.TUNNEL_CA, help="the tunnel server's CA on this node"
+    )
     return parser
 
 
@@ -69,7 +116,14 @@ def _fetch(url: str) -> tuple[int, str]:
 
 
 def _node_main(args: argparse.Namespace) -> int:
-    settings = nodestep.Settings(node=args.node_name, hub_args=args.hub_args, timeout_s=args.timeout)
+    settings = nodestep.Settings(
+        node=args.node_name,
+        hub_args=args.hub_args,
+        timeout_s=args.timeout,
+        tunnel_servers=_nodes(getattr(args, "tunnel_server_addr", "")),
+        tunnel_server_name=getattr(args, "tunnel_server_name", ""),
+        tunnel_ca_file=getattr(args, "tunnel_ca_file", nodestep.TUNNEL_CA),
+    )
     step = nodestep.convert if args.node_command == "convert" else nodestep.revert
     try:
         step(host.LocalHost(args.root), _fetch, settings)
@@ -112,11 +166,14 @@ def yurtctl_main(argv: list[str] | None = None) -> int:
     _logging(args.v if args.command != "node" else max(args.v, 1))
     if args.command == "node":
         return _node_main(args)
-    if getattr(args, "tunnel", False):
+    tunnel_servers = _nodes(getattr(args, "tunnel_server_addr", ""))
+    if getattr(args, "tunnel", False) and not tunnel_servers:
         print(
-            "yurtctl convert: --tunnel is not available in this build (the tunnel server chart has not landed)",
-            file=sys.stderr,
+            "yurtctl convert: --tunnel needs --tunnel-server-addr (where edge nodes reach the server)", file=sys.stderr
         )
+        return 2
+    if tunnel_servers and not getattr(args, "tunnel", False):
+        print("yurtctl convert: --tunnel-server-addr is only used with --tunnel", file=sys.stderr)
         return 2
     opts = plan.Options(
         cloud_nodes=_nodes(getattr(args, "cloud_nodes", "")),
@@ -126,16 +183,23 @@ def yurtctl_main(argv: list[str] | None = None) -> int:
         hub_args=args.hub_args,
         node_timeout_s=args.node_timeout,
         manager_replicas=getattr(args, "manager_replicas", 2),
+        tunnel_servers=tunnel_servers,
+        tunnel_server_name=getattr(args, "tunnel_server_name", helm.SERVER_NAME),
+        tunnel_replicas=getattr(args, "tunnel_server_replicas", 2),
     )
     settings = runner.RunSettings(identity=f"{socket.gethostname()}_{secrets.token_hex(4)}", parallel=args.parallel)
+    kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG", "") or _default_kubeconfig()
     try:
-        api = kube.KubeApi(args.kubeconfig or os.environ.get("KUBECONFIG", "") or _default_kubeconfig())
+        api = kube.KubeApi(kubeconfig)
+        charts = helm.Helm(
+            args.helm, args.tunnel_chart or helm.bundled_chart(), kubeconfig, tuple(getattr(args, "tunnel_values", ()))
+        )
     except errors.ConverterError as exc:
         print(f"yurtctl: {exc}", file=sys.stderr)
         return 1
     run = runner.convert if args.command == "convert" else runner.revert
     try:
-        return run(api, opts, settings, sys.stdout, dry_run=args.dry_run)
+        return run(api, opts, settings, sys.stdout, dry_run=args.dry_run, charts=charts)
     except errors.ConverterError as exc:
         print(f"yurtctl {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -115,9 +115,14 @@ def job_name(action: str, node: str) -> str:
     return name if len(name) <= 63 else name[:54] + "-" + hashlib.sha256(node.encode()).hexdigest()[:8]
 
 
-def node_job(action: str, node: str, image: str, args: list[str]) -> Obj:
-    """The Job that runs `yurtctl node <action>` on `node`, in the node's root and namespaces."""
-    return {
+TUNNEL_CA_MOUNT = "/etc/yurt-edge/tunnel-ca"
+"""Where a convert Job sees the tunnel server's CA; its entry script copies `ca.crt` to the node."""
+
+
+def node_job(action: str, node: str, image: str, args: list[str], *, tunnel_ca: str | None = None) -> Obj:
+    """The Job that runs `yurtctl node <action>` on `node`, in the node's root and namespaces; `tunnel_ca`
+    names the ConfigMap with the tunnel server's CA (`ca.crt`) to hand to the node."""
+    job: Obj = {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {**_meta(job_name(action, node), NAMESPACE), "labels": {**MANAGED_BY, JOB_LABEL: node}},
@@ -149,3 +154,12 @@ def node_job(action: str, node: str, image: str, args: list[str]) -> Obj:
             },
         },
     }
+    if tunnel_ca is not None:
+        pod = job["spec"]["template"]["spec"]
+        pod["volumes"].append(
+            {"name": "tunnel-ca", "configMap": {"name": tunnel_ca, "items": [{"key": "ca.crt", "path": "ca.crt"}]}}
+        )
+        pod["containers"][0]["volumeMounts"].append(
+            {"name": "tunnel-ca", "mountPath": TUNNEL_CA_MOUNT, "readOnly": True}
+        )
+    return job

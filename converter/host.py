@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ class Host(Protocol):
     def remove(self, path: str) -> None: ...
     def run(self, argv: list[str], timeout: float = 120.0) -> tuple[int, str]: ...
     def exists(self, path: str) -> bool: ...
+    def port_free(self, port: int) -> bool: ...
 
 
 class LocalHost:
@@ -65,6 +67,16 @@ class LocalHost:
     def exists(self, path: str) -> bool:
         return self._p(path).exists()
 
+    def port_free(self, port: int) -> bool:
+        """Whether a service could listen on the loopback `port` (the step runs in the node's network)."""
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # lingering closed connections do not count
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+        return True
+
     def run(self, argv: list[str], timeout: float = 120.0) -> tuple[int, str]:
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
@@ -75,11 +87,18 @@ class LocalHost:
 
 class MemoryHost:
     def __init__(
-        self, files: dict[str, str] | None = None, answer: Callable[[list[str]], tuple[int, str]] | None = None
+        self,
+        files: dict[str, str] | None = None,
+        answer: Callable[[list[str]], tuple[int, str]] | None = None,
+        busy_ports: frozenset[int] = frozenset(),
     ) -> None:
         self.files = dict(files or {})
         self.commands: list[list[str]] = []
         self._answer = answer or (lambda argv: (0, ""))
+        self.busy_ports = busy_ports
+
+    def port_free(self, port: int) -> bool:
+        return port not in self.busy_ports
 
     def read(self, path: str) -> str | None:
         return self.files.get(path)

@@ -1,8 +1,10 @@
 """`yurtctl node convert` / `yurtctl node revert`: what changes on one node, run on that node.
 
 Convert, each step idempotent so a re-run after any interruption finishes the job:
-1. preflight: the kubeadm layout (`kubeadm-flags.env` with `KUBELET_KUBEADM_ARGS`, `kubelet.conf` naming
-   the apiserver, the kubelet's client certificate) and /opt/yurt-edge/bin/yurthub installed;
+1. preflight, before anything on the node changes: the kubeadm layout (`kubeadm-flags.env` with
+   `KUBELET_KUBEADM_ARGS`, `kubelet.conf` naming the apiserver, the kubelet's client certificate),
+   /opt/yurt-edge/bin/yurthub installed, and the loopback ports yurthub (and the tunnel agent) will listen
+   on free (unless our own services from an earlier run hold them);
 2. yurthub as a systemd service (`/etc/systemd/system/yurthub.service`, `/etc/yurthub/yurthub.env`),
    started and answering `/v1/healthz`;
 3. kubelet pointed at yurthub: `kubeadm-flags.env` backed up once under `STATE_DIR`, then later flags
@@ -10,11 +12,16 @@ Convert, each step idempotent so a re-run after any interruption finishes the jo
    the empty bootstrap flag keeps kubelet from re-bootstrapping a kubeconfig without credentials), kubelet
    restarted;
 4. verified: yurthub has forwarded kubelet requests since the restart and the Node is Ready as read through
-   yurthub. If not within the timeout, the node is rolled back (revert below) and the step fails.
+   yurthub;
+5. with `--tunnel-server-addr`: yurt-tunnel-agent as a systemd service (`yurt-tunnel-agent.service`,
+   `/etc/yurt-tunnel/agent.env`, the tunnel server's CA in `/etc/yurt-tunnel/ca.crt`), allowed to reach the
+   kubelet on the addresses of this node's Node object, and verified connected to a server (`/readyz`).
+If a step does not succeed within the timeout, the node is rolled back (revert below) and the step fails.
 
-Revert restores `kubeadm-flags.env` byte for byte from the backup, restarts kubelet and waits for its
-health, then stops and removes yurthub, its files and state, and the virtualenv when convert created it
-(`STATE_DIR/created-venv`, written by the Job's entry script before it creates /opt/yurt-edge).
+Revert stops and removes the tunnel agent when it is there, restores `kubeadm-flags.env` byte for byte from
+the backup, restarts kubelet and waits for its health, then stops and removes yurthub, its files and state,
+and the virtualenv when convert created it (`STATE_DIR/created-venv`, written by the Job's entry script
+before it creates /opt/yurt-edge).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from importlib import resources
 
 from converter import errors
 from converter.host import Host
@@ -48,6 +56,13 @@ HEALTHZ = "http://127.0.0.1:10267/v1/healthz"
 METRICS = "http://127.0.0.1:10267/metrics"
 PROXY = "http://127.0.0.1:10261"
 KUBELET_HEALTHZ = "http://127.0.0.1:10248/healthz"
+AGENT_UNIT = "/etc/systemd/system/yurt-tunnel-agent.service"
+AGENT_DIR = "/etc/yurt-tunnel"
+AGENT_ENV = f"{AGENT_DIR}/agent.env"
+AGENT_CA = f"{AGENT_DIR}/ca.crt"
+TUNNEL_CA = f"{STATE_DIR}/tunnel-ca.crt"
+"""Where the node Job's entry script leaves the tunnel server's CA (from the chart's CA ConfigMap)."""
+AGENT_READYZ = "http://127.0.0.1:10266/readyz"
 
 HOST_FILES = {
     UNIT: "written (yurthub systemd unit)",
@@ -59,6 +74,13 @@ HOST_FILES = {
     STATE_DIR: "convert's backup and state (removed on revert)",
 }
 """Every host path convert touches, for `--dry-run`."""
+
+TUNNEL_HOST_FILES = {
+    AGENT_UNIT: "written (yurt-tunnel-agent systemd unit)",
+    AGENT_ENV: "written (yurt-tunnel-agent arguments)",
+    AGENT_CA: "written (the tunnel server's CA)",
+}
+"""The host paths `--tunnel` adds."""
 
 HUB_KUBECONFIG_TEXT = """\
 # kubelet kubeconfig that sends the kubelet through yurthub's plain loopback port (written by yurtctl).
@@ -76,53 +98,15 @@ current-context: yurthub
 users: []
 """
 
-UNIT_TEXT = """\
-# yurthub: the edge node's caching proxy between kubelet (and other node components) and the cloud.
-# Install: pip install yurt-edge into /opt/yurt-edge (or adjust ExecStart), copy this unit to
-# /etc/systemd/system/, write /etc/yurthub/yurthub.env (see yurthub.env), then:
-#   systemctl daemon-reload && systemctl enable --now yurthub
-[Unit]
-Description=yurthub: edge node proxy and cache for the Kubernetes API
-Wants=network-online.target
-After=network-online.target
-Before=kubelet.service
 
-[Service]
-Type=notify
-NotifyAccess=main
-EnvironmentFile=/etc/yurthub/yurthub.env
-ExecStart=/opt/yurt-edge/bin/yurthub $YURTHUB_ARGS
-Restart=always
-RestartSec=2
-StartLimitIntervalSec=0
-TimeoutStartSec=60
-StateDirectory=yurthub
-StateDirectoryMode=0700
-UMask=0077
+def _unit(name: str) -> str:
+    return resources.files("converter").joinpath("units", name).read_text()
 
-# Hardening: yurthub needs the network, its state directory and read access to the node's certificates.
-NoNewPrivileges=yes
-ProtectSystem=strict
-ReadWritePaths=/var/lib/yurthub
-ProtectHome=yes
-PrivateTmp=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectControlGroups=yes
-RestrictSUIDSGID=yes
-RestrictRealtime=yes
-RestrictNamespaces=yes
-LockPersonality=yes
-SystemCallArchitectures=native
-# AF_NETLINK and CAP_NET_ADMIN: the HTTPS door's interface (yurthub0), made at start and removed at stop.
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
-CapabilityBoundingSet=CAP_NET_ADMIN
-MemoryMax=300M
 
-[Install]
-WantedBy=multi-user.target
-"""
-"""The same unit as the repository's systemd/yurthub.service (a unit test keeps them equal)."""
+UNIT_TEXT = _unit("yurthub.service")
+"""The repository's systemd/yurthub.service, shipped in the package."""
+AGENT_UNIT_TEXT = _unit("yurt-tunnel-agent.service")
+"""The repository's systemd/yurt-tunnel-agent.service, shipped in the package."""
 
 Fetch = Callable[[str], tuple[int, str]]
 """GET a URL on the node; (status, body), status 0 when nothing answered."""
@@ -137,6 +121,14 @@ class Settings:
     timeout_s: float = 120.0
     """How long yurthub may take to serve, and kubelet to come back Ready through it."""
     interval_s: float = 1.0
+    tunnel_servers: tuple[str, ...] = ()
+    """Tunnel server addresses (host:port) the agent dials; empty: no tunnel agent on this node."""
+    tunnel_server_name: str = ""
+    """Name the tunnel server's certificate must carry (empty: each address's host)."""
+    tunnel_ca_file: str = TUNNEL_CA
+    """The tunnel server's CA, on this node."""
+    tunnel_ports: tuple[int, ...] = (10250,)
+    """Local ports the cloud may reach through the agent."""
 
 
 def _wait(what: str, check: Callable[[], bool], settings: Settings) -> None:
@@ -162,8 +154,20 @@ def server_of(kubeconfig: str) -> str:
     return match.group(1).strip("'\"")
 
 
-def preflight(host: Host) -> str:
-    """Check the node's layout; return the apiserver address kubelet uses."""
+HUB_PORTS = {10261: "yurthub's proxy", 10267: "yurthub's health and metrics"}
+AGENT_PORTS = {10266: "yurt-tunnel-agent's health and metrics"}
+
+
+def busy_ports(host: Host, settings: Settings) -> list[str]:
+    """Ports our services will listen on that something else holds (a re-run's own services do not count)."""
+    wanted = dict(HUB_PORTS) if not host.exists(UNIT) else {}
+    if settings.tunnel_servers and not host.exists(AGENT_UNIT):
+        wanted |= AGENT_PORTS
+    return [f"127.0.0.1:{port} ({what})" for port, what in sorted(wanted.items()) if not host.port_free(port)]
+
+
+def preflight(host: Host, settings: Settings | None = None) -> str:
+    """Check the node's layout and ports; return the apiserver address kubelet uses."""
     flags = host.read(FLAGS_ENV)
     if flags is None or not re.search(r'^KUBELET_KUBEADM_ARGS="', flags, re.M):
         raise errors.PreflightFailed(f"{FLAGS_ENV} with KUBELET_KUBEADM_ARGS not found: not a kubeadm-layout kubelet")
@@ -174,6 +178,9 @@ def preflight(host: Host) -> str:
         raise errors.PreflightFailed(f"kubelet client certificate {KUBELET_CERT} not found")
     if not host.exists(f"{VENV}/bin/yurthub"):
         raise errors.PreflightFailed(f"{VENV}/bin/yurthub not installed (pip install yurt-edge into {VENV})")
+    taken = busy_ports(host, settings) if settings is not None else []
+    if taken:
+        raise errors.PreflightFailed(f"ports already in use by something else: {', '.join(taken)}")
     return server_of(conf)
 
 
@@ -237,10 +244,14 @@ def redirect_kubelet(host: Host, fetch: Fetch, settings: Settings) -> None:
 
 
 def convert(host: Host, fetch: Fetch, settings: Settings) -> None:
-    server = preflight(host)
+    server = preflight(host, settings)
+    if settings.tunnel_servers and host.read(settings.tunnel_ca_file) is None:
+        raise errors.PreflightFailed(f"the tunnel server's CA {settings.tunnel_ca_file} not found")
     try:
         install_hub(host, fetch, settings, server)
         redirect_kubelet(host, fetch, settings)
+        if settings.tunnel_servers:
+            install_agent(host, fetch, settings)
     except errors.NodeStepFailed as exc:
         log.error("convert failed node=%s error=%s; rolling back", settings.node, exc)
         try:
@@ -278,7 +289,67 @@ def remove_hub(host: Host) -> None:
     host.run(["systemctl", "reset-failed", "yurthub.service"])
 
 
+def node_addresses(fetch: Fetch, node: str) -> list[str]:
+    """This node's addresses from its Node object, read through yurthub."""
+    status, body = fetch(f"{PROXY}/api/v1/nodes/{node}")
+    if status != 200:
+        raise errors.NodeStepFailed(f"could not read Node {node} through yurthub (HTTP {status})")
+    addresses = json.loads(body).get("status", {}).get("addresses") or []
+    found = [a["address"] for a in addresses if a.get("type") in ("InternalIP", "ExternalIP") and a.get("address")]
+    if not found:
+        raise errors.NodeStepFailed(f"Node {node} has no InternalIP or ExternalIP address for the tunnel agent")
+    return list(dict.fromkeys(found))
+
+
+def agent_env(settings: Settings, addresses: list[str]) -> str:
+    args = [
+        f"--node-name={settings.node}",
+        f"--server-addr={','.join(settings.tunnel_servers)}",
+        f"--ca-file={AGENT_CA}",
+        f"--cert-file={KUBELET_CERT}",
+        f"--node-ip={','.join(addresses)}",
+        f"--allowed-ports={','.join(str(p) for p in settings.tunnel_ports)}",
+    ]
+    if settings.tunnel_server_name:
+        args.append(f"--server-name={settings.tunnel_server_name}")
+    return f'TUNNEL_AGENT_ARGS="{" ".join(args)}"\n'
+
+
+def install_agent(host: Host, fetch: Fetch, settings: Settings) -> None:
+    ca = host.read(settings.tunnel_ca_file)
+    if ca is None:
+        raise errors.NodeStepFailed(f"the tunnel server's CA {settings.tunnel_ca_file} went missing")
+    env = agent_env(settings, node_addresses(fetch, settings.node))
+    changed = host.read(AGENT_ENV) != env or host.read(AGENT_UNIT) != AGENT_UNIT_TEXT or host.read(AGENT_CA) != ca
+    host.write(AGENT_CA, ca)
+    host.write(AGENT_ENV, env, 0o600)
+    host.write(AGENT_UNIT, AGENT_UNIT_TEXT)
+    _must(host, ["systemctl", "daemon-reload"])
+    _must(host, ["systemctl", "enable", "yurt-tunnel-agent.service"])
+    active = host.run(["systemctl", "is-active", "--quiet", "yurt-tunnel-agent.service"])[0] == 0
+    if changed or not active:
+        _must(host, ["systemctl", "restart", "yurt-tunnel-agent.service"], timeout=90)
+    _wait(
+        f"yurt-tunnel-agent did not connect to a tunnel server ({', '.join(settings.tunnel_servers)})",
+        lambda: fetch(AGENT_READYZ)[0] == 200,
+        settings,
+    )
+    log.info("tunnel agent connected node=%s servers=%s", settings.node, ",".join(settings.tunnel_servers))
+
+
+def remove_agent(host: Host) -> None:
+    if not host.exists(AGENT_UNIT) and not host.exists(AGENT_DIR):
+        return
+    if host.exists(AGENT_UNIT):
+        host.run(["systemctl", "disable", "--now", "yurt-tunnel-agent.service"], 90)
+    for path in (AGENT_UNIT, AGENT_DIR):
+        host.remove(path)
+    _must(host, ["systemctl", "daemon-reload"])
+    host.run(["systemctl", "reset-failed", "yurt-tunnel-agent.service"])
+
+
 def revert(host: Host, fetch: Fetch, settings: Settings) -> None:
+    remove_agent(host)
     restore_kubelet(host, fetch, settings)
     remove_hub(host)
     if host.exists(CREATED_VENV):

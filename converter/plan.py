@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from typing import Any, Literal
 
-from converter import components, names, nodestep, tolerations
+from converter import components, helm, names, nodestep, tolerations
 
 Obj = dict[str, Any]
 NS = components.NAMESPACE
@@ -42,6 +43,16 @@ class Options:
     """How long one node's Job may take."""
     manager_replicas: int = 2
     """yurt-manager replicas in the Deployment (0 where it runs elsewhere, e.g. beside the control plane)."""
+    tunnel_servers: tuple[str, ...] = ()
+    """With the tunnel: the server addresses (host:port) edge nodes' agents dial; empty: no tunnel."""
+    tunnel_server_name: str = helm.SERVER_NAME
+    """Name the tunnel server's certificate carries, which agents verify."""
+    tunnel_replicas: int = 2
+    """Tunnel server replicas in the chart's Deployment (0 where it runs beside the control plane)."""
+
+    @property
+    def tunnel(self) -> bool:
+        return bool(self.tunnel_servers)
 
     def recorded(self) -> str:
         return json.dumps(
@@ -49,6 +60,7 @@ class Options:
                 "cloudNodes": sorted(self.cloud_nodes),
                 "edgeNodes": sorted(self.edge_nodes),
                 "autonomousNodes": sorted(self.autonomous_nodes),
+                "tunnel": self.tunnel,
             },
             sort_keys=True,
         )
@@ -76,9 +88,12 @@ class Plan:
     cloud: list[str]
     edge: list[str]
     autonomous: list[str]
+    tunnel: bool = False
+    """Convert: install or upgrade the tunnel chart before the node Jobs (and the agents with them); revert:
+    the chart is installed and is uninstalled after the node Jobs."""
 
-    def lines(self, image: str, node_args: list[str]) -> list[str]:
-        """The whole plan, as printed by --dry-run."""
+    def lines(self, image: str, node_args: list[str], tunnel_objects: Sequence[str] = ()) -> list[str]:
+        """The whole plan, as printed by --dry-run; `tunnel_objects` are the chart's rendered objects."""
 
         def listed(nodes: list[str]) -> str:
             return ", ".join(nodes) or "-"
@@ -88,19 +103,33 @@ class Plan:
             f" autonomous {listed(self.autonomous)}"
         ]
         out += [f"  api    {c.verb:6} {c.what}" for c in self.before]
+        if self.tunnel and self.action == "convert":
+            out.append(
+                f"  helm   upgrade --install {helm.RELEASE} in {helm.NAMESPACE} (the tunnel server chart), objects:"
+            )
+            out += [f"           {o}" for o in tunnel_objects]
         for node in self.skipped:
             out.append(f"  node   {node}: already {self.action}ed by an earlier run, skipped")
         for node in self.nodes:
-            job = components.node_job(self.action, node, image, node_args)
+            job = components.node_job(self.action, node, image, node_args, tunnel_ca=self._tunnel_ca())
             cmd = " ".join(job["spec"]["template"]["spec"]["containers"][0]["command"])
             out.append(f"  node   {node}: Job {NS}/{job['metadata']['name']} (privileged, host /) runs: {cmd}")
         if self.nodes:
             out.append("  files  on each of those nodes:")
             out += [f"           {path}: {what}" for path, what in nodestep.HOST_FILES.items()]
+            if self.tunnel or self.action == "revert":
+                out += [f"           {path}: {what}" for path, what in nodestep.TUNNEL_HOST_FILES.items()]
             if self.action == "convert":
                 out.append("           kubelet.service restarted; rolled back if not Ready through yurthub")
+                if self.tunnel:
+                    out.append("           yurt-tunnel-agent.service started; rolled back if not connected")
+        if self.tunnel and self.action == "revert":
+            out.append(f"  helm   uninstall {helm.RELEASE} in {helm.NAMESPACE} (the tunnel server chart)")
         out += [f"  api    {c.verb:6} {c.what}" for c in self.after]
         return out
+
+    def _tunnel_ca(self) -> str | None:
+        return helm.CA_CONFIGMAP if self.tunnel and self.action == "convert" else None
 
 
 def _name(obj: Obj) -> str:
@@ -232,15 +261,18 @@ def convert_plan(opts: Options, nodes: list[Obj], record: Obj | None) -> Plan:
     after = [
         Change("patch", RECORD_PATH, {"data": {"state": "converted"}}, f"ConfigMap {NS}/{RECORD}: state converted")
     ]
-    return Plan("convert", before, todo, skipped, after, cloud, edge, autonomous)
+    return Plan("convert", before, todo, skipped, after, cloud, edge, autonomous, tunnel=opts.tunnel)
 
 
 YURTHUB_CSR_LABEL = "app.kubernetes.io/managed-by=yurthub"
 """The label yurthub puts on the CertificateSigningRequests it makes."""
 
 
-def revert_plan(nodes: list[Obj], pods: list[Obj], record: Obj | None, csrs: list[Obj] | None = None) -> Plan:
-    """Undo convert; `csrs` are the CSRs labelled `YURTHUB_CSR_LABEL` (those the edge nodes' yurthubs made go)."""
+def revert_plan(
+    nodes: list[Obj], pods: list[Obj], record: Obj | None, csrs: list[Obj] | None = None, *, tunnel: bool = False
+) -> Plan:
+    """Undo convert; `csrs` are the CSRs labelled `YURTHUB_CSR_LABEL` (those the edge nodes' yurthubs made
+    go); `tunnel`: the tunnel chart's release is installed."""
     labelled = [n for n in nodes if names.EDGE_WORKER_LABEL in (n["metadata"].get("labels") or {})]
     edge = sorted(_name(n) for n in labelled if n["metadata"]["labels"][names.EDGE_WORKER_LABEL] == "true")
     cloud = sorted(_name(n) for n in labelled if n["metadata"]["labels"][names.EDGE_WORKER_LABEL] != "true")
@@ -291,4 +323,4 @@ def revert_plan(nodes: list[Obj], pods: list[Obj], record: Obj | None, csrs: lis
         after.append(Change("delete", RECORD_PATH, None, f"ConfigMap {NS}/{RECORD}"))
     done = {k: v for k, v in node_states(record).items() if v == "reverted"}
     todo = [n for n in edge if n not in done]
-    return Plan("revert", [], todo, [n for n in edge if n in done], after, cloud, edge, autonomous)
+    return Plan("revert", [], todo, [n for n in edge if n in done], after, cloud, edge, autonomous, tunnel=tunnel)

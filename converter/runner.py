@@ -21,7 +21,7 @@ import threading
 import time
 from typing import TextIO
 
-from converter import access, components, errors, lease, plan, tolerations
+from converter import access, components, errors, helm, lease, plan, tolerations
 from converter.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,8 @@ def run_node_job(
     progress: Progress,
 ) -> str | None:
     """Create, watch and clean up one node's Job; None on success, else why it failed."""
-    job = components.node_job(action, node, opts.image, args)
+    tunnel_ca = helm.CA_CONFIGMAP if opts.tunnel and action == "convert" else None
+    job = components.node_job(action, node, opts.image, args, tunnel_ca=tunnel_ca)
     job["spec"]["template"]["spec"]["containers"][0]["terminationMessagePolicy"] = "FallbackToLogsOnError"
     name = job["metadata"]["name"]
     api.create(JOBS, job)
@@ -232,14 +233,43 @@ def run_nodes(
     return failed
 
 
-def node_args(opts: plan.Options) -> list[str]:
+def node_args(opts: plan.Options, action: str = "convert") -> list[str]:
     args = [f"--timeout={opts.node_timeout_s / 2:.0f}"]
     if opts.hub_args:
         args.append(f"--hub-args={opts.hub_args}")
+    if opts.tunnel and action == "convert":
+        args.append(f"--tunnel-server-addr={','.join(opts.tunnel_servers)}")
+        args.append(f"--tunnel-server-name={opts.tunnel_server_name}")
     return args
 
 
-def convert(api: access.Api, opts: plan.Options, settings: RunSettings, out: TextIO, *, dry_run: bool) -> int:
+def install_tunnel(api: access.Api, charts: helm.Helm, opts: plan.Options, out: TextIO) -> None:
+    """Install or upgrade the chart, then check it left the CA the node Jobs hand to the agents."""
+    charts.install(helm.values(opts.image, opts.tunnel_replicas))
+    out.write(
+        f"  helm   {helm.RELEASE} installed in {helm.NAMESPACE} (tunnel server, {opts.tunnel_replicas} replicas)\n"
+    )
+    ca = api.get(f"/api/v1/namespaces/{helm.NAMESPACE}/configmaps/{helm.CA_CONFIGMAP}")
+    if not ((ca or {}).get("data") or {}).get("ca.crt"):
+        raise errors.ConverterError(f"the tunnel chart left no CA in ConfigMap {helm.NAMESPACE}/{helm.CA_CONFIGMAP}")
+
+
+def tunnel_installed(api: access.Api) -> bool:
+    return bool(api.list(f"/api/v1/namespaces/{helm.NAMESPACE}/secrets", labels=helm.RELEASE_SECRETS))
+
+
+def convert(
+    api: access.Api,
+    opts: plan.Options,
+    settings: RunSettings,
+    out: TextIO,
+    *,
+    dry_run: bool,
+    charts: helm.Helm | None = None,
+) -> int:
+    """`charts`: how to run helm, needed with the tunnel."""
+    if opts.tunnel and charts is None:
+        raise errors.ConverterError("the tunnel needs helm")
     nodes = api.list("/api/v1/nodes")
     record = api.get(plan.RECORD_PATH)
     version = api.get("/version") or {}
@@ -250,7 +280,8 @@ def convert(api: access.Api, opts: plan.Options, settings: RunSettings, out: Tex
     p = plan.convert_plan(opts, nodes, record)
     args = node_args(opts)
     if dry_run:
-        out.write("\n".join(p.lines(opts.image, args)) + "\n(dry run: nothing was changed)\n")
+        objects = charts.render(helm.values(opts.image, opts.tunnel_replicas)) if charts and opts.tunnel else []
+        out.write("\n".join(p.lines(opts.image, args, objects)) + "\n(dry run: nothing was changed)\n")
         return 0
     lock = Lock(api, settings.identity)
     lock.acquire(settings.lock_wait_s)
@@ -258,6 +289,8 @@ def convert(api: access.Api, opts: plan.Options, settings: RunSettings, out: Tex
         for change in p.before:
             apply_change(api, change)
             out.write(f"  api    {change.what}\n")
+        if charts is not None and opts.tunnel:
+            install_tunnel(api, charts, opts, out)
         remove_jobs(api, p.nodes, settings.poll_s)
         failed = run_nodes(api, p, opts, args, settings, out)
         if failed:
@@ -273,13 +306,22 @@ def convert(api: access.Api, opts: plan.Options, settings: RunSettings, out: Tex
         lock.release()
 
 
-def revert(api: access.Api, opts: plan.Options, settings: RunSettings, out: TextIO, *, dry_run: bool) -> int:
+def revert(
+    api: access.Api,
+    opts: plan.Options,
+    settings: RunSettings,
+    out: TextIO,
+    *,
+    dry_run: bool,
+    charts: helm.Helm | None = None,
+) -> int:
+    """`charts`: how to run helm, needed when the tunnel chart is installed."""
     nodes = api.list("/api/v1/nodes")
     record = api.get(plan.RECORD_PATH)
     pods = api.list("/api/v1/pods")
     csrs = api.list("/apis/certificates.k8s.io/v1/certificatesigningrequests", labels=plan.YURTHUB_CSR_LABEL)
-    p = plan.revert_plan(nodes, pods, record, csrs)
-    if record is None and not p.edge and not p.cloud:
+    p = plan.revert_plan(nodes, pods, record, csrs, tunnel=tunnel_installed(api))
+    if record is None and not p.edge and not p.cloud and not p.tunnel:
         out.write("yurtctl revert: nothing to revert (no conversion recorded, no node labelled)\n")
         return 0
     by_name = {n["metadata"]["name"]: n for n in nodes}
@@ -287,7 +329,9 @@ def revert(api: access.Api, opts: plan.Options, settings: RunSettings, out: Text
     if not_ready:
         out.write(f"yurtctl revert: edge nodes not Ready, nothing was changed: {', '.join(not_ready)}\n")
         return 1
-    args = node_args(opts)
+    args = node_args(opts, "revert")
+    if p.tunnel and charts is None:
+        raise errors.ConverterError(f"the tunnel chart ({helm.RELEASE}) is installed; removing it needs helm")
     if dry_run:
         out.write("\n".join(p.lines(opts.image, args)) + "\n(dry run: nothing was changed)\n")
         return 0
@@ -300,6 +344,9 @@ def revert(api: access.Api, opts: plan.Options, settings: RunSettings, out: Text
             out.write(f"yurtctl revert: {len(failed)} nodes failed; nothing else was undone:\n")
             out.write("".join(f"  - {n}: {why}\n" for n, why in sorted(failed.items())))
             return 1
+        if charts is not None and p.tunnel:
+            charts.uninstall()
+            out.write(f"  helm   {helm.RELEASE} uninstalled from {helm.NAMESPACE}\n")
         for change in p.after:
             apply_change(api, change)
             out.write(f"  api    {change.what}\n")

@@ -32,13 +32,19 @@ class Certs:
     client_key: Path
 
 
-def issue(ca: pki.CertificateAuthority, directory: Path, *, addresses: tuple[str, ...] = ("127.0.0.1",)) -> Certs:
+def issue(
+    ca: pki.CertificateAuthority,
+    directory: Path,
+    *,
+    addresses: tuple[str, ...] = ("127.0.0.1",),
+    dns_names: tuple[str, ...] = ("localhost", "yurt-tunnel-server"),
+) -> Certs:
     directory.mkdir(parents=True, exist_ok=True)
     ca_file = directory / "ca.crt"
     ca_file.write_bytes(ca.pair.cert_pem)
-    server = ca.issue(
-        "yurt-tunnel-server", server=True, dns_names=("localhost", "yurt-tunnel-server"), ip_addresses=addresses
-    ).write(directory, "server")
+    server = ca.issue("yurt-tunnel-server", server=True, dns_names=dns_names, ip_addresses=addresses).write(
+        directory, "server"
+    )
     client = ca.issue(APISERVER_CLIENT, client=True).write(directory, "apiserver-client")
     return Certs(ca_file, server[0], server[1], client[0], client[1])
 

@@ -13,6 +13,10 @@ shift
 state=/var/lib/yurt-edge/convert
 mkdir -p "/host$state/wheels"
 cp /opt/yurt-edge/wheels/*.whl "/host$state/wheels/"
+# With the tunnel, the Job mounts the tunnel server's CA here; the node step installs it for the agent.
+if [ -f /etc/yurt-edge/tunnel-ca/ca.crt ]; then
+    cp /etc/yurt-edge/tunnel-ca/ca.crt "/host$state/tunnel-ca.crt"
+fi
 exec nsenter -t 1 -m -u -i -n -p -- /bin/sh -euc '
 state=$1 action=$2
 shift 2

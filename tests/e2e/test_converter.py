@@ -1,10 +1,15 @@
-"""`yurtctl convert` / `revert` and yurt-manager on the real local cluster: the real node (converted through a
-Job running on it) and four kwok nodes (cloud nodes). The tests run in order and build on each other: dry run,
-convert, autonomy through an outage, revert; the cluster and the node's files are snapshotted before convert
-and compared after the dry run and after revert.
+"""`yurtctl convert --tunnel` / `revert` and yurt-manager on the real local cluster: the real node (converted
+through a Job running on it) and four kwok nodes (cloud nodes). The tests run in order and build on each
+other: dry run, convert, the tunnel, autonomy through an outage, revert; the cluster and the node's files are
+snapshotted before convert and compared after the dry run and after revert.
 
-yurt-manager runs on the host from its console script, beside the rest of this test cluster's control plane
-(the Deployment convert installs is scaled to 0 here: the cloud nodes are kwok nodes, which run nothing).
+yurt-manager and yurt-tunnel-server run on the host from their console scripts, beside the rest of this
+test cluster's control plane, since the cloud nodes are kwok nodes, which run nothing: convert installs
+their Deployments scaled to 0 (`--manager-replicas=0`, `--tunnel-server-replicas=0`), the way they are
+installed where they run beside kube-apiserver. As an operator does for a tunnel beside the control plane,
+the test prepares the tunnel's certificates (a Secret the chart is told to use) and boots kube-apiserver
+with an egress selector that sends its traffic to nodes through the server's HTTP CONNECT port. Until the
+node is converted the server dials it directly (it is not an edge node yet); after, only through its agent.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ import contextlib
 import dataclasses
 import datetime
 import functools
+import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,8 +31,19 @@ from typing import Any
 
 import pytest
 
-from converter import names
-from testenv import cluster, converterimage, hubinstall, images, kwok, snapshot, yurtmanager
+from converter import helm, names
+from testenv import (
+    cluster,
+    controlplane,
+    converterimage,
+    hubinstall,
+    images,
+    kwok,
+    pki,
+    snapshot,
+    tunnelhost,
+    yurtmanager,
+)
 from testenv.kubectl import KubectlError, node_ready, wait_for
 
 TOLERATION_S = 20
@@ -34,20 +52,36 @@ CLOUD = [f"kwok-{i}" for i in range(4)]
 """Enough healthy nodes that two nodes down is a partial outage: with most nodes of a zone down, the node
 lifecycle controller assumes the control plane lost the network and evicts nothing at all."""
 HUB_ARGS = "--heartbeat-interval-seconds=2 --heartbeat-timeout-seconds=2 --heartbeat-failed-retry=1"
-CONVERT = [
-    "convert",
-    "--cloud-nodes=" + ",".join(CLOUD),
-    f"--image={converterimage.IMAGE}",
-    f"--hub-args={HUB_ARGS}",
-    "--manager-replicas=0",
-    "--node-timeout=400",
-]
+TUNNEL_CA = pki.CertificateAuthority("operator-tunnel-ca")
+TUNNEL_TLS = "yurt-tunnel-server-operator-tls"
+"""Name of the Secret holding the server certificate the operator made (not a password)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TunnelPrep:
+    certs: tunnelhost.Certs
+    connect_port: int
 
 
 @pytest.fixture(scope="module")
-def cluster_settings() -> cluster.Settings:
+def tunnel_prep(tmp_path_factory: pytest.TempPathFactory) -> TunnelPrep:
+    node = cluster.Settings().node
+    certs = tunnelhost.issue(
+        TUNNEL_CA,
+        tmp_path_factory.mktemp("tunnel-pki"),
+        addresses=("127.0.0.1", node.cloud_address),
+        dns_names=(helm.SERVER_NAME,),
+    )
+    return TunnelPrep(certs, controlplane.free_port())
+
+
+@pytest.fixture(scope="module")
+def cluster_settings(tunnel_prep: TunnelPrep) -> cluster.Settings:
     return cluster.Settings(
-        kwok_nodes=len(CLOUD), not_ready_toleration_s=TOLERATION_S, unreachable_toleration_s=TOLERATION_S
+        kwok_nodes=len(CLOUD),
+        not_ready_toleration_s=TOLERATION_S,
+        unreachable_toleration_s=TOLERATION_S,
+        egress_selector_config=tunnelhost.egress_selector(tunnel_prep.certs, tunnel_prep.connect_port),
     )
 
 
@@ -57,6 +91,11 @@ class Env:
     manager_kubeconfig: Path
     directory: Path
     before: tuple[dict[str, Any], dict[str, str]]
+    server: tunnelhost.Server
+    convert: list[str]
+    """`yurtctl convert` with this cluster's options."""
+    common: list[str]
+    """Flags convert and revert share."""
     manager: yurtmanager.HostManager | None = None
 
 
@@ -92,18 +131,53 @@ def phase(kube: cluster.Cluster, name: str) -> str:
     return str(kube.kubectl.get("pod", name).get("status", {}).get("phase", ""))
 
 
+def tunnel_values(directory: Path, certs: tunnelhost.Certs) -> Path:
+    """The operator's chart values: the server's certificate from a Secret they made, with its CA."""
+    path = directory / "tunnel-values.yaml"
+    values = {"tls": {"existingSecret": TUNNEL_TLS, "caBundle": certs.ca.read_text()}}
+    path.write_text(json.dumps(values))
+    return path
+
+
 @pytest.fixture(scope="module")
-def env(kube: cluster.Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def env(kube: cluster.Cluster, tunnel_prep: TunnelPrep, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     assert kube.plane is not None
     directory = tmp_path_factory.mktemp("converter")
+    certs = tunnel_prep.certs
+    server = tunnelhost.server(
+        certs,
+        directory / "tunnel",
+        "beside-apiserver",
+        connect_port=tunnel_prep.connect_port,
+        agent_ca=kube.plane.directory / "pki" / "ca.crt",  # agents present kubelet's certificate
+        kubeconfig=kube.plane.admin_kubeconfig,
+        extra=("--dial-timeout=5",),
+    )
+    kube.kubectl.run(
+        "create", "secret", "tls", TUNNEL_TLS, "-n", "kube-system",
+        f"--cert={certs.server_cert}", f"--key={certs.server_key}",
+    )  # fmt: skip
     converterimage.load(kube.node, converterimage.build(cluster.cache_dir() / "images"))
     config = yurtmanager.own_kubeconfig(kube.plane, directory)
     kube.kubectl.apply([pod("stock-app", EDGE)])
     wait_for("a workload on the edge node", lambda: phase(kube, "stock-app") == "Running", timeout=120)
-    e = Env(kube, config, directory, snap(kube))
+    common = [f"--image={converterimage.IMAGE}", "--node-timeout=400", f"--helm={cluster.binaries() / 'helm'}"]
+    convert = [
+        "convert",
+        "--cloud-nodes=" + ",".join(CLOUD),
+        f"--hub-args={HUB_ARGS}",
+        "--manager-replicas=0",
+        "--tunnel",
+        f"--tunnel-server-addr={kube.settings.node.cloud_address}:{server.agent_port}",
+        "--tunnel-server-replicas=0",
+        f"--tunnel-values={tunnel_values(directory, certs)}",
+        *common,
+    ]
+    e = Env(kube, config, directory, snap(kube), server, convert, common)
     yield e
     if e.manager is not None:
         e.manager.stop()
+    server.stop()
 
 
 def yurtctl(kube: cluster.Cluster, *args: str) -> subprocess.CompletedProcess[str]:
@@ -120,7 +194,7 @@ def yurtctl(kube: cluster.Cluster, *args: str) -> subprocess.CompletedProcess[st
 
 
 def test_dry_run_prints_the_whole_plan_and_changes_nothing(env: Env) -> None:
-    result = yurtctl(env.kube, *CONVERT, "--dry-run")
+    result = yurtctl(env.kube, *env.convert, "--dry-run")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     for expected in (
@@ -131,6 +205,11 @@ def test_dry_run_prints_the_whole_plan_and_changes_nothing(env: Env) -> None:
         f"Job kube-system/yurtctl-convert-{EDGE}",
         "/var/lib/kubelet/kubeadm-flags.env",
         "/etc/systemd/system/yurthub.service",
+        f"helm   upgrade --install {helm.RELEASE}",
+        f"Deployment kube-system/{helm.RELEASE}",
+        f"ConfigMap kube-system/{helm.CA_CONFIGMAP}",
+        "/etc/systemd/system/yurt-tunnel-agent.service",
+        "--tunnel-server-addr=",
         "nothing was changed",
     ):
         assert expected in out, out
@@ -145,7 +224,7 @@ def test_a_node_whose_kubelet_does_not_come_back_through_yurthub_is_rolled_back(
     env.manager = yurtmanager.start(env.manager_kubeconfig, env.directory, "host-manager")
     flags = kube.node.run(["cat", "/var/lib/kubelet/kubeadm-flags.env"]).stdout
     # yurthub pointed at a port where no apiserver listens: it serves, but kubelet gets nowhere through it
-    broken = [a for a in CONVERT if not a.startswith(("--hub-args", "--node-timeout"))]
+    broken = [a for a in env.convert if not a.startswith(("--hub-args", "--node-timeout"))]
     broken += [f"--hub-args={HUB_ARGS} --server-addr=https://{kube.settings.node.cloud_address}:1", "--node-timeout=90"]
     result = yurtctl(kube, *broken)
     assert result.returncode == 1, result.stdout + result.stderr
@@ -163,7 +242,7 @@ def test_a_convert_killed_halfway_is_finished_by_the_next_run(env: Env) -> None:
     binary = shutil.which("yurtctl", path=os.path.dirname(sys.executable))
     assert binary is not None
     proc = subprocess.Popen(
-        [binary, f"--kubeconfig={kube.plane.admin_kubeconfig}", *CONVERT],
+        [binary, f"--kubeconfig={kube.plane.admin_kubeconfig}", *env.convert],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -185,7 +264,7 @@ def job_running(kube: cluster.Cluster) -> bool:
 
 def test_convert_puts_the_edge_node_behind_yurthub_and_labels_the_nodes(env: Env) -> None:
     kube = env.kube
-    result = yurtctl(kube, *CONVERT)
+    result = yurtctl(kube, *env.convert)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(rf"^\s+{EDGE}\s+converted", result.stdout, re.M), result.stdout
     labels = {
@@ -198,9 +277,39 @@ def test_convert_puts_the_edge_node_behind_yurthub_and_labels_the_nodes(env: Env
     assert kube.kubectl.get("deployment", "-n", "kube-system", "yurt-manager")["spec"]["replicas"] == 0
     assert kube.kubectl.get("jobs", "-n", "kube-system")["items"] == []
     wait_for("the edge node Ready through yurthub", lambda: node_ready(kube.kubectl.get("node", EDGE)), timeout=60)
-    again = yurtctl(kube, *CONVERT)
+    again = yurtctl(kube, *env.convert)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "converted already" in again.stdout
+
+
+def tunnel_bytes(server: tunnelhost.Server) -> float:
+    """Bytes the server received from its agents' streams (directly dialled streams are not counted)."""
+    found = re.search(r'^yurt_tunnel_agents_bytes_total\{direction="received"\} (\S+)', server.metrics(), re.M)
+    assert found is not None, server.metrics()
+    return float(found.group(1))
+
+
+def test_after_convert_kubectl_reaches_the_edge_node_behind_nat_through_the_tunnel(env: Env) -> None:
+    kube = env.kube
+    assert kube.node.run(["systemctl", "is-active", "yurt-tunnel-agent.service"]).stdout.strip() == "active"
+    wait_for(
+        "the edge node's agent on the server",
+        lambda: EDGE in [a["node"] for a in env.server.status()["agents"]],
+        timeout=60,
+    )
+    assert kube.kubectl.get("deployment", "-n", "kube-system", helm.RELEASE)["spec"]["replicas"] == 0
+    kube.node.set_reachable_from_cloud(False)
+    try:
+        node = kube.settings.node
+        with pytest.raises(OSError), socket.create_connection((node.address, 10250), timeout=3):
+            pass  # the cloud cannot open a connection to the node's kubelet any more
+        before = tunnel_bytes(env.server)
+        out = kube.kubectl.run("exec", "-n", "default", "stock-app", "--", "echo", "through-the-tunnel", timeout=30)
+        assert out.strip() == "through-the-tunnel"
+        kube.kubectl.run("logs", "-n", "default", "stock-app", timeout=30)
+        assert tunnel_bytes(env.server) > before
+    finally:
+        kube.node.set_reachable_from_cloud(True)
 
 
 def tolerations(kube: cluster.Cluster, name: str) -> dict[str, Any]:
@@ -275,9 +384,13 @@ def test_revert_leaves_the_cluster_and_the_node_as_convert_found_them(env: Env) 
     if env.manager is not None:
         env.manager.stop()  # what deleting its Deployment does in a real cluster
         env.manager = None
-    result = yurtctl(kube, "revert", f"--image={converterimage.IMAGE}", "--node-timeout=400")
+    result = yurtctl(kube, "revert", *env.common)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(rf"^\s+{EDGE}\s+reverted", result.stdout, re.M), result.stdout
+    assert f"{helm.RELEASE} uninstalled" in result.stdout
+    assert (
+        kube.node.run(["systemctl", "is-active", "yurt-tunnel-agent.service"], check=False).stdout.strip() != "active"
+    )
     with contextlib.suppress(TimeoutError):  # garbage collection settles a little later; the assert shows what differs
         wait_for("the cluster to settle as it was", lambda: differences(kube, env.before) == [], timeout=90)
     left = differences(kube, env.before)

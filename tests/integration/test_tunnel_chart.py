@@ -28,6 +28,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
+from converter import helm as charts
 from testenv import cluster, controlplane, pki, tunnelhost
 from testenv.kubectl import wait_for
 from tunnel import cli
@@ -317,7 +318,7 @@ def test_server_flags_from_values_reach_the_cli(helm: Path) -> None:
         ({"agent": {"enabled": True}}, "agent.serverAddresses is required"),
         ({"tls": {"existingSecret": "mine"}}, "tls.caBundle is required with tls.existingSecret"),
         ({"service": {"agent": {"type": "ExternalName"}}}, "service.agent.type must be"),
-        ({"server": {"replicaCount": 0}}, "server.replicaCount must be at least 1"),
+        ({"server": {"replicaCount": -1}}, "server.replicaCount must be 0 (the server runs outside"),
     ],
 )
 def test_values_that_cannot_work_fail_the_render_with_a_reason(
@@ -497,3 +498,30 @@ def test_install_and_upgrade_keep_the_generated_certificates(
     assert trust() == before
     run("uninstall", RELEASE, "--namespace", NS, "--wait")
     assert not cloud.kubectl.get("secrets", "-n", NS, "-l", f"app.kubernetes.io/instance={RELEASE}")["items"]
+
+
+def test_the_chart_yurtctl_ships_renders_what_convert_asks_for(helm: Path) -> None:
+    """`yurtctl convert --tunnel`'s values on the chart inside the package: the server only on cloud nodes,
+    with the image convert was given, no agent DaemonSet (convert puts agents on nodes as systemd services),
+    and the CA ConfigMap its node Jobs hand to the agents. Replicas 0 is the server beside kube-apiserver."""
+    assert (Path(charts.bundled_chart()) / "Chart.yaml").read_text() == (CHART / "Chart.yaml").read_text()
+    for replicas in (0, 2):
+        lines = charts.Helm(str(helm), charts.bundled_chart(), "-").render(
+            charts.values("registry.example:5000/yurt-edge:v2", replicas)
+        )
+        assert f"ConfigMap {NS}/{charts.CA_CONFIGMAP}" in lines
+        assert not [line for line in lines if line.startswith("DaemonSet")]
+    rendered = yaml.safe_load_all(
+        subprocess.run(
+            charts.template_argv(str(helm), charts.bundled_chart(), ["/dev/stdin"]),
+            input=yaml.safe_dump(charts.values("registry.example:5000/yurt-edge:v2", 0)),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    deployment = one([d for d in rendered if d], "Deployment")
+    assert deployment["spec"]["replicas"] == 0
+    spec = deployment["spec"]["template"]["spec"]
+    assert spec["nodeSelector"] == {"openyurt.io/is-edge-worker": "false"}
+    assert container(deployment)["image"] == "registry.example:5000/yurt-edge:v2"

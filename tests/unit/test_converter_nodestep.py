@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 
@@ -91,6 +91,24 @@ def test_revert_without_a_backup_strips_only_our_flags() -> None:
     assert host.files[nodestep.FLAGS_ENV] == FLAGS
 
 
+def test_ports_held_by_something_else_stop_the_node_before_anything_changes() -> None:
+    host = MemoryHost(FILES, busy_ports=frozenset({10261, 10266}))
+    with pytest.raises(errors.PreflightFailed, match=r"127\.0\.0\.1:10261 \(yurthub's proxy\)$"):
+        nodestep.convert(host, Node().fetch, SETTINGS)
+    host = MemoryHost({**FILES, nodestep.TUNNEL_CA: "CA"}, busy_ports=frozenset({10266}))
+    with pytest.raises(errors.PreflightFailed, match=r"10266 \(yurt-tunnel-agent's"):
+        nodestep.convert(host, TunnelNode().fetch, TUNNEL)
+    assert host.commands == []
+
+
+def test_a_rerun_does_not_mistake_its_own_running_services_for_squatters() -> None:
+    node = TunnelNode()
+    host = MemoryHost({**FILES, nodestep.TUNNEL_CA: "CA"}, node.run)
+    nodestep.convert(host, node.fetch, TUNNEL)
+    host.busy_ports = frozenset({10261, 10266, 10267})  # ours, now running
+    nodestep.convert(host, node.fetch, TUNNEL)
+
+
 @pytest.mark.parametrize(
     ("files", "message"),
     [
@@ -108,6 +126,85 @@ def test_preflight_refuses_a_node_it_cannot_convert_and_changes_nothing(files: d
     assert host.files == files and host.commands == []
 
 
-def test_the_unit_written_to_nodes_is_the_repositorys() -> None:
-    unit = Path(__file__).resolve().parents[2] / "systemd" / "yurthub.service"
-    assert unit.read_text() == nodestep.UNIT_TEXT
+NODE = json.dumps(
+    {
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "addresses": [
+                {"type": "InternalIP", "address": "10.0.0.2"},
+                {"type": "Hostname", "address": "n1"},
+                {"type": "ExternalIP", "address": "192.0.2.7"},
+            ],
+        }
+    }
+)
+TUNNEL = dataclasses.replace(SETTINGS, tunnel_servers=("cloud:31062", "cloud2:31062"), tunnel_server_name="yts.svc")
+
+
+class TunnelNode(Node):
+    """A node whose tunnel agent connects (or never does) once started."""
+
+    def __init__(self, agent_connects: bool = True) -> None:
+        super().__init__()
+        self.agent_connects = agent_connects
+        self.agent_started = False
+
+    def run(self, argv: list[str]) -> tuple[int, str]:
+        if argv[:2] == ["systemctl", "restart"] and argv[2] == "yurt-tunnel-agent.service":
+            self.agent_started = True
+        return super().run(argv)
+
+    def fetch(self, url: str) -> tuple[int, str]:
+        if url == nodestep.AGENT_READYZ:
+            return (200, "ok") if self.agent_started and self.agent_connects else (0, "")
+        if url.startswith(nodestep.PROXY):
+            return 200, NODE
+        return super().fetch(url)
+
+
+def test_with_the_tunnel_the_agent_is_installed_for_the_nodes_own_addresses() -> None:
+    node = TunnelNode()
+    host = MemoryHost({**FILES, nodestep.TUNNEL_CA: "CA PEM"}, node.run)
+    nodestep.convert(host, node.fetch, TUNNEL)
+    assert host.files[nodestep.AGENT_CA] == "CA PEM"
+    assert host.files[nodestep.AGENT_UNIT] == nodestep.AGENT_UNIT_TEXT
+    assert host.files[nodestep.AGENT_ENV] == (
+        'TUNNEL_AGENT_ARGS="--node-name=n1 --server-addr=cloud:31062,cloud2:31062 --ca-file=/etc/yurt-tunnel/ca.crt'
+        " --cert-file=/var/lib/kubelet/pki/kubelet-client-current.pem --node-ip=10.0.0.2,192.0.2.7"
+        ' --allowed-ports=10250 --server-name=yts.svc"\n'
+    )
+    assert ["systemctl", "enable", "yurt-tunnel-agent.service"] in host.commands
+    restarts = host.commands.count(["systemctl", "restart", "yurt-tunnel-agent.service"])
+    nodestep.convert(host, node.fetch, TUNNEL)  # again: nothing changed, the running agent is left alone
+    assert host.commands.count(["systemctl", "restart", "yurt-tunnel-agent.service"]) == restarts
+
+
+def test_an_agent_that_never_connects_rolls_the_whole_node_back() -> None:
+    node = TunnelNode(agent_connects=False)
+    files = {**FILES, nodestep.TUNNEL_CA: "CA PEM"}
+    host = MemoryHost(files, node.run)
+    with pytest.raises(errors.NodeStepFailed, match=r"did not connect to a tunnel server.*rolled back"):
+        nodestep.convert(host, node.fetch, TUNNEL)
+    assert host.files == {k: v for k, v in files.items() if not k.startswith(nodestep.STATE_DIR)}
+    assert ["systemctl", "disable", "--now", "yurt-tunnel-agent.service"] in host.commands
+
+
+def test_the_tunnel_without_its_ca_is_refused_before_anything_changes() -> None:
+    host = MemoryHost(FILES)
+    with pytest.raises(errors.PreflightFailed, match="tunnel server's CA"):
+        nodestep.convert(host, TunnelNode().fetch, TUNNEL)
+    assert host.files == FILES and host.commands == []
+
+
+def test_revert_removes_the_agent_and_restores_the_node() -> None:
+    node = TunnelNode()
+    host = MemoryHost(FILES, node.run)
+    host.write(nodestep.TUNNEL_CA, "CA PEM")
+    nodestep.convert(host, node.fetch, TUNNEL)
+    nodestep.revert(host, node.fetch, SETTINGS)
+    assert host.files == FILES
+
+
+def test_the_units_written_to_nodes_are_the_ones_shipped_in_the_package() -> None:
+    assert "ExecStart=/opt/yurt-edge/bin/yurthub $YURTHUB_ARGS" in nodestep.UNIT_TEXT
+    assert "ExecStart=/opt/yurt-edge/bin/yurt-tunnel-agent $TUNNEL_AGENT_ARGS" in nodestep.AGENT_UNIT_TEXT

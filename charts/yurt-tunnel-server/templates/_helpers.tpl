@@ -97,7 +97,7 @@ app.kubernetes.io/component: agent
 {{- if not (has .Values.service.agent.type (list "NodePort" "LoadBalancer" "ClusterIP")) -}}
 {{- fail (printf "service.agent.type must be NodePort, LoadBalancer or ClusterIP, not %q" .Values.service.agent.type) -}}
 {{- end -}}
-{{- if lt (int .Values.server.replicaCount) 1 -}}
-{{- fail "server.replicaCount must be at least 1" -}}
+{{- if lt (int .Values.server.replicaCount) 0 -}}
+{{- fail "server.replicaCount must be 0 (the server runs outside the cluster) or more" -}}
 {{- end -}}
 {{- end -}}
