@@ -11,13 +11,19 @@ Contract, shared by both implementations:
 - `patch` is a JSON merge patch; `patch` and `replace` raise `errors.Conflict` when the body carries a
   ``metadata.resourceVersion`` that is not the stored one (optimistic concurrency).
 - `delete` of a missing object returns False instead of raising, so cleanup steps stay idempotent.
+- `list_at` also returns the list's resourceVersion; `watch` from it yields `(type, object)` for every
+  change after it (ADDED, MODIFIED, DELETED; BOOKMARK objects carry only a newer resourceVersion), ends
+  when `timeout_s` has passed (the in-memory one as soon as it has told what happened so far), and raises
+  `errors.Expired` when that resourceVersion is too old to watch from.
 """
 
 from __future__ import annotations
 
+import builtins
 import copy
 import dataclasses
 import itertools
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from converter import errors
@@ -32,6 +38,8 @@ class Api(Protocol):
     def patch(self, path: str, body: Obj) -> Obj: ...
     def replace(self, path: str, body: Obj) -> Obj: ...
     def delete(self, path: str) -> bool: ...
+    def list_at(self, path: str) -> tuple[builtins.list[Obj], str]: ...
+    def watch(self, path: str, resource_version: str, timeout_s: int) -> Iterator[tuple[str, Obj]]: ...
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -100,16 +108,42 @@ class MemoryApi:
     """An in-memory `Api`: enough of the apiserver's semantics (names, resourceVersions, merge patch,
     label and field selectors) for the pure steps to be tested without a cluster."""
 
+    HISTORY = 1000
+    """Changes kept for watches; older resourceVersions are Expired, as the apiserver's watch cache does."""
+    FIRST = 1000
+    """The first resourceVersion: like a running apiserver, it has no history from before it started."""
+
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str, str], Obj] = {}
-        self._versions = itertools.count(1)
+        self._versions = itertools.count(self.FIRST + 1)
+        self._last = self.FIRST
+        self._history: list[tuple[int, str, tuple[str, str, str, str], Obj]] = []
 
     def _key(self, p: _Path) -> tuple[str, str, str, str]:
         return (p.prefix, p.namespace, p.resource, p.name)
 
-    def _stamp(self, obj: Obj) -> Obj:
-        obj.setdefault("metadata", {})["resourceVersion"] = str(next(self._versions))
+    def _stamp(self, obj: Obj, key: tuple[str, str, str, str] | None = None, kind: str = "MODIFIED") -> Obj:
+        self._last = next(self._versions)
+        obj.setdefault("metadata", {})["resourceVersion"] = str(self._last)
+        if key is not None:
+            self._history = [*self._history[-(self.HISTORY - 1) :], (self._last, kind, key, copy.deepcopy(obj))]
         return copy.deepcopy(obj)
+
+    def list_at(self, path: str) -> tuple[list[Obj], str]:
+        return self.list(path), str(self._last)
+
+    def watch(self, path: str, resource_version: str, timeout_s: int) -> Iterator[tuple[str, Obj]]:
+        p = _parse(path)
+        since = int(resource_version)
+        floor = self._history[0][0] - 1 if self._history else self._last
+        if since < floor:
+            raise errors.Expired(410, "Expired", f"too old resource version: {since}")
+        for version, kind, (prefix, namespace, resource, _), obj in list(self._history):
+            if version <= since or (prefix, resource) != (p.prefix, p.resource):
+                continue
+            if p.namespace and namespace != p.namespace:
+                continue
+            yield kind, copy.deepcopy(obj)
 
     def get(self, path: str) -> Obj | None:
         obj = self.objects.get(self._key(_parse(path)))
@@ -137,7 +171,7 @@ class MemoryApi:
         if p.namespace:
             obj["metadata"]["namespace"] = p.namespace
         self.objects[key] = obj
-        return self._stamp(obj)
+        return self._stamp(obj, key, "ADDED")
 
     def _existing(self, p: _Path, body: Obj) -> Obj:
         obj = self.objects.get(self._key(p))
@@ -153,14 +187,19 @@ class MemoryApi:
         obj = self._existing(p, body)
         patched = merge_patch(obj, body)
         self.objects[self._key(p)] = patched
-        return self._stamp(patched)
+        return self._stamp(patched, self._key(p))
 
     def replace(self, path: str, body: Obj) -> Obj:
         p = _parse(path)
         self._existing(p, body)
         new = copy.deepcopy(body)
         self.objects[self._key(p)] = new
-        return self._stamp(new)
+        return self._stamp(new, self._key(p))
 
     def delete(self, path: str) -> bool:
-        return self.objects.pop(self._key(_parse(path)), None) is not None
+        key = self._key(_parse(path))
+        gone = self.objects.pop(key, None)
+        if gone is None:
+            return False
+        self._stamp(gone, key, "DELETED")
+        return True

@@ -155,7 +155,18 @@ def build_manager_parser() -> argparse.ArgumentParser:
     )
     serving.add_argument("--health-port", type=int, default=10272)
     loop = parser.add_argument_group("control loop")
-    loop.add_argument("--resync-seconds", type=float, default=2.0, help="seconds between passes")
+    loop.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=2.0,
+        help="longest time between passes (changes start one at once) and how often the Lease is renewed",
+    )
+    loop.add_argument(
+        "--watch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep nodes, pods and CSRs by list then watch (--no-watch: list them on every pass)",
+    )
     loop.add_argument("--cluster-domain", default="cluster.local", help="for the kubernetes Service's DNS name")
     loop.add_argument("--v", type=int, default=1, help="log verbosity: 0 warnings, 1 info, 2 debug")
     return parser
@@ -230,6 +241,7 @@ def manager_main(argv: list[str] | None = None) -> int:
         lease_duration_s=args.leader_elect_lease_duration,
         resync_s=args.resync_seconds,
         cluster_domain=args.cluster_domain,
+        watch=args.watch,
     )
     registry = prom.CollectorRegistry()
     manager = controller.Manager(api, settings, controller.Metrics(registry))

@@ -1,8 +1,13 @@
 """yurt-manager's control loop: one `sync` pass over nodes, pods and certificate requests, under a Lease.
 
-Each pass is level-triggered: it lists what is, asks the pure cores (`tolerations`, `csr`, `lease`) what
+Each pass is level-triggered: it reads what is, asks the pure cores (`tolerations`, `csr`, `lease`) what
 should be, and writes the difference. A pass that meets an error logs it, counts it and leaves the rest to
 the next pass (a conflict only means the object changed under us: it is decided again from its new state).
+
+What is comes from informers (`converter.informer`): nodes, pods and certificate requests are listed once
+and then watched, and every change starts a pass at once (at most one pass per `MIN_GAP_S`); without a
+change a pass still runs every `resync_s`, from the local copies. So the apiserver sees watches and the
+writes, not a list of every pod every few seconds. `watch=False` lists on every pass instead.
 """
 
 from __future__ import annotations
@@ -14,13 +19,15 @@ import time
 
 import prometheus_client as prom
 
-from converter import access, csr, errors, lease, tolerations
+from converter import access, csr, errors, informer, lease, tolerations
 
 log = logging.getLogger(__name__)
 
 NODES = "/api/v1/nodes"
 PODS = "/api/v1/pods"
 CSRS = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
+MIN_GAP_S = 0.2
+"""Shortest time between two passes, so a burst of changes is handled in one pass."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -35,8 +42,11 @@ class Settings:
     lease_duration_s: int = 15
     """How long a Lease not renewed stays with its holder."""
     resync_s: float = 2.0
-    """Seconds between passes."""
+    """Longest time between passes (a change seen by a watch starts one at once); also how often the Lease
+    is renewed."""
     cluster_domain: str = "cluster.local"
+    watch: bool = True
+    """Keep nodes, pods and CSRs by list then watch; False: list them on every pass."""
 
 
 class Metrics:
@@ -56,6 +66,12 @@ class Metrics:
         )
         self.errors = prom.Counter("yurt_manager_sync_errors_total", "passes that met an error", registry=registry)
         self.passes = prom.Counter("yurt_manager_sync_passes_total", "control-loop passes completed", registry=registry)
+        self.lists = prom.Counter(
+            "yurt_manager_lists_total",
+            "full lists of a collection by the informers (then they watch), by resource",
+            ["resource"],
+            registry=registry,
+        )
 
 
 class Manager:
@@ -72,6 +88,10 @@ class Manager:
         self.synced = False
         """Whether one whole pass has succeeded (readiness)."""
         self.stopping = threading.Event()
+        self.wake = threading.Event()
+        """Set by the informers on every change: a pass is due."""
+        self.informers: dict[str, informer.Informer] = {}
+        self._elected = -1e9
 
     @property
     def _lease_path(self) -> str:
@@ -117,9 +137,24 @@ class Manager:
             log.warning("lease release failed error=%s", exc)
         self.leading = False
 
+    def start_informers(self) -> None:
+        for path in (NODES, PODS, CSRS):
+            counter = self.metrics.lists.labels(path.rsplit("/", 1)[-1])
+            watched = informer.Informer(self.api, path, self.wake.set, self.stopping, listed=counter.inc)
+            self.informers[path] = watched
+            watched.start()
+
+    def _read(self, path: str) -> list[access.Obj]:
+        watched = self.informers.get(path)
+        if watched is None:
+            return self.api.list(path)
+        if not watched.synced.is_set():
+            raise errors.Unreachable(f"{path} not listed yet")
+        return watched.items()
+
     def sync(self) -> None:
         """One pass: pods' tolerations, then certificate requests."""
-        nodes = {n["metadata"]["name"]: n for n in self.api.list(NODES)}
+        nodes = {n["metadata"]["name"]: n for n in self._read(NODES)}
         self.sync_pods(nodes)
         self.sync_csrs(nodes)
         self.last_pass = time.monotonic()
@@ -127,7 +162,7 @@ class Manager:
         self.metrics.passes.inc()
 
     def sync_pods(self, nodes: dict[str, access.Obj]) -> None:
-        for pod in self.api.list(PODS):
+        for pod in self._read(PODS):
             node = nodes.get(pod.get("spec", {}).get("nodeName", ""))
             patch = tolerations.desired_patch(pod, tolerations.autonomy_of(node))
             if patch is None:
@@ -163,7 +198,7 @@ class Manager:
         return csr.Context(node_addresses=addresses, service_ips=ips, cluster_domain=self.settings.cluster_domain)
 
     def sync_csrs(self, nodes: dict[str, access.Obj]) -> None:
-        pending = [c for c in self.api.list(CSRS) if not c.get("status", {}).get("conditions")]
+        pending = [c for c in self._read(CSRS) if not c.get("status", {}).get("conditions")]
         if not pending:
             return
         ctx = self.csr_context(nodes)
@@ -193,8 +228,12 @@ class Manager:
             self.metrics.csr.labels(decision.verdict).inc()
 
     def step(self) -> None:
-        """One turn of the endless loop: elect, then sync if leading. Never raises for cluster trouble."""
-        if not self.elect(time.time()):
+        """One turn of the endless loop: elect (at most once per `resync_s`), then sync if leading. Never
+        raises for cluster trouble."""
+        if time.monotonic() - self._elected >= self.settings.resync_s:
+            self._elected = time.monotonic()
+            self.elect(time.time())
+        if not self.leading:
             self.last_pass = time.monotonic()  # a healthy standby is alive too
             self.synced = True
             return
@@ -205,7 +244,11 @@ class Manager:
             self.metrics.errors.inc()
 
     def run(self) -> None:
+        if self.settings.watch:
+            self.start_informers()
         while not self.stopping.is_set():
             self.step()
-            self.stopping.wait(self.settings.resync_s)
+            self.wake.wait(self.settings.resync_s)
+            self.wake.clear()
+            self.stopping.wait(MIN_GAP_S)
         self.release()

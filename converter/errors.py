@@ -36,6 +36,10 @@ class Conflict(ApiError):
     pass
 
 
+class Expired(ApiError):
+    """A watch's resourceVersion is too old (410 Gone): list again."""
+
+
 class Unreachable(ConverterError):
     pass
 
@@ -58,4 +62,6 @@ def from_status(status: int, reason: str, message: str) -> ApiError:
         return NotFound(status, reason, message)
     if status == 409:
         return Conflict(status, reason, message)
+    if status == 410:
+        return Expired(status, reason, message)
     return ApiError(status, reason, message)

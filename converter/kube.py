@@ -6,8 +6,10 @@ from a kubeconfig file, or from the pod's service account when none is given (yu
 
 from __future__ import annotations
 
+import builtins
 import json
 import urllib.parse
+from collections.abc import Iterator
 from typing import Any
 
 import urllib3
@@ -83,6 +85,57 @@ class KubeApi:
     def create(self, path: str, body: access.Obj) -> access.Obj:
         obj: access.Obj = self._call("POST", path, body)
         return obj
+
+    def list_at(self, path: str) -> tuple[builtins.list[access.Obj], str]:
+        listed = self._call("GET", path)
+        return listed.get("items") or [], str((listed.get("metadata") or {}).get("resourceVersion", ""))
+
+    def watch(self, path: str, resource_version: str, timeout_s: int) -> Iterator[tuple[str, access.Obj]]:
+        query = {
+            "watch": "1",
+            "resourceVersion": resource_version,
+            "timeoutSeconds": str(timeout_s),
+            "allowWatchBookmarks": "true",
+        }
+        m, url, hdrs, data, post = self._client.param_serialize(
+            "GET",
+            f"{path}?{urllib.parse.urlencode(query)}",
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        try:
+            resp = self._client.call_api(
+                m, url, header_params=hdrs, body=data, post_params=post, _request_timeout=(_TIMEOUT, timeout_s + 30)
+            )
+        except kube_errors.ApiException as exc:
+            if exc.status:
+                raise _status_error(exc.status, exc.body) from exc
+            raise errors.Unreachable(f"watch {path}: {exc.reason}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise errors.Unreachable(f"watch {path}: {exc}") from exc
+        raw = resp.response
+        try:
+            if resp.status >= 400:
+                raise _status_error(resp.status, raw.read())
+            pending = b""
+            for chunk in raw.stream(65536):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    kind, obj = str(event.get("type", "")), event.get("object") or {}
+                    if kind == "ERROR":
+                        raise errors.from_status(
+                            int(obj.get("code", 500)), obj.get("reason", ""), obj.get("message", "")
+                        )
+                    yield kind, obj
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise errors.Unreachable(f"watch {path}: {exc}") from exc
+        finally:
+            raw.close()  # a watch left early has unread bytes: its connection must not be reused
+            raw.release_conn()
 
     def patch(self, path: str, body: access.Obj) -> access.Obj:
         obj: access.Obj = self._call("PATCH", path, body, content_type="application/merge-patch+json")

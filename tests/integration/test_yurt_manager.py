@@ -114,6 +114,10 @@ def test_pods_on_an_autonomous_node_tolerate_forever_and_get_their_originals_bac
         lambda: seconds(cloud, "on-plain") == dict.fromkeys(DEFAULT, 3600),
         timeout=30,
     )
+    for r in replicas:  # every change above came to them by watch: each collection was listed once
+        metrics = r.get("/metrics")[1]
+        for resource in ("nodes", "pods", "certificatesigningrequests"):
+            assert f'yurt_manager_lists_total{{resource="{resource}"}} 1.0' in metrics, metrics
 
 
 def submit(

@@ -12,6 +12,7 @@ CMS = "/api/v1/namespaces/default/configmaps"
 
 def check(api: access.Api, name: str) -> None:
     path = f"{CMS}/{name}"
+    _, start = api.list_at(CMS)
     assert api.get(path) is None
     created = api.create(
         CMS,
@@ -40,3 +41,13 @@ def check(api: access.Api, name: str) -> None:
     assert api.delete(path) is False
     with pytest.raises(errors.NotFound):
         api.patch(path, {"data": {"x": "1"}})
+    seen: list[tuple[str, str]] = []
+    for kind, obj in api.watch(CMS, start, timeout_s=5):
+        if obj.get("metadata", {}).get("name") == name:
+            seen.append((kind, obj["metadata"]["resourceVersion"]))
+        if kind == "DELETED" and obj["metadata"]["name"] == name:
+            break
+    kinds = [k for k, _ in seen]
+    assert kinds == ["ADDED", "MODIFIED", "MODIFIED", "DELETED"], kinds
+    versions = [int(v) for _, v in seen]
+    assert versions == sorted(versions) and versions[0] > int(start)

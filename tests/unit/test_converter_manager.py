@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import prometheus_client as prom
+import pytest
 
-from converter import access, controller, csr, names
+from converter import access, controller, csr, errors, informer, names
 from tests.unit import access_contract
 from tests.unit.csrfixtures import request_b64
 
@@ -16,7 +18,7 @@ def test_the_memory_api_keeps_the_contract() -> None:
 
 
 def manager(api: access.Api, identity: str = "a", elect: bool = True) -> controller.Manager:
-    settings = controller.Settings(identity=identity, leader_elect=elect)
+    settings = controller.Settings(identity=identity, leader_elect=elect, resync_s=0)  # elect on every step
     return controller.Manager(api, settings, controller.Metrics(prom.CollectorRegistry()))
 
 
@@ -104,3 +106,40 @@ def test_csrs_get_a_condition_with_the_reason() -> None:
     assert good is not None and bad is not None
     assert [c["type"] for c in good["status"]["conditions"]] == ["Approved"]
     assert [(c["type"], c["reason"]) for c in bad["status"]["conditions"]] == [("Denied", "WrongRequester")]
+
+
+def test_an_informer_keeps_its_copy_by_watching_and_lists_again_only_when_expired() -> None:
+    api = access.MemoryApi()
+    add_node(api, "a", edge=True, autonomous=True)
+    changes: list[int] = []
+    watched = informer.Informer(api, controller.NODES, lambda: changes.append(1), threading.Event())
+    version = watched.relist()
+    add_node(api, "b", edge=True, autonomous=False)
+    api.patch(f"{controller.NODES}/a", {"metadata": {"labels": {"x": "1"}}})
+    api.delete(f"{controller.NODES}/b")
+    version = watched.follow(version)
+    assert [n["metadata"]["name"] for n in watched.items()] == ["a"]
+    assert watched.items()[0]["metadata"]["labels"]["x"] == "1"
+    assert len(changes) == 4 and watched.lists == 1
+    add_pod(api, "not-a-node", "a")  # another collection: no change here
+    assert watched.follow(version) == version and len(changes) == 4
+    with pytest.raises(errors.Expired):
+        watched.follow("1")
+
+
+def test_the_manager_decides_from_its_informers_copies() -> None:
+    api = access.MemoryApi()
+    add_node(api, "edge", edge=True, autonomous=True)
+    m = manager(api)
+    for path in (controller.NODES, controller.PODS, controller.CSRS):
+        m.informers[path] = informer.Informer(api, path, m.wake.set, m.stopping)
+    with pytest.raises(errors.Unreachable, match="not listed yet"):
+        m.sync()
+    versions = {path: watched.relist() for path, watched in m.informers.items()}
+    add_pod(api, "p", "edge")
+    m.step()
+    assert tol_seconds(api, "p") == [30, 30]  # not seen yet: no watch event applied
+    m.informers[controller.PODS].follow(versions[controller.PODS])
+    assert m.wake.is_set()
+    m.step()
+    assert tol_seconds(api, "p") == [None, None]
