@@ -8,6 +8,7 @@ Debian Python 3.11.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -25,8 +26,10 @@ KUBELET_CONF = cluster.REPO / "systemd" / "kubelet-yurthub.conf"
 FLAGS_ENV = "/var/lib/kubelet/kubeadm-flags.env"
 
 
+@functools.cache
 def wheelhouse() -> Path:
-    """yurt-edge's dependencies as wheels (cached by setup.cfg) plus a fresh wheel of yurt-edge itself."""
+    """yurt-edge's dependencies as wheels (cached by setup.cfg) plus a fresh wheel of yurt-edge itself, built
+    once per process (a test run does not change the source under its own feet)."""
     key = hashlib.sha256((cluster.REPO / "setup.cfg").read_bytes()).hexdigest()[:12]
     deps = cluster.cache_dir() / "wheels" / key
     pip = [sys.executable, "-m", "pip", "-q", "wheel", "--wheel-dir"]
