@@ -1,6 +1,7 @@
-"""`make demo`: the real local cluster with its edge node behind NAT, reached by the cloud only through the
-tunnel; the node going through yurthub, surviving a cut link, kubelet restart and a power cycle while cut off,
-then converging; and a clean teardown.
+"""`make demo`: a stock Kubernetes cluster (the real node plus kwok nodes) turned into an edge cluster with
+one `yurtctl convert --tunnel`; the edge node then put behind NAT and still reached through the tunnel; the
+node going through yurthub, surviving a cut link, kubelet restart and a power cycle while cut off, then
+converging; `yurtctl revert` back to the stock cluster; and a clean teardown.
 
 Prints each step and what it saw, so a newcomer can follow what yurt-edge's test cluster is made of.
 """
@@ -16,10 +17,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from testenv import cluster, controlplane, hubinstall, images, leftovers, pki, tunnelhost, tunnelinstall
-from testenv.kubectl import node_ready, wait_for
+from testenv import (
+    cluster,
+    controlplane,
+    converterimage,
+    edgeconvert,
+    images,
+    leftovers,
+    pki,
+    tunnelhost,
+    yurtmanager,
+)
+from testenv.kubectl import KubectlError, node_ready, wait_for
 
 APP = "demo-hello"
+HUB_ARGS = "--heartbeat-interval-seconds=2 --heartbeat-timeout-seconds=2"
 
 
 def say(message: str) -> None:
@@ -29,23 +41,33 @@ def say(message: str) -> None:
 def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     workdir = Path(tempfile.mkdtemp(prefix="yurt-edge-demo-"))
-    tunnel_ca = pki.CertificateAuthority("yurt-edge-demo-tunnel-ca")
-    node_settings = dataclasses.replace(cluster.Settings().node, reachable_from_cloud=False)
-    certs = tunnelhost.issue(tunnel_ca, workdir / "pki", addresses=("127.0.0.1", node_settings.cloud_address))
+    certs = edgeconvert.issue_certs(pki.CertificateAuthority("yurt-edge-demo-tunnel-ca"), workdir / "pki")
     connect_port = controlplane.free_port()
+    node_settings = dataclasses.replace(cluster.Settings().node, reachable_from_cloud=False)
     settings = cluster.Settings(
         kwok_nodes=5, node=node_settings, egress_selector_config=tunnelhost.egress_selector(certs, connect_port)
     )
     say("building or finding the reference binaries and the node's Debian root (cached after the first run)")
     started = time.monotonic()
     with cluster.Cluster.start(settings) as kube:
+        if kube.plane is None:
+            raise RuntimeError("no control plane")
         node = settings.node.name
         say(f"cluster up in {time.monotonic() - started:.0f}s: etcd, kube-apiserver, controller-manager,")
         say(f"scheduler, real node {node} (systemd, containerd and kubelet in its own namespaces)")
-        say(f"and {settings.kwok_nodes} kwok nodes")
+        say(f"and {settings.kwok_nodes} kwok nodes: a stock cluster")
         print(kube.kubectl.run("get", "nodes", "-o", "wide"), flush=True)
-        server = _install_tunnel(kube, certs, tunnel_ca, connect_port, workdir)
-
+        say(f"{node} is behind NAT: it dials out, but nothing in the cloud can open a connection to it")
+        say("starting yurt-tunnel-server beside kube-apiserver, whose egress selector sends kubelet traffic to it;")
+        say("until a node is an edge node with an agent the server dials it directly, which NAT does not let through")
+        server = tunnelhost.server(
+            certs,
+            workdir / "tunnel",
+            "tunnel-0",
+            connect_port=connect_port,
+            agent_ca=kube.plane.directory / "pki" / "ca.crt",
+            kubeconfig=kube.plane.admin_kubeconfig,
+        )
         say(f"deploying {images.BUSYBOX_IMAGE} (packed locally from busybox-static, no registry)")
         kube.kubectl.run(
             "create",
@@ -59,14 +81,20 @@ def main() -> int:
         )
         wait_for("the demo pod to run", lambda: _phase(kube) == "Running", timeout=90)
         pod = _pod(kube)
-        say(f"pod {pod['metadata']['name']} runs on {pod['spec']['nodeName']}; its log via kubectl logs (tunnel):")
-        time.sleep(3)
-        print(kube.kubectl.run("logs", pod["metadata"]["name"], "--tail=3"), flush=True)
+        say(f"pod {pod['metadata']['name']} runs on {pod['spec']['nodeName']}, but kubectl logs cannot reach it:")
+        try:
+            kube.kubectl.run("logs", pod["metadata"]["name"], "--tail=3", timeout=30)
+        except KubectlError as exc:
+            print(str(exc).rsplit(": ", 1)[-1], flush=True)
 
-        _install_yurthub(kube, node)
+        manager = _convert(kube, server, certs, workdir)
+        say("kubectl logs now goes through the tunnel edge-1's agent dialled out:")
+        wait_for("logs through the tunnel", lambda: bool(_logs(kube, pod)), timeout=60)
+        print(_logs(kube, pod), flush=True)
         _offline_tour(kube, node, pod)
         say("the tunnel server's view (`yurt-tunnel-server status`):")
         print(json.dumps(server.status()["agents"], indent=2), flush=True)
+        _revert(kube, manager)
         server.stop()
         say("tearing everything down")
     shutil.rmtree(workdir, ignore_errors=True)
@@ -78,44 +106,45 @@ def main() -> int:
     return 0
 
 
-def _install_tunnel(
-    kube: cluster.Cluster, certs: tunnelhost.Certs, ca: pki.CertificateAuthority, connect_port: int, workdir: Path
-) -> tunnelhost.Server:
-    if kube.plane is None:
-        raise RuntimeError("no control plane")
-    node = kube.settings.node
-    say(f"{node.name} is behind NAT: the cloud cannot open a connection to its kubelet at {node.address}:10250")
-    say("starting yurt-tunnel-server beside the apiserver (its egress selector sends kubelet traffic there)")
-    kube.kubectl.run("label", "node", node.name, "openyurt.io/is-edge-worker=true")
-    server = tunnelhost.server(
-        certs,
-        workdir,
-        "tunnel-0",
-        connect_port=connect_port,
-        agent_ca=kube.plane.directory / "pki" / "ca.crt",
-        kubeconfig=kube.plane.admin_kubeconfig,
-    )
-    say(f"installing yurt-tunnel-agent on {node.name} as a systemd unit; it dials out with kubelet's certificate")
-    tunnelinstall.install_agent(
-        kube.node, ca_pem=ca.pair.cert_pem, servers=[f"{node.cloud_address}:{server.agent_port}"]
-    )
-    wait_for("the agent to join", lambda: bool(server.status()["agents"]), timeout=60)
-    return server
+def _yurtctl(kube: cluster.Cluster, *args: str) -> None:
+    say(f"$ yurtctl {' '.join(a for a in args if not a.startswith(('--helm', '--tunnel-values')))}")
+    result = edgeconvert.yurtctl(kube, *args)
+    print(result.stdout + result.stderr, flush=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"yurtctl {args[0]} exited {result.returncode}")
 
 
-def _install_yurthub(kube: cluster.Cluster, node: str) -> None:
+def _convert(
+    kube: cluster.Cluster, server: tunnelhost.Server, certs: tunnelhost.Certs, workdir: Path
+) -> yurtmanager.HostManager:
     if kube.plane is None:
         raise RuntimeError("no control plane")
-    say(f"installing yurthub on {node} as a systemd unit and pointing its kubelet at it")
-    hubinstall.put_behind_yurthub(
-        kube.node,
-        server=kube.plane.cloud_server,
-        extra_args="--heartbeat-interval-seconds=2 --heartbeat-timeout-seconds=2",
-    )
-    wait_for("Ready through yurthub", lambda: node_ready(kube.kubectl.get("node", node)), timeout=60)
-    time.sleep(3)
-    say("what yurthub on the node has cached so far (`yurthub status`):")
+    say("packing the image of yurtctl's node Jobs (busybox and yurt-edge's wheels) into the node's containerd")
+    converterimage.load(kube.node, converterimage.build(cluster.cache_dir() / "images"))
+    say("the operator's part: the tunnel's certificate as a Secret, yurt-manager beside the control plane")
+    values = edgeconvert.prepare(kube, certs, workdir)
+    manager = yurtmanager.start(yurtmanager.own_kubeconfig(kube.plane, workdir), workdir, "demo-manager")
+    cloud = [f"kwok-{i}" for i in range(kube.settings.kwok_nodes)]
+    args = edgeconvert.convert_args(kube, server, values, converterimage.IMAGE, cloud, HUB_ARGS)
+    _yurtctl(kube, *args)
+    say(f"{kube.settings.node.name} now goes through yurthub; what it has cached (`yurthub status`):")
+    wait_for("Ready through yurthub", lambda: node_ready(kube.kubectl.get("node", kube.settings.node.name)), timeout=60)
     print(kube.node.run(["/opt/yurt-edge/bin/yurthub", "status"]).stdout, flush=True)
+    return manager
+
+
+def _logs(kube: cluster.Cluster, pod: dict) -> str:  # type: ignore[type-arg]
+    try:
+        return kube.kubectl.run("logs", pod["metadata"]["name"], "--tail=3", timeout=30)
+    except KubectlError:
+        return ""
+
+
+def _revert(kube: cluster.Cluster, manager: yurtmanager.HostManager) -> None:
+    manager.stop()
+    _yurtctl(kube, "revert", *edgeconvert.common_args(converterimage.IMAGE))
+    say("a stock cluster again:")
+    print(kube.kubectl.run("get", "nodes", "-L", "openyurt.io/is-edge-worker"), flush=True)
 
 
 def _offline_tour(kube: cluster.Cluster, node: str, pod: dict) -> None:  # type: ignore[type-arg]
