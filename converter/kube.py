@@ -52,23 +52,32 @@ class KubeApi:
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type
+        resp = self._send(method, path, headers, body, _TIMEOUT)
+        try:
+            raw = resp.read()
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise errors.Unreachable(f"{method} {path}: {exc}") from exc
+        if resp.status >= 400:
+            raise _status_error(resp.status, raw)
+        return json.loads(raw) if raw else None
+
+    def _send(
+        self, method: str, path: str, headers: dict[str, str], body: Any, timeout: float | tuple[float, float]
+    ) -> Any:
+        """One request, its answer not read yet (a watch streams it)."""
         m, url, hdrs, data, post = self._client.param_serialize(
             method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
         )
         try:
-            resp = self._client.call_api(
-                m, url, header_params=hdrs, body=data, post_params=post, _request_timeout=_TIMEOUT
+            return self._client.call_api(
+                m, url, header_params=hdrs, body=data, post_params=post, _request_timeout=timeout
             )
-            raw = resp.read()  # type: ignore[no-untyped-call]  # client is untyped
         except kube_errors.ApiException as exc:
             if exc.status:
                 raise _status_error(exc.status, exc.body) from exc
             raise errors.Unreachable(f"{method} {path}: {exc.reason}") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise errors.Unreachable(f"{method} {path}: {exc}") from exc
-        if resp.status >= 400:
-            raise _status_error(resp.status, raw)
-        return json.loads(raw) if raw else None
 
     def get(self, path: str) -> access.Obj | None:
         try:
@@ -97,22 +106,8 @@ class KubeApi:
             "timeoutSeconds": str(timeout_s),
             "allowWatchBookmarks": "true",
         }
-        m, url, hdrs, data, post = self._client.param_serialize(
-            "GET",
-            f"{path}?{urllib.parse.urlencode(query)}",
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-        )
-        try:
-            resp = self._client.call_api(
-                m, url, header_params=hdrs, body=data, post_params=post, _request_timeout=(_TIMEOUT, timeout_s + 30)
-            )
-        except kube_errors.ApiException as exc:
-            if exc.status:
-                raise _status_error(exc.status, exc.body) from exc
-            raise errors.Unreachable(f"watch {path}: {exc.reason}") from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise errors.Unreachable(f"watch {path}: {exc}") from exc
+        watch = f"{path}?{urllib.parse.urlencode(query)}"
+        resp = self._send("GET", watch, {"Accept": "application/json"}, None, (_TIMEOUT, timeout_s + 30))
         raw = resp.response
         try:
             if resp.status >= 400:

@@ -209,20 +209,26 @@ def _ready_through_hub(fetch: Fetch, node: str) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
+def _install_service(host: Host, service: str, files: dict[str, tuple[str, int]]) -> None:
+    """Write a service's files (path: text and mode), enable it, and (re)start it unless it already runs
+    with exactly these files, so a re-run leaves a healthy service alone."""
+    changed = any(host.read(path) != text for path, (text, _) in files.items())
+    for path, (text, mode) in files.items():
+        host.write(path, text, mode)
+    _must(host, ["systemctl", "daemon-reload"])
+    _must(host, ["systemctl", "enable", service])
+    active = host.run(["systemctl", "is-active", "--quiet", service])[0] == 0
+    if changed or not active:
+        _must(host, ["systemctl", "restart", service], timeout=90)
+
+
 def install_hub(host: Host, fetch: Fetch, settings: Settings, server: str) -> None:
     args = (
         f"--server-addr={server} --node-name={settings.node} --ca-file={CA_FILE} --client-cert={KUBELET_CERT} "
         f"{settings.hub_args}"
     ).strip()
     env = f'YURTHUB_ARGS="{args}"\n'
-    changed = host.read(ENV_FILE) != env or host.read(UNIT) != UNIT_TEXT
-    host.write(ENV_FILE, env, 0o600)
-    host.write(UNIT, UNIT_TEXT)
-    _must(host, ["systemctl", "daemon-reload"])
-    _must(host, ["systemctl", "enable", "yurthub.service"])
-    active = host.run(["systemctl", "is-active", "--quiet", "yurthub.service"])[0] == 0
-    if changed or not active:
-        _must(host, ["systemctl", "restart", "yurthub.service"], timeout=90)
+    _install_service(host, "yurthub.service", {ENV_FILE: (env, 0o600), UNIT: (UNIT_TEXT, 0o644)})
     _wait("yurthub did not answer /v1/healthz", lambda: fetch(HEALTHZ)[0] == 200, settings)
     log.info("yurthub serving node=%s", settings.node)
 
@@ -320,15 +326,8 @@ def install_agent(host: Host, fetch: Fetch, settings: Settings) -> None:
     if ca is None:
         raise errors.NodeStepFailed(f"the tunnel server's CA {settings.tunnel_ca_file} went missing")
     env = agent_env(settings, node_addresses(fetch, settings.node))
-    changed = host.read(AGENT_ENV) != env or host.read(AGENT_UNIT) != AGENT_UNIT_TEXT or host.read(AGENT_CA) != ca
-    host.write(AGENT_CA, ca)
-    host.write(AGENT_ENV, env, 0o600)
-    host.write(AGENT_UNIT, AGENT_UNIT_TEXT)
-    _must(host, ["systemctl", "daemon-reload"])
-    _must(host, ["systemctl", "enable", "yurt-tunnel-agent.service"])
-    active = host.run(["systemctl", "is-active", "--quiet", "yurt-tunnel-agent.service"])[0] == 0
-    if changed or not active:
-        _must(host, ["systemctl", "restart", "yurt-tunnel-agent.service"], timeout=90)
+    files = {AGENT_CA: (ca, 0o644), AGENT_ENV: (env, 0o600), AGENT_UNIT: (AGENT_UNIT_TEXT, 0o644)}
+    _install_service(host, "yurt-tunnel-agent.service", files)
     _wait(
         f"yurt-tunnel-agent did not connect to a tunnel server ({', '.join(settings.tunnel_servers)})",
         lambda: fetch(AGENT_READYZ)[0] == 200,
