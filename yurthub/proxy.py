@@ -345,7 +345,11 @@ async def _relay(
     complete = False
     try:
         async for chunk in upstream.content.iter_any():
-            await response.write(chunk)
+            try:
+                await response.write(chunk)
+            except ConnectionResetError:  # the client went away (aiohttp's ClientConnectionResetError is one)
+                log.debug("client went away path=%s", info.path)
+                return response  # what was read is not the whole answer: nothing is kept
             if not tee:
                 continue
             plain = gunzip.decompress(chunk) if gunzip else chunk
@@ -407,7 +411,11 @@ async def _relay_filtered(
                     log.warning("watch event not filterable path=%s error=%s", info.path, exc)
                     kept, tee = frames, False
                 if kept:
-                    await response.write(b"".join(f + b"\n" for f in kept))
+                    try:
+                        await response.write(b"".join(f + b"\n" for f in kept))
+                    except ConnectionResetError:
+                        log.debug("client went away path=%s", info.path)
+                        break
                     if tee:
                         await hub.record(info.path, cache.record_events, hub.store, info, wire.Encoding.JSON, kept)
         except (TimeoutError, aiohttp.ClientError, errors.WireFormatError) as exc:

@@ -9,12 +9,13 @@ import json
 import os
 import secrets
 import signal
+import socket
 import ssl
 import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -116,33 +117,25 @@ def test_custom_resources_are_cached_like_built_in_kinds(cloud: cluster.Cluster,
         wait_cloud(hub, reachable=True)
 
 
-@pytest.fixture
-def garbage_cloud(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """An HTTPS server that answers API reads with truncated or garbage bodies (and /readyz with OK)."""
-    ca = pki.CertificateAuthority("garbage-ca")
-    ca_crt, _ = ca.pair.write(tmp_path, "ca")
-    crt, key = ca.issue("garbage", server=True, ip_addresses=("127.0.0.1",)).write(tmp_path, "server")
-    bodies = {
-        "/api/v1/namespaces/default/services": (
-            b'{"kind":"ServiceList","apiVersion":"v1","items":[{"metadata":',
-            "application/json",
-        ),
-        "/api/v1/namespaces/default/pods": (b"k8s\x00\x0a\xff\xff\xff\xff\x0f", "application/vnd.kubernetes.protobuf"),
-        "/api/v1/namespaces/default/configmaps": (os.urandom(4096), "application/json"),
-    }
+Answer = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-    async def answer(request: web.Request) -> web.Response:
+
+@contextlib.contextmanager
+def hostile_cloud(directory: Path, answer: Answer) -> Iterator[tuple[str, Path]]:
+    """An HTTPS server on its own thread and loop whose answers to API requests `answer` makes (/readyz: OK)."""
+    ca = pki.CertificateAuthority("hostile-ca")
+    ca_crt, _ = ca.pair.write(directory, "ca")
+    crt, key = ca.issue("hostile", server=True, ip_addresses=("127.0.0.1",)).write(directory, "server")
+
+    async def route(request: web.Request) -> web.StreamResponse:
         if request.path == "/readyz":
             return web.Response(text="ok")
-        body, ctype = bodies.get(request.path, (b"{}", "application/json"))
-        if "watch" in request.query:
-            return web.Response(body=body + b"\n" + os.urandom(64), headers={"Content-Type": ctype + ";stream=watch"})
-        return web.Response(body=body, headers={"Content-Type": ctype})
+        return await answer(request)
 
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(str(crt), str(key))
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
+    app.router.add_route("*", "/{tail:.*}", route)
     port = controlplane.free_port()
     ready = threading.Event()
     loop_holder: dict[str, object] = {}
@@ -160,10 +153,34 @@ def garbage_cloud(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     ready.wait(10)
-    yield f"https://127.0.0.1:{port}", ca_crt
-    loop = loop_holder["loop"]
-    loop.call_soon_threadsafe(loop.stop)  # type: ignore[attr-defined]
-    thread.join(5)
+    try:
+        yield f"https://127.0.0.1:{port}", ca_crt
+    finally:
+        loop = loop_holder["loop"]
+        loop.call_soon_threadsafe(loop.stop)  # type: ignore[attr-defined]
+        thread.join(5)
+
+
+@pytest.fixture
+def garbage_cloud(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """Answers API reads with truncated or garbage bodies."""
+    bodies = {
+        "/api/v1/namespaces/default/services": (
+            b'{"kind":"ServiceList","apiVersion":"v1","items":[{"metadata":',
+            "application/json",
+        ),
+        "/api/v1/namespaces/default/pods": (b"k8s\x00\x0a\xff\xff\xff\xff\x0f", "application/vnd.kubernetes.protobuf"),
+        "/api/v1/namespaces/default/configmaps": (os.urandom(4096), "application/json"),
+    }
+
+    async def answer(request: web.Request) -> web.Response:
+        body, ctype = bodies.get(request.path, (b"{}", "application/json"))
+        if "watch" in request.query:
+            return web.Response(body=body + b"\n" + os.urandom(64), headers={"Content-Type": ctype + ";stream=watch"})
+        return web.Response(body=body, headers={"Content-Type": ctype})
+
+    with hostile_cloud(tmp_path, answer) as found:
+        yield found
 
 
 def test_garbage_from_upstream_is_relayed_but_never_cached_and_never_crashes(
@@ -189,6 +206,62 @@ def test_garbage_from_upstream_is_relayed_but_never_cached_and_never_crashes(
         )
     finally:
         stop_hub(hub)
+
+
+SERVICES = "/api/v1/namespaces/default/services"
+
+
+def service_list(count: int) -> bytes:
+    items = [
+        {"metadata": {"name": f"s{i}", "namespace": "default", "resourceVersion": "7", "uid": f"u{i}"}, "spec": {}}
+        for i in range(count)
+    ]
+    return json.dumps(
+        {"kind": "ServiceList", "apiVersion": "v1", "metadata": {"resourceVersion": "7"}, "items": items}
+    ).encode()
+
+
+def test_a_client_hanging_up_mid_list_leaves_nothing_cached_and_no_traceback(
+    cloud: cluster.Cluster, link: relay.Relay, tmp_path: Path
+) -> None:
+    body = service_list(2000)
+    half = len(body) // 2
+    go_on = threading.Event()
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        """The list in two halves: the second when the test says, in small pieces, as a slow cloud sends."""
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(body[:half])
+        await asyncio.get_running_loop().run_in_executor(None, go_on.wait, 30)
+        for at in range(half, len(body), 4096):
+            await response.write(body[at : at + 4096])
+            await asyncio.sleep(0.02)
+        await response.write_eof()
+        return response
+
+    with hostile_cloud(tmp_path, answer) as (url, ca):
+        hub = start_hub(cloud, link, tmp_path / "hub", f"--server-addr={url}", f"--ca-file={ca}", "--verbose")
+        try:
+            with socket.create_connection(("127.0.0.1", int(hub.proxy.rsplit(":", 1)[1])), timeout=10) as client:
+                client.sendall(
+                    f"GET {SERVICES} HTTP/1.1\r\nHost: yurthub\r\nUser-Agent: kubelet/v1.34\r\n"
+                    "Accept: application/json\r\n\r\n".encode()
+                )
+                assert client.recv(4096).startswith(b"HTTP/1.1 200")
+            go_on.set()  # the client hung up holding half a list; now the cloud sends the rest
+            wait_for("yurthub to notice", lambda: "client went away" in hub.log.read_text(), timeout=30)
+            assert hub.status()["cache"]["entries"] == []
+            # the same list read whole is kept: the empty cache above was the hang-up, not the answer
+            code, _, got = call(hub.proxy + SERVICES)
+            assert (code, got) == (200, body)
+            wait_for("the whole list to be kept", lambda: hub.status()["cache"]["entries"] != [], timeout=10)
+            assert hub.proc.poll() is None
+        finally:
+            stop_hub(hub)
+    text = hub.log.read_text()
+    assert "Traceback" not in text, text[-3000:]
+    assert "upstream stream ended early" not in text
 
 
 def test_huge_headers_get_a_status_error(hub: Hub) -> None:
