@@ -53,6 +53,7 @@ class _Echo(socketserver.BaseRequestHandler):
 class _Threaded(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # the default backlog of 5 overflows (and resets) when many streams dial at once
 
 
 def _serve(handler: type[socketserver.BaseRequestHandler]) -> _Threaded:

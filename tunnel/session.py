@@ -372,6 +372,7 @@ async def splice(stream: Stream, reader: asyncio.StreamReader, writer: asyncio.S
             group.create_task(outbound(), name=f"splice-out-{stream.id}")
             group.create_task(inbound(), name=f"splice-in-{stream.id}")
     except* (ConnectionError, OSError) as failure:
+        log.debug("stream aborted peer=%s stream=%d error=%r", stream.session.name, stream.id, failure.exceptions[0])
         stream.reset(f"connection aborted: {failure.exceptions[0]}")
     finally:
         writer.close()
