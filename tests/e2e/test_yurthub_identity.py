@@ -1,7 +1,7 @@
-"""yurthub's own node identity on the real node: a join by bootstrap token, rotation of 2-minute
+"""yurthub's own node identity on the real node: a join by bootstrap token, rotation of 1-minute
 certificates under an open watch, and an expired certificate while the link is cut.
 
-One cluster for the module, whose controller-manager signs certificates for 2 minutes; the tests run in
+One cluster for the module, whose controller-manager signs certificates for 1 minute; the tests run in
 order and build on each other (the node joined by the first is the one the others rotate and cut off), so
 each wait for a certificate to age happens once.
 """
@@ -28,7 +28,7 @@ HUB_ARGS = (
 CLIENT_FILE = "/var/lib/yurthub/pki/yurthub-client-current.pem"
 SERVING_FILE = "/var/lib/yurthub/pki/yurthub-server-current.pem"
 WATCH_OUT = "/var/lib/yurt-edge/watch.out"
-LIFETIME_S = 120
+LIFETIME_S = 60
 
 
 @pytest.fixture(scope="module")
