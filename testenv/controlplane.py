@@ -189,6 +189,10 @@ class ControlPlane:
         kubectl = Kubectl(bins / "kubectl", admin)
         token = f"{_random(6)}.{_random(16)}"
         kubectl.apply(_bootstrap_objects(token, cloud_server, ca.pair.cert_pem))
+        # Pods need their namespace's `default` ServiceAccount, which the controller-manager makes only once
+        # its controllers run (6 s here on 2 cores). Made now, pods can be created at once; the controller
+        # leaves an existing one alone.
+        kubectl.run("create", "serviceaccount", "default", "--namespace=default")
 
         launch(
             "kube-controller-manager",
@@ -226,15 +230,7 @@ class ControlPlane:
                 "--profiling=false",
             ],
         )
-        plane = cls(settings, directory, ca, server, cloud_server, admin, kubectl, token, procs)
-        wait_for("the default service account", plane._default_sa_exists, timeout=60)
-        return plane
-
-    def _default_sa_exists(self) -> bool:
-        self.check_running()
-        return bool(
-            self.kubectl.run("get", "serviceaccount", "default", "-n", "default", "-o", "name", check=False).strip()
-        )
+        return cls(settings, directory, ca, server, cloud_server, admin, kubectl, token, procs)
 
     def check_running(self) -> None:
         for proc in self.processes:

@@ -46,7 +46,7 @@ from testenv import (
 )
 from testenv.kubectl import KubectlError, node_ready, wait_for
 
-TOLERATION_S = 20
+TOLERATION_S = 10
 EDGE = "edge-1"
 CLOUD = [f"kwok-{i}" for i in range(4)]
 """Enough healthy nodes that two nodes down is a partial outage: with most nodes of a zone down, the node

@@ -35,6 +35,8 @@ def cloud() -> Iterator[cluster.Cluster]:
                 },
             ]
         )
+        # `view` is an aggregated role: its rules appear once the controller-manager's aggregation ran
+        wait_for("the view role's rules", lambda: bool(c.kubectl.get("clusterrole", "view").get("rules")), timeout=60)
         yield c
 
 
