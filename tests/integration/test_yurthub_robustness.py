@@ -1,5 +1,5 @@
-"""yurthub under failures and bad input: failover, custom resources, garbage from upstream, huge headers,
-a full disk, kill -9 in the middle of writes, and secrets kept out of its log."""
+"""yurthub under failures and bad input: failover, custom resources, garbage from upstream, a client hanging
+up mid-list, huge headers, a full disk, kill -9 in the middle of writes, and secrets kept out of its log."""
 
 from __future__ import annotations
 
