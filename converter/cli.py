@@ -71,9 +71,15 @@ def build_yurtctl_parser() -> argparse.ArgumentParser:
     revert = sub.add_parser("revert", help="undo convert, node by node")
     for p in (convert, revert):
         p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
-        p.add_argument("--image", default=plan.Options.image, help="image of the per-node Jobs and of yurt-manager")
-        p.add_argument("--node-timeout", type=float, default=600.0, metavar="SECONDS", help="per node Job")
-        p.add_argument("--parallel", type=int, default=5, help="node Jobs running at once")
+        p.add_argument(
+            "--image",
+            default=plan.Options.image,
+            help="image of the per-node Jobs and of yurt-manager (default: %(default)s)",
+        )
+        p.add_argument(
+            "--node-timeout", type=float, default=600.0, metavar="SECONDS", help="per node Job (default: %(default)g)"
+        )
+        p.add_argument("--parallel", type=int, default=5, help="node Jobs running at once (default: %(default)s)")
         p.add_argument("--hub-args", default="", help="extra yurthub flags for the nodes' yurthub.env")
         p.add_argument("--helm", default="helm", help="the helm binary (for the tunnel chart)")
         p.add_argument(
