@@ -50,18 +50,6 @@ class _Echo(socketserver.BaseRequestHandler):
             self.request.sendall(data)
 
 
-class _Threaded(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128  # the default backlog of 5 overflows (and resets) when many streams dial at once
-
-
-def _serve(handler: type[socketserver.BaseRequestHandler]) -> _Threaded:
-    server = _Threaded(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -218,7 +206,7 @@ async def _until(check: Any, limit_s: float) -> None:
 def run() -> dict[str, object]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 2,000 agents hold 2,000 sockets a side
-    source, echo = _serve(_Source), _serve(_Echo)
+    source, echo = tunnelhost.target(_Source), tunnelhost.target(_Echo)
     ports = (source.server_address[1], echo.server_address[1])
     metrics: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,8 +9,10 @@ import json
 import os
 import shutil
 import signal
+import socketserver
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -235,3 +237,19 @@ def agent(
     if wait:
         a.wait_ready()
     return a
+
+
+class TargetServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = (
+        128  # socketserver's default backlog of 5 overflows (and resets) when many streams dial at once
+    )
+
+
+def target(handler: type[socketserver.BaseRequestHandler]) -> TargetServer:
+    """A TCP service on loopback, one thread per connection, standing in for what sits on an edge node
+    behind the agent; serving once this returns (`shutdown` and `server_close` stop it)."""
+    server = TargetServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server

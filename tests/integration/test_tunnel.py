@@ -52,17 +52,9 @@ class _Firehose(socketserver.BaseRequestHandler):
             return
 
 
-class _Threaded(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128  # socketserver's default backlog of 5 overflows when 40 streams dial at once
-
-
 @pytest.fixture(scope="module")
 def targets() -> Iterator[dict[str, int]]:
-    servers = {"echo": _Threaded(("127.0.0.1", 0), _Echo), "firehose": _Threaded(("127.0.0.1", 0), _Firehose)}
-    for s in servers.values():
-        threading.Thread(target=s.serve_forever, daemon=True).start()
+    servers = {"echo": tunnelhost.target(_Echo), "firehose": tunnelhost.target(_Firehose)}
     yield {name: s.server_address[1] for name, s in servers.items()}
     for s in servers.values():
         s.shutdown()
