@@ -322,6 +322,17 @@ async def forward(
         upstream.release()
 
 
+async def _write(response: web.StreamResponse, data: bytes, info: requestinfo.RequestInfo) -> bool:
+    """Send to the client; False when it went away (aiohttp's ClientConnectionResetError is a
+    ConnectionResetError), which is the client's doing, not the cloud's."""
+    try:
+        await response.write(data)
+    except ConnectionResetError:
+        log.debug("client went away path=%s", info.path)
+        return False
+    return True
+
+
 async def _relay(
     hub: Hub, request: web.Request, info: requestinfo.RequestInfo, upstream: aiohttp.ClientResponse, request_body: bytes
 ) -> web.StreamResponse:
@@ -345,10 +356,7 @@ async def _relay(
     complete = False
     try:
         async for chunk in upstream.content.iter_any():
-            try:
-                await response.write(chunk)
-            except ConnectionResetError:  # the client went away (aiohttp's ClientConnectionResetError is one)
-                log.debug("client went away path=%s", info.path)
+            if not await _write(response, chunk, info):
                 return response  # what was read is not the whole answer: nothing is kept
             if not tee:
                 continue
@@ -411,10 +419,7 @@ async def _relay_filtered(
                     log.warning("watch event not filterable path=%s error=%s", info.path, exc)
                     kept, tee = frames, False
                 if kept:
-                    try:
-                        await response.write(b"".join(f + b"\n" for f in kept))
-                    except ConnectionResetError:
-                        log.debug("client went away path=%s", info.path)
+                    if not await _write(response, b"".join(f + b"\n" for f in kept), info):
                         break
                     if tee:
                         await hub.record(info.path, cache.record_events, hub.store, info, wire.Encoding.JSON, kept)
