@@ -1,7 +1,12 @@
 """Cache policy: what may be cached, where it goes, and how an offline answer is made from it.
 
 Pure apart from the storage it is handed. The proxy asks `cacheable(info)` before teeing a response,
-hands the finished body or each watch batch to `record_*`, and asks `answer(...)` when the cloud is away.
+hands the finished body or each watch batch to `record_*` (and a GET the cloud answered 404 to
+`record_absent`), asks `answer_read(...)` when the cloud is away, and calls `expire_idle_scopes` now and
+then so token scopes of pods that are gone do not stay forever.
+
+An offline GET of an object the cache knows the cloud deleted answers the cloud's own 404 `Status`
+(`not_found`), byte for byte, in the encoding the client asked for first.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ NEVER_CACHED = frozenset(
     }
 )
 CACHED_VERBS = frozenset({"get", "list", "watch", "create", "update", "patch"})
-TOKEN_SCOPE = "token/"  # noqa: S105 - a cache-key prefix, not a secret
+TOKEN_SCOPE = storage.TOKEN_SCOPE
 """Prefix of the cache component of requests made with a pod's own token on the HTTPS door. A User-Agent
 never yields a component with a `/`, so no client of the plain port can name one of these."""
 
@@ -109,14 +114,96 @@ def record_events(store: storage.Storage, info: RequestInfo, encoding: wire.Enco
     store.apply_events(view_key(info, encoding), [wire.parse_event(encoding, f) for f in frames])
 
 
+def record_absent(store: storage.Storage, info: RequestInfo) -> None:
+    """The cloud answered 404 to this GET: the object is gone, in every encoding, and remembered as deleted.
+
+    Only for a resource type the component already holds something of (the storage's rule), so 404s for
+    made-up resource types cannot grow the cache; tombstones per resource type are capped.
+    """
+    if info.verb == "get" and info.name:
+        store.delete_object(info.component, info.gvr, info.namespace, info.name)
+
+
+def expire_idle_scopes(store: storage.Storage, now: float, idle_s: float) -> int:
+    """Remove every token scope (objects, views, tombstones) unused for longer than `idle_s` seconds.
+
+    Called with a token's lifetime: a scope idle that long belongs to a token that has expired (its pod
+    gone, or holding a rotated token, which is a new scope). Returns how many scopes were removed.
+    """
+    return store.drop_idle(TOKEN_SCOPE, now - idle_s)
+
+
+def not_found(info: RequestInfo, encoding: wire.Encoding) -> Answer:
+    """The 404 `Status` kube-apiserver sends for a GET of an object that does not exist.
+
+    As apimachinery's `errors.NewNotFound(GroupResource, name)`: message `<resource>[.<group>] "<name>" not
+    found`, details {name, group (omitted for the core group in JSON), kind: the resource}. In protobuf, the
+    `k8s\\0` envelope around a `metav1.Status` whose fields the generated code always writes (empty strings,
+    `retryAfterSeconds` 0), so the bytes are the apiserver's too.
+    """
+    resource = f"{info.resource}.{info.group}" if info.group else info.resource
+    message = f"{resource} {json.dumps(info.name)} not found"
+    if encoding is wire.Encoding.PROTOBUF:
+        details = (
+            wire.bytes_field(1, info.name.encode())
+            + wire.bytes_field(2, info.group.encode())
+            + wire.bytes_field(3, info.resource.encode())
+            + _varint_field(5, 0)
+            + wire.bytes_field(6, b"")
+        )
+        list_meta = wire.bytes_field(1, b"") + wire.bytes_field(2, b"") + wire.bytes_field(3, b"")
+        raw = (
+            wire.bytes_field(1, list_meta)
+            + wire.bytes_field(2, b"Failure")
+            + wire.bytes_field(3, message.encode())
+            + wire.bytes_field(4, b"NotFound")
+            + wire.bytes_field(5, details)
+            + _varint_field(6, 404)
+        )
+        return Answer(404, wire.content_type(encoding), wire.wrap("v1", "Status", raw))
+    detail: dict[str, str] = {"name": info.name}
+    if info.group:
+        detail["group"] = info.group
+    detail["kind"] = info.resource
+    doc = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": "NotFound",
+        "details": detail,
+        "code": 404,
+    }
+    return Answer(404, wire.content_type(encoding), json.dumps(doc, separators=(",", ":")).encode() + b"\n")
+
+
+def _varint_field(number: int, value: int) -> bytes:
+    """A protobuf varint field (wire type 0) for a small non-negative value."""
+    out = bytearray([number << 3])
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | 0x80 if value else byte)
+        if not value:
+            return bytes(out)
+
+
 def answer_read(store: storage.Storage, info: RequestInfo, accept: str) -> Answer | None:
-    """A GET or LIST answered from the cache in the first encoding the client accepts that we hold."""
-    for encoding in accepted(accept):
-        if info.verb == "get":
+    """A GET or LIST answered from the cache in the first encoding the client accepts that we hold.
+
+    A GET of an object the cache knows to be deleted answers the cloud's 404 (`not_found`).
+    """
+    encodings = accepted(accept)
+    if info.verb == "get":
+        for encoding in encodings:
             body = store.get_object(scope(info, encoding), info.namespace, info.name)
             if body is not None:
                 return Answer(200, wire.content_type(encoding), body)
-        elif info.verb == "list":
+        if encodings and store.is_deleted(info.component, info.gvr, info.namespace, info.name):
+            return not_found(info, encodings[0])
+        return None
+    for encoding in encodings:
+        if info.verb == "list":
             view = store.read_view(view_key(info, encoding))
             if view is not None:
                 body = wire.build_list(

@@ -1,15 +1,31 @@
-"""The cache's storage seam: objects in their GET form, and list views that say which objects a LIST had.
+"""The cache's storage seam: objects in their GET form, list views that say which objects a LIST had, and
+tombstones for objects the cloud said are gone.
 
 A *view* is one (component, encoding, resource, namespace, label selector, field selector): every distinct
 way a component lists a resource is remembered and answerable offline on its own, so a client that lists
 pods twice with two selectors (OpenYurt issue #1400) is served both. Objects are stored once per
-(component, encoding, resource) and shared by the views that list them.
+(component, encoding, resource) -- a `Scope` -- and shared by the views that list them.
 
 Contract, for both implementations (`SqliteStorage` on disk, `MemoryStorage` beside it for tests):
 - `replace_list` swaps a view's whole membership in one transaction: a crash leaves the old list or the
-  new one, never a mix, and objects the cloud no longer lists drop out of the view.
-- An object's resourceVersion never goes backwards: an older write is ignored.
-- `apply_events` applies a batch of watch events in order, in one transaction.
+  new one, never a mix. An object that dropped out of the view and is in no other view of its scope is
+  deleted. If the view is *exhaustive* (`ViewKey.exhaustive`: no label selector, at most a name/namespace
+  field selector) the cloud said the object is gone: it is deleted in every encoding and tombstoned. From a
+  selecting view it may only have stopped matching: deleted from that scope, not tombstoned. Objects in no
+  view (only ever read by GET) are untouched by relists.
+- `apply_events` applies a batch of watch events in order, in one transaction; DELETED follows the same
+  rule as a relist (tombstone when the view is exhaustive).
+- An object's resourceVersion never goes backwards: an older write is ignored, and so is a write no newer
+  than the tombstone of that object (a GET answer that was in flight while the object was deleted).
+  A newer write (put, list item, ADDED/MODIFIED) clears the tombstone.
+- `delete_object` is the cloud answering 404 to a GET: the object goes in every encoding and is tombstoned,
+  if the component holds anything of that resource type at all.
+- Bounded: at most `max_views_per_scope` views per scope (least recently read or written goes first, with
+  the objects only it held), at most `max_tombstones_per_scope` tombstones per (component, resource)
+  (oldest first), and `drop_idle` removes whole components nobody used since a given time.
+- Last use per component is kept in memory on every read and write and written to disk at most once a
+  minute per component (inside a write transaction that happens anyway), by `drop_idle`, and at `close`:
+  reads never write.
 """
 
 from __future__ import annotations
@@ -20,13 +36,34 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from yurthub import errors, wire
 
 log = logging.getLogger(__name__)
+
+TOKEN_SCOPE = "token/"  # noqa: S105 - a cache-key prefix, not a secret
+"""Prefix of the components that are one pod token's scope (see `cache.token_scope`); counted apart."""
+
+MAX_VIEWS_PER_SCOPE = 256
+"""Default cap on views per (component, encoding, resource). kubelet keeps one view per ConfigMap and Secret
+its pods mount (it watches each with `fieldSelector=metadata.name=<name>`), so a full node (110 pods) can
+hold well over a hundred views of one resource; 256 leaves room for that while a client inventing selectors
+cannot grow the cache without bound."""
+
+MAX_TOMBSTONES_PER_SCOPE = 1024
+"""Default cap on tombstones per (component, resource). A tombstone answers an offline GET for an object a
+node component may still ask for (a deleted pod, ConfigMap or Secret). 1024 covers several complete
+turnovers of a full node's pods and what they mount; a row is ~100 bytes, so a scope's tombstones stay
+under ~100 KB even when a client makes the cloud answer 404 to made-up names."""
+
+USE_FLUSH_S = 60.0
+"""A component's last use is written to disk at most this often; idle expiry works in token lifetimes
+(an hour or more), so a minute of imprecision after a crash does not matter."""
+
+Clock = Callable[[], float]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +73,9 @@ class Scope:
     component: str
     encoding: wire.Encoding
     gvr: str
+
+
+_NAME_TERMS = ("metadata.name=", "metadata.name==", "metadata.namespace=", "metadata.namespace==")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +89,19 @@ class ViewKey:
     @property
     def selects(self) -> bool:
         return bool(self.label_selector or self.field_selector)
+
+    @property
+    def exhaustive(self) -> bool:
+        """Whether an object missing from this view is missing from the cloud.
+
+        True without selectors, and with a field selector on name or namespace only (kubelet's per-object
+        watches): an object cannot stop matching its own name. Any other selector may drop an object that
+        merely changed.
+        """
+        if self.label_selector:
+            return False
+        terms = [t.strip() for t in self.field_selector.split(",") if t.strip()]
+        return all(t.startswith(_NAME_TERMS) for t in terms)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,12 +123,28 @@ class Usage:
     bytes: int
 
 
+@dataclasses.dataclass(frozen=True)
+class Counts:
+    """How much the cache holds, for `yurthub status` and metrics."""
+
+    views: int
+    components: int
+    """Components that hold anything, token scopes included."""
+    token_scopes: int
+    tombstones: int
+    objects: int
+
+
 class Storage(Protocol):
     def replace_list(self, key: ViewKey, listing: wire.ListBody) -> None: ...
     def apply_events(self, key: ViewKey, events: Sequence[wire.Event]) -> None: ...
     def put_object(self, scope: Scope, obj: wire.Obj) -> None: ...
     def get_object(self, scope: Scope, namespace: str, name: str) -> bytes | None: ...
     def read_view(self, key: ViewKey) -> View | None: ...
+    def delete_object(self, component: str, gvr: str, namespace: str, name: str, rv: str = "") -> None: ...
+    def is_deleted(self, component: str, gvr: str, namespace: str, name: str) -> bool: ...
+    def drop_idle(self, prefix: str, before: float) -> int: ...
+    def counts(self) -> Counts: ...
     def usage(self) -> list[Usage]: ...
 
 
@@ -91,6 +160,18 @@ def newer_or_same(new: str, old: str | None) -> bool:
     return n is None or o is None or n >= o
 
 
+def buried(rv: str, tombstone_rv: str | None) -> bool:
+    """Whether a write at `rv` is no newer than the deletion at `tombstone_rv` (so it must not resurrect)."""
+    if tombstone_rv is None:
+        return False
+    n, t = rv_number(rv), rv_number(tombstone_rv)
+    return n is not None and t is not None and n <= t
+
+
+Ident = tuple[str, str]
+"""(namespace, name) of an object."""
+
+
 # --- in memory -----------------------------------------------------------------------------------
 
 
@@ -100,30 +181,108 @@ class _MemView:
     kind: str
     rv: str
     typed: bool
-    members: set[tuple[str, str]]
+    members: set[Ident]
     envelope: bytes
+    used: float
 
 
 class MemoryStorage:
     """The same contract in dicts; for tests and as the reference the SQLite one is checked against."""
 
-    def __init__(self) -> None:
-        self._objects: dict[Scope, dict[tuple[str, str], wire.Obj]] = {}
+    def __init__(
+        self,
+        *,
+        max_views_per_scope: int = MAX_VIEWS_PER_SCOPE,
+        max_tombstones_per_scope: int = MAX_TOMBSTONES_PER_SCOPE,
+        clock: Clock = time.time,
+    ) -> None:
+        self._objects: dict[Scope, dict[Ident, wire.Obj]] = {}
         self._views: dict[ViewKey, _MemView] = {}
+        self._tombstones: dict[tuple[str, str], dict[Ident, str]] = {}
+        """(component, gvr) -> ident -> deletion rv, oldest first."""
+        self._used: dict[str, float] = {}
+        self._max_views = max_views_per_scope
+        self._max_tombstones = max_tombstones_per_scope
+        self._clock = clock
 
-    def _put(self, scope: Scope, obj: wire.Obj) -> None:
+    def _wrote(self, component: str) -> None:
+        self._used[component] = self._clock()
+
+    def _read(self, component: str) -> None:
+        if component in self._used:
+            self._used[component] = self._clock()
+
+    def _put(self, scope: Scope, obj: wire.Obj) -> bool:
+        """Store `obj` unless it is older than what is held or than its tombstone; False when buried."""
+        tombs = self._tombstones.get((scope.component, scope.gvr), {})
+        ident = (obj.namespace, obj.name)
+        if buried(obj.resource_version, tombs.get(ident)):
+            return False
+        tombs.pop(ident, None)
         objects = self._objects.setdefault(scope, {})
-        old = objects.get((obj.namespace, obj.name))
+        old = objects.get(ident)
         if newer_or_same(obj.resource_version, old.resource_version if old else None):
-            objects[(obj.namespace, obj.name)] = obj
+            objects[ident] = obj
+        return True
+
+    def _scope_views(self, scope: Scope) -> list[_MemView]:
+        return [v for k, v in self._views.items() if k.scope == scope]
+
+    def _gone(self, component: str, gvr: str, ident: Ident, rv: str) -> None:
+        """The cloud says `ident` is gone (at `rv`): every encoding's copy goes and a tombstone stays."""
+        scopes = [s for s in self._objects if s.component == component and s.gvr == gvr]
+        copies = [self._objects[s][ident] for s in scopes if ident in self._objects[s]]
+        if any(not newer_or_same(rv, c.resource_version) for c in copies):
+            return  # a copy newer than the deletion: the object was made again since
+        for s in scopes:
+            self._objects[s].pop(ident, None)
+        for k, v in self._views.items():
+            if k.scope.component == component and k.scope.gvr == gvr:
+                v.members.discard(ident)
+        tombs = self._tombstones.setdefault((component, gvr), {})
+        tombs.pop(ident, None)
+        tombs[ident] = rv
+        while len(tombs) > self._max_tombstones:
+            del tombs[next(iter(tombs))]
+
+    def _drop(self, scope: Scope, ident: Ident, rv: str | None) -> None:
+        """Delete one scope's copy of an object no view of that scope lists any more."""
+        if any(ident in v.members for v in self._scope_views(scope)):
+            return
+        current = self._objects.get(scope, {}).get(ident)
+        if current is not None and (rv is None or newer_or_same(rv, current.resource_version)):
+            del self._objects[scope][ident]
 
     def replace_list(self, key: ViewKey, listing: wire.ListBody) -> None:
-        for obj in listing.items:
-            self._put(key.scope, obj)
-        members = {(o.namespace, o.name) for o in listing.items}
+        old = self._views.get(key)
+        live = {(o.namespace, o.name) for o in listing.items if self._put(key.scope, o)}
         self._views[key] = _MemView(
-            listing.api_version, listing.kind, listing.resource_version, listing.items_typed, members, listing.envelope
+            listing.api_version,
+            listing.kind,
+            listing.resource_version,
+            listing.items_typed,
+            live,
+            listing.envelope,
+            self._clock(),
         )
+        self._wrote(key.scope.component)
+        listed = {(o.namespace, o.name) for o in listing.items}
+        for ident in sorted(old.members - listed) if old else []:
+            if key.exhaustive:
+                self._gone(key.scope.component, key.scope.gvr, ident, listing.resource_version)
+            else:
+                self._drop(key.scope, ident, listing.resource_version)
+        if old is None:
+            self._evict(key)
+
+    def _evict(self, fresh: ViewKey) -> None:
+        keys = [k for k in self._views if k.scope == fresh.scope and k != fresh]
+        while len(keys) + 1 > self._max_views:
+            victim = min(keys, key=lambda k: self._views[k].used)
+            keys.remove(victim)
+            members = self._views.pop(victim).members
+            for ident in sorted(members):
+                self._drop(victim.scope, ident, None)
 
     def apply_events(self, key: ViewKey, events: Sequence[wire.Event]) -> None:
         view = self._views.get(key)
@@ -134,40 +293,78 @@ class MemoryStorage:
             if view is not None and newer_or_same(obj.resource_version, view.rv):
                 view.rv = obj.resource_version
             if event.type in ("ADDED", "MODIFIED"):
-                self._put(key.scope, obj)
-                if view is not None:
+                if self._put(key.scope, obj) and view is not None:
                     view.members.add((obj.namespace, obj.name))
             elif event.type == "DELETED":
                 self._delete(key, obj)
+        if view is not None:
+            view.used = self._clock()
+        self._wrote(key.scope.component)
 
     def _delete(self, key: ViewKey, obj: wire.Obj) -> None:
         ident = (obj.namespace, obj.name)
-        views = [v for k, v in self._views.items() if k.scope == key.scope]
         view = self._views.get(key)
         if view is not None:
             view.members.discard(ident)
-        # Without a selector, DELETED means gone from the cloud; with one, maybe only "no longer matches".
-        if not key.selects or not any(ident in v.members for v in views):
-            current = self._objects.get(key.scope, {}).get(ident)
-            if current is None or newer_or_same(obj.resource_version, current.resource_version):
-                self._objects.get(key.scope, {}).pop(ident, None)
-                for v in views:
-                    v.members.discard(ident)
+        # From an exhaustive view, DELETED means gone from the cloud; with a selector, maybe "no longer matches".
+        if key.exhaustive:
+            self._gone(key.scope.component, key.scope.gvr, ident, obj.resource_version)
+        else:
+            self._drop(key.scope, ident, obj.resource_version)
 
     def put_object(self, scope: Scope, obj: wire.Obj) -> None:
         self._put(scope, obj)
+        self._wrote(scope.component)
 
     def get_object(self, scope: Scope, namespace: str, name: str) -> bytes | None:
+        self._read(scope.component)
         obj = self._objects.get(scope, {}).get((namespace, name))
         return obj.body if obj else None
 
     def read_view(self, key: ViewKey) -> View | None:
+        self._read(key.scope.component)
         view = self._views.get(key)
         if view is None:
             return None
+        view.used = self._clock()
         objects = self._objects.get(key.scope, {})
         items = [objects[m].body for m in sorted(view.members) if m in objects]
         return View(view.api_version, view.kind, view.rv, view.typed, items, view.envelope)
+
+    def _holds(self, component: str, gvr: str) -> bool:
+        return (
+            any(s.component == component and s.gvr == gvr and objs for s, objs in self._objects.items())
+            or any(k.scope.component == component and k.scope.gvr == gvr for k in self._views)
+            or bool(self._tombstones.get((component, gvr)))
+        )
+
+    def delete_object(self, component: str, gvr: str, namespace: str, name: str, rv: str = "") -> None:
+        if not self._holds(component, gvr):
+            return
+        self._gone(component, gvr, (namespace, name), rv)
+        self._wrote(component)
+
+    def is_deleted(self, component: str, gvr: str, namespace: str, name: str) -> bool:
+        self._read(component)
+        return (namespace, name) in self._tombstones.get((component, gvr), {})
+
+    def drop_idle(self, prefix: str, before: float) -> int:
+        idle = {c for c, used in self._used.items() if c.startswith(prefix) and used < before}
+        self._objects = {s: o for s, o in self._objects.items() if s.component not in idle}
+        self._views = {k: v for k, v in self._views.items() if k.scope.component not in idle}
+        self._tombstones = {cg: t for cg, t in self._tombstones.items() if cg[0] not in idle}
+        for component in idle:
+            del self._used[component]
+        return len(idle)
+
+    def counts(self) -> Counts:
+        return Counts(
+            views=len(self._views),
+            components=len(self._used),
+            token_scopes=sum(1 for c in self._used if c.startswith(TOKEN_SCOPE)),
+            tombstones=sum(len(t) for t in self._tombstones.values()),
+            objects=sum(len(o) for o in self._objects.values()),
+        )
 
     def usage(self) -> list[Usage]:
         return [
@@ -179,26 +376,36 @@ class MemoryStorage:
 
 # --- SQLite on disk ------------------------------------------------------------------------------
 
-SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS objects (
+SCHEMA_VERSION = 2
+"""2: tombstones, components (last use) and views.used added; a version-1 file is migrated in place."""
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS objects (
     component TEXT NOT NULL, encoding TEXT NOT NULL, gvr TEXT NOT NULL,
     namespace TEXT NOT NULL, name TEXT NOT NULL, rv TEXT NOT NULL, rvn INTEGER, body BLOB NOT NULL,
     PRIMARY KEY (component, encoding, gvr, namespace, name)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS views (
+) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS views (
     id INTEGER PRIMARY KEY,
     component TEXT NOT NULL, encoding TEXT NOT NULL, gvr TEXT NOT NULL, namespace TEXT NOT NULL,
     label TEXT NOT NULL, field TEXT NOT NULL,
     api_version TEXT NOT NULL, kind TEXT NOT NULL, rv TEXT NOT NULL, typed INTEGER NOT NULL,
-    envelope BLOB NOT NULL,
+    envelope BLOB NOT NULL, used REAL NOT NULL DEFAULT 0,
     UNIQUE (component, encoding, gvr, namespace, label, field)
-);
-CREATE TABLE IF NOT EXISTS members (
+)""",
+    """CREATE TABLE IF NOT EXISTS members (
     view INTEGER NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
     PRIMARY KEY (view, namespace, name)
-) WITHOUT ROWID;
-"""
+) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS tombstones (
+    id INTEGER PRIMARY KEY,
+    component TEXT NOT NULL, gvr TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL, rv TEXT NOT NULL,
+    UNIQUE (component, gvr, namespace, name)
+)""",
+    "CREATE INDEX IF NOT EXISTS tombstones_age ON tombstones (component, gvr, id)",
+    """CREATE TABLE IF NOT EXISTS components (
+    component TEXT PRIMARY KEY, used REAL NOT NULL
+) WITHOUT ROWID""",
+)
 
 _UPSERT = """
 INSERT INTO objects (component, encoding, gvr, namespace, name, rv, rvn, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
@@ -206,6 +413,8 @@ ON CONFLICT (component, encoding, gvr, namespace, name) DO UPDATE SET rv = exclu
     body = excluded.body
 WHERE excluded.rvn IS NULL OR objects.rvn IS NULL OR excluded.rvn >= objects.rvn
 """
+_SCOPE_VIEWS = "SELECT id FROM views WHERE component=? AND encoding=? AND gvr=?"
+_KIND_VIEWS = "SELECT id FROM views WHERE component=? AND gvr=?"
 
 
 class SqliteStorage:
@@ -213,17 +422,32 @@ class SqliteStorage:
 
     Writes are atomic per call (one transaction). With `synchronous=NORMAL` a killed process loses
     nothing committed; a power cut may lose the last commits but never leaves a torn list or object.
-    A file that fails SQLite's integrity check at start is moved aside and a new cache begins; the
-    cloud fills it again.
+    A file that fails SQLite's integrity check at start, or has a schema version this code does not know,
+    is moved aside and a new cache begins; the cloud fills it again. A version-1 file is migrated in place
+    instead (three tables and a column added), so upgrading yurthub while the node is offline keeps its cache.
+
+    Deleted rows free their pages, which SQLite reuses for later writes: the file stays as large as the
+    cache's largest moment rather than shrinking. Auto-vacuum is not used: it would move pages on every
+    commit (write amplification on an edge node's flash) to give back space the next relist wants again.
     """
 
     FILE = "cache.sqlite3"
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_views_per_scope: int = MAX_VIEWS_PER_SCOPE,
+        max_tombstones_per_scope: int = MAX_TOMBSTONES_PER_SCOPE,
+        clock: Clock = time.time,
+    ) -> None:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         directory.chmod(0o700)
         self.path = directory / self.FILE
         self.set_aside: Path | None = None
+        self._max_views = max_views_per_scope
+        self._max_tombstones = max_tombstones_per_scope
+        self._clock = clock
         try:
             self._db = self._open()
         except sqlite3.DatabaseError as exc:
@@ -239,6 +463,12 @@ class SqliteStorage:
                 if src.exists():
                     src.rename(Path(f"{self.set_aside}{suffix}"))
             self._db = self._open()
+        self._used: dict[str, float] = {str(c): float(u) for c, u in self._db.execute("SELECT * FROM components")}
+        """Last use per component that holds anything; authoritative while running."""
+        self._flushed: dict[str, float] = dict(self._used)
+        """What the components table says, to write a use only when it is a minute newer."""
+        self._view_read: dict[int, float] = {}
+        """Last read of a view since start; reads are not written to disk (LRU takes the later of the two)."""
 
     def _open(self) -> sqlite3.Connection:
         old_umask = os.umask(0o077)
@@ -254,16 +484,32 @@ class SqliteStorage:
                 raise sqlite3.DatabaseError(f"quick_check: {result}")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             empty = db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
-            if not empty and version != SCHEMA_VERSION:
+            if not empty and version not in (1, SCHEMA_VERSION):
                 raise sqlite3.DatabaseError(f"cache schema version {version}, this yurthub uses {SCHEMA_VERSION}")
-            db.executescript(_SCHEMA)
+            db.execute("BEGIN IMMEDIATE")
+            if not empty and version == 1:
+                db.execute("ALTER TABLE views ADD COLUMN used REAL NOT NULL DEFAULT 0")
+            for statement in _SCHEMA:
+                db.execute(statement)
+            if not empty and version == 1:
+                now = self._clock()
+                db.execute("UPDATE views SET used=?", (now,))
+                db.execute(
+                    "INSERT OR IGNORE INTO components (component, used) "
+                    "SELECT DISTINCT component, ? FROM objects UNION SELECT DISTINCT component, ? FROM views",
+                    (now, now),
+                )
+                log.info("cache file %s migrated from schema version 1 to %d", self.path, SCHEMA_VERSION)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("COMMIT")
         except sqlite3.DatabaseError:
             db.close()
             raise
         return db
 
     def close(self) -> None:
+        with contextlib.suppress(errors.StorageError):
+            self._flush_uses()
         self._db.close()
 
     @contextlib.contextmanager
@@ -278,6 +524,38 @@ class SqliteStorage:
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise errors.StorageError(f"cache write failed: {exc}") from exc
+
+    # -- last use ---------------------------------------------------------------------------------
+
+    def _wrote(self, db: sqlite3.Connection, component: str) -> None:
+        now = self._clock()
+        self._used[component] = now
+        flushed = self._flushed.get(component)
+        if flushed is None or now - flushed >= USE_FLUSH_S:
+            db.execute(
+                "INSERT INTO components (component, used) VALUES (?, ?) "
+                "ON CONFLICT (component) DO UPDATE SET used=excluded.used",
+                (component, now),
+            )
+            self._flushed[component] = now
+
+    def _read(self, component: str) -> None:
+        if component in self._used:
+            self._used[component] = self._clock()
+
+    def _flush_uses(self) -> None:
+        stale = [(c, u) for c, u in self._used.items() if self._flushed.get(c) != u]
+        if not stale:
+            return
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO components (component, used) VALUES (?, ?) "
+                "ON CONFLICT (component) DO UPDATE SET used=excluded.used",
+                stale,
+            )
+        self._flushed.update(stale)
+
+    # -- writes -----------------------------------------------------------------------------------
 
     @staticmethod
     def _row(scope: Scope, obj: wire.Obj) -> tuple[object, ...]:
@@ -300,15 +578,85 @@ class SqliteStorage:
         ).fetchone()
         return int(row[0]) if row else None
 
+    def _put_rows(self, db: sqlite3.Connection, scope: Scope, objs: Sequence[wire.Obj]) -> list[wire.Obj]:
+        """Upsert `objs` except those their tombstone buries; clear the tombstones of the others."""
+        if not objs:
+            return []
+        if len(objs) == 1:
+            rows = db.execute(
+                "SELECT namespace, name, rv FROM tombstones WHERE component=? AND gvr=? AND namespace=? AND name=?",
+                (scope.component, scope.gvr, objs[0].namespace, objs[0].name),
+            ).fetchall()
+        else:
+            rows = db.execute(
+                "SELECT namespace, name, rv FROM tombstones WHERE component=? AND gvr=?", (scope.component, scope.gvr)
+            ).fetchall()
+        tombs: dict[Ident, str] = {(ns, n): rv for ns, n, rv in rows}
+        live = [o for o in objs if not buried(o.resource_version, tombs.get((o.namespace, o.name)))]
+        db.executemany(_UPSERT, [self._row(scope, o) for o in live])
+        cleared = [(scope.component, scope.gvr, o.namespace, o.name) for o in live if (o.namespace, o.name) in tombs]
+        db.executemany("DELETE FROM tombstones WHERE component=? AND gvr=? AND namespace=? AND name=?", cleared)
+        return live
+
+    def _gone(self, db: sqlite3.Connection, component: str, gvr: str, ident: Ident, rv: str) -> None:
+        """The cloud says `ident` is gone (at `rv`): every encoding's copy goes and a tombstone stays.
+        The caller trims the tombstones (`_trim`) once per transaction."""
+        ns, name = ident
+        where = (component, gvr, ns, name)
+        copies = db.execute(
+            "SELECT rv FROM objects WHERE component=? AND gvr=? AND namespace=? AND name=?", where
+        ).fetchall()
+        if any(not newer_or_same(rv, old) for (old,) in copies):
+            return  # a copy newer than the deletion: the object was made again since
+        db.execute("DELETE FROM objects WHERE component=? AND gvr=? AND namespace=? AND name=?", where)
+        db.execute(
+            f"DELETE FROM members WHERE namespace=? AND name=? AND view IN ({_KIND_VIEWS})",  # noqa: S608 - fixed SQL, values bound
+            (ns, name, component, gvr),
+        )
+        db.execute(
+            "INSERT OR REPLACE INTO tombstones (component, gvr, namespace, name, rv) VALUES (?, ?, ?, ?, ?)",
+            (*where, rv),
+        )
+
+    def _trim(self, db: sqlite3.Connection, component: str, gvr: str) -> None:
+        db.execute(
+            "DELETE FROM tombstones WHERE id IN (SELECT id FROM tombstones WHERE component=? AND gvr=? "
+            "ORDER BY id DESC LIMIT -1 OFFSET ?)",
+            (component, gvr, self._max_tombstones),
+        )
+
+    def _drop(self, db: sqlite3.Connection, scope: Scope, ident: Ident, rv: str | None) -> None:
+        """Delete one scope's copy of an object no view of that scope lists any more."""
+        s = (scope.component, scope.encoding.value, scope.gvr)
+        still = db.execute(
+            f"SELECT 1 FROM members WHERE namespace=? AND name=? AND view IN ({_SCOPE_VIEWS}) LIMIT 1",  # noqa: S608 - fixed SQL, values bound
+            (*ident, *s),
+        ).fetchone()
+        if still:
+            return
+        where = "component=? AND encoding=? AND gvr=? AND namespace=? AND name=?"
+        row = db.execute(f"SELECT rv FROM objects WHERE {where}", (*s, *ident)).fetchone()  # noqa: S608 - fixed SQL
+        if row is not None and (rv is None or newer_or_same(rv, row[0])):
+            db.execute(f"DELETE FROM objects WHERE {where}", (*s, *ident))  # noqa: S608 - fixed SQL
+
     def replace_list(self, key: ViewKey, listing: wire.ListBody) -> None:
         s = key.scope
         with self._tx() as db:
-            db.executemany(_UPSERT, [self._row(s, o) for o in listing.items])
+            live = self._put_rows(db, s, listing.items)
             view = self._view_id(db, key)
+            header = (
+                listing.api_version,
+                listing.kind,
+                listing.resource_version,
+                int(listing.items_typed),
+                listing.envelope,
+                self._clock(),
+            )
+            old: set[Ident] = set()
             if view is None:
                 view = db.execute(
                     "INSERT INTO views (component, encoding, gvr, namespace, label, field, api_version, kind, "
-                    "rv, typed, envelope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    "rv, typed, envelope, used) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     (
                         s.component,
                         s.encoding.value,
@@ -316,35 +664,55 @@ class SqliteStorage:
                         key.namespace,
                         key.label_selector,
                         key.field_selector,
-                        listing.api_version,
-                        listing.kind,
-                        listing.resource_version,
-                        int(listing.items_typed),
-                        listing.envelope,
+                        *header,
                     ),
                 ).fetchone()[0]
+                self._evict(db, key, view)
             else:
                 db.execute(
-                    "UPDATE views SET api_version=?, kind=?, rv=?, typed=?, envelope=? WHERE id=?",
-                    (
-                        listing.api_version,
-                        listing.kind,
-                        listing.resource_version,
-                        int(listing.items_typed),
-                        listing.envelope,
-                        view,
-                    ),
+                    "UPDATE views SET api_version=?, kind=?, rv=?, typed=?, envelope=?, used=? WHERE id=?",
+                    (*header, view),
                 )
+                old = {(ns, n) for ns, n in db.execute("SELECT namespace, name FROM members WHERE view=?", (view,))}
                 db.execute("DELETE FROM members WHERE view=?", (view,))
             db.executemany(
                 "INSERT OR IGNORE INTO members (view, namespace, name) VALUES (?, ?, ?)",
-                [(view, o.namespace, o.name) for o in listing.items],
+                [(view, o.namespace, o.name) for o in live],
             )
+            dropped = sorted(old - {(o.namespace, o.name) for o in listing.items})
+            for ident in dropped:
+                if key.exhaustive:
+                    self._gone(db, s.component, s.gvr, ident, listing.resource_version)
+                else:
+                    self._drop(db, s, ident, listing.resource_version)
+            if dropped and key.exhaustive:
+                self._trim(db, s.component, s.gvr)
+            self._wrote(db, s.component)
+
+    def _evict(self, db: sqlite3.Connection, fresh: ViewKey, fresh_id: int) -> None:
+        """Keep at most `max_views_per_scope` views in the fresh view's scope: least recently used go first."""
+        s = fresh.scope
+        rows = db.execute(
+            "SELECT id, used FROM views WHERE component=? AND encoding=? AND gvr=? AND id != ?",
+            (s.component, s.encoding.value, s.gvr, fresh_id),
+        ).fetchall()
+        excess = len(rows) + 1 - self._max_views
+        if excess <= 0:
+            return
+        ranked = sorted(rows, key=lambda r: (max(float(r[1]), self._view_read.get(int(r[0]), 0.0)), r[0]))
+        for victim, _used in ranked[:excess]:
+            members = db.execute("SELECT namespace, name FROM members WHERE view=?", (victim,)).fetchall()
+            db.execute("DELETE FROM members WHERE view=?", (victim,))
+            db.execute("DELETE FROM views WHERE id=?", (victim,))
+            self._view_read.pop(int(victim), None)
+            for ns, name in members:
+                self._drop(db, s, (ns, name), None)
 
     def apply_events(self, key: ViewKey, events: Sequence[wire.Event]) -> None:
         s = key.scope
         with self._tx() as db:
             view = self._view_id(db, key)
+            trim = False
             for event in events:
                 obj = event.obj
                 if obj is None:
@@ -354,79 +722,126 @@ class SqliteStorage:
                     if newer_or_same(obj.resource_version, current):
                         db.execute("UPDATE views SET rv=? WHERE id=?", (obj.resource_version, view))
                 if event.type in ("ADDED", "MODIFIED"):
-                    db.execute(_UPSERT, self._row(s, obj))
-                    if view is not None:
+                    if self._put_rows(db, s, [obj]) and view is not None:
                         db.execute(
                             "INSERT OR IGNORE INTO members (view, namespace, name) VALUES (?, ?, ?)",
                             (view, obj.namespace, obj.name),
                         )
                 elif event.type == "DELETED":
-                    self._delete(db, key, view, obj)
-
-    def _delete(self, db: sqlite3.Connection, key: ViewKey, view: int | None, obj: wire.Obj) -> None:
-        s = key.scope
-        if view is not None:
-            db.execute("DELETE FROM members WHERE view=? AND namespace=? AND name=?", (view, obj.namespace, obj.name))
-        scope_views = "SELECT id FROM views WHERE component=? AND encoding=? AND gvr=?"
-        scope_args = (s.component, s.encoding.value, s.gvr)
-        if key.selects:
-            still = db.execute(
-                f"SELECT 1 FROM members WHERE namespace=? AND name=? AND view IN ({scope_views}) LIMIT 1",  # noqa: S608 - fixed SQL, values bound
-                (obj.namespace, obj.name, *scope_args),
-            ).fetchone()
-            if still:
-                return
-        row = db.execute(
-            "SELECT rv FROM objects WHERE component=? AND encoding=? AND gvr=? AND namespace=? AND name=?",
-            (*scope_args, obj.namespace, obj.name),
-        ).fetchone()
-        if row is not None and not newer_or_same(obj.resource_version, row[0]):
-            return
-        db.execute(
-            "DELETE FROM objects WHERE component=? AND encoding=? AND gvr=? AND namespace=? AND name=?",
-            (*scope_args, obj.namespace, obj.name),
-        )
-        db.execute(
-            f"DELETE FROM members WHERE namespace=? AND name=? AND view IN ({scope_views})",  # noqa: S608 - fixed SQL, values bound
-            (obj.namespace, obj.name, *scope_args),
-        )
+                    ident = (obj.namespace, obj.name)
+                    if view is not None:
+                        db.execute("DELETE FROM members WHERE view=? AND namespace=? AND name=?", (view, *ident))
+                    # From an exhaustive view, DELETED means gone from the cloud; else maybe "no longer matches".
+                    if key.exhaustive:
+                        self._gone(db, s.component, s.gvr, ident, obj.resource_version)
+                        trim = True
+                    else:
+                        self._drop(db, s, ident, obj.resource_version)
+            if trim:
+                self._trim(db, s.component, s.gvr)
+            if view is not None:
+                db.execute("UPDATE views SET used=? WHERE id=?", (self._clock(), view))
+            self._wrote(db, s.component)
 
     def put_object(self, scope: Scope, obj: wire.Obj) -> None:
         with self._tx() as db:
-            db.execute(_UPSERT, self._row(scope, obj))
+            self._put_rows(db, scope, [obj])
+            self._wrote(db, scope.component)
 
-    def get_object(self, scope: Scope, namespace: str, name: str) -> bytes | None:
+    def delete_object(self, component: str, gvr: str, namespace: str, name: str, rv: str = "") -> None:
+        with self._tx() as db:
+            holds = db.execute(
+                "SELECT EXISTS (SELECT 1 FROM objects WHERE component=?1 AND gvr=?2) "
+                "OR EXISTS (SELECT 1 FROM views WHERE component=?1 AND gvr=?2) "
+                "OR EXISTS (SELECT 1 FROM tombstones WHERE component=?1 AND gvr=?2)",
+                (component, gvr),
+            ).fetchone()[0]
+            if not holds:
+                return
+            self._gone(db, component, gvr, (namespace, name), rv)
+            self._trim(db, component, gvr)
+            self._wrote(db, component)
+
+    def drop_idle(self, prefix: str, before: float) -> int:
+        self._flush_uses()
+        idle = sorted(c for c, used in self._used.items() if c.startswith(prefix) and used < before)
+        if not idle:
+            return 0
+        with self._tx() as db:
+            for component in idle:
+                views = [int(v) for (v,) in db.execute("SELECT id FROM views WHERE component=?", (component,))]
+                db.executemany("DELETE FROM members WHERE view=?", [(v,) for v in views])
+                for table in ("views", "objects", "tombstones", "components"):
+                    db.execute(f"DELETE FROM {table} WHERE component=?", (component,))  # noqa: S608 - fixed names
+                for v in views:
+                    self._view_read.pop(v, None)
+        for component in idle:
+            del self._used[component]
+            self._flushed.pop(component, None)
+        return len(idle)
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    def _query(self, sql: str, args: Iterable[object]) -> list[Any]:
         try:
-            row = self._db.execute(
-                "SELECT body FROM objects WHERE component=? AND encoding=? AND gvr=? AND namespace=? AND name=?",
-                (scope.component, scope.encoding.value, scope.gvr, namespace, name),
-            ).fetchone()
+            return list(self._db.execute(sql, tuple(args)).fetchall())
         except sqlite3.Error as exc:
             raise errors.StorageError(f"cache read failed: {exc}") from exc
-        return bytes(row[0]) if row else None
+
+    def get_object(self, scope: Scope, namespace: str, name: str) -> bytes | None:
+        self._read(scope.component)
+        rows = self._query(
+            "SELECT body FROM objects WHERE component=? AND encoding=? AND gvr=? AND namespace=? AND name=?",
+            (scope.component, scope.encoding.value, scope.gvr, namespace, name),
+        )
+        return bytes(rows[0][0]) if rows else None
+
+    def is_deleted(self, component: str, gvr: str, namespace: str, name: str) -> bool:
+        self._read(component)
+        return bool(
+            self._query(
+                "SELECT 1 FROM tombstones WHERE component=? AND gvr=? AND namespace=? AND name=?",
+                (component, gvr, namespace, name),
+            )
+        )
 
     def read_view(self, key: ViewKey) -> View | None:
         s = key.scope
-        try:
-            with self._tx() as db:  # one snapshot: the view's header and its members agree
-                view = self._view_id(db, key)
-                if view is None:
-                    return None
-                api_version, kind, rv, typed, envelope = db.execute(
-                    "SELECT api_version, kind, rv, typed, envelope FROM views WHERE id=?", (view,)
-                ).fetchone()
-                rows = db.execute(
-                    "SELECT o.body FROM members m JOIN objects o ON o.component=? AND o.encoding=? AND o.gvr=? "
-                    "AND o.namespace=m.namespace AND o.name=m.name WHERE m.view=? ORDER BY m.namespace, m.name",
-                    (s.component, s.encoding.value, s.gvr, view),
-                ).fetchall()
-        except errors.StorageError:
-            raise
+        self._read(s.component)
+        with self._tx() as db:  # one snapshot: the view's header and its members agree
+            view = self._view_id(db, key)
+            if view is None:
+                return None
+            self._view_read[view] = self._clock()
+            api_version, kind, rv, typed, envelope = db.execute(
+                "SELECT api_version, kind, rv, typed, envelope FROM views WHERE id=?", (view,)
+            ).fetchone()
+            rows = db.execute(
+                "SELECT o.body FROM members m JOIN objects o ON o.component=? AND o.encoding=? AND o.gvr=? "
+                "AND o.namespace=m.namespace AND o.name=m.name WHERE m.view=? ORDER BY m.namespace, m.name",
+                (s.component, s.encoding.value, s.gvr, view),
+            ).fetchall()
         return View(api_version, kind, rv, bool(typed), [bytes(r[0]) for r in rows], bytes(envelope))
 
+    def counts(self) -> Counts:
+        """Row counts (the objects count walks the objects table's keys once: a status or metrics refresh,
+        like `usage`, not a per-request cost)."""
+        (views, tombstones, objects), *_ = self._query(
+            "SELECT (SELECT COUNT(*) FROM views), (SELECT COUNT(*) FROM tombstones), (SELECT COUNT(*) FROM objects)",
+            (),
+        )
+        return Counts(
+            views=int(views),
+            components=len(self._used),
+            token_scopes=sum(1 for c in self._used if c.startswith(TOKEN_SCOPE)),
+            tombstones=int(tombstones),
+            objects=int(objects),
+        )
+
     def usage(self) -> list[Usage]:
-        rows = self._db.execute(
+        rows = self._query(
             "SELECT component, gvr, encoding, COUNT(*), SUM(LENGTH(body)) FROM objects "
-            "GROUP BY component, gvr, encoding ORDER BY component, gvr"
-        ).fetchall()
-        return [Usage(c, g, e, n, b or 0) for c, g, e, n, b in rows]
+            "GROUP BY component, gvr, encoding ORDER BY component, gvr",
+            (),
+        )
+        return [Usage(str(c), str(g), str(e), int(n), int(b or 0)) for c, g, e, n, b in rows]
