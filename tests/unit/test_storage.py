@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,14 +18,47 @@ ALL = storage.ViewKey(SCOPE, "ns")
 SELECTED = storage.ViewKey(SCOPE, "ns", label_selector="app=x")
 
 
+JSON_SCOPE = storage.Scope("kubelet", wire.Encoding.JSON, "configmaps.v1.core")
+BY_NAME = storage.ViewKey(SCOPE, "ns", field_selector="metadata.name=a")
+
+
+class Clock:
+    """A wall clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+Factory = Callable[..., storage.Storage]
+
+
 @pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[storage.Storage]:
-    if request.param == "memory":
-        yield storage.MemoryStorage()
-    else:
-        s = storage.SqliteStorage(tmp_path / "cache")
-        yield s
+def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
+    """Builds a storage of the parametrized kind with the given keyword settings."""
+    opened: list[storage.SqliteStorage] = []
+
+    def build(**settings: object) -> storage.Storage:
+        if request.param == "memory":
+            return storage.MemoryStorage(**settings)  # type: ignore[arg-type]
+        s = storage.SqliteStorage(tmp_path / f"cache{len(opened)}", **settings)  # type: ignore[arg-type]
+        opened.append(s)
+        return s
+
+    yield build
+    for s in opened:
         s.close()
+
+
+@pytest.fixture
+def store(make: Factory) -> storage.Storage:
+    return make()
+
+
+def listed(store: storage.Storage, key: storage.ViewKey, rv: str, *objs: wire.Obj) -> None:
+    store.replace_list(key, wire.parse_list(key.scope.encoding, fx.listing(key.scope.encoding, rv, *objs)))
 
 
 def names(store: storage.Storage, key: storage.ViewKey) -> list[str]:
@@ -122,3 +155,259 @@ def test_a_corrupted_cache_file_is_set_aside_and_a_new_one_begins(tmp_path: Path
     fresh.close()
     with pytest.raises(sqlite3.DatabaseError):
         sqlite3.connect(fresh.set_aside).execute("PRAGMA quick_check").fetchone()
+
+
+# --- objects the cloud deleted -------------------------------------------------------------------
+
+
+def test_a_relist_deletes_what_the_cloud_no_longer_lists_and_remembers_it_deleted(store: storage.Storage) -> None:
+    listed(store, ALL, "10", fx.obj(ENC, "a", "5"), fx.obj(ENC, "b", "6"))
+    listed(store, ALL, "20", fx.obj(ENC, "b", "6"))
+    assert store.get_object(SCOPE, "ns", "a") is None
+    assert store.is_deleted("kubelet", SCOPE.gvr, "ns", "a")
+    assert not store.is_deleted("kubelet", SCOPE.gvr, "ns", "b")
+    assert store.counts().objects == 1
+
+
+def test_a_deletion_removes_the_object_in_every_encoding(store: storage.Storage) -> None:
+    store.put_object(JSON_SCOPE, fx.obj(wire.Encoding.JSON, "a", "5"))
+    listed(store, ALL, "10", fx.obj(ENC, "a", "5"))
+    listed(store, ALL, "20")
+    assert store.get_object(JSON_SCOPE, "ns", "a") is None
+
+
+def test_an_object_only_ever_read_by_get_is_untouched_by_relists(store: storage.Storage) -> None:
+    store.put_object(SCOPE, fx.obj(ENC, "solo", "3"))
+    listed(store, ALL, "10", fx.obj(ENC, "a", "5"))
+    listed(store, ALL, "20")
+    assert store.get_object(SCOPE, "ns", "solo") is not None
+    assert not store.is_deleted("kubelet", SCOPE.gvr, "ns", "solo")
+
+
+def test_an_object_that_left_a_selecting_view_is_dropped_but_not_called_deleted(store: storage.Storage) -> None:
+    listed(store, SELECTED, "10", fx.obj(ENC, "a", "5"), fx.obj(ENC, "b", "5"))
+    other = storage.ViewKey(SCOPE, "ns", label_selector="tier=web")
+    listed(store, other, "10", fx.obj(ENC, "b", "5"))
+    listed(store, SELECTED, "20")  # a and b stopped matching app=x (or were deleted: a selector cannot tell)
+    assert store.get_object(SCOPE, "ns", "a") is None
+    assert not store.is_deleted("kubelet", SCOPE.gvr, "ns", "a")
+    assert store.get_object(SCOPE, "ns", "b") is not None  # tier=web still lists it
+    assert names(store, other) == ["b"]
+
+
+def test_a_watch_deletion_from_a_full_or_by_name_view_is_a_tombstone(store: storage.Storage) -> None:
+    listed(store, ALL, "10", fx.obj(ENC, "a", "5"))
+    store.apply_events(ALL, [wire.Event("DELETED", fx.obj(ENC, "a", "11"))])
+    assert store.is_deleted("kubelet", SCOPE.gvr, "ns", "a")
+    store.put_object(SCOPE, fx.obj(ENC, "a", "12"))
+    listed(store, BY_NAME, "12", fx.obj(ENC, "a", "12"))  # kubelet's per-object watch of a ConfigMap
+    store.apply_events(BY_NAME, [wire.Event("DELETED", fx.obj(ENC, "a", "13"))])
+    assert store.get_object(SCOPE, "ns", "a") is None
+    assert store.is_deleted("kubelet", SCOPE.gvr, "ns", "a")
+    assert names(store, BY_NAME) == []
+
+
+def test_a_watch_deletion_from_a_selecting_view_is_not_a_tombstone(store: storage.Storage) -> None:
+    listed(store, SELECTED, "10", fx.obj(ENC, "a", "5"))
+    store.apply_events(SELECTED, [wire.Event("DELETED", fx.obj(ENC, "a", "11"))])
+    assert store.get_object(SCOPE, "ns", "a") is None
+    assert not store.is_deleted("kubelet", SCOPE.gvr, "ns", "a")
+
+
+def test_a_newer_write_clears_the_tombstone_an_older_one_cannot_resurrect(store: storage.Storage) -> None:
+    listed(store, ALL, "10", fx.obj(ENC, "a", "5"))
+    listed(store, ALL, "20")
+    store.put_object(SCOPE, fx.obj(ENC, "a", "15"))  # a GET answer from before the deletion, stored late
+    assert store.get_object(SCOPE, "ns", "a") is None
+    assert store.is_deleted("kubelet", SCOPE.gvr, "ns", "a")
+    store.apply_events(ALL, [wire.Event("ADDED", fx.obj(ENC, "a", "21"))])  # made again
+    assert store.get_object(SCOPE, "ns", "a") is not None
+    assert not store.is_deleted("kubelet", SCOPE.gvr, "ns", "a")
+    assert names(store, ALL) == ["a"]
+
+
+def test_a_relist_keeps_an_object_written_after_the_list_was_taken(store: storage.Storage) -> None:
+    listed(store, ALL, "10", fx.obj(ENC, "a", "5"))
+    store.put_object(SCOPE, fx.obj(ENC, "a", "30"))  # newer than the list below
+    listed(store, ALL, "20")
+    assert store.get_object(SCOPE, "ns", "a") is not None
+    assert not store.is_deleted("kubelet", SCOPE.gvr, "ns", "a")
+
+
+def test_delete_object_is_a_404_from_the_cloud(store: storage.Storage) -> None:
+    store.put_object(SCOPE, fx.obj(ENC, "a", "5"))
+    store.put_object(JSON_SCOPE, fx.obj(wire.Encoding.JSON, "a", "5"))
+    store.delete_object("kubelet", SCOPE.gvr, "ns", "a")
+    assert store.get_object(SCOPE, "ns", "a") is None
+    assert store.get_object(JSON_SCOPE, "ns", "a") is None
+    assert store.is_deleted("kubelet", SCOPE.gvr, "ns", "a")
+    store.delete_object("kubelet", SCOPE.gvr, "ns", "optional-config")  # never held, same resource type
+    assert store.is_deleted("kubelet", SCOPE.gvr, "ns", "optional-config")
+    store.put_object(SCOPE, fx.obj(ENC, "a", "40"))
+    assert not store.is_deleted("kubelet", SCOPE.gvr, "ns", "a")
+
+
+def test_404s_for_resource_types_a_component_holds_nothing_of_store_nothing(store: storage.Storage) -> None:
+    for n in range(5):
+        store.delete_object("token/x", f"made-up{n}.v1.example.com", "ns", "a")
+    assert store.counts() == storage.Counts(views=0, components=0, token_scopes=0, tombstones=0, objects=0)
+
+
+def test_tombstones_are_capped_per_resource_oldest_first(make: Factory) -> None:
+    store = make(max_tombstones_per_scope=3)
+    store.put_object(SCOPE, fx.obj(ENC, "held", "1"))
+    for n in range(5):
+        store.delete_object("kubelet", SCOPE.gvr, "ns", f"gone{n}")
+    assert [store.is_deleted("kubelet", SCOPE.gvr, "ns", f"gone{n}") for n in range(5)] == [
+        False,
+        False,
+        True,
+        True,
+        True,
+    ]
+    assert store.counts().tombstones == 3
+
+
+# --- bounds --------------------------------------------------------------------------------------
+
+
+def test_views_per_scope_are_capped_least_recently_used_first(make: Factory) -> None:
+    clock = Clock()
+    store = make(max_views_per_scope=2, clock=clock)
+    first, second, third = (storage.ViewKey(SCOPE, "ns", field_selector=f"metadata.name={n}") for n in "abc")
+    listed(store, first, "10", fx.obj(ENC, "a", "5"))
+    clock.now += 1
+    listed(store, second, "10", fx.obj(ENC, "b", "5"))
+    clock.now += 1
+    assert store.read_view(first) is not None  # a read counts as use: `second` is now the oldest
+    clock.now += 1
+    listed(store, third, "10", fx.obj(ENC, "c", "5"))
+    assert store.read_view(second) is None
+    assert store.get_object(SCOPE, "ns", "b") is None  # only that view held it
+    assert not store.is_deleted("kubelet", SCOPE.gvr, "ns", "b")  # evicted, not deleted in the cloud
+    assert names(store, first) == ["a"]
+    assert names(store, third) == ["c"]
+    assert store.counts().views == 2
+
+
+def test_idle_components_are_dropped_whole(make: Factory) -> None:
+    clock = Clock()
+    store = make(clock=clock)
+    old, busy = storage.Scope("token/old", ENC, SCOPE.gvr), storage.Scope("token/busy", ENC, SCOPE.gvr)
+    for s in (old, busy):
+        listed(store, storage.ViewKey(s, "ns"), "10", fx.obj(ENC, "a", "5"), fx.obj(ENC, "b", "5"))
+        listed(store, storage.ViewKey(s, "ns"), "11", fx.obj(ENC, "a", "5"))  # b: a tombstone
+    store.put_object(SCOPE, fx.obj(ENC, "a", "5"))
+    clock.now += 3600
+    assert store.get_object(busy, "ns", "a") is not None  # a read is a use
+    assert store.counts() == storage.Counts(views=2, components=3, token_scopes=2, tombstones=2, objects=3)
+    assert store.drop_idle("token/", clock.now - 1800) == 1
+    assert store.get_object(old, "ns", "a") is None
+    assert store.read_view(storage.ViewKey(old, "ns")) is None
+    assert not store.is_deleted("token/old", SCOPE.gvr, "ns", "b")
+    assert store.get_object(busy, "ns", "a") is not None
+    assert store.get_object(SCOPE, "ns", "a") is not None  # not a token scope: never expired this way
+    assert store.counts() == storage.Counts(views=1, components=2, token_scopes=1, tombstones=1, objects=2)
+    assert store.drop_idle("token/", clock.now - 1800) == 0
+
+
+def test_the_cache_follows_what_the_cloud_lists(store: storage.Storage) -> None:
+    many = [fx.obj(ENC, f"o{n:03}", "5", "x" * 100) for n in range(200)]
+    listed(store, ALL, "10", *many)
+    assert store.counts().objects == 200
+    listed(store, ALL, "20", *many[:10])
+    assert store.counts().objects == 10
+    assert [u.objects for u in store.usage()] == [10]
+
+
+def test_sqlite_deleted_rows_are_gone_and_their_pages_reused(tmp_path: Path) -> None:
+    s = storage.SqliteStorage(tmp_path / "cache")
+    many = [fx.obj(ENC, f"o{n:03}", "5", "x" * 2000) for n in range(200)]
+    s.replace_list(ALL, wire.parse_list(ENC, fx.listing(ENC, "10", *many)))
+    db = sqlite3.connect(s.path)
+    peak = db.execute("PRAGMA page_count").fetchone()[0]
+    s.replace_list(ALL, wire.parse_list(ENC, fx.listing(ENC, "20", *many[:10])))
+    assert db.execute("SELECT COUNT(*) FROM objects").fetchone()[0] == 10
+    assert db.execute("PRAGMA freelist_count").fetchone()[0] > 0
+    again = [fx.obj(ENC, f"p{n:03}", "25", "y" * 2000) for n in range(190)]
+    s.replace_list(ALL, wire.parse_list(ENC, fx.listing(ENC, "30", *many[:10], *again)))
+    assert db.execute("SELECT COUNT(*) FROM objects").fetchone()[0] == 200
+    assert db.execute("PRAGMA page_count").fetchone()[0] <= peak * 1.1  # freed pages were used again
+    db.close()
+    s.close()
+
+
+def test_sqlite_tombstones_and_last_use_survive_a_restart(tmp_path: Path) -> None:
+    clock = Clock()
+    s = storage.SqliteStorage(tmp_path / "cache", clock=clock)
+    token = storage.Scope("token/t", ENC, SCOPE.gvr)
+    listed(s, ALL, "10", fx.obj(ENC, "a", "5"))
+    listed(s, ALL, "20")
+    listed(s, storage.ViewKey(token, "ns"), "10", fx.obj(ENC, "a", "5"))
+    clock.now += 10
+    s.get_object(token, "ns", "a")  # a read: kept in memory, written at close
+    s.close()
+    reopened = storage.SqliteStorage(tmp_path / "cache", clock=clock)
+    assert reopened.is_deleted("kubelet", SCOPE.gvr, "ns", "a")
+    assert reopened.drop_idle("token/", clock.now - 5) == 0  # its last use was the read, 10 s after the write
+    assert reopened.drop_idle("token/", clock.now + 1) == 1
+    reopened.close()
+
+
+_SCHEMA_V1 = """
+CREATE TABLE objects (
+    component TEXT NOT NULL, encoding TEXT NOT NULL, gvr TEXT NOT NULL,
+    namespace TEXT NOT NULL, name TEXT NOT NULL, rv TEXT NOT NULL, rvn INTEGER, body BLOB NOT NULL,
+    PRIMARY KEY (component, encoding, gvr, namespace, name)
+) WITHOUT ROWID;
+CREATE TABLE views (
+    id INTEGER PRIMARY KEY,
+    component TEXT NOT NULL, encoding TEXT NOT NULL, gvr TEXT NOT NULL, namespace TEXT NOT NULL,
+    label TEXT NOT NULL, field TEXT NOT NULL,
+    api_version TEXT NOT NULL, kind TEXT NOT NULL, rv TEXT NOT NULL, typed INTEGER NOT NULL,
+    envelope BLOB NOT NULL,
+    UNIQUE (component, encoding, gvr, namespace, label, field)
+);
+CREATE TABLE members (
+    view INTEGER NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+    PRIMARY KEY (view, namespace, name)
+) WITHOUT ROWID;
+PRAGMA user_version=1;
+"""
+
+
+def test_a_version_1_cache_is_migrated_and_keeps_serving(tmp_path: Path) -> None:
+    (tmp_path / "cache").mkdir()
+    db = sqlite3.connect(tmp_path / "cache" / storage.SqliteStorage.FILE)
+    db.executescript(_SCHEMA_V1)
+    a = fx.obj(ENC, "a", "5")
+    db.execute(
+        "INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        ("kubelet", ENC.value, SCOPE.gvr, "ns", "a", "5", 5, a.body),
+    )
+    db.execute(
+        "INSERT INTO views (component, encoding, gvr, namespace, label, field, api_version, kind, rv, typed, "
+        "envelope) VALUES ('kubelet', ?, ?, 'ns', '', '', 'v1', 'ConfigMapList', '10', 0, x'')",
+        (ENC.value, SCOPE.gvr),
+    )
+    db.execute("INSERT INTO members VALUES (1, 'ns', 'a')")
+    db.commit()
+    db.close()
+    s = storage.SqliteStorage(tmp_path / "cache")
+    assert s.set_aside is None
+    assert names(s, ALL) == ["a"]
+    assert s.counts() == storage.Counts(views=1, components=1, token_scopes=0, tombstones=0, objects=1)
+    listed(s, ALL, "20")
+    assert s.is_deleted("kubelet", SCOPE.gvr, "ns", "a")
+    s.close()
+
+
+def test_a_cache_of_an_unknown_schema_version_is_set_aside(tmp_path: Path) -> None:
+    (tmp_path / "cache").mkdir()
+    db = sqlite3.connect(tmp_path / "cache" / storage.SqliteStorage.FILE)
+    db.executescript("CREATE TABLE future (x); PRAGMA user_version=99;")
+    db.close()
+    s = storage.SqliteStorage(tmp_path / "cache")
+    assert s.set_aside is not None and s.set_aside.exists()
+    assert s.counts().objects == 0
+    s.close()
