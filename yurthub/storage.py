@@ -75,7 +75,9 @@ class Scope:
     gvr: str
 
 
-_NAME_TERMS = ("metadata.name=", "metadata.name==", "metadata.namespace=", "metadata.namespace==")
+_FIXED_FIELDS = ("metadata.name", "metadata.namespace", "spec.nodeName")
+"""Fields an object cannot change once they match a selector: its name, its namespace, and a pod's node
+(`spec.nodeName` is immutable once set; kubelet lists its pods by it)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,14 +96,18 @@ class ViewKey:
     def exhaustive(self) -> bool:
         """Whether an object missing from this view is missing from the cloud.
 
-        True without selectors, and with a field selector on name or namespace only (kubelet's per-object
-        watches): an object cannot stop matching its own name. Any other selector may drop an object that
+        True without selectors, and with a field selector of equalities on fields an object cannot change
+        (`_FIXED_FIELDS`: kubelet's per-object watches of ConfigMaps and Secrets, its pods by node): an object
+        cannot stop matching those. A label selector or any other field selector may drop an object that
         merely changed.
         """
         if self.label_selector:
             return False
-        terms = [t.strip() for t in self.field_selector.split(",") if t.strip()]
-        return all(t.startswith(_NAME_TERMS) for t in terms)
+        for term in self.field_selector.split(","):
+            field, op, _value = term.strip().partition("=")
+            if term.strip() and (not op or field not in _FIXED_FIELDS):
+                return False
+        return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -653,6 +659,7 @@ class SqliteStorage:
                 self._clock(),
             )
             old: set[Ident] = set()
+            old_view = view is not None
             if view is None:
                 view = db.execute(
                     "INSERT INTO views (component, encoding, gvr, namespace, label, field, api_version, kind, "
@@ -667,7 +674,6 @@ class SqliteStorage:
                         *header,
                     ),
                 ).fetchone()[0]
-                self._evict(db, key, view)
             else:
                 db.execute(
                     "UPDATE views SET api_version=?, kind=?, rv=?, typed=?, envelope=?, used=? WHERE id=?",
@@ -679,6 +685,8 @@ class SqliteStorage:
                 "INSERT OR IGNORE INTO members (view, namespace, name) VALUES (?, ?, ?)",
                 [(view, o.namespace, o.name) for o in live],
             )
+            if not old_view:
+                self._evict(db, key, view)  # after the new members are in: what they list stays
             dropped = sorted(old - {(o.namespace, o.name) for o in listing.items})
             for ident in dropped:
                 if key.exhaustive:

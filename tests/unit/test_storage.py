@@ -411,3 +411,40 @@ def test_a_cache_of_an_unknown_schema_version_is_set_aside(tmp_path: Path) -> No
     assert s.set_aside is not None and s.set_aside.exists()
     assert s.counts().objects == 0
     s.close()
+
+
+def test_evicting_a_view_keeps_the_objects_the_new_view_lists(make: Factory) -> None:
+    clock = Clock()
+    store = make(max_views_per_scope=1, clock=clock)
+    listed(store, SELECTED, "10", fx.obj(ENC, "a", "5"), fx.obj(ENC, "b", "5"))
+    clock.now += 1
+    listed(store, ALL, "11", fx.obj(ENC, "a", "5"))
+    assert store.read_view(SELECTED) is None
+    assert names(store, ALL) == ["a"]
+    assert store.get_object(SCOPE, "ns", "b") is None
+
+
+@pytest.mark.parametrize(
+    ("label", "field", "exhaustive"),
+    [
+        ("", "", True),
+        ("", "metadata.name=a", True),
+        ("", "metadata.name==a", True),
+        ("", "spec.nodeName=edge-1", True),  # a pod's node never changes once set
+        ("", "metadata.namespace=ns,metadata.name=a", True),
+        ("app=x", "", False),
+        ("", "metadata.name!=a", False),
+        ("", "status.phase=Running", False),
+        ("", "spec.nodeName=edge-1,status.phase!=Succeeded", False),
+    ],
+)
+def test_which_views_say_an_object_missing_from_them_is_gone(label: str, field: str, exhaustive: bool) -> None:
+    assert storage.ViewKey(SCOPE, "ns", label, field).exhaustive is exhaustive
+
+
+def test_a_pod_that_left_kubelets_node_view_is_deleted(store: storage.Storage) -> None:
+    pods = storage.ViewKey(storage.Scope("kubelet", ENC, "pods.v1.core"), "", field_selector="spec.nodeName=edge-1")
+    listed(store, pods, "10", fx.obj(ENC, "web-0", "5"), fx.obj(ENC, "web-1", "5"))
+    listed(store, pods, "20", fx.obj(ENC, "web-1", "5"))
+    assert store.get_object(pods.scope, "ns", "web-0") is None
+    assert store.is_deleted("kubelet", "pods.v1.core", "ns", "web-0")
