@@ -421,6 +421,11 @@ WHERE excluded.rvn IS NULL OR objects.rvn IS NULL OR excluded.rvn >= objects.rvn
 """
 _SCOPE_VIEWS = "SELECT id FROM views WHERE component=? AND encoding=? AND gvr=?"
 _KIND_VIEWS = "SELECT id FROM views WHERE component=? AND gvr=?"
+_ENCODINGS = tuple(e.value for e in wire.Encoding)
+_EVERY_ENCODING = (
+    f"component=? AND encoding IN ({', '.join('?' * len(_ENCODINGS))}) AND gvr=? AND namespace=? AND name=?"
+)
+"""One object in every encoding, spelled so SQLite seeks the primary key instead of scanning a component."""
 
 
 class SqliteStorage:
@@ -599,29 +604,31 @@ class SqliteStorage:
             ).fetchall()
         tombs: dict[Ident, str] = {(ns, n): rv for ns, n, rv in rows}
         live = [o for o in objs if not buried(o.resource_version, tombs.get((o.namespace, o.name)))]
-        db.executemany(_UPSERT, [self._row(scope, o) for o in live])
+        if len(live) == 1:
+            db.execute(_UPSERT, self._row(scope, live[0]))
+        else:
+            db.executemany(_UPSERT, [self._row(scope, o) for o in live])
         cleared = [(scope.component, scope.gvr, o.namespace, o.name) for o in live if (o.namespace, o.name) in tombs]
-        db.executemany("DELETE FROM tombstones WHERE component=? AND gvr=? AND namespace=? AND name=?", cleared)
+        if cleared:
+            db.executemany("DELETE FROM tombstones WHERE component=? AND gvr=? AND namespace=? AND name=?", cleared)
         return live
 
     def _gone(self, db: sqlite3.Connection, component: str, gvr: str, ident: Ident, rv: str) -> None:
         """The cloud says `ident` is gone (at `rv`): every encoding's copy goes and a tombstone stays.
         The caller trims the tombstones (`_trim`) once per transaction."""
         ns, name = ident
-        where = (component, gvr, ns, name)
-        copies = db.execute(
-            "SELECT rv FROM objects WHERE component=? AND gvr=? AND namespace=? AND name=?", where
-        ).fetchall()
+        where = (component, *_ENCODINGS, gvr, ns, name)
+        copies = db.execute(f"SELECT rv FROM objects WHERE {_EVERY_ENCODING}", where).fetchall()  # noqa: S608 - fixed SQL
         if any(not newer_or_same(rv, old) for (old,) in copies):
             return  # a copy newer than the deletion: the object was made again since
-        db.execute("DELETE FROM objects WHERE component=? AND gvr=? AND namespace=? AND name=?", where)
+        db.execute(f"DELETE FROM objects WHERE {_EVERY_ENCODING}", where)  # noqa: S608 - fixed SQL
         db.execute(
             f"DELETE FROM members WHERE namespace=? AND name=? AND view IN ({_KIND_VIEWS})",  # noqa: S608 - fixed SQL, values bound
             (ns, name, component, gvr),
         )
         db.execute(
             "INSERT OR REPLACE INTO tombstones (component, gvr, namespace, name, rv) VALUES (?, ?, ?, ?, ?)",
-            (*where, rv),
+            (component, gvr, ns, name, rv),
         )
 
     def _trim(self, db: sqlite3.Connection, component: str, gvr: str) -> None:
