@@ -448,3 +448,33 @@ def test_a_pod_that_left_kubelets_node_view_is_deleted(store: storage.Storage) -
     listed(store, pods, "20", fx.obj(ENC, "web-1", "5"))
     assert store.get_object(pods.scope, "ns", "web-0") is None
     assert store.is_deleted("kubelet", "pods.v1.core", "ns", "web-0")
+
+
+def test_a_client_inventing_selectors_cannot_grow_the_cache(store: storage.Storage) -> None:
+    hostile = storage.Scope(storage.TOKEN_SCOPE + "abc", ENC, SCOPE.gvr)
+    for n in range(storage.MAX_VIEWS_PER_SCOPE + 50):
+        key = storage.ViewKey(hostile, "ns", label_selector=f"x={n}")
+        listed(store, key, str(n + 10), fx.obj(ENC, f"o{n}", "5"))
+    counts = store.counts()
+    assert counts.views == storage.MAX_VIEWS_PER_SCOPE
+    assert counts.objects == storage.MAX_VIEWS_PER_SCOPE  # the evicted views' objects went with them
+
+
+def test_sqlite_reads_never_write(tmp_path: Path) -> None:
+    clock = Clock()
+    s = storage.SqliteStorage(tmp_path / "cache", clock=clock)
+    listed(s, ALL, "10", fx.obj(ENC, "a", "5"))
+    listed(s, ALL, "20")  # a tombstone for a
+    watcher = sqlite3.connect(s.path)
+    before = watcher.execute("PRAGMA data_version").fetchone()[0]
+    for _ in range(3):
+        clock.now += storage.USE_FLUSH_S * 2
+        assert s.read_view(ALL) is not None
+        assert s.get_object(SCOPE, "ns", "a") is None
+        assert s.is_deleted("kubelet", SCOPE.gvr, "ns", "a")
+        s.counts()
+    assert watcher.execute("PRAGMA data_version").fetchone()[0] == before  # no other connection committed
+    s.put_object(SCOPE, fx.obj(ENC, "b", "30"))
+    assert watcher.execute("PRAGMA data_version").fetchone()[0] != before  # (the probe does see commits)
+    watcher.close()
+    s.close()
