@@ -3,7 +3,7 @@
 Pure apart from the storage it is handed. The proxy asks `cacheable(info)` before teeing a response,
 hands the finished body or each watch batch to `record_*` (and a GET the cloud answered 404 to
 `record_absent`), asks `answer_read(...)` when the cloud is away, and calls `expire_idle_scopes` now and
-then so token scopes of pods that are gone do not stay forever.
+then (with `note_use` on every request) so token scopes of pods that are gone do not stay forever.
 
 An offline GET of an object the cache knows the cloud deleted answers the cloud's own 404 `Status`
 (`not_found`), byte for byte, in the encoding the client asked for first.
@@ -122,6 +122,14 @@ def record_absent(store: storage.Storage, info: RequestInfo) -> None:
     """
     if info.verb == "get" and info.name:
         store.delete_object(info.component, info.gvr, info.namespace, info.name)
+
+
+def note_use(store: storage.Storage, info: RequestInfo) -> None:
+    """Count any request of this component as use of its scope (memory only; safe on the event loop).
+
+    A pod that only holds a quiet watch makes no cache read or write, yet its token scope is in use.
+    """
+    store.touch(info.component)
 
 
 def expire_idle_scopes(store: storage.Storage, now: float, idle_s: float) -> int:

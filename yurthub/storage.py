@@ -23,9 +23,9 @@ Contract, for both implementations (`SqliteStorage` on disk, `MemoryStorage` bes
 - Bounded: at most `max_views_per_scope` views per scope (least recently read or written goes first, with
   the objects only it held), at most `max_tombstones_per_scope` tombstones per (component, resource)
   (oldest first), and `drop_idle` removes whole components nobody used since a given time.
-- Last use per component is kept in memory on every read and write and written to disk at most once a
-  minute per component (inside a write transaction that happens anyway), by `drop_idle`, and at `close`:
-  reads never write.
+- Last use per component is kept in memory on every read and write (and `touch`, for requests that touch
+  no storage) and written to disk at most once a minute per component (inside a write transaction that
+  happens anyway), by `drop_idle`, and at `close`: reads never write.
 """
 
 from __future__ import annotations
@@ -149,6 +149,7 @@ class Storage(Protocol):
     def read_view(self, key: ViewKey) -> View | None: ...
     def delete_object(self, component: str, gvr: str, namespace: str, name: str, rv: str = "") -> None: ...
     def is_deleted(self, component: str, gvr: str, namespace: str, name: str) -> bool: ...
+    def touch(self, component: str) -> None: ...
     def drop_idle(self, prefix: str, before: float) -> int: ...
     def counts(self) -> Counts: ...
     def usage(self) -> list[Usage]: ...
@@ -217,6 +218,9 @@ class MemoryStorage:
     def _read(self, component: str) -> None:
         if component in self._used:
             self._used[component] = self._clock()
+
+    def touch(self, component: str) -> None:
+        self._read(component)
 
     def _put(self, scope: Scope, obj: wire.Obj) -> bool:
         """Store `obj` unless it is older than what is held or than its tombstone; False when buried."""
@@ -554,8 +558,16 @@ class SqliteStorage:
         if component in self._used:
             self._used[component] = self._clock()
 
+    def touch(self, component: str) -> None:
+        """A request of `component` that touched no storage (a held or quiet watch) still counts as use.
+
+        Memory only, and only for a component already held (no key is added), so it is safe to call from
+        the event loop while the writer thread works: no I/O, and the dict never changes size under it.
+        """
+        self._read(component)
+
     def _flush_uses(self) -> None:
-        stale = [(c, u) for c, u in self._used.items() if self._flushed.get(c) != u]
+        stale = [(c, u) for c, u in list(self._used.items()) if self._flushed.get(c) != u]
         if not stale:
             return
         with self._tx() as db:
@@ -779,7 +791,7 @@ class SqliteStorage:
 
     def drop_idle(self, prefix: str, before: float) -> int:
         self._flush_uses()
-        idle = sorted(c for c, used in self._used.items() if c.startswith(prefix) and used < before)
+        idle = sorted(c for c, used in list(self._used.items()) if c.startswith(prefix) and used < before)
         if not idle:
             return 0
         with self._tx() as db:

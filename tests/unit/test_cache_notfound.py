@@ -147,3 +147,15 @@ def test_expire_idle_scopes_removes_token_scopes_unused_for_a_token_lifetime() -
     assert cache.expire_idle_scopes(store, now[0], 3600) == 1  # old: used 5400 s ago
     assert store.counts().token_scopes == 1
     assert store.counts().components == 2  # kubelet is never expired by idleness
+
+
+def test_a_request_that_touches_no_storage_still_keeps_its_scope_alive() -> None:
+    now = [1_000_000.0]
+    store = storage.MemoryStorage(clock=lambda: now[0])
+    watching = dataclasses.replace(get("/api/v1/namespaces/ns/configmaps/a"), component=cache.token_scope("t"))
+    cache.record_object(store, watching, wire.Encoding.JSON, fx.obj(wire.Encoding.JSON, "a", "5").body)
+    now[0] += 5000
+    cache.note_use(store, watching)  # e.g. the pod's watch, quiet for an hour
+    assert cache.expire_idle_scopes(store, now[0] + 10, 3600) == 0
+    cache.note_use(store, dataclasses.replace(watching, component=cache.token_scope("unknown")))
+    assert store.counts().components == 1  # a use of nothing held adds nothing

@@ -478,3 +478,17 @@ def test_sqlite_reads_never_write(tmp_path: Path) -> None:
     assert watcher.execute("PRAGMA data_version").fetchone()[0] != before  # (the probe does see commits)
     watcher.close()
     s.close()
+
+
+def test_touch_counts_as_use_and_survives_a_restart(tmp_path: Path) -> None:
+    clock = Clock()
+    s = storage.SqliteStorage(tmp_path / "cache", clock=clock)
+    s.put_object(storage.Scope("token/t", ENC, SCOPE.gvr), fx.obj(ENC, "a", "5"))
+    clock.now += 100
+    s.touch("token/t")
+    s.touch("token/never-held")
+    s.close()
+    reopened = storage.SqliteStorage(tmp_path / "cache", clock=clock)
+    assert reopened.counts().components == 1
+    assert reopened.drop_idle("token/", clock.now - 50) == 0
+    reopened.close()
