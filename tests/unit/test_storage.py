@@ -1,4 +1,7 @@
-"""One contract, two storages: the SQLite cache on disk and the in-memory one beside it."""
+"""One contract, two storages: the SQLite cache on disk and the in-memory one beside it.
+
+The cache holds what the cloud currently lists: deletions (relist, watch, a 404) remove objects and leave
+bounded tombstones, views and idle token scopes are bounded, and SQLite keeps all of it across restarts."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import sqlite3
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,10 +44,10 @@ def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
     """Builds a storage of the parametrized kind with the given keyword settings."""
     opened: list[storage.SqliteStorage] = []
 
-    def build(**settings: object) -> storage.Storage:
+    def build(**settings: Any) -> storage.Storage:
         if request.param == "memory":
-            return storage.MemoryStorage(**settings)  # type: ignore[arg-type]
-        s = storage.SqliteStorage(tmp_path / f"cache{len(opened)}", **settings)  # type: ignore[arg-type]
+            return storage.MemoryStorage(**settings)
+        s = storage.SqliteStorage(tmp_path / f"cache{len(opened)}", **settings)
         opened.append(s)
         return s
 
