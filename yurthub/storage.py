@@ -35,6 +35,7 @@ import dataclasses
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -482,6 +483,8 @@ class SqliteStorage:
         """Last use per component that holds anything; authoritative while running."""
         self._flushed: dict[str, float] = dict(self._used)
         """What the components table says, to write a use only when it is a minute newer."""
+        self._uses = threading.Lock()
+        """Guards `_used`: `touch` comes from the event loop while the writer thread reads and drops."""
         self._view_read: dict[int, float] = {}
         """Last read of a view since start; reads are not written to disk (LRU takes the later of the two)."""
 
@@ -544,7 +547,8 @@ class SqliteStorage:
 
     def _wrote(self, db: sqlite3.Connection, component: str) -> None:
         now = self._clock()
-        self._used[component] = now
+        with self._uses:
+            self._used[component] = now
         flushed = self._flushed.get(component)
         if flushed is None or now - flushed >= USE_FLUSH_S:
             db.execute(
@@ -555,19 +559,22 @@ class SqliteStorage:
             self._flushed[component] = now
 
     def _read(self, component: str) -> None:
-        if component in self._used:
-            self._used[component] = self._clock()
+        now = self._clock()
+        with self._uses:
+            if component in self._used:
+                self._used[component] = now
 
     def touch(self, component: str) -> None:
         """A request of `component` that touched no storage (a held or quiet watch) still counts as use.
 
-        Memory only, and only for a component already held (no key is added), so it is safe to call from
-        the event loop while the writer thread works: no I/O, and the dict never changes size under it.
+        Memory only (no I/O, a lock held for one dict update), and only for a component already held (no key
+        is added), so it is cheap and safe to call from the event loop while the writer thread works.
         """
         self._read(component)
 
     def _flush_uses(self) -> None:
-        stale = [(c, u) for c, u in list(self._used.items()) if self._flushed.get(c) != u]
+        with self._uses:
+            stale = [(c, u) for c, u in self._used.items() if self._flushed.get(c) != u]
         if not stale:
             return
         with self._tx() as db:
@@ -791,19 +798,27 @@ class SqliteStorage:
 
     def drop_idle(self, prefix: str, before: float) -> int:
         self._flush_uses()
-        idle = sorted(c for c, used in list(self._used.items()) if c.startswith(prefix) and used < before)
+        with self._uses:
+            idle = {c: used for c, used in self._used.items() if c.startswith(prefix) and used < before}
+            for component in idle:  # gone from memory first: a `touch` from now on finds nothing to renew
+                del self._used[component]
         if not idle:
             return 0
-        with self._tx() as db:
-            for component in idle:
-                views = [int(v) for (v,) in db.execute("SELECT id FROM views WHERE component=?", (component,))]
-                db.executemany("DELETE FROM members WHERE view=?", [(v,) for v in views])
-                for table in ("views", "objects", "tombstones", "components"):
-                    db.execute(f"DELETE FROM {table} WHERE component=?", (component,))  # noqa: S608 - fixed names
-                for v in views:
-                    self._view_read.pop(v, None)
+        try:
+            with self._tx() as db:
+                for component in sorted(idle):
+                    views = [int(v) for (v,) in db.execute("SELECT id FROM views WHERE component=?", (component,))]
+                    db.executemany("DELETE FROM members WHERE view=?", [(v,) for v in views])
+                    for table in ("views", "objects", "tombstones", "components"):
+                        db.execute(f"DELETE FROM {table} WHERE component=?", (component,))  # noqa: S608 - fixed names
+                    for v in views:
+                        self._view_read.pop(v, None)
+        except errors.StorageError:
+            with self._uses:  # still on disk: still tracked, for the next try
+                for component, used in idle.items():
+                    self._used.setdefault(component, used)
+            raise
         for component in idle:
-            del self._used[component]
             self._flushed.pop(component, None)
         return len(idle)
 
@@ -857,10 +872,12 @@ class SqliteStorage:
             "SELECT (SELECT COUNT(*) FROM views), (SELECT COUNT(*) FROM tombstones), (SELECT COUNT(*) FROM objects)",
             (),
         )
+        with self._uses:
+            components = list(self._used)
         return Counts(
             views=int(views),
-            components=len(self._used),
-            token_scopes=sum(1 for c in self._used if c.startswith(TOKEN_SCOPE)),
+            components=len(components),
+            token_scopes=sum(1 for c in components if c.startswith(TOKEN_SCOPE)),
             tombstones=int(tombstones),
             objects=int(objects),
         )
