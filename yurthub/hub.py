@@ -1,14 +1,19 @@
 """The request path's shared state: built once by `server`, handed to `proxy`, `remote` and `local`.
 
-A `Hub` owns the cloud sessions, the cache and its single writer thread, the outbox, the metrics and the
-response-filter rules. It does no routing itself: `proxy.handle` decides, `remote` forwards and relays,
-`local` answers from the cache.
+A `Hub` owns the cloud sessions, the cache and its single writer thread, the outbox, the metrics, the
+response-filter rules and the memory budgets. It does no routing itself: `proxy.handle` decides, `remote`
+forwards and relays, `local` answers from the cache.
+
+Bounded: `requests` (bytes of request bodies and whole answers held at once), `lists` (list bodies buffered
+for the cache, until written), `last_lists` (least recently used digests go first), pending cache writes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Callable
@@ -16,11 +21,23 @@ from typing import Any
 
 import aiohttp
 
-from yurthub import config, errors, filters, health, metrics, outbox, requestinfo, storage, topology, wire
+from yurthub import budget, config, errors, filters, health, metrics, outbox, requestinfo, storage, topology, wire
 
 log = logging.getLogger(__name__)
 
 MAX_PENDING_WRITES = 256
+
+
+@dataclasses.dataclass
+class Admitted:
+    """A request `proxy.handle` let in: what it asks for, its filters, its body, and the memory it holds."""
+
+    info: requestinfo.RequestInfo
+    names: tuple[str, ...]
+    """The response filters it gets (`filters`); empty for a byte-exact pass-through."""
+    body: bytes
+    held: budget.Hold
+    """Bytes of the node-wide `requests` budget this request holds (its body, then whole answers)."""
 
 
 class Hub:
@@ -48,7 +65,15 @@ class Hub:
         self.writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-writer")
         self.inflight: set[Callable[[], object]] = set()
         self.pending: set[asyncio.Future[Any]] = set()
-        self.last_lists: dict[object, bytes] = {}
+        self.last_lists: collections.OrderedDict[object, bytes] = collections.OrderedDict()
+        """Digest of the last list stored per view, least recently used first; at most `max_list_digests`."""
+        limits = settings.limits
+        self.requests_budget = budget.Budget(limits.max_bytes_in_memory)
+        """Request bodies and whole answers held in memory at once; past it, 429."""
+        self.lists_budget = budget.Budget(limits.max_list_buffer_bytes)
+        """List bodies buffered for the cache, from the first byte read until written; past it, not cached."""
+        self.outbox_depth = 0
+        """The outbox's length as last read on the writer thread (the event loop never asks the disk)."""
         self.cache_writable = True
         """False while cache writes fail (a full disk); forwarding goes on regardless."""
         self.closing: set[asyncio.Future[None]] = set()
@@ -65,8 +90,20 @@ class Hub:
         return tuple(n for n in names if n != filters.MASTER_SERVICE or self.door is not None)
 
     async def chain(self, info: requestinfo.RequestInfo, names: tuple[str, ...]) -> filters.Chain:
-        facts = await self.facts.get() if filters.SERVICE_TOPOLOGY in names else None
+        """The filters for `names`; raises `errors.Unfilterable` when one of them lacks its input (no topology
+        facts were ever had), so the caller fails closed instead of sending what the filter would hide."""
+        facts = None
+        if filters.SERVICE_TOPOLOGY in names:
+            facts = await self.facts.get()
+            if facts is None:
+                raise errors.Unfilterable("the service topology facts could not be read from the cloud yet")
         return filters.build(names, door=self.door, facts=facts)
+
+    def server_failed(self, server: str, reason: str) -> None:
+        """A connection to `server` failed: it is down until probes say otherwise."""
+        if self.servers.record(server, False, reason):
+            self.cloud_changed()
+        self.metrics.cloud_healthy.labels(server).set(0)
 
     async def fetch_json(self, path: str) -> bytes | None:
         """GET `path` from a healthy cloud server with the node's identity; None if that cannot be had."""
@@ -98,21 +135,29 @@ class Hub:
     async def in_writer(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.writer, fn, *args)
 
-    async def record(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
+    async def record(self, what: str, fn: Callable[..., Any], *args: Any, held: budget.Hold | None = None) -> None:
         """Queue a cache write on the writer thread and return at once: the client never waits for the disk.
 
         Writes run one at a time in the order queued, so a list and the watch events after it apply in
         order. Past `MAX_PENDING_WRITES` queued writes the caller waits for the oldest (backpressure instead
-        of unbounded memory). A failure is counted and logged, never raised to the client.
+        of unbounded memory). A failure is counted and logged, never raised to the client. `held` (the
+        bytes buffered for this write) is released once the write is done, whatever its outcome.
         """
-        while len(self.pending) >= MAX_PENDING_WRITES:
-            await asyncio.wait(set(self.pending), return_when=asyncio.FIRST_COMPLETED)
-        future = asyncio.get_running_loop().run_in_executor(self.writer, fn, *args)
+        try:
+            while len(self.pending) >= MAX_PENDING_WRITES:
+                await asyncio.wait(set(self.pending), return_when=asyncio.FIRST_COMPLETED)
+            future = asyncio.get_running_loop().run_in_executor(self.writer, fn, *args)
+        except BaseException:
+            if held is not None:
+                held.release()
+            raise
         self.pending.add(future)
-        future.add_done_callback(lambda f: self._written(what, f))
+        future.add_done_callback(lambda f: self._written(what, f, held))
 
-    def _written(self, what: str, future: asyncio.Future[Any]) -> None:
+    def _written(self, what: str, future: asyncio.Future[Any], held: budget.Hold | None = None) -> None:
         self.pending.discard(future)
+        if held is not None:
+            held.release()
         exc = future.exception() if not future.cancelled() else None
         if exc is None:
             self.cache_writable = True
@@ -137,9 +182,16 @@ class Hub:
         task.add_done_callback(self.closing.discard)
 
     def list_changed(self, key: object, body: bytes) -> bool:
-        """False when this exact list was the last one stored for its view: nothing to write again."""
+        """False when this exact list was the last one stored for its view: nothing to write again.
+
+        At most `max_list_digests` views are remembered; the least recently listed is forgotten first (its
+        next list is simply written again)."""
         digest = hashlib.blake2b(body, digest_size=16).digest()
         if self.last_lists.get(key) == digest:
+            self.last_lists.move_to_end(key)
             return False
         self.last_lists[key] = digest
+        self.last_lists.move_to_end(key)
+        while len(self.last_lists) > self.settings.limits.max_list_digests:
+            self.last_lists.popitem(last=False)
         return True

@@ -2,7 +2,8 @@
 
 GET and LIST come from the cache in the client's encoding; a WATCH is held open, silent, until the cloud
 returns; kubelet's Lease renewals and node status are answered here; Events go to the outbox; everything
-else is a 503 `Status` that says why.
+else is a 503 `Status` that says why. An answer read whole from the cache counts against the node-wide
+`requests` memory budget until it is sent (429 when there is no room).
 """
 
 from __future__ import annotations
@@ -15,16 +16,14 @@ import random
 from aiohttp import web
 
 from yurthub import cache, errors, outbox, replies, requestinfo, wire
-from yurthub.hub import Hub
-from yurthub.remote import metric_component
+from yurthub.hub import Admitted, Hub
 
 DEFAULT_WATCH_TIMEOUT_S = 1800
 
 
-async def serve(
-    hub: Hub, request: web.Request, info: requestinfo.RequestInfo, body: bytes, names: tuple[str, ...] = ()
-) -> web.StreamResponse:
-    component, outcome = metric_component(info), "refused"
+async def serve(hub: Hub, request: web.Request, admitted: Admitted) -> web.StreamResponse:
+    info, body, names = admitted.info, admitted.body, admitted.names
+    component, outcome = info.component, "refused"
     accept = wire.JSON if names else request.headers.get("Accept", "")  # filtered answers are kept as JSON only
     try:
         if not info.is_resource:
@@ -36,19 +35,8 @@ async def serve(
                 "retry when the cloud is back",
             )
         if info.verb in ("get", "list"):
-            answer = None
-            if cache.cacheable(info, hub.agents):
-                answer = await hub.in_writer(cache.answer_read, hub.store, info, accept)
-            hub.metrics.cache_reads.labels(component, "hit" if answer else "miss").inc()
-            if answer is None:
-                outcome = "miss"
-                return replies.error(
-                    503,
-                    f"cloud unreachable and nothing cached for {component or 'this client'}: "
-                    f"{info.verb} {info.gvr} {info.namespace}/{info.name}".rstrip("/"),
-                )
-            outcome = "cache"
-            return replies.cached(answer)
+            response, outcome = await _read(hub, request, admitted, accept)
+            return response
         if info.verb == "watch" and cache.cacheable(info, hub.agents):
             outcome = "held"
             return await _hold_watch(hub, request, info, accept)
@@ -81,17 +69,33 @@ async def serve(
     except errors.StorageError as exc:
         return replies.error(503, f"cloud unreachable and the cache cannot be read: {exc}")
     finally:
-        hub.metrics.requests.labels(component, info.verb, info.resource, outcome).inc()
+        hub.metrics.request(component, info.verb, info.resource, outcome)
+
+
+async def _read(hub: Hub, request: web.Request, admitted: Admitted, accept: str) -> tuple[web.Response, str]:
+    """A GET or LIST from the cache, and the outcome to count."""
+    info = admitted.info
+    answer = None
+    if cache.cacheable(info, hub.agents):
+        answer = await hub.in_writer(cache.answer_read, hub.store, info, accept)
+    hub.metrics.cache_read(info.component, "hit" if answer else "miss")
+    if answer is None:
+        return replies.error(
+            503,
+            f"cloud unreachable and nothing cached for {info.component or 'this client'}: "
+            f"{info.verb} {info.gvr} {info.namespace}/{info.name}".rstrip("/"),
+        ), "miss"
+    if not admitted.held.grow(len(answer.body)):
+        hub.metrics.overloaded.labels("requests").inc()
+        return replies.overloaded("answers from the cache", hub.settings.limits.retry_after_s), "refused"
+    return await replies.send(request, replies.cached(answer)), "cache"
 
 
 async def _queue_event(hub: Hub, request: web.Request, info: requestinfo.RequestInfo, body: bytes) -> web.Response:
     """Keep an event write for the cloud; answer as the cloud would have (the object, or the cached one)."""
     content_type = request.headers.get("Content-Type", wire.JSON)
-    await hub.in_writer(
-        hub.outbox.put, outbox.Write(request.method, request.raw_path, content_type, body, info.component)
-    )
-    hub.metrics.outbox_depth.set(len(hub.outbox))
-    hub.metrics.outbox_dropped.set(hub.outbox.dropped)
+    write = outbox.Write(request.method, request.raw_path, content_type, body, info.component)
+    await hub.in_writer(_put, hub, write)
     if info.verb == "create":
         return web.Response(status=201, body=body, content_type=None, headers={"Content-Type": content_type})
     answer = await hub.in_writer(
@@ -135,3 +139,11 @@ async def _cached_node(hub: Hub, request: web.Request, info: requestinfo.Request
     if answer is None:
         return replies.error(503, f"cloud unreachable and node {info.name} is not cached")
     return replies.cached(answer, 200)
+
+
+def _put(hub: Hub, write: outbox.Write) -> None:
+    """On the writer thread: queue the write and note the depth, so the event loop never asks the disk."""
+    hub.outbox.put(write)
+    hub.outbox_depth = len(hub.outbox)
+    hub.metrics.outbox_depth.set(hub.outbox_depth)
+    hub.metrics.outbox_dropped.set(hub.outbox.dropped)

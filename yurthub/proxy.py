@@ -1,18 +1,25 @@
 """The request path's routing policy: forward to the cloud while it is healthy, answer from the cache while not.
 
 handle(request)
-  ├── refused up front: over-long headers (431), a path no client sends (400), a door request without a
-  │                     token (401), a filtered request that does not take JSON (406), a body too big (413)
+  ├── admit: refuse over-long headers (431), two Authorization headers or a path no client sends (400), a
+  │          door request without a token (401), a filtered request that does not take JSON (406), a body
+  │          too big (413) or one the node-wide memory budget has no room for (429 with Retry-After)
   ├── cloud healthy → `remote.forward`: stream the response back byte for byte, tee cacheable ones into the
-  │                   cache (a connection failure marks the server down and falls through to the cache)
+  │                   cache. A connection failure marks the server down and falls through to the cache; a
+  │                   server that is connected but silent past the request timeout gets this one request a
+  │                   504 and changes nothing else.
   └── cloud away    → `local.serve`: GET/LIST from the cache, WATCH held open until the cloud returns,
                       kubelet's Lease and node status answered here, Events into the outbox,
                       everything else a 503 Status that says why
 
-Filtered requests (`filters`: a component's services/endpointslices get, list and watch) are fetched and
-answered as JSON, filtered before the cache sees them; offline they are answered from that JSON. On the HTTPS
-door (`door`) a pod's own token is required and forwarded, and the request's cache scope is its token's hash.
-The shared state lives in `hub.Hub`.
+Cache scope: a request's component (its User-Agent) unless it carries its own credentials. On the HTTPS door
+(`door`) a pod's own bearer token is required and forwarded; on the plain port a request may carry its own
+`Authorization`, which is forwarded too. Either way the request's cache scope is that token's hash
+(`cache.token_scope`), so what a token fetched is read back only with that token.
+
+Filtered requests (`filters`: a component's services/endpointslices get, list and watch, chosen by the
+User-Agent) are fetched and answered as JSON, filtered before the cache sees them; offline they are
+answered from that JSON. The shared state lives in `hub.Hub`.
 """
 
 from __future__ import annotations
@@ -22,25 +29,62 @@ import dataclasses
 from aiohttp import web
 
 from yurthub import cache, errors, local, remote, replies, requestinfo, wire
-from yurthub.hub import Hub
+from yurthub.hub import Admitted, Hub
 
-__all__ = ["MAX_HEADER", "MAX_REQUEST_BODY", "Hub", "handle"]
+__all__ = ["MAX_HEADER", "Hub", "handle"]
 """`Hub` is named here too: the rest of yurthub knows the request path as `proxy`."""
 
-MAX_REQUEST_BODY = 16 * 1024 * 1024
 MAX_HEADER = 16 * 1024
 """Longest request header accepted; aiohttp's own parser stops at 64 KiB (`server.PARSER_LIMIT`)."""
+READ_CHUNK = 64 * 1024
 
 
 async def handle(hub: Hub, request: web.Request, *, door: bool = False) -> web.StreamResponse:
-    """Route one request. On the HTTPS `door` a pod's own bearer token is required: it is forwarded as the
-    pod's identity, and the cache scope of the request is that token's (`cache.token_scope`)."""
+    """Route one request (the routing policy in one screen; the module docstring says why)."""
+    admitted = await admit(hub, request, door=door)
+    if isinstance(admitted, web.StreamResponse):
+        return admitted
+    info = admitted.info
+    try:
+        server = hub.servers.pick()
+        if server is not None:
+            try:
+                return await remote.forward(hub, request, admitted, server)
+            except errors.CloudTimeout as exc:
+                hub.metrics.request(info.component, info.verb, info.resource, "timeout")
+                return replies.error(
+                    504,
+                    f"the cloud did not answer {info.verb} {info.path} in time ({exc}); the cloud is still "
+                    "considered reachable: retry",
+                    "Timeout",
+                )
+            except errors.Unreachable as exc:
+                hub.server_failed(server, str(exc))
+        return await local.serve(hub, request, admitted)
+    finally:
+        admitted.held.release()
+
+
+def _credentials(values: list[str]) -> str:
+    """The secret an `Authorization` header carries: a bearer token, or the whole value for other schemes."""
+    scheme, _, token = values[0].partition(" ") if values else ("", "", "")
+    if scheme.lower() == "bearer":
+        return token.strip()
+    return values[0].strip() if values else ""
+
+
+async def admit(hub: Hub, request: web.Request, *, door: bool) -> Admitted | web.Response:
+    """Parse and scope one request and read its body within the limits, or answer why not."""
+    limits = hub.settings.limits
     too_big = [k for k, v in request.headers.items() if len(k) + len(v) > MAX_HEADER]
     if too_big:
         return replies.error(
             431, f"request header {too_big[0]} is longer than {MAX_HEADER} bytes", "RequestHeaderFieldsTooLarge"
         )
+    auths = request.headers.getall("Authorization", [])
     try:
+        if len(auths) > 1:
+            raise errors.BadRequest("more than one Authorization header: send exactly one")
         info = requestinfo.parse(
             request.method,
             request.raw_path.split("?", 1)[0],
@@ -48,31 +92,43 @@ async def handle(hub: Hub, request: web.Request, *, door: bool = False) -> web.S
             request.headers.get("User-Agent", ""),
         )
     except errors.BadRequest as exc:
-        hub.metrics.requests.labels("", request.method.lower(), "", "refused").inc()
+        hub.metrics.request("", request.method.lower(), "", "refused")
         return replies.error(400, str(exc))
-    if door:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            hub.metrics.requests.labels("", info.verb, info.resource, "refused").inc()
-            return replies.error(401, "the HTTPS door of yurthub needs the pod's own bearer token", "Unauthorized")
-        info = dataclasses.replace(info, component=cache.token_scope(token.strip()))
-    names = hub.filter_names(info)
+    names = () if door else hub.filter_names(info)  # by the User-Agent, whatever credentials the client sends
+    credentials = _credentials(auths)
+    if door and not (credentials and auths[0].lower().startswith("bearer ")):
+        hub.metrics.request("", info.verb, info.resource, "refused")
+        return replies.error(401, "the HTTPS door of yurthub needs the pod's own bearer token", "Unauthorized")
+    if credentials:
+        info = dataclasses.replace(info, component=cache.token_scope(credentials))
     if names and wire.Encoding.JSON not in cache.accepted(request.headers.get("Accept", "")):
         return replies.error(
             406,
-            f"yurthub filters {info.resource} for {info.component} and sends them as JSON, "
+            f"yurthub filters {info.resource} for {request.headers.get('User-Agent', '')} and sends them as JSON, "
             "which this client does not accept",
             "NotAcceptable",
         )
-    if request.content_length is not None and request.content_length > MAX_REQUEST_BODY:
-        return replies.error(413, f"request body of {request.content_length} bytes exceeds {MAX_REQUEST_BODY}")
-    body = await request.read() if request.can_read_body else b""
-    server = hub.servers.pick()
-    if server is not None:
-        try:
-            return await remote.forward(hub, request, info, server, body, names)
-        except errors.Unreachable as exc:
-            if hub.servers.record(server, False, str(exc)):
-                hub.cloud_changed()
-            hub.metrics.cloud_healthy.labels(server).set(0)
-    return await local.serve(hub, request, info, body, names)
+    limit = limits.max_door_request_body if door else limits.max_request_body
+    held = hub.requests_budget.hold()
+    body = bytearray()
+    if request.content_length is not None and request.content_length > limit:
+        return replies.error(413, f"request body of {request.content_length} bytes exceeds {limit}")
+    if request.content_length and not held.grow(request.content_length):
+        return _overloaded(hub, info)
+    held.release()  # reserved again chunk by chunk below, as the bytes arrive
+    if request.can_read_body:
+        while chunk := await request.content.read(READ_CHUNK):
+            if len(body) + len(chunk) > limit:
+                held.release()
+                return replies.error(413, f"request body exceeds {limit} bytes")
+            if not held.grow(len(chunk)):
+                held.release()
+                return _overloaded(hub, info)
+            body += chunk
+    return Admitted(info, names, bytes(body), held)
+
+
+def _overloaded(hub: Hub, info: requestinfo.RequestInfo) -> web.Response:
+    hub.metrics.overloaded.labels("requests").inc()
+    hub.metrics.request(info.component, info.verb, info.resource, "refused")
+    return replies.overloaded("request bodies", hub.settings.limits.retry_after_s)
