@@ -254,7 +254,7 @@ async def _relay_filtered(
             503,
             f"yurthub cannot filter {info.resource} yet ({exc}) and sends nothing unfiltered; retry",
             None,
-            {"Retry-After": "5"},
+            {"Retry-After": str(hub.settings.limits.retry_after_s)},
         )
     except (errors.WireFormatError, ValueError) as exc:
         log.warning("response not filterable path=%s error=%s", info.path, exc)
@@ -271,6 +271,21 @@ async def _relay_filtered(
     elif tee and info.verb == "get":
         await hub.record(info.path, cache.record_object, hub.store, info, wire.Encoding.JSON, out)
     return await replies.send(request, web.Response(status=200, body=out, headers=headers))
+
+
+def _filter_events(
+    chain: filters.Chain, info: requestinfo.RequestInfo, frames: list[bytes]
+) -> tuple[list[bytes], errors.Unfilterable | None]:
+    """The events to send, up to the first one the filters cannot read (and the error it raised)."""
+    kept: list[bytes] = []
+    for frame in frames:
+        try:
+            out = filters.event_frame(chain, info, frame)
+        except (errors.WireFormatError, ValueError) as exc:
+            return kept, errors.Unfilterable(f"{type(exc).__name__}: {exc}")
+        if out is not None:
+            kept.append(out)
+    return kept, None
 
 
 def _expired(message: str) -> bytes:
@@ -298,12 +313,14 @@ async def _relay_filtered_watch(
             if not frames:
                 continue
             chain = await hub.chain(info, names)
-            kept = [f for f in (filters.event_frame(chain, info, frame) for frame in frames) if f is not None]
+            kept, failure = _filter_events(chain, info, frames)
             if kept:
                 if not await _write(response, b"".join(f + b"\n" for f in kept), info):
                     break
                 if tee:
                     await hub.record(info.path, cache.record_events, hub.store, info, wire.Encoding.JSON, kept)
+            if failure is not None:
+                raise failure
     except (TimeoutError, aiohttp.ClientError) as exc:
         log.info("upstream stream ended early path=%s error=%s", info.path, type(exc).__name__)
     except (errors.Unfilterable, errors.WireFormatError, ValueError) as exc:
