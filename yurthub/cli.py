@@ -377,6 +377,14 @@ def status_main(argv: list[str]) -> int:
         print(
             f"  {e['component']:<20} {e['gvr']:<45} {e['encoding']:<9} {e['objects']:>6} objects {e['bytes']:>10} bytes"
         )
+    limits = report.get("limits")
+    if limits:
+        held, caps = limits["memoryHeld"], limits["memoryCaps"]
+        print(
+            f"limits: memory held {held['requests']}/{caps['requests']} bytes (requests), "
+            f"{held['lists']}/{caps['lists']} bytes (lists for the cache); "
+            f"list digests {limits['listDigests']}/{limits['listDigestsCap']}"
+        )
     box = report["outbox"]
     print(f"outbox: {box['depth']}/{box['capacity']} waiting, {box['dropped']} dropped")
     for w in box["oldest"]:

@@ -82,7 +82,7 @@ async def _read(hub: Hub, request: web.Request, admitted: Admitted, accept: str)
     if answer is None:
         return replies.error(
             503,
-            f"cloud unreachable and nothing cached for {info.component or 'this client'}: "
+            f"cloud unreachable and nothing cached for {_who(info)}: "
             f"{info.verb} {info.gvr} {info.namespace}/{info.name}".rstrip("/"),
         ), "miss"
     if not admitted.held.grow(len(answer.body)):
@@ -147,3 +147,10 @@ def _put(hub: Hub, write: outbox.Write) -> None:
     hub.outbox_depth = len(hub.outbox)
     hub.metrics.outbox_depth.set(hub.outbox_depth)
     hub.metrics.outbox_dropped.set(hub.outbox.dropped)
+
+
+def _who(info: requestinfo.RequestInfo) -> str:
+    """Whose cache scope a message names: a token scope as such (its hash means nothing to a person)."""
+    if cache.is_token_scope(info.component):
+        return "this token"
+    return info.component or "this client"
