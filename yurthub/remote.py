@@ -45,11 +45,13 @@ MAX_CACHED_BODY = 64 * 1024 * 1024
 
 
 def _upstream_headers(request: web.Request, filtered: bool = False) -> dict[str, str]:
-    """The client's headers minus hop-by-hop ones. A filtered request asks for plain JSON (`filters`)."""
+    """The client's headers minus hop-by-hop ones. A filtered request asks for plain, uncompressed JSON
+    (`filters` read it; left alone, aiohttp would offer gzip and the apiserver compresses large lists)."""
     headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
     if filtered:
         headers = {k: v for k, v in headers.items() if k.lower() not in ("accept", "accept-encoding")}
         headers["Accept"] = wire.JSON
+        headers["Accept-Encoding"] = "identity"
     return headers
 
 
@@ -97,12 +99,16 @@ async def forward(hub: Hub, request: web.Request, admitted: Admitted, server: st
     hub.metrics.request(info.component, info.verb, info.resource, "forwarded")
     hub.inflight.add(upstream.close)
     try:
-        if (
-            names
-            and upstream.status == 200
-            and wire.encoding_of(upstream.headers.get("Content-Type", "")) is wire.Encoding.JSON
-        ):
-            return await _relay_filtered(hub, request, admitted, upstream)
+        if names and upstream.status == 200:
+            content_type = upstream.headers.get("Content-Type", "")
+            plain = upstream.headers.get("Content-Encoding", "identity").lower() == "identity"
+            if wire.encoding_of(content_type) is wire.Encoding.JSON and plain:
+                return await _relay_filtered(hub, request, admitted, upstream)
+            return replies.error(
+                502,
+                f"the cloud answered {info.resource} in {content_type or 'no content type'}, not plain JSON, so "
+                "yurthub cannot filter it and sends nothing unfiltered",
+            )
         return await _relay(hub, request, info, upstream, body)
     finally:
         hub.inflight.discard(upstream.close)

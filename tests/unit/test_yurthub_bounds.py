@@ -284,6 +284,13 @@ async def test_a_list_its_filters_cannot_read_is_an_error_not_the_raw_body(node:
         assert b"ServiceList" not in body
 
 
+@pytest.mark.parametrize("answers", [{SERVICES: (b"k8s\x00\x0a\x02v1", "application/vnd.kubernetes.protobuf")}])
+async def test_a_filtered_answer_that_is_not_json_is_an_error_not_the_raw_body(node: Node) -> None:
+    async with aiohttp.ClientSession() as session, session.get(node.url + SERVICES, headers=KUBE_PROXY) as resp:
+        assert resp.status == 502
+        assert json.loads(await resp.read())["kind"] == "Status"
+
+
 GOOD_EVENT = (
     b'{"type":"ADDED","object":{"kind":"Service","apiVersion":"v1","metadata":{"name":"a","namespace":"x",'
     b'"resourceVersion":"5"},"spec":{}}}\n'
