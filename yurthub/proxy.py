@@ -28,7 +28,7 @@ import dataclasses
 
 from aiohttp import web
 
-from yurthub import cache, errors, local, remote, replies, requestinfo, wire
+from yurthub import budget, cache, errors, local, remote, replies, requestinfo, wire
 from yurthub.hub import Admitted, Hub
 
 __all__ = ["MAX_HEADER", "Hub", "handle"]
@@ -109,23 +109,40 @@ async def admit(hub: Hub, request: web.Request, *, door: bool) -> Admitted | web
             "NotAcceptable",
         )
     limit = limits.max_door_request_body if door else limits.max_request_body
-    held = hub.requests_budget.hold()
-    body = bytearray()
     if request.content_length is not None and request.content_length > limit:
         return replies.error(413, f"request body of {request.content_length} bytes exceeds {limit}")
-    if request.content_length and not held.grow(request.content_length):
-        return _overloaded(hub, info)
-    held.release()  # reserved again chunk by chunk below, as the bytes arrive
+    held = hub.requests_budget.hold()
+    try:
+        body = await _read_body(hub, request, info, limit, held)
+    except BaseException:
+        held.release()  # a client gone mid-body must not keep its bytes counted
+        raise
+    if isinstance(body, web.Response):
+        held.release()
+        return body
+    return Admitted(info, names, body, held)
+
+
+async def _read_body(
+    hub: Hub, request: web.Request, info: requestinfo.RequestInfo, limit: int, held: budget.Hold
+) -> bytes | web.Response:
+    """The request body, each chunk counted in `held` as it arrives, or the 413 or 429 that refuses it.
+
+    A declared length is checked against the budget before anything is read, so a flood of big bodies is
+    refused without reading them."""
+    if request.content_length:
+        if not held.grow(request.content_length):
+            return _overloaded(hub, info)
+        held.release()  # counted again below, as the bytes arrive
+    body = bytearray()
     if request.can_read_body:
         while chunk := await request.content.read(READ_CHUNK):
             if len(body) + len(chunk) > limit:
-                held.release()
                 return replies.error(413, f"request body exceeds {limit} bytes")
             if not held.grow(len(chunk)):
-                held.release()
                 return _overloaded(hub, info)
             body += chunk
-    return Admitted(info, names, bytes(body), held)
+    return bytes(body)
 
 
 def _overloaded(hub: Hub, info: requestinfo.RequestInfo) -> web.Response:
