@@ -14,8 +14,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client import generate_latest
 
-from yurthub import budget, config, filters, health, metrics, outbox, proxy, server, status, storage, topology
+from yurthub import budget, config, filters, health, metrics, outbox, proxy, server, status, storage, topology, wire
 
 
 def settings(cloud: str, tmp_path: Path, limits: config.LimitSettings) -> config.HubSettings:
@@ -311,3 +312,47 @@ async def test_a_watch_event_its_filters_cannot_read_ends_the_watch_with_410(nod
     last = json.loads(lines[1])
     assert last["type"] == "ERROR"
     assert (last["object"]["code"], last["object"]["reason"]) == (410, "Expired")
+
+
+CONFIGMAPS = "/api/v1/namespaces/default/configmaps"
+
+
+def _configmap_list(count: int) -> bytes:
+    items = [
+        {"metadata": {"name": f"c{i}", "namespace": "default", "resourceVersion": "9"}, "data": {"k": "v" * 100}}
+        for i in range(count)
+    ]
+    doc = {"kind": "ConfigMapList", "apiVersion": "v1", "metadata": {"resourceVersion": "9"}, "items": items}
+    return json.dumps(doc).encode()
+
+
+async def _list_as_kubelet(node: Node) -> bytes:
+    headers = {"User-Agent": "kubelet/v1.34", "Accept": "application/json"}
+    async with aiohttp.ClientSession() as session, session.get(node.url + CONFIGMAPS, headers=headers) as resp:
+        assert resp.status == 200
+        body = await resp.read()
+    if node.hub.pending:
+        await asyncio.wait(set(node.hub.pending))
+    return body
+
+
+def _view(node: Node) -> storage.View | None:
+    scope = storage.Scope("kubelet", wire.Encoding.JSON, "configmaps.v1.core")
+    return node.hub.store.read_view(storage.ViewKey(scope, "default"))
+
+
+@pytest.mark.parametrize("answers", [{CONFIGMAPS: (_configmap_list(50), "application/json")}])
+async def test_a_list_within_the_buffer_budget_is_cached(node: Node) -> None:
+    assert await _list_as_kubelet(node) == _configmap_list(50)
+    view = _view(node)
+    assert view is not None and len(view.items) == 50
+    assert node.hub.lists_budget.held == 0
+
+
+@pytest.mark.parametrize("answers", [{CONFIGMAPS: (_configmap_list(50), "application/json")}])
+@pytest.mark.parametrize("limits", [config.LimitSettings(max_list_buffer_bytes=2048)])
+async def test_a_list_past_the_node_wide_buffer_budget_is_relayed_whole_but_not_cached(node: Node) -> None:
+    assert await _list_as_kubelet(node) == _configmap_list(50)
+    assert _view(node) is None
+    assert node.hub.lists_budget.held == 0
+    assert 'yurthub_overload_total{budget="lists"} 1.0' in generate_latest(node.hub.metrics.registry).decode()
