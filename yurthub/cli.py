@@ -91,7 +91,40 @@ def build_parser() -> argparse.ArgumentParser:
     box.add_argument("--outbox-capacity", type=int, default=1000)
     _filter_flags(parser)
     _door_flags(parser)
+    _limit_flags(parser)
     return parser
+
+
+def _limit_flags(parser: argparse.ArgumentParser) -> None:
+    d = config.LimitSettings()
+    group = parser.add_argument_group(
+        "limits", "what any local client or pod can make yurthub hold (bytes unless said otherwise)"
+    )
+    group.add_argument("--max-request-body", type=int, default=d.max_request_body, help="plain port (413 past it)")
+    group.add_argument("--max-door-request-body", type=int, default=d.max_door_request_body, help="HTTPS door")
+    group.add_argument(
+        "--max-bytes-in-memory",
+        type=int,
+        default=d.max_bytes_in_memory,
+        help="request bodies and whole answers held at once, node wide (429 with Retry-After past it)",
+    )
+    group.add_argument(
+        "--max-list-buffer-bytes",
+        type=int,
+        default=d.max_list_buffer_bytes,
+        help="list bodies buffered for the cache at once (past it a list is relayed but not cached)",
+    )
+    group.add_argument("--retry-after-seconds", type=int, default=d.retry_after_s, help="Retry-After of a 429")
+    group.add_argument("--max-list-digests", type=int, default=d.max_list_digests, help="lists remembered by digest")
+    group.add_argument(
+        "--max-views-per-scope", type=int, default=d.max_views_per_scope, help="cached list views per scope"
+    )
+    group.add_argument(
+        "--token-scope-idle-seconds",
+        type=float,
+        default=d.token_scope_idle_s,
+        help="a token's cache scope unused this long is removed (a bound token's longest life)",
+    )
 
 
 def _filter_flags(parser: argparse.ArgumentParser) -> None:
@@ -200,6 +233,33 @@ def settings_from_args(args: argparse.Namespace) -> config.HubSettings:
         outbox=config.OutboxSettings(path=args.outbox_path, capacity=args.outbox_capacity),
         filters=_filter_settings(args),
         door=_door_settings(args),
+        limits=_limit_settings(args),
+    )
+
+
+def _limit_settings(args: argparse.Namespace) -> config.LimitSettings:
+    values = {
+        "--max-request-body": args.max_request_body,
+        "--max-door-request-body": args.max_door_request_body,
+        "--max-bytes-in-memory": args.max_bytes_in_memory,
+        "--max-list-buffer-bytes": args.max_list_buffer_bytes,
+        "--retry-after-seconds": args.retry_after_seconds,
+        "--max-list-digests": args.max_list_digests,
+        "--max-views-per-scope": args.max_views_per_scope,
+        "--token-scope-idle-seconds": args.token_scope_idle_seconds,
+    }
+    for flag, value in values.items():
+        if value <= 0:
+            raise config.ConfigError(f"{flag}: must be positive, not {value}")
+    return config.LimitSettings(
+        max_request_body=args.max_request_body,
+        max_door_request_body=args.max_door_request_body,
+        max_bytes_in_memory=args.max_bytes_in_memory,
+        max_list_buffer_bytes=args.max_list_buffer_bytes,
+        retry_after_s=args.retry_after_seconds,
+        max_list_digests=args.max_list_digests,
+        max_views_per_scope=args.max_views_per_scope,
+        token_scope_idle_s=args.token_scope_idle_seconds,
     )
 
 
@@ -316,6 +376,14 @@ def status_main(argv: list[str]) -> int:
     for e in cache["entries"]:
         print(
             f"  {e['component']:<20} {e['gvr']:<45} {e['encoding']:<9} {e['objects']:>6} objects {e['bytes']:>10} bytes"
+        )
+    limits = report.get("limits")
+    if limits:
+        held, caps = limits["memoryHeld"], limits["memoryCaps"]
+        print(
+            f"limits: memory held {held['requests']}/{caps['requests']} bytes (requests), "
+            f"{held['lists']}/{caps['lists']} bytes (lists for the cache); "
+            f"list digests {limits['listDigests']}/{limits['listDigestsCap']}"
         )
     box = report["outbox"]
     print(f"outbox: {box['depth']}/{box['capacity']} waiting, {box['dropped']} dropped")

@@ -36,7 +36,8 @@ class CloudSettings:
     heartbeat_healthy_threshold: int = 2
     """Successful probes in a row that mark an unhealthy server healthy again."""
     request_timeout_s: float = 30.0
-    """Longest wait for a non-watch response; past it the server counts as failed and the cache answers."""
+    """Longest silence while waiting for a non-watch response; past it that request gets a 504 `Status`. Only
+    probes and connection failures change cloud health: one slow request never takes the node offline."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -156,6 +157,43 @@ class DoorSettings:
         return bool(self.cert_file)
 
 
+MIB = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LimitSettings:
+    """Bounds on what any client can make yurthub hold: a pod reaches the door with any token and any local
+    process reaches the plain port, and none of them may grow yurthub's memory or disk without bound."""
+
+    max_request_body: int = 16 * MIB
+    """Largest request body on the plain port (413 past it). Node components send at most a few MiB (a Node
+    status with many images); 16 MiB leaves room without letting one request hold much memory."""
+    max_door_request_body: int = 3 * MIB
+    """Largest request body on the HTTPS door. kube-apiserver itself refuses bodies over 3 MiB
+    (`--max-request-bytes`), so a pod never needs more, and a pod is less trusted than a node component."""
+    max_bytes_in_memory: int = 256 * MIB
+    """Request bodies and whole responses (filtered answers, offline answers) held in memory at once, node
+    wide. Past it a request is answered 429 with `Retry-After`: a flood slows its senders, not yurthub's host.
+    256 MiB is four of the largest lists an edge node sees at once (kubelet and kube-proxy at start)."""
+    max_list_buffer_bytes: int = 256 * MIB
+    """List bodies buffered for the cache at once, node wide (a single list is kept up to 64 MiB). Past it
+    a list is relayed but not cached this time; the next relist caches it."""
+    retry_after_s: int = 1
+    """`Retry-After` seconds of a 429: client-go waits that long and retries."""
+    max_list_digests: int = 4096
+    """Lists remembered by digest so an unchanged relist is not written again (least recently used goes
+    first). A few thousand covers every view a full node keeps; a digest costs ~100 bytes."""
+    max_views_per_scope: int = 256
+    """List views kept per (component, encoding, resource) in the cache (least recently used goes first):
+    kubelet keeps one per ConfigMap and Secret its pods mount, over a hundred on a full node."""
+    token_scope_idle_s: float = 24 * 3600.0
+    """A pod token's cache scope unused this long is removed. Kubelet refreshes projected tokens hourly and
+    Kubernetes caps a bound token's lifetime at 24 h unless an operator raised it, so a scope idle a day
+    belongs to a token that no longer works."""
+    sweep_interval_s: float = 300.0
+    """How often idle token scopes are looked for."""
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class HubSettings:
     node_name: str
@@ -167,6 +205,7 @@ class HubSettings:
     outbox: OutboxSettings
     filters: FilterSettings = FilterSettings()
     door: DoorSettings = DoorSettings()
+    limits: LimitSettings = LimitSettings()
 
 
 def parse_servers(value: str) -> tuple[str, ...]:

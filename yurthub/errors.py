@@ -5,7 +5,9 @@ YurthubError
 ├── BadRequest            the request itself is malformed or dangerous (400)
 ├── WireFormatError       a response body is not the JSON/protobuf Kubernetes shape we expected
 ├── StorageError          the disk cache failed (full disk, corruption); online serving goes on
-└── Unreachable           a cloud server did not answer a forwarded request: the cache answers instead
+├── Unreachable           a cloud server could not be reached for a forwarded request: the cache answers instead
+├── CloudTimeout          a reachable cloud server did not answer one request in time: that request gets 504
+└── Unfilterable          a response its filters cannot be applied to: the client gets an error, never the raw body
 """
 
 from __future__ import annotations
@@ -29,3 +31,11 @@ class StorageError(YurthubError):
 
 class Unreachable(YurthubError):
     """A cloud server could not be reached for this request, and nothing was sent back to the client yet."""
+
+
+class CloudTimeout(YurthubError):
+    """A connected cloud server sent nothing for `request_timeout_s` on one request; cloud health is unchanged."""
+
+
+class Unfilterable(YurthubError):
+    """A response (or a filter's input, e.g. topology facts) that its filters cannot work with: fail closed."""

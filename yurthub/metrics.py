@@ -1,21 +1,100 @@
-"""yurthub's Prometheus metrics, in a registry of their own that `server` builds and passes down."""
+"""yurthub's Prometheus metrics, in a registry of their own that `server` builds and passes down.
+
+Every label value comes from a closed set (`Labels`): known verbs, known resources or `other`, known
+components or `other`, `pod` for every token scope. Requests with made-up paths, methods and User-Agents
+therefore never add series: the number of series is fixed by configuration, not by traffic.
+"""
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from yurthub import storage
+from yurthub import cache, storage
+
+OTHER = "other"
+VERBS = frozenset({"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"})
+"""Kubernetes verbs; any other method is `other`."""
+RESOURCES = frozenset(
+    {
+        "",
+        "bindings",
+        "certificatesigningrequests",
+        "configmaps",
+        "csidrivers",
+        "csinodes",
+        "csistoragecapacities",
+        "customresourcedefinitions",
+        "daemonsets",
+        "deployments",
+        "endpoints",
+        "endpointslices",
+        "events",
+        "ingressclasses",
+        "ingresses",
+        "jobs",
+        "leases",
+        "limitranges",
+        "localsubjectaccessreviews",
+        "namespaces",
+        "networkpolicies",
+        "nodes",
+        "persistentvolumeclaims",
+        "persistentvolumes",
+        "poddisruptionbudgets",
+        "pods",
+        "priorityclasses",
+        "replicasets",
+        "resourcequotas",
+        "runtimeclasses",
+        "secrets",
+        "serviceaccounts",
+        "services",
+        "statefulsets",
+        "storageclasses",
+        "subjectaccessreviews",
+        "tokenreviews",
+        "volumeattachments",
+    }
+)
+"""Built-in resources node components use; custom resources and made-up names are `other`."""
+COMPONENTS = frozenset({"", "kubelet", "kube-proxy", "coredns", "flanneld", "yurt-tunnel-agent", "yurthub", "kubectl"})
+"""Components always labelled by name, besides the configured cache agents."""
+POD = "pod"
+"""The label of every token scope: one per pod token would be a series per token."""
+
+
+class Labels:
+    """Map request attributes onto closed label sets."""
+
+    def __init__(self, components: Iterable[str] = ()) -> None:
+        self.components = COMPONENTS | {c for c in components if c != "*"}
+
+    def component(self, component: str) -> str:
+        if cache.is_token_scope(component):
+            return POD
+        return component if component in self.components else OTHER
+
+    @staticmethod
+    def verb(verb: str) -> str:
+        return verb if verb in VERBS else OTHER
+
+    @staticmethod
+    def resource(resource: str) -> str:
+        return resource if resource in RESOURCES else OTHER
 
 
 class _CacheUsage(Collector):
-    """Objects and bytes cached per component and resource, read from storage at scrape time."""
+    """Objects and bytes cached per component and resource, read from storage at scrape time; token scopes
+    are summed into `pod` and unknown components into `other`."""
 
-    def __init__(self, usage: Callable[[], list[storage.Usage]]) -> None:
+    def __init__(self, usage: Callable[[], list[storage.Usage]], labels: Labels) -> None:
         self._usage = usage
+        self._labels = labels
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         objects = GaugeMetricFamily(
@@ -26,15 +105,22 @@ class _CacheUsage(Collector):
             "Bytes of objects in the cache",
             labels=["component", "resource", "encoding"],
         )
+        counted: dict[tuple[str, str, str], list[int]] = collections.defaultdict(lambda: [0, 0])
         for u in self._usage():
-            objects.add_metric([u.component, u.gvr, u.encoding], u.objects)
-            size.add_metric([u.component, u.gvr, u.encoding], u.bytes)
+            totals = counted[(self._labels.component(u.component), u.gvr, u.encoding)]
+            totals[0] += u.objects
+            totals[1] += u.bytes
+        for key, (n, b) in sorted(counted.items()):
+            objects.add_metric(list(key), n)
+            size.add_metric(list(key), b)
         yield objects
         yield size
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, components: Iterable[str] = ()) -> None:
+        """`components`: the configured cache agents, labelled by name besides `COMPONENTS`."""
+        self.labels = Labels(components)
         self.registry = CollectorRegistry()
         r = self.registry
         self.cloud_healthy = Gauge(
@@ -75,6 +161,25 @@ class Metrics:
             registry=r,
         )
 
+        self.memory_held = Gauge(
+            "yurthub_memory_held_bytes",
+            "Bytes held in memory by the request path, by budget (requests: bodies and whole answers; "
+            "lists: list bodies buffered for the cache)",
+            ["budget"],
+            registry=r,
+        )
+        self.overloaded = Counter(
+            "yurthub_overload_total",
+            "Requests answered 429, or lists not cached, because a memory budget was spent",
+            ["budget"],
+            registry=r,
+        )
+        self.bounded = Gauge(
+            "yurthub_bounded_entries",
+            "Entries of the bounded tables (list digests, cache views, token scopes, tombstones, objects)",
+            ["table"],
+            registry=r,
+        )
         self.cert_expiry = Gauge(
             "yurthub_certificate_expiry_seconds",
             "Seconds until the certificate expires (negative once it has)",
@@ -89,4 +194,12 @@ class Metrics:
         )
 
     def watch_cache(self, usage: Callable[[], list[storage.Usage]]) -> None:
-        self.registry.register(_CacheUsage(usage))
+        self.registry.register(_CacheUsage(usage, self.labels))
+
+    def request(self, component: str, verb: str, resource: str, outcome: str) -> None:
+        """Count one request, its labels mapped onto closed sets."""
+        lb = self.labels
+        self.requests.labels(lb.component(component), lb.verb(verb), lb.resource(resource), outcome).inc()
+
+    def cache_read(self, component: str, result: str) -> None:
+        self.cache_reads.labels(self.labels.component(component), result).inc()

@@ -77,11 +77,17 @@ async def deliver_once(hub: proxy.Hub) -> int:
             break
         if code >= 400:
             log.warning("outbox write refused by the cloud status=%s path=%s body=%r", code, write.path_qs, text)
-        await hub.in_writer(hub.outbox.pop)
+        await hub.in_writer(_pop, hub)
         hub.metrics.outbox_delivered.inc()
         sent += 1
-    hub.metrics.outbox_depth.set(len(hub.outbox))
+    hub.metrics.outbox_depth.set(hub.outbox_depth)
     return sent
+
+
+def _pop(hub: proxy.Hub) -> None:
+    """On the writer thread: drop the delivered write and note the depth (the event loop never asks the disk)."""
+    hub.outbox.pop()
+    hub.outbox_depth = len(hub.outbox)
 
 
 async def _prober(hub: proxy.Hub) -> None:
@@ -113,7 +119,7 @@ async def _door_keeper(settings: config.DoorSettings, cert: door.ServingCert, ru
 
 async def _courier(hub: proxy.Hub) -> None:
     while True:
-        if len(hub.outbox) and hub.servers.is_healthy:
+        if hub.outbox_depth and hub.servers.is_healthy:
             await deliver_once(hub)
         await asyncio.sleep(1)
 
@@ -129,6 +135,15 @@ def status_report(hub: proxy.Hub, usage: list[storage.Usage], ids: identity.Iden
             "writable": hub.cache_writable,
             "entries": [u.__dict__ for u in usage],
         },
+        "limits": {
+            "listDigests": len(hub.last_lists),
+            "listDigestsCap": hub.settings.limits.max_list_digests,
+            "memoryHeld": memory_held(hub),
+            "memoryCaps": {
+                "requests": hub.settings.limits.max_bytes_in_memory,
+                "lists": hub.settings.limits.max_list_buffer_bytes,
+            },
+        },
         "outbox": {
             "depth": len(hub.outbox),
             "capacity": hub.outbox.capacity,
@@ -139,6 +154,10 @@ def status_report(hub: proxy.Hub, usage: list[storage.Usage], ids: identity.Iden
             ],
         },
     }
+
+
+def memory_held(hub: proxy.Hub) -> dict[str, int]:
+    return {"requests": hub.requests_budget.held, "lists": hub.lists_budget.held}
 
 
 def _iso(ts: float) -> str:
@@ -159,8 +178,11 @@ def _serve_app(hub: proxy.Hub, usage_cache: list[list[storage.Usage]], ids: iden
 
     async def metrics_page(_r: web.Request) -> web.Response:
         await refresh()
-        hub.metrics.outbox_depth.set(len(hub.outbox))
+        hub.metrics.outbox_depth.set(hub.outbox_depth)
         hub.metrics.outbox_dropped.set(hub.outbox.dropped)
+        for name, held in memory_held(hub).items():
+            hub.metrics.memory_held.labels(name).set(held)
+        hub.metrics.bounded.labels("list_digests").set(len(hub.last_lists))
         ids.publish()
         return web.Response(body=generate_latest(hub.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -177,13 +199,25 @@ def _serve_app(hub: proxy.Hub, usage_cache: list[list[storage.Usage]], ids: iden
     return app
 
 
+def _proxy_runner(hub: proxy.Hub) -> web.AppRunner:
+    """The plain proxy port's app: every path goes through the routing policy."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await proxy.handle(hub, request)
+
+    app = web.Application(client_max_size=hub.settings.limits.max_request_body)
+    app[HUB] = hub
+    app.router.add_route("*", "/{tail:.*}", handler)
+    return web.AppRunner(app, access_log=None, max_line_size=PARSER_LIMIT, max_field_size=PARSER_LIMIT)
+
+
 def _door_runner(hub: proxy.Hub) -> web.AppRunner:
     """The HTTPS door's app: the same routing as the proxy port, with a pod's own token required."""
 
     async def door_handler(request: web.Request) -> web.StreamResponse:
         return await proxy.handle(hub, request, door=True)
 
-    app = web.Application(client_max_size=proxy.MAX_REQUEST_BODY)
+    app = web.Application(client_max_size=hub.settings.limits.max_door_request_body)
     app[HUB] = hub
     app.router.add_route("*", "/{tail:.*}", door_handler)
     return web.AppRunner(app, access_log=None, max_line_size=PARSER_LIMIT, max_field_size=PARSER_LIMIT)
@@ -220,7 +254,7 @@ async def _listen(settings: config.HubSettings, runners: list[web.AppRunner]) ->
 
 async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
-    stats = metrics.Metrics()
+    stats = metrics.Metrics(settings.cache.cache_agents)
     ids = identity.Identity(settings, stats)
     if ids.client.summary is None:
         log.info("no client certificate yet node=%s: asking for one with the bootstrap token", settings.node_name)
@@ -242,17 +276,9 @@ async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None)
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=token_tls, limit=0)) as token_session,
     ):
         hub = proxy.Hub(settings, servers, store, box, stats, node_session, token_session)
+        hub.outbox_depth = await hub.in_writer(len, box)
 
-        async def handler(request: web.Request) -> web.StreamResponse:
-            return await proxy.handle(hub, request)
-
-        proxy_app = web.Application(client_max_size=proxy.MAX_REQUEST_BODY)
-        proxy_app[HUB] = hub
-        proxy_app.router.add_route("*", "/{tail:.*}", handler)
-        runners = [
-            web.AppRunner(proxy_app, access_log=None, max_line_size=PARSER_LIMIT, max_field_size=PARSER_LIMIT),
-            web.AppRunner(_serve_app(hub, usage_cache, ids), access_log=None),
-        ]
+        runners = [_proxy_runner(hub), web.AppRunner(_serve_app(hub, usage_cache, ids), access_log=None)]
         door_cert = door.ServingCert(settings.door) if settings.door.enabled else None
         if door_cert is not None:
             runners.append(_door_runner(hub))

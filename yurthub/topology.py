@@ -11,6 +11,8 @@ on which component listed what first (kube-proxy lists Services and EndpointSlic
 which components are cache agents.
 
 Facts are refreshed at most every `TTL_S` while filtered EndpointSlice traffic flows, one refresh at a time.
+A failed refresh is retried only after a backoff (`BACKOFF_S`, doubling up to `TTL_S`), not on every request
+and every watch chunk; meanwhile the last known facts are used.
 The last good facts are kept in the cache (component `yurthub`), so a yurthub that restarts while the cloud
 is flaky filters as before. Offline nothing needs them: offline answers come from the cache, which holds
 responses already filtered.
@@ -31,6 +33,8 @@ from yurthub.filters import TOPOLOGY_ANNOTATION, Facts
 log = logging.getLogger(__name__)
 
 TTL_S = 30.0
+BACKOFF_S = 1.0
+"""Wait after a first failed refresh; it doubles with every failure in a row, up to `TTL_S`."""
 SCOPE = storage.Scope("yurthub", wire.Encoding.JSON, "facts.servicetopology")
 Fetch = Callable[[str], Awaitable[bytes | None]]
 """GET a path from the cloud with the node's identity, as JSON; None when it could not be had."""
@@ -39,7 +43,18 @@ InStore = Callable[..., Awaitable[object]]
 
 
 class FactsSource:
-    def __init__(self, node_name: str, pool_label: str, store: storage.Storage, fetch: Fetch, in_store: InStore):
+    def __init__(
+        self,
+        node_name: str,
+        pool_label: str,
+        store: storage.Storage,
+        fetch: Fetch,
+        in_store: InStore,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.clock = clock
+        self.retry_at = float("-inf")
+        self.failures = 0
         self.node_name = node_name
         self.pool_label = pool_label
         self.store = store
@@ -53,11 +68,13 @@ class FactsSource:
     async def get(self) -> Facts | None:
         """Fresh facts if the cloud gives them, else the last known ones (from memory or the cache)."""
         async with self.lock:
-            if time.monotonic() - self.fetched_at < TTL_S:
+            now = self.clock()
+            if now - self.fetched_at < TTL_S or now < self.retry_at:
                 return self.facts
             fresh = await self.gather()
             if fresh is not None:
-                self.fetched_at = time.monotonic()
+                self.failures = 0
+                self.fetched_at = self.clock()
                 if fresh != self.facts:
                     log.info(
                         "service topology facts node=%s pool_nodes=%d annotated_services=%d",
@@ -67,7 +84,10 @@ class FactsSource:
                     )
                     await self.in_store(self.store.put_object, SCOPE, wire.Obj("", "facts", "", fresh.to_json()))
                 self.facts = fresh
-            elif self.facts is None:
+                return fresh
+            self.retry_at = self.clock() + min(TTL_S, BACKOFF_S * 2**self.failures)
+            self.failures += 1
+            if self.facts is None:
                 body = await self.in_store(self.store.get_object, SCOPE, "", "facts")
                 if isinstance(body, bytes):
                     try:

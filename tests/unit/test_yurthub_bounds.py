@@ -1,0 +1,358 @@
+"""Bounds of the request path under hostile input, through real HTTP: yurthub's proxy app in front of a small
+aiohttp "cloud" on loopback (it answers every API request with a 404 Status, as kube-apiserver does for
+made-up resources). No socket beyond 127.0.0.1, no mocks of yurthub's own code."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import string
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client import generate_latest
+
+from yurthub import budget, config, filters, health, metrics, outbox, proxy, server, status, storage, topology, wire
+
+
+def settings(cloud: str, tmp_path: Path, limits: config.LimitSettings) -> config.HubSettings:
+    return config.HubSettings(
+        node_name="edge-1",
+        cloud=config.CloudSettings(servers=(cloud,), request_timeout_s=5),
+        listen=config.ListenSettings(),
+        cache=config.CacheSettings(disk_cache_path=str(tmp_path / "cache")),
+        identity=config.IdentitySettings(ca_file="", client_cert=""),
+        outbox=config.OutboxSettings(path=str(tmp_path / "outbox")),
+        filters=config.FilterSettings(rules=tuple(filters.parse_rules([]).items())),
+        limits=limits,
+    )
+
+
+class Node:
+    """yurthub's plain port (real routing, real sessions) and the fake cloud behind it."""
+
+    def __init__(self, hub: proxy.Hub, url: str, seen: list[bytes]) -> None:
+        self.hub = hub
+        self.url = url
+        self.seen = seen
+        """Request bodies the cloud received."""
+
+
+async def _site(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def limits() -> config.LimitSettings:
+    return config.LimitSettings()
+
+
+@pytest.fixture
+def answers() -> dict[str, tuple[bytes, str]]:
+    """Paths the cloud answers 200 to, with this body and content type (everything else: 404)."""
+    return {}
+
+
+@pytest.fixture
+async def node(
+    tmp_path: Path, limits: config.LimitSettings, answers: dict[str, tuple[bytes, str]]
+) -> AsyncIterator[Node]:
+    seen: list[bytes] = []
+
+    async def cloud_answer(request: web.Request) -> web.Response:
+        seen.append(await request.read())
+        key = request.path + ("?watch" if "watch" in request.query else "")
+        if key in answers:
+            body, ctype = answers[key]
+            return web.Response(body=body, headers={"Content-Type": ctype})
+        return web.Response(status=404, body=status.body(404, "not found"), content_type="application/json")
+
+    cloud_app = web.Application()
+    cloud_app.router.add_route("*", "/{tail:.*}", cloud_answer)
+    cloud_runner, cloud_url = await _site(cloud_app)
+    s = settings(cloud_url, tmp_path, limits)
+    box = outbox.Outbox(tmp_path / "outbox", 10)
+    stats = metrics.Metrics(s.cache.cache_agents)
+    async with aiohttp.ClientSession() as node_session, aiohttp.ClientSession() as token_session:
+        hub = proxy.Hub(s, health.Servers(s.cloud), storage.MemoryStorage(), box, stats, node_session, token_session)
+        runner = server._proxy_runner(hub)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            yield Node(hub, f"http://127.0.0.1:{port}", seen)
+        finally:
+            await runner.cleanup()
+            await cloud_runner.cleanup()
+            hub.writer.shutdown(wait=True)
+            box.close()
+
+
+def series(stats: metrics.Metrics) -> int:
+    return sum(
+        1
+        for family in stats.registry.collect()
+        for sample in family.samples
+        if not sample.name.endswith("_created") and family.name.startswith("yurthub_request")
+    )
+
+
+def word(rng: random.Random, n: int = 8) -> str:
+    return "".join(rng.choice(string.ascii_lowercase) for _ in range(n))
+
+
+async def test_request_metric_series_stay_flat_under_random_paths_verbs_and_user_agents(node: Node) -> None:
+    rng = random.Random(7)  # noqa: S311 - made-up names, not secrets
+    known_methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+    sem = asyncio.Semaphore(32)
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        method = rng.choice([*known_methods, word(rng).upper()])
+        group = rng.choice(["/api/v1", f"/apis/{word(rng)}.io/v1"])
+        path = f"{group}/namespaces/{word(rng)}/{word(rng)}"
+        headers = {"User-Agent": f"{word(rng)}/v1.0", "Accept": "application/json"}
+        async with sem, session.request(method, node.url + path, headers=headers) as resp:
+            await resp.read()
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(one(session) for _ in range(500)))
+        after_some = series(node.hub.metrics)
+        await asyncio.gather(*(one(session) for _ in range(9500)))
+    # 10,000 requests, each with its own made-up resource, method and User-Agent: the series are those of
+    # the closed label sets (`other` for all of them), as many after the last request as after the 500th.
+    assert series(node.hub.metrics) == after_some
+    assert after_some < 50
+
+
+def test_labels_map_onto_closed_sets() -> None:
+    labels = metrics.Labels(["my-agent", "*"])
+    assert labels.component("kubelet") == "kubelet"
+    assert labels.component("my-agent") == "my-agent"
+    assert labels.component("made-up") == metrics.OTHER
+    assert labels.component("token/" + "0" * 40) == metrics.POD
+    assert labels.verb("list") == "list"
+    assert labels.verb("brew") == metrics.OTHER
+    assert labels.resource("pods") == "pods"
+    assert labels.resource("widgets") == metrics.OTHER
+
+
+async def test_last_lists_keeps_the_most_recently_used_digests_up_to_its_cap(tmp_path: Path) -> None:
+    limits = config.LimitSettings(max_list_digests=100)
+    s = settings("http://127.0.0.1:1", tmp_path, limits)
+    box = outbox.Outbox(tmp_path / "outbox", 10)
+    async with aiohttp.ClientSession() as session:
+        hub = proxy.Hub(s, health.Servers(s.cloud), storage.MemoryStorage(), box, metrics.Metrics(), session, session)
+        assert hub.list_changed("kept", b"list")
+        for i in range(10_000):
+            assert hub.list_changed(("view", i), b"list")
+            if i % 50 == 0:
+                assert not hub.list_changed("kept", b"list")  # used again: stays
+        assert len(hub.last_lists) == 100
+        assert not hub.list_changed("kept", b"list")
+        assert hub.list_changed(("view", 0), b"list")  # forgotten: written again, which is safe
+        hub.writer.shutdown(wait=True)
+    box.close()
+
+
+def test_a_budget_refuses_past_its_capacity_and_a_hold_gives_everything_back() -> None:
+    b = budget.Budget(100)
+    first, second = b.hold(), b.hold()
+    assert first.grow(60)
+    assert not second.grow(41)
+    assert second.grow(40)
+    assert b.held == 100
+    first.release()
+    first.release()
+    assert b.held == 40
+    later = second.handover()
+    second.release()
+    assert b.held == 40
+    later.release()
+    assert b.held == 0
+
+
+@pytest.mark.parametrize("limits", [config.LimitSettings(max_bytes_in_memory=64 * 1024)])
+async def test_a_body_past_the_node_wide_memory_budget_gets_429_with_retry_after(node: Node) -> None:
+    async with aiohttp.ClientSession() as session:
+        small = b"x" * 1000
+        async with session.post(node.url + "/api/v1/namespaces/default/configmaps", data=small) as resp:
+            assert resp.status == 404  # forwarded: the cloud's answer
+        big = b"x" * (128 * 1024)
+        async with session.post(node.url + "/api/v1/namespaces/default/configmaps", data=big) as resp:
+            assert resp.status == 429
+            assert resp.headers["Retry-After"] == "1"
+            doc = json.loads(await resp.read())
+            assert (doc["kind"], doc["reason"]) == ("Status", "TooManyRequests")
+    assert node.seen == [small]
+    assert node.hub.requests_budget.held == 0
+
+
+@pytest.mark.parametrize("limits", [config.LimitSettings(max_request_body=4096)])
+async def test_a_streamed_body_past_the_limit_gets_413(node: Node) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b"y" * 1024
+
+    url = node.url + "/api/v1/namespaces/default/configmaps"
+    async with aiohttp.ClientSession() as session, session.post(url, data=chunks()) as resp:
+        assert resp.status == 413
+        assert json.loads(await resp.read())["kind"] == "Status"
+    assert node.seen == []
+    assert node.hub.requests_budget.held == 0
+
+
+async def test_two_authorization_headers_are_refused(node: Node) -> None:
+    headers = aiohttp.typedefs.CIMultiDict([("Authorization", "Bearer a"), ("Authorization", "Bearer b")])
+    url = node.url + "/api/v1/namespaces/default/pods"
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as resp:
+        assert resp.status == 400
+        assert "more than one Authorization" in json.loads(await resp.read())["message"]
+    assert node.seen == []
+
+
+async def test_a_failed_topology_fetch_backs_off_instead_of_refetching_on_every_request() -> None:
+    calls: list[str] = []
+    now = [1000.0]
+
+    async def fetch(path: str) -> bytes | None:
+        calls.append(path)
+        return None
+
+    async def in_store(fn: object, *args: object) -> object:
+        return fn(*args)  # type: ignore[operator]
+
+    source = topology.FactsSource("edge-1", "pool", storage.MemoryStorage(), fetch, in_store, clock=lambda: now[0])
+    for _ in range(100):
+        assert await source.get() is None
+    first = len(calls)
+    assert 0 < first <= 2  # one attempt (the node, then the Services)
+    now[0] += topology.BACKOFF_S + 0.01
+    await source.get()
+    assert len(calls) == 2 * first  # retried once the backoff passed
+    for _ in range(100):
+        await source.get()
+    assert len(calls) == 2 * first  # and the next wait is longer still
+    now[0] += topology.TTL_S
+    await source.get()
+    assert len(calls) == 3 * first
+
+
+SLICES = "/apis/discovery.k8s.io/v1/endpointslices"
+SERVICES = "/api/v1/services"
+KUBE_PROXY = {"User-Agent": "kube-proxy/v1.34", "Accept": "application/json"}
+
+
+def _slice_list() -> bytes:
+    item = {
+        "kind": "EndpointSlice",
+        "apiVersion": "discovery.k8s.io/v1",
+        "metadata": {"name": "s", "namespace": "default", "labels": {"kubernetes.io/service-name": "s"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.0.0.1"], "nodeName": "elsewhere"}],
+    }
+    doc = {"kind": "EndpointSliceList", "apiVersion": "discovery.k8s.io/v1", "metadata": {}, "items": [item]}
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize("answers", [{SLICES: (_slice_list(), "application/json")}])
+async def test_without_topology_facts_endpointslices_fail_closed(node: Node) -> None:
+    # The cloud lists EndpointSlices but answers 404 for this node and its Services, so servicetopology
+    # has no facts: the slices are not sent unfiltered.
+    async with aiohttp.ClientSession() as session, session.get(node.url + SLICES, headers=KUBE_PROXY) as resp:
+        body = await resp.read()
+        assert resp.status == 503, body
+        assert resp.headers["Retry-After"] == "1"
+        assert b"10.0.0.1" not in body
+        assert json.loads(body)["kind"] == "Status"
+
+
+@pytest.mark.parametrize("answers", [{SERVICES: (b'{"kind":"ServiceList","items":[{"metadata":', "application/json")}])
+async def test_a_list_its_filters_cannot_read_is_an_error_not_the_raw_body(node: Node) -> None:
+    async with aiohttp.ClientSession() as session, session.get(node.url + SERVICES, headers=KUBE_PROXY) as resp:
+        body = await resp.read()
+        assert resp.status == 502
+        assert json.loads(body)["kind"] == "Status"
+        assert b"ServiceList" not in body
+
+
+@pytest.mark.parametrize("answers", [{SERVICES: (b"k8s\x00\x0a\x02v1", "application/vnd.kubernetes.protobuf")}])
+async def test_a_filtered_answer_that_is_not_json_is_an_error_not_the_raw_body(node: Node) -> None:
+    async with aiohttp.ClientSession() as session, session.get(node.url + SERVICES, headers=KUBE_PROXY) as resp:
+        assert resp.status == 502
+        assert json.loads(await resp.read())["kind"] == "Status"
+
+
+GOOD_EVENT = (
+    b'{"type":"ADDED","object":{"kind":"Service","apiVersion":"v1","metadata":{"name":"a","namespace":"x",'
+    b'"resourceVersion":"5"},"spec":{}}}\n'
+)
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [{SERVICES + "?watch": (GOOD_EVENT + b'{"type":"ADDED","object":{"kind":"Service" oops}\n', "application/json")}],
+)
+async def test_a_watch_event_its_filters_cannot_read_ends_the_watch_with_410(node: Node) -> None:
+    url = node.url + SERVICES + "?watch=true"
+    async with aiohttp.ClientSession() as session, session.get(url, headers=KUBE_PROXY) as resp:
+        assert resp.status == 200
+        lines = (await resp.read()).splitlines()
+    assert lines[0] == GOOD_EVENT.rstrip()
+    assert len(lines) == 2
+    last = json.loads(lines[1])
+    assert last["type"] == "ERROR"
+    assert (last["object"]["code"], last["object"]["reason"]) == (410, "Expired")
+
+
+CONFIGMAPS = "/api/v1/namespaces/default/configmaps"
+
+
+def _configmap_list(count: int) -> bytes:
+    items = [
+        {"metadata": {"name": f"c{i}", "namespace": "default", "resourceVersion": "9"}, "data": {"k": "v" * 100}}
+        for i in range(count)
+    ]
+    doc = {"kind": "ConfigMapList", "apiVersion": "v1", "metadata": {"resourceVersion": "9"}, "items": items}
+    return json.dumps(doc).encode()
+
+
+async def _list_as_kubelet(node: Node) -> bytes:
+    headers = {"User-Agent": "kubelet/v1.34", "Accept": "application/json"}
+    async with aiohttp.ClientSession() as session, session.get(node.url + CONFIGMAPS, headers=headers) as resp:
+        assert resp.status == 200
+        body = await resp.read()
+    if node.hub.pending:
+        await asyncio.wait(set(node.hub.pending))
+    return body
+
+
+def _view(node: Node) -> storage.View | None:
+    scope = storage.Scope("kubelet", wire.Encoding.JSON, "configmaps.v1.core")
+    return node.hub.store.read_view(storage.ViewKey(scope, "default"))
+
+
+@pytest.mark.parametrize("answers", [{CONFIGMAPS: (_configmap_list(50), "application/json")}])
+async def test_a_list_within_the_buffer_budget_is_cached(node: Node) -> None:
+    assert await _list_as_kubelet(node) == _configmap_list(50)
+    view = _view(node)
+    assert view is not None and len(view.items) == 50
+    assert node.hub.lists_budget.held == 0
+
+
+@pytest.mark.parametrize("answers", [{CONFIGMAPS: (_configmap_list(50), "application/json")}])
+@pytest.mark.parametrize("limits", [config.LimitSettings(max_list_buffer_bytes=2048)])
+async def test_a_list_past_the_node_wide_buffer_budget_is_relayed_whole_but_not_cached(node: Node) -> None:
+    assert await _list_as_kubelet(node) == _configmap_list(50)
+    assert _view(node) is None
+    assert node.hub.lists_budget.held == 0
+    assert 'yurthub_overload_total{budget="lists"} 1.0' in generate_latest(node.hub.metrics.registry).decode()

@@ -1,0 +1,156 @@
+"""Offline: answer a request from the cache while no cloud server is healthy.
+
+GET and LIST come from the cache in the client's encoding; a WATCH is held open, silent, until the cloud
+returns; kubelet's Lease renewals and node status are answered here; Events go to the outbox; everything
+else is a 503 `Status` that says why. An answer read whole from the cache counts against the node-wide
+`requests` memory budget until it is sent (429 when there is no room).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import random
+
+from aiohttp import web
+
+from yurthub import cache, errors, outbox, replies, requestinfo, wire
+from yurthub.hub import Admitted, Hub
+
+DEFAULT_WATCH_TIMEOUT_S = 1800
+
+
+async def serve(hub: Hub, request: web.Request, admitted: Admitted) -> web.StreamResponse:
+    info, body, names = admitted.info, admitted.body, admitted.names
+    component, outcome = info.component, "refused"
+    accept = wire.JSON if names else request.headers.get("Accept", "")  # filtered answers are kept as JSON only
+    try:
+        if not info.is_resource:
+            return replies.error(503, f"cloud unreachable: {info.path} is not served from the cache")
+        if cache.is_token_scope(component) and info.verb not in ("get", "list", "watch"):
+            return replies.error(
+                503,
+                f"cloud unreachable: {info.verb} {info.gvr} with a pod's token cannot be honoured offline; "
+                "retry when the cloud is back",
+            )
+        if info.verb in ("get", "list"):
+            response, outcome = await _read(hub, request, admitted, accept)
+            return response
+        if info.verb == "watch" and cache.cacheable(info, hub.agents):
+            outcome = "held"
+            return await _hold_watch(hub, request, info, accept)
+        if info.resource == "leases" and info.verb == "update" and info.component == "kubelet":
+            outcome = "local"
+            return await _echo_and_keep(hub, request, info, body, 200)
+        if info.resource == "nodes" and info.subresource == "status" and info.component == "kubelet":
+            outcome = "local"
+            return await _cached_node(hub, request, info)
+        if info.resource == "events" and info.verb in ("create", "patch"):
+            outcome = "queued"
+            return await _queue_event(hub, request, info, body)
+        if cache.is_token_request(info) and info.component in hub.agents:
+            answer = await hub.in_writer(cache.answer_token, hub.store, info, request.headers.get("Accept", ""), body)
+            if answer is not None:
+                outcome = "cache"
+                return replies.cached(answer)
+        if info.resource == "nodes" and info.verb == "create" and info.component == "kubelet":
+            content_type = request.headers.get("Content-Type", "")
+            if await hub.in_writer(cache.cached_node_named, hub.store, info, body, content_type):
+                outcome = "local"  # what the cloud would say to a kubelet re-registering its node
+                return replies.error(
+                    409, "node already exists (answered from the cache: the cloud is unreachable)", "AlreadyExists"
+                )
+        return replies.error(
+            503,
+            f"cloud unreachable: {info.verb} {info.gvr} cannot be honoured offline; "
+            "the client should retry when the cloud is back",
+        )
+    except errors.StorageError as exc:
+        return replies.error(503, f"cloud unreachable and the cache cannot be read: {exc}")
+    finally:
+        hub.metrics.request(component, info.verb, info.resource, outcome)
+
+
+async def _read(hub: Hub, request: web.Request, admitted: Admitted, accept: str) -> tuple[web.Response, str]:
+    """A GET or LIST from the cache, and the outcome to count."""
+    info = admitted.info
+    answer = None
+    if cache.cacheable(info, hub.agents):
+        answer = await hub.in_writer(cache.answer_read, hub.store, info, accept)
+    hub.metrics.cache_read(info.component, "hit" if answer else "miss")
+    if answer is None:
+        return replies.error(
+            503,
+            f"cloud unreachable and nothing cached for {_who(info)}: "
+            f"{info.verb} {info.gvr} {info.namespace}/{info.name}".rstrip("/"),
+        ), "miss"
+    if not admitted.held.grow(len(answer.body)):
+        hub.metrics.overloaded.labels("requests").inc()
+        return replies.overloaded("answers from the cache", hub.settings.limits.retry_after_s), "refused"
+    return await replies.send(request, replies.cached(answer)), "cache"
+
+
+async def _queue_event(hub: Hub, request: web.Request, info: requestinfo.RequestInfo, body: bytes) -> web.Response:
+    """Keep an event write for the cloud; answer as the cloud would have (the object, or the cached one)."""
+    content_type = request.headers.get("Content-Type", wire.JSON)
+    write = outbox.Write(request.method, request.raw_path, content_type, body, info.component)
+    await hub.in_writer(_put, hub, write)
+    if info.verb == "create":
+        return web.Response(status=201, body=body, content_type=None, headers={"Content-Type": content_type})
+    answer = await hub.in_writer(
+        cache.answer_read, hub.store, dataclasses.replace(info, verb="get"), request.headers.get("Accept", "")
+    )
+    if answer is None:
+        return replies.error(503, "cloud unreachable: the event update is queued for the cloud, but no copy is cached")
+    return replies.cached(answer, 200)
+
+
+async def _hold_watch(hub: Hub, request: web.Request, info: requestinfo.RequestInfo, accept: str) -> web.StreamResponse:
+    """An offline watch: open, silent, ended cleanly when the cloud returns or its timeout passes."""
+    encoding = next(iter(cache.accepted(accept)), wire.Encoding.JSON)
+    response = web.StreamResponse(status=200)
+    response.headers["Content-Type"] = wire.content_type(encoding, watch=True)
+    await response.prepare(request)
+    timeout = info.timeout_seconds or DEFAULT_WATCH_TIMEOUT_S * random.uniform(1, 2)  # noqa: S311 - jitter
+    back = hub.cloud_back
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(back.wait(), timeout)
+        # Spread reconnects over a few seconds so every client does not hit the cloud at once.
+        await asyncio.sleep(random.uniform(0, 2))  # noqa: S311 - jitter, not security
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof()
+    return response
+
+
+async def _echo_and_keep(
+    hub: Hub, request: web.Request, info: requestinfo.RequestInfo, body: bytes, code: int
+) -> web.Response:
+    content_type = request.headers.get("Content-Type", wire.JSON)
+    encoding = wire.encoding_of(content_type)
+    if encoding is not None:
+        await hub.record(info.path, cache.record_object, hub.store, info, encoding, body)
+    return web.Response(status=code, body=body, content_type=None, headers={"Content-Type": content_type})
+
+
+async def _cached_node(hub: Hub, request: web.Request, info: requestinfo.RequestInfo) -> web.Response:
+    plain = dataclasses.replace(info, verb="get", subresource="")
+    answer = await hub.in_writer(cache.answer_read, hub.store, plain, request.headers.get("Accept", ""))
+    if answer is None:
+        return replies.error(503, f"cloud unreachable and node {info.name} is not cached")
+    return replies.cached(answer, 200)
+
+
+def _put(hub: Hub, write: outbox.Write) -> None:
+    """On the writer thread: queue the write and note the depth, so the event loop never asks the disk."""
+    hub.outbox.put(write)
+    hub.outbox_depth = len(hub.outbox)
+    hub.metrics.outbox_depth.set(hub.outbox_depth)
+    hub.metrics.outbox_dropped.set(hub.outbox.dropped)
+
+
+def _who(info: requestinfo.RequestInfo) -> str:
+    """Whose cache scope a message names: a token scope as such (its hash means nothing to a person)."""
+    if cache.is_token_scope(info.component):
+        return "this token"
+    return info.component or "this client"

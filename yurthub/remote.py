@@ -1,0 +1,338 @@
+"""Online: forward a request to a cloud server and relay its answer, teeing what may be cached.
+
+`forward` sends the request. It raises `errors.Unreachable` when the server could not be reached (the
+caller marks it down and asks the cache) and `errors.CloudTimeout` when a connected server stayed silent
+past the request timeout (the caller answers 504; cloud health is the prober's business). `_relay` streams
+the answer back byte for byte and hands cacheable bodies and watch batches to the cache writer; list
+bodies buffered for the cache count against the node-wide `lists` budget. `_relay_filtered` answers
+filtered requests (`filters`) as JSON, filtered before the cache sees them, and fails closed: a body its
+filters cannot read is never sent (a list or object becomes an error; a watch gets a 410 `ERROR` event
+and ends, so the client relists).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import zlib
+
+import aiohttp
+from aiohttp import web
+
+from yurthub import budget, cache, errors, filters, replies, requestinfo, status, wire
+from yurthub.hub import Admitted, Hub
+
+log = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+MAX_CACHED_BODY = 64 * 1024 * 1024
+
+
+def _upstream_headers(request: web.Request, filtered: bool = False) -> dict[str, str]:
+    """The client's headers minus hop-by-hop ones. A filtered request asks for plain, uncompressed JSON
+    (`filters` read it; left alone, aiohttp would offer gzip and the apiserver compresses large lists)."""
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+    if filtered:
+        headers = {k: v for k, v in headers.items() if k.lower() not in ("accept", "accept-encoding")}
+        headers["Accept"] = wire.JSON
+        headers["Accept-Encoding"] = "identity"
+    return headers
+
+
+async def forward(hub: Hub, request: web.Request, admitted: Admitted, server: str) -> web.StreamResponse:
+    info, body, names = admitted.info, admitted.body, admitted.names
+    session = hub.token_session if "Authorization" in request.headers else hub.node_session
+    timeout = aiohttp.ClientTimeout(
+        total=None,
+        sock_connect=hub.settings.cloud.heartbeat_timeout_s + 1,
+        sock_read=None if info.verb == "watch" else hub.settings.cloud.request_timeout_s,
+    )
+    started = time.monotonic()
+    call = asyncio.ensure_future(
+        session.request(
+            request.method,
+            server + request.raw_path,
+            headers=_upstream_headers(request, bool(names)),
+            data=body or None,
+            timeout=timeout,
+            allow_redirects=False,
+            auto_decompress=False,
+        )
+    )
+    aborted = False
+
+    def abort() -> None:
+        nonlocal aborted
+        aborted = True
+        call.cancel()
+
+    hub.inflight.add(abort)
+    try:
+        upstream = await call
+    except asyncio.CancelledError:
+        if not aborted:  # the client went away: not the cloud's fault
+            raise
+        raise errors.Unreachable("the cloud became unreachable while waiting for its answer") from None
+    except aiohttp.SocketTimeoutError:
+        raise errors.CloudTimeout(f"nothing came for {hub.settings.cloud.request_timeout_s:g}s") from None
+    except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
+        raise errors.Unreachable(f"{type(exc).__name__}: {exc}") from None
+    finally:
+        hub.inflight.discard(abort)
+    hub.metrics.upstream_latency.labels(server).observe(time.monotonic() - started)
+    hub.metrics.request(info.component, info.verb, info.resource, "forwarded")
+    hub.inflight.add(upstream.close)
+    try:
+        if names and upstream.status == 200:
+            content_type = upstream.headers.get("Content-Type", "")
+            plain = upstream.headers.get("Content-Encoding", "identity").lower() == "identity"
+            if wire.encoding_of(content_type) is wire.Encoding.JSON and plain:
+                return await _relay_filtered(hub, request, admitted, upstream)
+            return replies.error(
+                502,
+                f"the cloud answered {info.resource} in {content_type or 'no content type'}, not plain JSON, so "
+                "yurthub cannot filter it and sends nothing unfiltered",
+            )
+        return await _relay(hub, request, info, upstream, body)
+    finally:
+        hub.inflight.discard(upstream.close)
+        upstream.release()
+
+
+async def _write(response: web.StreamResponse, data: bytes, info: requestinfo.RequestInfo) -> bool:
+    """Send to the client; False when it went away (aiohttp's ClientConnectionResetError is a
+    ConnectionResetError), which is the client's doing, not the cloud's."""
+    try:
+        await response.write(data)
+    except ConnectionResetError:
+        log.debug("client went away path=%s", info.path)
+        return False
+    return True
+
+
+async def _relay(
+    hub: Hub, request: web.Request, info: requestinfo.RequestInfo, upstream: aiohttp.ClientResponse, request_body: bytes
+) -> web.StreamResponse:
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    for key, value in upstream.headers.items():
+        if key.lower() not in HOP_BY_HOP:
+            response.headers.add(key, value)
+    if upstream.content_length is not None:
+        response.content_length = upstream.content_length
+    encoding = wire.encoding_of(upstream.headers.get("Content-Type", ""))
+    token = cache.is_token_request(info) and bool(info.component) and info.component in hub.agents
+    tee = encoding is not None and upstream.status in (200, 201) and (cache.cacheable(info, hub.agents) or token)
+    gunzip = (
+        zlib.decompressobj(16 + zlib.MAX_WBITS)
+        if tee and upstream.headers.get("Content-Encoding", "").lower() == "gzip"
+        else None
+    )
+    await response.prepare(request)
+    splitter = wire.FrameSplitter(encoding) if tee and encoding and info.verb == "watch" else None
+    kept = bytearray()
+    held = hub.lists_budget.hold()
+    complete = False
+    try:
+        async for chunk in upstream.content.iter_any():
+            if not await _write(response, chunk, info):
+                return response  # what was read is not the whole answer: nothing is kept
+            if not tee:
+                continue
+            plain = gunzip.decompress(chunk) if gunzip else chunk
+            if splitter is not None and encoding is not None:
+                try:
+                    frames = splitter.feed(plain)
+                except errors.WireFormatError as exc:
+                    log.warning("watch stream not cacheable path=%s error=%s", info.path, exc)
+                    tee = False
+                    continue
+                if frames:
+                    await hub.record(info.path, cache.record_events, hub.store, info, encoding, frames)
+            elif len(kept) + len(plain) <= MAX_CACHED_BODY and held.grow(len(plain)):
+                kept += plain
+            else:
+                if len(kept) + len(plain) <= MAX_CACHED_BODY:
+                    hub.metrics.overloaded.labels("lists").inc()
+                    log.info("not caching a response: the list buffer budget is spent path=%s", info.path)
+                tee = False
+                kept = bytearray()
+                held.release()
+        complete = True
+        if tee and splitter is None and encoding is not None:
+            await _keep(
+                hub,
+                info,
+                upstream,
+                encoding,
+                bytes(kept),
+                held,
+                request_body,
+                token=token,
+                gunzipped=gunzip is not None,
+            )
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        if not complete:
+            log.info("upstream stream ended early path=%s error=%s", info.path, type(exc).__name__)
+    finally:
+        held.release()  # unless handed to the cache writer (`_keep`), which releases it once written
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof()
+    return response
+
+
+async def _keep(
+    hub: Hub,
+    info: requestinfo.RequestInfo,
+    upstream: aiohttp.ClientResponse,
+    encoding: wire.Encoding,
+    kept: bytes,
+    held: budget.Hold,
+    request_body: bytes,
+    *,
+    token: bool,
+    gunzipped: bool,
+) -> None:
+    """Hand a whole relayed body to the cache writer, with the budget it holds (released once written)."""
+    if upstream.content_length is not None and not gunzipped and len(kept) != upstream.content_length:
+        hub.metrics.cache_write_errors.labels("truncated").inc()
+        return
+    handed = held.handover()
+    if token:
+        await hub.record(info.path, cache.record_token, hub.store, info, encoding, request_body, kept, held=handed)
+    elif info.verb == "list":
+        if hub.list_changed(cache.view_key(info, encoding), kept):
+            await hub.record(info.path, cache.record_list, hub.store, info, encoding, kept, held=handed)
+        else:
+            handed.release()
+    else:
+        await hub.record(info.path, cache.record_object, hub.store, info, encoding, kept, held=handed)
+
+
+async def _relay_filtered(
+    hub: Hub, request: web.Request, admitted: Admitted, upstream: aiohttp.ClientResponse
+) -> web.StreamResponse:
+    """A 200 JSON response through its filters (`filters`): objects, lists and watch events; what is kept in
+    the cache is what the client was sent. Fails closed: nothing its filters could not read reaches the
+    client (see the module docstring)."""
+    info, names = admitted.info, admitted.names
+    tee = cache.cacheable(info, hub.agents)
+    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
+    if info.verb == "watch":
+        return await _relay_filtered_watch(hub, request, info, upstream, names, headers, tee)
+    body = bytearray()
+    try:
+        async for chunk in upstream.content.iter_any():
+            if not admitted.held.grow(len(chunk)):
+                hub.metrics.overloaded.labels("requests").inc()
+                hub.metrics.request(info.component, info.verb, info.resource, "refused")
+                return replies.overloaded("whole answers to filter", hub.settings.limits.retry_after_s)
+            body += chunk
+    except aiohttp.SocketTimeoutError:
+        raise errors.CloudTimeout(f"the answer stalled for {hub.settings.cloud.request_timeout_s:g}s") from None
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise errors.Unreachable(f"response cut short: {type(exc).__name__}") from None
+    out: bytes | None
+    try:
+        chain = await hub.chain(info, names)
+        if info.verb == "list":
+            out = filters.list_body(chain, info, bytes(body))
+        else:
+            out = filters.object_body(chain, info, bytes(body))
+    except errors.Unfilterable as exc:
+        log.warning("cannot filter yet path=%s error=%s", info.path, exc)
+        return replies.error(
+            503,
+            f"yurthub cannot filter {info.resource} yet ({exc}) and sends nothing unfiltered; retry",
+            None,
+            {"Retry-After": str(hub.settings.limits.retry_after_s)},
+        )
+    except (errors.WireFormatError, ValueError) as exc:
+        log.warning("response not filterable path=%s error=%s", info.path, exc)
+        return replies.error(
+            502,
+            f"the cloud's answer for {info.resource} could not be filtered ({exc}); yurthub sends nothing unfiltered",
+        )
+    if out is None:
+        return replies.error(
+            404, f"{info.resource} {info.namespace}/{info.name} is not shown to {info.component}", "NotFound"
+        )
+    if tee and info.verb == "list" and hub.list_changed(cache.view_key(info, wire.Encoding.JSON), out):
+        await hub.record(info.path, cache.record_list, hub.store, info, wire.Encoding.JSON, out)
+    elif tee and info.verb == "get":
+        await hub.record(info.path, cache.record_object, hub.store, info, wire.Encoding.JSON, out)
+    return await replies.send(request, web.Response(status=200, body=out, headers=headers))
+
+
+def _filter_events(
+    chain: filters.Chain, info: requestinfo.RequestInfo, frames: list[bytes]
+) -> tuple[list[bytes], errors.Unfilterable | None]:
+    """The events to send, up to the first one the filters cannot read (and the error it raised)."""
+    kept: list[bytes] = []
+    for frame in frames:
+        try:
+            out = filters.event_frame(chain, info, frame)
+        except (errors.WireFormatError, ValueError) as exc:
+            return kept, errors.Unfilterable(f"{type(exc).__name__}: {exc}")
+        if out is not None:
+            kept.append(out)
+    return kept, None
+
+
+def _expired(message: str) -> bytes:
+    """A watch `ERROR` event with a 410 `Status`: client-go's reflector relists on it."""
+    return b'{"type":"ERROR","object":' + status.body(410, message, "Expired").rstrip(b"\n") + b"}\n"
+
+
+async def _relay_filtered_watch(
+    hub: Hub,
+    request: web.Request,
+    info: requestinfo.RequestInfo,
+    upstream: aiohttp.ClientResponse,
+    names: tuple[str, ...],
+    headers: dict[str, str],
+    tee: bool,
+) -> web.StreamResponse:
+    """Filter a watch event by event. An event its filters cannot read ends the watch with a 410 `ERROR`
+    event (the client relists; the unreadable event is never sent)."""
+    response = web.StreamResponse(status=200, reason=upstream.reason, headers=headers)
+    await response.prepare(request)
+    splitter = wire.FrameSplitter(wire.Encoding.JSON)
+    try:
+        async for chunk in upstream.content.iter_any():
+            frames = splitter.feed(chunk)
+            if not frames:
+                continue
+            chain = await hub.chain(info, names)
+            kept, failure = _filter_events(chain, info, frames)
+            if kept:
+                if not await _write(response, b"".join(f + b"\n" for f in kept), info):
+                    break
+                if tee:
+                    await hub.record(info.path, cache.record_events, hub.store, info, wire.Encoding.JSON, kept)
+            if failure is not None:
+                raise failure
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        log.info("upstream stream ended early path=%s error=%s", info.path, type(exc).__name__)
+    except (errors.Unfilterable, errors.WireFormatError, ValueError) as exc:
+        log.warning("watch event not filterable, ending the watch path=%s error=%s", info.path, exc)
+        message = f"yurthub could not filter an event of this watch ({exc}); relist"
+        await _write(response, _expired(message), info)
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof()
+    return response
