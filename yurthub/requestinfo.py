@@ -97,7 +97,10 @@ def parse(method: str, raw_path: str, query: Mapping[str, str], user_agent: str 
       NAME: the field is where the object lives, which is how the cache keys it;
     - HEAD keeps the verb `head` (the apiserver authorizes it as get): a bodiless answer must never be taken
       for an object to cache; a method the API does not know keeps its lower-cased name, not "";
-    - `query` holds one value per parameter: the proxy passes the first, as Go's `Query().Get` reads it.
+    - the selectors, `resourceVersion`, `timeoutSeconds` and `continue` are read for every verb (the cache
+      keys lists by them); the apiserver exposes selectors only for list, watch and deletecollection.
+
+    `query` holds one value per parameter, the first one given, as Go reads it (`dict(request.query)` does).
     """
     method = method.upper()
     path, parts = segments(raw_path)
@@ -112,8 +115,7 @@ def parse(method: str, raw_path: str, query: Mapping[str, str], user_agent: str 
             return non_resource
         group, rest = rest[0], rest[1:]
     version, rest = rest[0], rest[1:]
-    path_verb = rest[0] in _PATH_VERBS
-    if path_verb:
+    if rest[0] in _PATH_VERBS:
         if len(rest) < 2:
             raise errors.BadRequest(f"request path {path!r} names the verb {rest[0]!r} but no resource")
         verb, rest = rest[0], rest[1:]
