@@ -119,6 +119,8 @@ class MemoryHost:
         busy_ports: frozenset[int] = frozenset(),
     ) -> None:
         self.files = dict(files or {})
+        self.modes: dict[str, int] = {}
+        """The mode each file was written with."""
         self.commands: list[list[str]] = []
         self._answer = answer or (lambda argv: (0, ""))
         self.busy_ports = busy_ports
@@ -131,6 +133,7 @@ class MemoryHost:
 
     def write(self, path: str, text: str, mode: int = 0o644) -> None:
         self.files[path] = text
+        self.modes[path] = mode
 
     def remove(self, path: str) -> None:
         for name in [f for f in self.files if f == path or f.startswith(path.rstrip("/") + "/")]:

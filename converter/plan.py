@@ -135,15 +135,23 @@ class Plan:
         out += [f"  api    {c.verb:6} {c.what}" for c in self.after]
         return out
 
-    def _tunnel_ca(self) -> str | None:
-        return helm.CA_CONFIGMAP if self.tunnel and self.action == "convert" else None
-
     def job(self, node: str, image: str, node_args: list[str]) -> Obj:
         """The Job of `node`, as the runner creates it."""
-        secret = components.JOIN_TOKEN_SECRET if self.join_token and self.action == "convert" else None
-        return components.node_job(
-            self.action, node, image, node_args, tunnel_ca=self._tunnel_ca(), join_token_secret=secret
-        )
+        return node_job(self.action, node, image, node_args, tunnel=self.tunnel, join_token=self.join_token)
+
+
+def node_job(action: str, node: str, image: str, args: list[str], *, tunnel: bool, join_token: bool) -> Obj:
+    """One node's Job: a convert Job mounts the tunnel CA's ConfigMap and the bootstrap token's Secret when
+    the run has them; the token itself is never in the Job (only `--join-token-file=<path>` is)."""
+    convert = action == "convert"
+    return components.node_job(
+        action,
+        node,
+        image,
+        args,
+        tunnel_ca=helm.CA_CONFIGMAP if tunnel and convert else None,
+        join_token_secret=components.JOIN_TOKEN_SECRET if join_token and convert else None,
+    )
 
 
 def _name(obj: Obj) -> str:

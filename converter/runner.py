@@ -179,9 +179,7 @@ def run_node_job(
     progress: Progress,
 ) -> str | None:
     """Create, watch and clean up one node's Job; None on success, else why it failed."""
-    tunnel_ca = helm.CA_CONFIGMAP if opts.tunnel and action == "convert" else None
-    secret = components.JOIN_TOKEN_SECRET if opts.join_token and action == "convert" else None
-    job = components.node_job(action, node, opts.image, args, tunnel_ca=tunnel_ca, join_token_secret=secret)
+    job = plan.node_job(action, node, opts.image, args, tunnel=opts.tunnel, join_token=bool(opts.join_token))
     job["spec"]["template"]["spec"]["containers"][0]["terminationMessagePolicy"] = "FallbackToLogsOnError"
     name = job["metadata"]["name"]
     api.create(JOBS, job)
