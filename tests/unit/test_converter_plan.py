@@ -6,9 +6,13 @@ import base64
 import dataclasses
 import io
 import json
+import os
+from pathlib import Path
 from typing import Any
 
-from converter import access, components, names, nodestep, plan, runner
+import pytest
+
+from converter import access, cli, components, jointoken, names, nodestep, plan, runner
 
 VERSION = {"major": "1", "minor": "34", "gitVersion": "v1.34.12"}
 
@@ -226,3 +230,28 @@ def test_revert_removes_a_join_token_secret_a_failed_convert_left() -> None:
     assert plan.node_job("revert", "edge-1", "i", [], tunnel=False, join_token=True)["spec"]["template"]["spec"][
         "volumes"
     ] == [{"name": "host", "hostPath": {"path": "/", "type": "Directory"}}]
+
+
+def test_yurtctl_convert_refuses_a_bad_join_token_file_before_touching_the_cluster(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    readable = tmp_path / "readable"
+    readable.write_text(TOKEN + "\n")
+    readable.chmod(0o644)
+    empty = tmp_path / "empty"
+    empty.touch(mode=0o600)
+    wrong = tmp_path / "wrong"
+    wrong.write_text("abcdef\n")
+    wrong.chmod(0o600)
+    cases = [(tmp_path / "missing", "no such file"), (readable, "chmod 600"), (empty, "empty"), (wrong, "expected a")]
+    for path, complaint in cases:
+        argv = ["--kubeconfig", str(tmp_path / "no-such-kubeconfig"), "convert", "--cloud-nodes", "c"]
+        assert cli.yurtctl_main([*argv, "--join-token-file", str(path), "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert f"--join-token-file {path}: " in err and complaint in err, err
+        assert TOKEN not in err
+    good = tmp_path / "good"
+    fd = os.open(good, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    os.write(fd, TOKEN.encode() + b"\n")
+    os.close(fd)
+    assert jointoken.read(str(good)) == TOKEN
