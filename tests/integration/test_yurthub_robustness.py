@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import secrets
@@ -380,13 +381,16 @@ def kill_during_writes(cloud: cluster.Cluster, link: relay.Relay, hub_dir: Path,
             try:
                 if call(hub.proxy + CHURN_LIST, timeout=5)[0] == 200:
                     lists_served[0] += 1
-            except OSError:
+            except (OSError, http.client.HTTPException):
                 return  # yurthub was killed
 
     def watcher() -> None:
         url = f"{hub.proxy}{CHURN_LIST}&watch=1&resourceVersion={rv}&timeoutSeconds=60"
         request = urllib.request.Request(url, headers={"User-Agent": "kubelet/v1.34 (linux/amd64)"})
-        with contextlib.suppress(OSError), urllib.request.urlopen(request, timeout=60) as stream:
+        with (
+            contextlib.suppress(OSError, http.client.HTTPException),
+            urllib.request.urlopen(request, timeout=60) as stream,
+        ):
             for _ in iter(stream.readline, b""):
                 if stop.is_set():
                     return
