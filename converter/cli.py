@@ -14,7 +14,7 @@ import urllib.request
 
 import prometheus_client as prom
 
-from converter import controller, errors, helm, host, kube, nodestep, plan, runner, serve
+from converter import controller, errors, helm, host, jointoken, kube, nodestep, plan, runner, serve
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,13 @@ def build_yurtctl_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument(
         "--manager-replicas", type=int, default=2, help="yurt-manager replicas (0: you run it elsewhere)"
+    )
+    convert.add_argument(
+        "--join-token-file",
+        default="",
+        metavar="FILE",
+        help="owner-only file with a bootstrap token: each edge node's yurthub gets its own client certificate "
+        "with it. It reaches the nodes through a Secret mounted into their Jobs, never a command line",
     )
     tunnel = convert.add_argument_group(
         "tunnel", "the reverse tunnel, so the cloud reaches edge nodes behind NAT (kubectl logs/exec)"
@@ -98,6 +105,12 @@ def build_yurtctl_parser() -> argparse.ArgumentParser:
         n.add_argument("--hub-args", default="", help="extra yurthub flags for yurthub.env")
     node_convert = node_sub.choices["convert"]
     node_convert.add_argument(
+        "--join-token-file",
+        default="",
+        metavar="FILE",
+        help="file on this node with a bootstrap token, installed as yurthub's --join-token-file",
+    )
+    node_convert.add_argument(
         "--tunnel-server-addr", default="", metavar="HOST:PORT[,...]", help="also install the tunnel agent"
     )
     node_convert.add_argument("--tunnel-server-name", default="", help="name the server's certificate carries")
@@ -129,6 +142,7 @@ def _node_main(args: argparse.Namespace) -> int:
         tunnel_servers=_nodes(getattr(args, "tunnel_server_addr", "")),
         tunnel_server_name=getattr(args, "tunnel_server_name", ""),
         tunnel_ca_file=getattr(args, "tunnel_ca_file", nodestep.TUNNEL_CA),
+        join_token_file=getattr(args, "join_token_file", ""),
     )
     step = nodestep.convert if args.node_command == "convert" else nodestep.revert
     try:
@@ -192,7 +206,13 @@ def yurtctl_main(argv: list[str] | None = None) -> int:
     if tunnel_servers and not getattr(args, "tunnel", False):
         print("yurtctl convert: --tunnel-server-addr is only used with --tunnel", file=sys.stderr)
         return 2
+    try:
+        token = jointoken.read(args.join_token_file) if getattr(args, "join_token_file", "") else ""
+    except errors.PreflightFailed as exc:
+        print(f"yurtctl convert: {exc}", file=sys.stderr)
+        return 2
     opts = plan.Options(
+        join_token=token,
         cloud_nodes=_nodes(getattr(args, "cloud_nodes", "")),
         edge_nodes=_nodes(getattr(args, "edge_nodes", "")),
         autonomous_nodes=_nodes(getattr(args, "autonomous_nodes", "")),

@@ -6,6 +6,7 @@ the cluster before and after) can tell ours from the cluster's own.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from typing import Any
 
@@ -117,11 +118,35 @@ def job_name(action: str, node: str) -> str:
 
 TUNNEL_CA_MOUNT = "/etc/yurt-edge/tunnel-ca"
 """Where a convert Job sees the tunnel server's CA; its entry script copies `ca.crt` to the node."""
+JOIN_TOKEN_SECRET = "yurtctl-join-token"  # noqa: S105 - a Secret's name, not a secret
+"""The Secret holding the bootstrap token for the edge nodes' yurthubs (`yurtctl convert --join-token-file`)."""
+JOIN_TOKEN_MOUNT = "/etc/yurt-edge/join-token"  # noqa: S105 - a path, not a secret
+"""Where a convert Job sees that Secret (file `token`, mode 0400); its entry script copies it to the node."""
 
 
-def node_job(action: str, node: str, image: str, args: list[str], *, tunnel_ca: str | None = None) -> Obj:
+def join_token_secret(token: str) -> Obj:
+    """The Secret the convert Jobs mount the bootstrap token from (kube-system, where bootstrap tokens live)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(JOIN_TOKEN_SECRET, NAMESPACE),
+        "type": "Opaque",
+        "data": {"token": base64.b64encode(token.encode()).decode()},
+    }
+
+
+def node_job(
+    action: str,
+    node: str,
+    image: str,
+    args: list[str],
+    *,
+    tunnel_ca: str | None = None,
+    join_token_secret: str | None = None,
+) -> Obj:
     """The Job that runs `yurtctl node <action>` on `node`, in the node's root and namespaces; `tunnel_ca`
-    names the ConfigMap with the tunnel server's CA (`ca.crt`) to hand to the node."""
+    names the ConfigMap with the tunnel server's CA (`ca.crt`) to hand to the node, `join_token_secret` the
+    Secret with the bootstrap token, mounted as a file: the token is never in the Job's spec or command."""
     job: Obj = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -161,5 +186,20 @@ def node_job(action: str, node: str, image: str, args: list[str], *, tunnel_ca: 
         )
         pod["containers"][0]["volumeMounts"].append(
             {"name": "tunnel-ca", "mountPath": TUNNEL_CA_MOUNT, "readOnly": True}
+        )
+    if join_token_secret is not None:
+        pod = job["spec"]["template"]["spec"]
+        pod["volumes"].append(
+            {
+                "name": "join-token",
+                "secret": {
+                    "secretName": join_token_secret,
+                    "defaultMode": 0o400,
+                    "items": [{"key": "token", "path": "token"}],
+                },
+            }
+        )
+        pod["containers"][0]["volumeMounts"].append(
+            {"name": "join-token", "mountPath": JOIN_TOKEN_MOUNT, "readOnly": True}
         )
     return job

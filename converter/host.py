@@ -9,6 +9,7 @@ files in a dict and records commands, for the unit tests of the steps.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -28,6 +29,20 @@ class Host(Protocol):
     def port_free(self, port: int) -> bool: ...
 
 
+def create_private(target: Path) -> tuple[int, str]:
+    """Create a fresh temporary file beside `target`, open for writing, mode exactly 0600 (the umask can
+    only take bits away from 0600 at creation; `fchmod` restores exactly 0600). Returns (fd, path)."""
+    for _ in range(100):
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.yurtctl")
+        try:
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            continue
+        os.fchmod(fd, 0o600)
+        return fd, str(tmp)
+    raise FileExistsError(f"no free temporary name beside {target}")
+
+
 class LocalHost:
     def __init__(self, root: str = "/") -> None:
         self.root = Path(root)
@@ -44,13 +59,24 @@ class LocalHost:
             raise errors.NodeStepFailed(f"cannot read {path}: {exc}") from exc
 
     def write(self, path: str, text: str, mode: int = 0o644) -> None:
+        """Replace `path` atomically with `text`, the file having `mode` from its first moment: a temporary
+        file is created owner-only (O_CREAT|O_EXCL, 0600, whatever the umask), set to `mode` before a byte
+        is written, fsynced, then renamed over the target. A token or a key is never readable by others,
+        not even for the instant a write-then-chmod would leave open."""
         target = self._p(path)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.yurtctl")
-            tmp.write_text(text)
-            tmp.chmod(mode)
-            os.replace(tmp, target)
+            fd, tmp = create_private(target)
+            try:
+                os.fchmod(fd, mode)
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write(text)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         except OSError as exc:
             raise errors.NodeStepFailed(f"cannot write {path}: {exc}") from exc
 
@@ -93,6 +119,8 @@ class MemoryHost:
         busy_ports: frozenset[int] = frozenset(),
     ) -> None:
         self.files = dict(files or {})
+        self.modes: dict[str, int] = {}
+        """The mode each file was written with."""
         self.commands: list[list[str]] = []
         self._answer = answer or (lambda argv: (0, ""))
         self.busy_ports = busy_ports
@@ -105,6 +133,7 @@ class MemoryHost:
 
     def write(self, path: str, text: str, mode: int = 0o644) -> None:
         self.files[path] = text
+        self.modes[path] = mode
 
     def remove(self, path: str) -> None:
         for name in [f for f in self.files if f == path or f.startswith(path.rstrip("/") + "/")]:

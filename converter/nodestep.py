@@ -6,7 +6,9 @@ Convert, each step idempotent so a re-run after any interruption finishes the jo
    /opt/yurt-edge/bin/yurthub installed, and the loopback ports yurthub (and the tunnel agent) will listen
    on free (unless our own services from an earlier run hold them);
 2. yurthub as a systemd service (`/etc/systemd/system/yurthub.service`, `/etc/yurthub/yurthub.env`),
-   started and answering `/v1/healthz`;
+   started and answering `/v1/healthz`; with `--join-token-file` the bootstrap token is installed as
+   `/etc/yurthub/join-token` (0600) and yurthub gets its own client certificate with it
+   (`--join-token-file=`, never the token itself in yurthub.env, which would put it on the process list);
 3. kubelet pointed at yurthub: `kubeadm-flags.env` backed up once under `STATE_DIR`, then later flags
    `--kubeconfig=/etc/kubernetes/kubelet-yurthub.conf --bootstrap-kubeconfig=` appended (later flags win;
    the empty bootstrap flag keeps kubelet from re-bootstrapping a kubeconfig without credentials), kubelet
@@ -34,7 +36,7 @@ import time
 from collections.abc import Callable
 from importlib import resources
 
-from converter import errors
+from converter import errors, jointoken
 from converter.host import Host
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,10 @@ AGENT_UNIT = "/etc/systemd/system/yurt-tunnel-agent.service"
 AGENT_DIR = "/etc/yurt-tunnel"
 AGENT_ENV = f"{AGENT_DIR}/agent.env"
 AGENT_CA = f"{AGENT_DIR}/ca.crt"
+HUB_TOKEN = "/etc/yurthub/join-token"  # noqa: S105 - a path, not a secret
+"""The bootstrap token yurthub reads with `--join-token-file` (0600)."""
+STAGED_TOKEN = f"{STATE_DIR}/join-token"
+"""Where the node Job's entry script leaves the bootstrap token (from its Secret), 0600; removed after the step."""
 TUNNEL_CA = f"{STATE_DIR}/tunnel-ca.crt"
 """Where the node Job's entry script leaves the tunnel server's CA (from the chart's CA ConfigMap)."""
 AGENT_READYZ = "http://127.0.0.1:10266/readyz"
@@ -81,6 +87,9 @@ TUNNEL_HOST_FILES = {
     AGENT_CA: "written (the tunnel server's CA)",
 }
 """The host paths `--tunnel` adds."""
+
+TOKEN_HOST_FILES = {HUB_TOKEN: "written 0600 (the bootstrap token yurthub reads with --join-token-file)"}
+"""The host path `--join-token-file` adds."""
 
 HUB_KUBECONFIG_TEXT = """\
 # kubelet kubeconfig that sends the kubelet through yurthub's plain loopback port (written by yurtctl).
@@ -129,6 +138,8 @@ class Settings:
     """The tunnel server's CA, on this node."""
     tunnel_ports: tuple[int, ...] = (10250,)
     """Local ports the cloud may reach through the agent."""
+    join_token_file: str = ""
+    """A file on this node holding the bootstrap token; yurthub then gets its own client certificate by CSR."""
 
 
 def _wait(what: str, check: Callable[[], bool], settings: Settings) -> None:
@@ -222,13 +233,33 @@ def _install_service(host: Host, service: str, files: dict[str, tuple[str, int]]
         _must(host, ["systemctl", "restart", service], timeout=90)
 
 
+def join_token(host: Host, settings: Settings) -> str:
+    """The bootstrap token of `settings.join_token_file` ("" without one); checked before the node changes."""
+    if jointoken.in_flags(settings.hub_args):
+        raise errors.PreflightFailed(
+            "--hub-args carries --join-token, which puts the token on the process list: use --join-token-file"
+        )
+    if not settings.join_token_file:
+        return ""
+    text = host.read(settings.join_token_file)
+    if text is None:
+        raise errors.PreflightFailed(f"--join-token-file {settings.join_token_file}: no such file on this node")
+    return jointoken.parse(text, f"--join-token-file {settings.join_token_file}")
+
+
+def hub_env(settings: Settings, server: str, with_token: bool) -> str:
+    """yurthub.env: the token's file with a bootstrap token (yurthub's own certificate), else the kubelet's."""
+    identity = f"--join-token-file={HUB_TOKEN}" if with_token else f"--client-cert={KUBELET_CERT}"
+    args = f"--server-addr={server} --node-name={settings.node} --ca-file={CA_FILE} {identity} {settings.hub_args}"
+    return f'YURTHUB_ARGS="{args.strip()}"\n'
+
+
 def install_hub(host: Host, fetch: Fetch, settings: Settings, server: str) -> None:
-    args = (
-        f"--server-addr={server} --node-name={settings.node} --ca-file={CA_FILE} --client-cert={KUBELET_CERT} "
-        f"{settings.hub_args}"
-    ).strip()
-    env = f'YURTHUB_ARGS="{args}"\n'
-    _install_service(host, "yurthub.service", {ENV_FILE: (env, 0o600), UNIT: (UNIT_TEXT, 0o644)})
+    token = join_token(host, settings)
+    files = {ENV_FILE: (hub_env(settings, server, bool(token)), 0o600), UNIT: (UNIT_TEXT, 0o644)}
+    if token:
+        files = {HUB_TOKEN: (token + "\n", 0o600), **files}
+    _install_service(host, "yurthub.service", files)
     _wait("yurthub did not answer /v1/healthz", lambda: fetch(HEALTHZ)[0] == 200, settings)
     log.info("yurthub serving node=%s", settings.node)
 
@@ -251,6 +282,7 @@ def redirect_kubelet(host: Host, fetch: Fetch, settings: Settings) -> None:
 
 def convert(host: Host, fetch: Fetch, settings: Settings) -> None:
     server = preflight(host, settings)
+    join_token(host, settings)
     if settings.tunnel_servers and host.read(settings.tunnel_ca_file) is None:
         raise errors.PreflightFailed(f"the tunnel server's CA {settings.tunnel_ca_file} not found")
     try:

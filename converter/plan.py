@@ -16,7 +16,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from converter import components, helm, names, nodestep, tolerations
+from converter import components, helm, jointoken, names, nodestep, tolerations
 
 Obj = dict[str, Any]
 NS = components.NAMESPACE
@@ -49,21 +49,24 @@ class Options:
     """Name the tunnel server's certificate carries, which agents verify."""
     tunnel_replicas: int = 2
     """Tunnel server replicas in the chart's Deployment (0 where it runs beside the control plane)."""
+    join_token: str = dataclasses.field(default="", repr=False)
+    """Bootstrap token for the edge nodes' yurthubs (from `--join-token-file`): each yurthub gets its own
+    client certificate by CSR. It reaches the nodes through the Secret `components.JOIN_TOKEN_SECRET` only."""
 
     @property
     def tunnel(self) -> bool:
         return bool(self.tunnel_servers)
 
     def recorded(self) -> str:
-        return json.dumps(
-            {
-                "cloudNodes": sorted(self.cloud_nodes),
-                "edgeNodes": sorted(self.edge_nodes),
-                "autonomousNodes": sorted(self.autonomous_nodes),
-                "tunnel": self.tunnel,
-            },
-            sort_keys=True,
-        )
+        options: dict[str, object] = {
+            "cloudNodes": sorted(self.cloud_nodes),
+            "edgeNodes": sorted(self.edge_nodes),
+            "autonomousNodes": sorted(self.autonomous_nodes),
+            "tunnel": self.tunnel,
+        }
+        if self.join_token:
+            options["joinToken"] = True  # that one was given, never the token
+        return json.dumps(options, sort_keys=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +94,8 @@ class Plan:
     tunnel: bool = False
     """Convert: install or upgrade the tunnel chart before the node Jobs (and the agents with them); revert:
     the chart is installed and is uninstalled after the node Jobs."""
+    join_token: bool = False
+    """Convert: the Jobs mount the bootstrap token's Secret and install it for yurthub."""
 
     def lines(self, image: str, node_args: list[str], tunnel_objects: Sequence[str] = ()) -> list[str]:
         """The whole plan, as printed by --dry-run; `tunnel_objects` are the chart's rendered objects."""
@@ -111,12 +116,14 @@ class Plan:
         for node in self.skipped:
             out.append(f"  node   {node}: already {self.action}ed by an earlier run, skipped")
         for node in self.nodes:
-            job = components.node_job(self.action, node, image, node_args, tunnel_ca=self._tunnel_ca())
+            job = self.job(node, image, node_args)
             cmd = " ".join(job["spec"]["template"]["spec"]["containers"][0]["command"])
             out.append(f"  node   {node}: Job {NS}/{job['metadata']['name']} (privileged, host /) runs: {cmd}")
         if self.nodes:
             out.append("  files  on each of those nodes:")
             out += [f"           {path}: {what}" for path, what in nodestep.HOST_FILES.items()]
+            if self.join_token and self.action == "convert":
+                out += [f"           {path}: {what}" for path, what in nodestep.TOKEN_HOST_FILES.items()]
             if self.tunnel or self.action == "revert":
                 out += [f"           {path}: {what}" for path, what in nodestep.TUNNEL_HOST_FILES.items()]
             if self.action == "convert":
@@ -128,8 +135,23 @@ class Plan:
         out += [f"  api    {c.verb:6} {c.what}" for c in self.after]
         return out
 
-    def _tunnel_ca(self) -> str | None:
-        return helm.CA_CONFIGMAP if self.tunnel and self.action == "convert" else None
+    def job(self, node: str, image: str, node_args: list[str]) -> Obj:
+        """The Job of `node`, as the runner creates it."""
+        return node_job(self.action, node, image, node_args, tunnel=self.tunnel, join_token=self.join_token)
+
+
+def node_job(action: str, node: str, image: str, args: list[str], *, tunnel: bool, join_token: bool) -> Obj:
+    """One node's Job: a convert Job mounts the tunnel CA's ConfigMap and the bootstrap token's Secret when
+    the run has them; the token itself is never in the Job (only `--join-token-file=<path>` is)."""
+    convert = action == "convert"
+    return components.node_job(
+        action,
+        node,
+        image,
+        args,
+        tunnel_ca=helm.CA_CONFIGMAP if tunnel and convert else None,
+        join_token_secret=components.JOIN_TOKEN_SECRET if join_token and convert else None,
+    )
 
 
 def _name(obj: Obj) -> str:
@@ -151,6 +173,7 @@ def _collection(obj: Obj) -> str:
         "ClusterRoleBinding": "clusterrolebindings",
         "Deployment": "deployments",
         "ConfigMap": "configmaps",
+        "Secret": "secrets",
         "Job": "jobs",
     }[obj["kind"]]
     ns = obj["metadata"].get("namespace")
@@ -195,6 +218,11 @@ def preflight(opts: Options, nodes: list[Obj], version: Obj, record: Obj | None)
     by_name = {_name(n): n for n in nodes}
     if not opts.cloud_nodes:
         problems.append("--cloud-nodes names no node; at least one node must stay in the cloud")
+    if jointoken.in_flags(opts.hub_args):
+        problems.append(
+            "--hub-args carries --join-token, which would put the token in the Jobs' spec and on the nodes' "
+            "process lists: give it with --join-token-file instead"
+        )
     for role, wanted in (("cloud", opts.cloud_nodes), ("edge", opts.edge_nodes), ("autonomous", opts.autonomous_nodes)):
         missing = [n for n in wanted if n not in by_name]
         if missing:
@@ -261,7 +289,24 @@ def convert_plan(opts: Options, nodes: list[Obj], record: Obj | None) -> Plan:
     after = [
         Change("patch", RECORD_PATH, {"data": {"state": "converted"}}, f"ConfigMap {NS}/{RECORD}: state converted")
     ]
-    return Plan("convert", before, todo, skipped, after, cloud, edge, autonomous, tunnel=opts.tunnel)
+    if opts.join_token:
+        secret = components.join_token_secret(opts.join_token)
+        before.append(
+            Change("apply", _collection(secret), secret, f"Secret {NS}/{_name(secret)} (the bootstrap token)")
+        )
+        after.append(_delete(secret))  # the nodes have it now; kept until then, for a resumed run
+    return Plan(
+        "convert",
+        before,
+        todo,
+        skipped,
+        after,
+        cloud,
+        edge,
+        autonomous,
+        tunnel=opts.tunnel,
+        join_token=bool(opts.join_token),
+    )
 
 
 YURTHUB_CSR_LABEL = "app.kubernetes.io/managed-by=yurthub"
@@ -317,6 +362,7 @@ def revert_plan(
                 )
             )
     after += [_delete(o) for o in reversed(cloud_objects("-"))]
+    after.append(_delete(components.join_token_secret("")))  # left by a convert that did not complete
     lease = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{components.MANAGER}"
     after.append(Change("delete", lease, None, f"Lease {NS}/{components.MANAGER} (yurt-manager's leader election)"))
     if record is not None:

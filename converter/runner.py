@@ -21,7 +21,7 @@ import threading
 import time
 from typing import TextIO
 
-from converter import access, components, errors, helm, lease, plan, tolerations
+from converter import access, components, errors, helm, lease, nodestep, plan, tolerations
 from converter.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -179,8 +179,7 @@ def run_node_job(
     progress: Progress,
 ) -> str | None:
     """Create, watch and clean up one node's Job; None on success, else why it failed."""
-    tunnel_ca = helm.CA_CONFIGMAP if opts.tunnel and action == "convert" else None
-    job = components.node_job(action, node, opts.image, args, tunnel_ca=tunnel_ca)
+    job = plan.node_job(action, node, opts.image, args, tunnel=opts.tunnel, join_token=bool(opts.join_token))
     job["spec"]["template"]["spec"]["containers"][0]["terminationMessagePolicy"] = "FallbackToLogsOnError"
     name = job["metadata"]["name"]
     api.create(JOBS, job)
@@ -237,6 +236,8 @@ def node_args(opts: plan.Options, action: str = "convert") -> list[str]:
     args = [f"--timeout={opts.node_timeout_s / 2:.0f}"]
     if opts.hub_args:
         args.append(f"--hub-args={opts.hub_args}")
+    if opts.join_token and action == "convert":
+        args.append(f"--join-token-file={nodestep.STAGED_TOKEN}")  # a path: the token comes from the Secret
     if opts.tunnel and action == "convert":
         args.append(f"--tunnel-server-addr={','.join(opts.tunnel_servers)}")
         args.append(f"--tunnel-server-name={opts.tunnel_server_name}")

@@ -1,7 +1,7 @@
 """The `yurthub` command: flags (or a config file) grouped by concern, turned into settings once.
 
 yurthub --server-addr https://10.0.0.1:6443 --node-name edge-1 --ca-file ... --client-cert ...
-yurthub --server-addr https://10.0.0.1:6443 --node-name edge-1 --join-token abcdef.0123456789abcdef
+yurthub --server-addr https://10.0.0.1:6443 --node-name edge-1 --join-token-file /etc/yurthub/join-token
 yurthub --config /etc/yurthub/config.yaml
 yurthub status                       what this node's yurthub is doing, at a glance
 """
@@ -12,7 +12,6 @@ import argparse
 import ipaddress
 import json
 import logging
-import re
 import ssl
 import sys
 import urllib.error
@@ -23,6 +22,7 @@ import yaml
 
 from yurthub import config, filters, server
 
+log = logging.getLogger(__name__)
 DEFAULT_AGENTS = "kubelet,kube-proxy,coredns,flanneld,yurt-tunnel-agent"
 
 
@@ -47,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     cloud.add_argument("--request-timeout-seconds", type=float, default=30.0)
     node = parser.add_argument_group(
         "identity",
-        "With a bootstrap token (--join-token or --bootstrap-file) yurthub gets its own client certificate by "
-        "CSR and rotates it; without one it uses --client-cert (the kubelet's, by default).",
+        "With a bootstrap token (--join-token-file, or --bootstrap-file) yurthub gets its own client certificate "
+        "by CSR and rotates it; without one it uses --client-cert (the kubelet's, by default).",
     )
     node.add_argument("--node-name", help="name of the node this yurthub serves (required)")
     node.add_argument("--ca-file", default="/etc/kubernetes/pki/ca.crt", help="CA of the apiserver's certificate")
@@ -58,7 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="node client certificate (PEM, may include the key) when no bootstrap token is given",
     )
     node.add_argument("--client-key", default="", help="key of --client-cert when in a file of its own")
-    node.add_argument("--join-token", default="", help="bootstrap token <id>.<secret> to ask for a certificate with")
+    node.add_argument(
+        "--join-token-file",
+        default="",
+        metavar="FILE",
+        help="file holding the bootstrap token <id>.<secret> to ask for a certificate with (owner-only, 0600); "
+        "read again when it changes. The way to pass the token",
+    )
+    node.add_argument(
+        "--join-token",
+        default="",
+        help="the bootstrap token itself; discouraged: every user sees it in the process list, use --join-token-file",
+    )
     node.add_argument("--bootstrap-file", default="", help="kubeconfig whose user holds a bootstrap token")
     node.add_argument("--root-dir", default="/var/lib/yurthub", help="yurthub's certificates go to <root-dir>/pki")
     node.add_argument(
@@ -300,6 +311,10 @@ def _door_settings(args: argparse.Namespace) -> config.DoorSettings:
 
 def _bootstrap_token(args: argparse.Namespace) -> str:
     token = str(args.join_token or "")
+    if token and args.join_token_file:
+        raise config.ConfigError("--join-token and --join-token-file: give the token one way only (the file)")
+    if args.join_token_file:
+        config.read_token_file(args.join_token_file)  # refuse a bad file at start; identity reads it when needed
     if args.bootstrap_file:
         try:
             with open(args.bootstrap_file, encoding="utf-8") as fh:
@@ -311,9 +326,14 @@ def _bootstrap_token(args: argparse.Namespace) -> str:
         if not tokens:
             raise config.ConfigError(f"--bootstrap-file {args.bootstrap_file}: no user with a token in it")
         token = token or tokens[0]
-    if token and not re.fullmatch(r"[a-z0-9]{6}\.[a-z0-9]{16}", token):
-        raise config.ConfigError("bootstrap token: expected <6 characters>.<16 characters> of [a-z0-9]")
+    if token:
+        token = config.parse_bootstrap_token(token, "bootstrap token")
     return token
+
+
+def token_on_command_line(argv: list[str]) -> bool:
+    """Whether `argv` carries the bootstrap token itself (`--join-token`), where any user can read it."""
+    return any(a == "--join-token" or a.startswith("--join-token=") for a in argv)
 
 
 def _ips(flag: str, value: str) -> tuple[str, ...]:
@@ -334,6 +354,7 @@ def identity_settings(args: argparse.Namespace) -> config.IdentitySettings:
         client_cert=args.client_cert,
         client_key=args.client_key,
         bootstrap_token=_bootstrap_token(args),
+        bootstrap_token_file=args.join_token_file,
         root_dir=args.root_dir.rstrip("/") or "/",
         serving_cert=args.serving_cert,
         serving_ip_addresses=_ips("--serving-ip-addresses", args.serving_ip_addresses),
@@ -407,4 +428,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if token_on_command_line(args_list):
+        log.warning(
+            "the bootstrap token was given with --join-token: every user of this machine can read it in the "
+            "process list (/proc/<pid>/cmdline); put it in an owner-only file and use --join-token-file"
+        )
     return server.run(settings)

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
+import re
+import stat
 from urllib.parse import urlsplit
 
 
@@ -80,7 +83,11 @@ class IdentitySettings:
     """Key of the client certificate, when it is not in the same file."""
     bootstrap_token: str = dataclasses.field(default="", repr=False)
     """Bootstrap token (`<id>.<secret>`) to ask for a client certificate with, as `kubeadm join` does;
-    from `--join-token` or the user of `--bootstrap-file`. Empty: no CSR, use `client_cert`."""
+    from `--join-token` (discouraged: visible in the process list) or the user of `--bootstrap-file`.
+    Empty, with no `bootstrap_token_file` either: no CSR, use `client_cert`."""
+    bootstrap_token_file: str = ""
+    """File holding the bootstrap token (`--join-token-file`, the way to pass it): owner-only (0600 or
+    stricter), read again when it changes, so a token replaced before it expires is picked up."""
     root_dir: str = "/var/lib/yurthub"
     """yurthub's own certificates live in `<root_dir>/pki` (root-only)."""
     serving_cert: bool = True
@@ -94,7 +101,7 @@ class IdentitySettings:
 
     @property
     def client_source(self) -> ClientSource:
-        if self.bootstrap_token:
+        if self.bootstrap_token or self.bootstrap_token_file:
             return ClientSource.CSR
         if self.client_cert.endswith("/kubelet-client-current.pem"):
             return ClientSource.KUBELET
@@ -220,6 +227,57 @@ def parse_servers(value: str) -> tuple[str, ...]:
         if parts.path not in ("", "/"):
             raise ConfigError(f"--server-addr: {server!r} must not carry a path")
     return servers
+
+
+BOOTSTRAP_TOKEN = re.compile(r"[a-z0-9]{6}\.[a-z0-9]{16}")
+"""The shape of a Kubernetes bootstrap token, `<token-id>.<token-secret>`."""
+TOKEN_FILE_MAX = 4096
+"""A token file longer than this is not a token file."""
+
+
+def parse_bootstrap_token(text: str, source: str) -> str:
+    """The bootstrap token in `text` (surrounding whitespace and one trailing newline allowed); `source`
+    names where it came from in the error, which never repeats the text itself."""
+    token = text.strip()
+    if not token:
+        raise ConfigError(f"{source}: empty; expected a bootstrap token <6 characters>.<16 characters>")
+    if not BOOTSTRAP_TOKEN.fullmatch(token):
+        raise ConfigError(f"{source}: expected a bootstrap token <6 characters>.<16 characters> of [a-z0-9]")
+    return token
+
+
+def read_token_file(path: str) -> tuple[str, tuple[int, int, int]]:
+    """Read and check a bootstrap token file (blocking: call it off the event loop); returns the token and
+    the file's (inode, mtime, size) mark, so a caller can skip reading again while the mark is unchanged.
+
+    Refused: a missing or unreadable file, one other users could read or write (mode & 0o077), an empty one,
+    one that does not hold exactly one bootstrap token."""
+    source = f"--join-token-file {path}"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot open: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if st.st_mode & 0o077:
+            raise ConfigError(
+                f"{source}: mode {stat.S_IMODE(st.st_mode):04o} lets other users read or change the token; "
+                f"make it owner-only (chmod 600 {path})"
+            )
+        data = os.read(fd, TOKEN_FILE_MAX + 1)
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > TOKEN_FILE_MAX:
+        raise ConfigError(f"{source}: longer than {TOKEN_FILE_MAX} bytes; expected one bootstrap token")
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: not text; expected one bootstrap token") from None
+    return parse_bootstrap_token(text, source), (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def check_port(flag: str, port: int) -> int:

@@ -15,6 +15,11 @@ log names the CSR and who must approve it, and the plain port serves meanwhile.
 A new client certificate gets a new session for new requests; the old session stays open for
 `OLD_SESSION_GRACE_S`, so watches already open through it go on undisturbed.
 
+Bootstrap token: from `--join-token-file` it is read when needed, off the event loop, and read again only
+when the file's (inode, mtime, size) changed, so an operator can replace a token before it expires; a file
+gone bad keeps the last good token and is reported once. Every file read, `stat` and SSL context built here
+runs in a worker thread (`asyncio.to_thread`): a slow disk never stalls the proxy sharing this loop.
+
 Offline grace: nothing here gates serving. An expired certificate makes the cloud answer 401, which the
 health prober counts as unreachable, so the cache answers (OpenYurt answers 503 to everything instead), while
 `step` keeps asking for a new certificate with backoff capped at 16 s.
@@ -93,12 +98,13 @@ class Slot:
 
 
 def _fingerprint(paths: list[str]) -> tuple[object, ...]:
-    """What changes when kubelet rotates its certificate: the file the symlink points at, its mtime, size."""
+    """What changes when kubelet rotates its certificate: the file the symlink points at, its inode, mtime,
+    size. Blocking: called at start or in a worker thread."""
     marks: list[object] = []
     for path in paths:
         real = os.path.realpath(path)
         st = os.stat(real)
-        marks += [real, st.st_mtime_ns, st.st_size]
+        marks += [real, st.st_ino, st.st_mtime_ns, st.st_size]
     return tuple(marks)
 
 
@@ -114,6 +120,10 @@ class Identity:
             self.serving = Slot(Kind.SERVING, Path(self.ids.serving_file), config.ClientSource.CSR)
         self.retired: list[tuple[float, aiohttp.ClientSession]] = []
         self.cluster_ip: str | None = None
+        self._token = self.ids.bootstrap_token
+        self._token_mark: tuple[int, int, int] | None = None
+        self._token_problem = ""
+        self._ca_tls: ssl.SSLContext | None = None
         self._load()
 
     # ---- files -------------------------------------------------------------------------------------------
@@ -149,6 +159,7 @@ class Identity:
         slot.attempts, slot.next_try, slot.problem = 0, 0.0, ""
 
     def node_tls(self) -> ssl.SSLContext:
+        """A client context with the node certificate. Blocking (reads files): at start or in a thread."""
         ctx = ssl.create_default_context(cafile=self.ids.ca_file)
         if self.client.source is config.ClientSource.CSR:
             ctx.load_cert_chain(str(self.client.path))
@@ -159,6 +170,45 @@ class Identity:
     def client_valid(self, at: datetime.datetime) -> bool:
         return self.client.summary is not None and not self.client.summary.expired(at)
 
+    async def bootstrap_token(self) -> str:
+        """The bootstrap token now: the flag's, or the token file's, read in a thread only when the file
+        changed. A file that went bad keeps the last good token ("" if there never was one), reported once."""
+        path = self.ids.bootstrap_token_file
+        if not path:
+            return self._token
+        mark = self._token_mark
+
+        def read() -> tuple[str, tuple[int, int, int]] | None:
+            if mark is not None:
+                st = os.stat(path)
+                if (st.st_ino, st.st_mtime_ns, st.st_size) == mark:
+                    return None
+            return config.read_token_file(path)
+
+        try:
+            got = await asyncio.to_thread(read)
+        except (config.ConfigError, OSError) as exc:
+            problem = str(exc) if isinstance(exc, config.ConfigError) else f"--join-token-file {path}: {exc.strerror}"
+            if problem != self._token_problem:
+                log.warning(
+                    "cannot use the bootstrap token file, %s: %s",
+                    "keeping the last good token" if self._token else "no token",
+                    problem,
+                )
+                self._token_problem = problem
+            return self._token
+        if got is not None:
+            if self._token_mark is not None and got[0] != self._token:
+                log.info("bootstrap token file changed; the new token is used from now on file=%s", path)
+            self._token, self._token_mark, self._token_problem = got[0], got[1], ""
+        return self._token
+
+    async def _ca_context(self) -> ssl.SSLContext:
+        """A context that trusts the apiserver's CA, with no client certificate (built once, in a thread)."""
+        if self._ca_tls is None:
+            self._ca_tls = await asyncio.to_thread(ssl.create_default_context, cafile=self.ids.ca_file)
+        return self._ca_tls
+
     # ---- the cloud ---------------------------------------------------------------------------------------
 
     async def _call(
@@ -167,14 +217,14 @@ class Identity:
         """One API call with the node identity while it is valid, else (or on 401) the bootstrap token.
 
         Servers are tried in order; raises `OSError`-like errors only when none answered."""
-        token = self.ids.bootstrap_token
-        attempts: list[bool] = []  # True: with the token
+        token = "" if node_only else await self.bootstrap_token()
+        attempts: list[str | None] = []  # a token, or None: with the node certificate
         if self.client_valid(now()):
-            attempts.append(False)
-        if token and not node_only:
-            attempts.append(True)
+            attempts.append(None)
+        if token:
+            attempts.append(token)
         if not attempts:
-            raise NoCredentials("no valid client certificate" + ("" if token else " and no bootstrap token"))
+            raise NoCredentials("no valid client certificate" + ("" if node_only else " and no bootstrap token"))
         answer: tuple[int, dict[str, Any]] = (0, {})
         for with_token in attempts:
             answer = await self._call_as(method, path, body, with_token)
@@ -183,14 +233,14 @@ class Identity:
         return answer
 
     async def _call_as(
-        self, method: str, path: str, body: dict[str, Any] | None, with_token: bool
+        self, method: str, path: str, body: dict[str, Any] | None, token: str | None
     ) -> tuple[int, dict[str, Any]]:
-        ctx = ssl.create_default_context(cafile=self.ids.ca_file)
         headers = {"Accept": "application/json", "User-Agent": "yurthub/identity"}
-        if with_token:
-            headers["Authorization"] = f"Bearer {self.ids.bootstrap_token}"
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+            ctx = await self._ca_context()
         else:
-            ctx = self.node_tls()
+            ctx = await asyncio.to_thread(self.node_tls)
         last: BaseException | None = None
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session:
             for server in self.settings.cloud.servers:
@@ -215,10 +265,11 @@ class Identity:
         """Everything due now: follow files, ask for certificates, look at pending requests, publish metrics."""
         self._close_retired(hub)
         if self.client.source is config.ClientSource.CSR:
-            if await self._advance(self.client):
-                self.swap_session(hub)
+            changed = await self._advance(self.client)
         else:
-            self._follow_file(hub)
+            changed = await self.follow_file()
+        if changed:
+            await self.swap_session(hub)
         if self.serving is not None and self.client_valid(now()):
             await self._advance(self.serving)
         self.publish()
@@ -325,7 +376,7 @@ class Identity:
 
     async def _serving_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         ips = list(self.ids.serving_ip_addresses)
-        ips.append(self.ids.node_ip or _route_address(self.settings.cloud.servers[0]))
+        ips.append(self.ids.node_ip or await asyncio.to_thread(_route_address, self.settings.cloud.servers[0]))
         if self.cluster_ip is None:
             code, doc = await self._call("GET", "/api/v1/namespaces/default/services/kubernetes", node_only=True)
             if code >= 500:
@@ -339,10 +390,10 @@ class Identity:
 
     # ---- sessions and files ------------------------------------------------------------------------------
 
-    def swap_session(self, hub: proxy.Hub) -> None:
+    async def swap_session(self, hub: proxy.Hub) -> None:
         """New requests use the new client certificate; the old session lives on for open streams."""
         try:
-            node_tls = self.node_tls()
+            node_tls = await asyncio.to_thread(self.node_tls)
         except (OSError, ssl.SSLError) as exc:
             log.warning("client certificate changed but cannot be loaded yet error=%s", exc)
             return
@@ -350,19 +401,28 @@ class Identity:
         hub.node_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=node_tls, limit=0))
         log.info("client certificate replaced; new requests use it, open streams keep theirs")
 
-    def _follow_file(self, hub: proxy.Hub) -> None:
+    async def follow_file(self) -> bool:
+        """Take a client certificate file someone else rotated (kubelet / file source); True when it changed.
+        The check (`stat`) and the read run in a worker thread."""
+        paths, cert, known = self._client_paths(), self.ids.client_cert, self.client.mark
+
+        def look() -> tuple[tuple[object, ...], certificate.Summary] | None:
+            mark = _fingerprint(paths)
+            if mark == known:
+                return None
+            return mark, certificate.summarize(Path(cert).read_bytes())
+
         try:
-            mark = _fingerprint(self._client_paths())
-            if mark == self.client.mark:
-                return
-            summary = certificate.summarize(Path(self.ids.client_cert).read_bytes())
+            found = await asyncio.to_thread(look)
         except (OSError, certificate.CertificateError) as exc:
             log.warning("client certificate changed but cannot be read yet error=%s", exc)
-            return
-        self.client.mark, self.client.summary = mark, summary
+            return False
+        if found is None:
+            return False
+        self.client.mark, self.client.summary = found
         self.client.rotations += 1
         self.stats.cert_rotations.labels(Kind.CLIENT.value).inc()
-        self.swap_session(hub)
+        return True
 
     def _close_retired(self, hub: proxy.Hub) -> None:
         mono = time.monotonic()

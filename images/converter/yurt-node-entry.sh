@@ -17,7 +17,14 @@ cp /opt/yurt-edge/wheels/*.whl "/host$state/wheels/"
 if [ -f /etc/yurt-edge/tunnel-ca/ca.crt ]; then
     cp /etc/yurt-edge/tunnel-ca/ca.crt "/host$state/tunnel-ca.crt"
 fi
-exec nsenter -t 1 -m -u -i -n -p -- /bin/sh -euc '
+# With --join-token-file, the Job mounts the token's Secret here (0400). It is copied under umask 077, so
+# the node's copy is owner-only from its first moment, and removed once the node step has installed it.
+token="/host$state/join-token"
+if [ -f /etc/yurt-edge/join-token/token ]; then
+    (umask 077 && rm -f "$token" && cp /etc/yurt-edge/join-token/token "$token")
+fi
+rc=0
+nsenter -t 1 -m -u -i -n -p -- /bin/sh -euc '
 state=$1 action=$2
 shift 2
 if [ ! -x /opt/yurt-edge/bin/yurtctl ]; then
@@ -32,4 +39,6 @@ elif [ "$action" = convert ]; then
     /opt/yurt-edge/bin/pip install -q --no-index --find-links "$state/wheels" --upgrade yurt-edge
 fi
 exec /opt/yurt-edge/bin/yurtctl node "$action" "$@"
-' yurt-node-entry "$state" "$action" "$@"
+' yurt-node-entry "$state" "$action" "$@" || rc=$?
+rm -f "$token"
+exit "$rc"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import secrets
@@ -13,7 +14,7 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
+import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -305,43 +306,155 @@ def test_a_full_disk_keeps_the_proxy_working_and_says_so(
         subprocess.run(["umount", str(disk)], check=True)
 
 
-def test_kill_9_during_writes_leaves_a_whole_list_from_the_cloud(
-    cloud: cluster.Cluster, link: relay.Relay, tmp_path: Path
-) -> None:
-    hub = start_hub(cloud, link, tmp_path)
-    seen: list[bytes] = []
+CHURN_NS = "churn"
+CHURN = f"/api/v1/namespaces/{CHURN_NS}/configmaps"
+CHURN_LIST = f"{CHURN}?labelSelector=churn%3Dyes"
+KILL_ROUNDS = 5
+
+
+class Churn:
+    """ConfigMaps created (cm-0, cm-1, ... in that order) and updated in the cloud, straight at the apiserver
+    with an admin identity; every (name, resourceVersion) written is remembered with its data."""
+
+    def __init__(self, cloud: cluster.Cluster, directory: Path) -> None:
+        plane = cloud.plane
+        assert plane is not None
+        cert, key = plane.ca.issue("yurt-test-admin", organizations=("system:masters",), client=True).write(
+            directory, "admin"
+        )
+        self.context = ssl.create_default_context(cafile=str(plane.directory / "pki" / "ca.crt"))
+        self.context.load_cert_chain(str(cert), str(key))
+        self.server = plane.server
+        self.written: dict[tuple[str, str], dict[str, str]] = {}
+        self.created = 0
+        self.last_rv = 0
+
+    def _send(self, method: str, path: str, body: dict[str, object], ctype: str) -> None:
+        request = urllib.request.Request(
+            self.server + path, data=json.dumps(body).encode(), method=method, headers={"Content-Type": ctype}
+        )
+        with urllib.request.urlopen(request, timeout=10, context=self.context) as resp:
+            got = json.loads(resp.read())
+        meta = got["metadata"]
+        self.written[(meta["name"], meta["resourceVersion"])] = got.get("data") or {}
+        self.last_rv = max(self.last_rv, int(meta["resourceVersion"]))
+
+    def step(self, turn: int) -> None:
+        """One creation and one update of an earlier ConfigMap."""
+        name = f"cm-{self.created}"
+        meta = {"name": name, "labels": {"churn": "yes"}}
+        self._send("POST", CHURN, {"metadata": meta, "data": {"turn": str(turn)}}, "application/json")
+        self.created += 1
+        patch = {"data": {"turn": str(turn), "touched": "yes"}}
+        self._send("PATCH", f"{CHURN}/cm-{turn % self.created}", patch, "application/merge-patch+json")
+
+
+def cache_files(directory: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file under the cache directory: what moves when the cache writer commits."""
+    found: dict[str, tuple[int, int]] = {}
+    for path in directory.rglob("*"):
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            found[str(path)] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+def kill_during_writes(cloud: cluster.Cluster, link: relay.Relay, hub_dir: Path, churn: Churn) -> tuple[int, bytes]:
+    """Start yurthub, keep the cloud changing while a client lists and watches through it, kill -9 it
+    while its cache files are changing, restart it offline and return its answer to the list."""
+    hub = start_hub(cloud, link, hub_dir)
+    wait_cloud(hub, reachable=True)  # a restarted yurthub with a cache starts offline until a probe succeeds
     stop = threading.Event()
+    lists_served = [0]
+    code, _, body = call(hub.proxy + CHURN_LIST)
+    assert code == 200
+    rv = json.loads(body)["metadata"]["resourceVersion"]
 
-    def churn() -> None:
-        i = 0
+    def writer() -> None:
+        turn = 1
         while not stop.is_set():
-            services(cloud, f"churn-{i % 7}")
-            with contextlib.suppress(OSError):
-                code, _, body = call(hub.proxy + "/api/v1/namespaces/default/services", accept=PB, timeout=5)
-                if code == 200:
-                    seen.append(body)
-            i += 1
+            churn.step(turn)
+            turn += 1
 
-    worker = threading.Thread(target=churn)
-    worker.start()
-    time.sleep(4)
-    os.kill(hub.proc.pid, signal.SIGKILL)
-    hub.proc.wait()
-    stop.set()
-    worker.join(30)
-    assert len(seen) > 3
+    def lister() -> None:
+        while not stop.is_set():
+            try:
+                if call(hub.proxy + CHURN_LIST, timeout=5)[0] == 200:
+                    lists_served[0] += 1
+            except (OSError, http.client.HTTPException):
+                return  # yurthub was killed
+
+    def watcher() -> None:
+        url = f"{hub.proxy}{CHURN_LIST}&watch=1&resourceVersion={rv}&timeoutSeconds=60"
+        request = urllib.request.Request(url, headers={"User-Agent": "kubelet/v1.34 (linux/amd64)"})
+        with (
+            contextlib.suppress(OSError, http.client.HTTPException),
+            urllib.request.urlopen(request, timeout=60) as stream,
+        ):
+            for _ in iter(stream.readline, b""):
+                if stop.is_set():
+                    return
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (writer, lister, watcher)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for("lists to be served while the cloud changes", lambda: lists_served[0] >= 3, timeout=30)
+        # the evidence that the kill lands while the cache writer works: its files are changing right now
+        before = cache_files(hub.cache)
+        wait_for("the cache files to change", lambda: cache_files(hub.cache) != before, timeout=10, interval=0.02)
+        os.kill(hub.proc.pid, signal.SIGKILL)
+        hub.proc.wait()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
     link.cut()
     try:
-        again = start_hub(cloud, link, tmp_path)
+        again = start_hub(cloud, link, hub_dir)
         try:
             wait_cloud(again, reachable=False)
-            code, _, body = call(again.proxy + "/api/v1/namespaces/default/services", accept=PB)
-            assert code == 200
-            assert body in seen  # exactly one list the cloud sent, not a mix
+            code, _, body = call(again.proxy + CHURN_LIST)
         finally:
             stop_hub(again)
     finally:
         link.restore()
+    return code, body
+
+
+def test_kill_9_during_writes_repeatedly_leaves_whole_lists_and_resource_versions_never_go_back(
+    cloud: cluster.Cluster, link: relay.Relay, tmp_path: Path
+) -> None:
+    cloud.kubectl.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CHURN_NS}}])
+    churn = Churn(cloud, tmp_path)
+    churn.step(0)
+    previous: dict[str, int] = {}
+    for round_ in range(KILL_ROUNDS):
+        code, body = kill_during_writes(cloud, link, tmp_path / "hub", churn)
+        assert code == 200, (round_, body[:300])
+        items = json.loads(body)["items"]  # parses: no torn write
+        names = [i["metadata"]["name"] for i in items]
+        assert len(names) == len(set(names)), f"round {round_}: duplicates"
+        # ConfigMaps are created one after the other, so the cloud's list at any resourceVersion is a prefix
+        # cm-0 ... cm-<n-1>: a gap is a set the cloud never had (not just a count that happens to match)
+        highest = max(int(n[3:]) for n in names)
+        missing = sorted(set(range(highest + 1)) - {int(n[3:]) for n in names})
+        assert missing == [], (
+            f"round {round_}: offline list (resourceVersion {json.loads(body)['metadata']['resourceVersion']}) "
+            f"has cm-{highest} but lacks {[f'cm-{m}' for m in missing[:10]]}; resourceVersions the cloud gave "
+            f"them: {sorted((n, rv) for n, rv in churn.written if n in {f'cm-{m}' for m in missing[:3]})[:6]}"
+        )
+        assert 0 < len(names) <= churn.created
+        now: dict[str, int] = {}
+        for item in items:
+            key = (item["metadata"]["name"], item["metadata"]["resourceVersion"])
+            assert key in churn.written, f"round {round_}: {key} was never written by the cloud"
+            assert (item.get("data") or {}) == churn.written[key]
+            now[key[0]] = int(key[1])
+        assert max(now.values()) <= churn.last_rv
+        went_back = {n: (rv_, now.get(n)) for n, rv_ in previous.items() if now.get(n, -1) < rv_}
+        assert went_back == {}, f"round {round_}: resourceVersions went backwards (or objects vanished)"
+        previous = now
 
 
 def test_tokens_and_keys_never_reach_the_log(cloud: cluster.Cluster, link: relay.Relay, tmp_path: Path) -> None:
@@ -351,8 +464,12 @@ def test_tokens_and_keys_never_reach_the_log(cloud: cluster.Cluster, link: relay
         request = urllib.request.Request(
             hub.proxy + "/api/v1/namespaces/default/pods", headers={"Authorization": f"Bearer {token}"}
         )
-        with contextlib.suppress(Exception):
+        try:
             urllib.request.urlopen(request, timeout=10)
+            raise AssertionError("an unknown bearer token was accepted")
+        except urllib.error.HTTPError as err:
+            code, answer = err.code, json.loads(err.read())
+        assert code == 401 and answer["kind"] == "Status"  # forwarded with the token, refused by the apiserver
         link.cut()
         wait_cloud(hub, reachable=False)
         link.restore()
@@ -363,6 +480,46 @@ def test_tokens_and_keys_never_reach_the_log(cloud: cluster.Cluster, link: relay
     assert "cloud unreachable" in text  # the log is being written
     assert token not in text
     assert "PRIVATE KEY" not in text and "BEGIN CERTIFICATE" not in text
+
+
+def test_the_join_token_file_keeps_the_token_off_the_process_list(
+    cloud: cluster.Cluster, link: relay.Relay, tmp_path: Path
+) -> None:
+    """The attack: any local user reads /proc/<pid>/cmdline of every process. With --join-token-file the
+    token is not there (nor in the environment, nor in the log); --join-token still works, with a warning."""
+    plane = cloud.plane
+    assert plane is not None
+    token_file = tmp_path / "join-token"
+    fd = os.open(token_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    os.write(fd, plane.bootstrap_token.encode() + b"\n")
+    os.close(fd)
+    root = tmp_path / "root"
+    hub = start_hub(
+        cloud, link, root, f"--join-token-file={token_file}", f"--root-dir={root}", "--csr-poll-seconds=0.5"
+    )
+    try:
+        client = hub.status()["certificates"]["client"]  # serving means the CSR made with the token was issued
+        assert client["source"] == "csr" and client["subject"] == f"CN=system:node:{NODE},O=system:nodes"
+        cmdline = Path(f"/proc/{hub.proc.pid}/cmdline").read_bytes()
+        assert str(token_file).encode() in cmdline  # the right process
+        assert plane.bootstrap_token.encode() not in cmdline
+        assert plane.bootstrap_token.split(".")[1].encode() not in cmdline
+        assert plane.bootstrap_token.encode() not in Path(f"/proc/{hub.proc.pid}/environ").read_bytes()
+    finally:
+        stop_hub(hub)
+    assert plane.bootstrap_token not in hub.log.read_text()
+    assert "--join-token:" not in hub.log.read_text()
+
+    other = tmp_path / "by-flag"
+    hub = start_hub(cloud, link, other, f"--join-token={plane.bootstrap_token}", f"--root-dir={other}")
+    try:
+        assert hub.status()["certificates"]["client"]["source"] == "csr"
+        assert plane.bootstrap_token.encode() in Path(f"/proc/{hub.proc.pid}/cmdline").read_bytes()  # the attack
+    finally:
+        stop_hub(hub)
+    text = hub.log.read_text()
+    assert "every user of this machine can read it in the process list" in text
+    assert plane.bootstrap_token not in text
 
 
 def test_a_rotated_client_certificate_is_used_for_new_requests_without_cutting_open_watches(

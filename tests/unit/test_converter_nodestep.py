@@ -105,8 +105,55 @@ def test_a_rerun_does_not_mistake_its_own_running_services_for_squatters() -> No
     node = TunnelNode()
     host = MemoryHost({**FILES, nodestep.TUNNEL_CA: "CA"}, node.run)
     nodestep.convert(host, node.fetch, TUNNEL)
+    converted = dict(host.files)
     host.busy_ports = frozenset({10261, 10266, 10267})  # ours, now running
-    nodestep.convert(host, node.fetch, TUNNEL)
+    assert nodestep.busy_ports(host, TUNNEL) == []
+    host.commands.clear()
+    nodestep.convert(host, node.fetch, TUNNEL)  # would raise PreflightFailed naming the ports
+    assert host.files == converted
+    # running with exactly these files: neither service is restarted by the re-run
+    assert ["systemctl", "restart", "yurthub.service"] not in host.commands
+    assert ["systemctl", "restart", "yurt-tunnel-agent.service"] not in host.commands
+
+
+TOKEN = "abcdef.0123456789abcdef"  # noqa: S105 - a made-up token in the documented shape
+STAGED = {**FILES, nodestep.STAGED_TOKEN: TOKEN + "\n"}
+STAGE, MISSING = "/t", "/missing"
+
+
+def test_a_join_token_file_is_installed_owner_only_and_yurthub_reads_it_from_there() -> None:
+    node = Node()
+    host = MemoryHost(STAGED, node.run)
+    nodestep.convert(host, node.fetch, dataclasses.replace(SETTINGS, join_token_file=nodestep.STAGED_TOKEN))
+    assert host.files[nodestep.HUB_TOKEN] == TOKEN + "\n"
+    assert host.modes[nodestep.HUB_TOKEN] == 0o600
+    assert host.modes[nodestep.ENV_FILE] == 0o600
+    env = host.files[nodestep.ENV_FILE]
+    assert f"--join-token-file={nodestep.HUB_TOKEN}" in env
+    assert TOKEN not in env  # yurthub's command line (from the env file) carries the path, not the token
+    assert "--client-cert" not in env
+    nodestep.revert(host, node.fetch, SETTINGS)
+    assert nodestep.HUB_TOKEN not in host.files
+
+
+@pytest.mark.parametrize(
+    ("files", "settings", "message"),
+    [
+        (FILES, dataclasses.replace(SETTINGS, join_token_file=MISSING), "no such file"),
+        ({**FILES, STAGE: "\n"}, dataclasses.replace(SETTINGS, join_token_file=STAGE), "empty"),
+        ({**FILES, STAGE: "abcdef:0123"}, dataclasses.replace(SETTINGS, join_token_file=STAGE), "expected a bootstrap"),
+        (FILES, dataclasses.replace(SETTINGS, hub_args=f"--join-token={TOKEN}"), "use --join-token-file"),
+        (FILES, dataclasses.replace(SETTINGS, hub_args=f"-v --join-token {TOKEN}"), "use --join-token-file"),
+    ],
+)
+def test_a_bad_join_token_stops_the_node_before_anything_changes(
+    files: dict[str, str], settings: nodestep.Settings, message: str
+) -> None:
+    host = MemoryHost(files)
+    with pytest.raises(errors.PreflightFailed, match=message) as caught:
+        nodestep.convert(host, Node().fetch, settings)
+    assert TOKEN not in str(caught.value)
+    assert host.files == files and host.commands == []
 
 
 @pytest.mark.parametrize(

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import io
+import json
+import os
+from pathlib import Path
 from typing import Any
 
-from converter import access, names, plan, runner
+import pytest
+
+from converter import access, cli, components, jointoken, names, nodestep, plan, runner
 
 VERSION = {"major": "1", "minor": "34", "gitVersion": "v1.34.12"}
 
@@ -171,3 +178,80 @@ def test_a_planned_pod_restore_still_lands_when_the_pod_changed_meanwhile() -> N
     assert got is not None
     assert got["spec"]["tolerations"][0]["tolerationSeconds"] == 300
     assert not got["metadata"].get("annotations")
+
+
+TOKEN = "abcdef.0123456789abcdef"  # noqa: S105 - a made-up token in the documented shape
+
+
+def test_the_join_token_reaches_the_node_jobs_through_a_secret_never_through_their_spec() -> None:
+    opts = dataclasses.replace(OPTS, join_token=TOKEN)
+    p = plan.convert_plan(opts, NODES, None)
+    args = runner.node_args(opts)
+    assert f"--join-token-file={nodestep.STAGED_TOKEN}" in args
+    for name in p.nodes:
+        job = p.job(name, opts.image, args)
+        spec = json.dumps(job)
+        assert TOKEN not in spec and base64.b64encode(TOKEN.encode()).decode() not in spec
+        pod = job["spec"]["template"]["spec"]
+        assert {"name": "join-token", "mountPath": components.JOIN_TOKEN_MOUNT, "readOnly": True} in pod["containers"][
+            0
+        ]["volumeMounts"]
+        volume = next(v for v in pod["volumes"] if v["name"] == "join-token")
+        assert volume["secret"]["secretName"] == components.JOIN_TOKEN_SECRET
+        assert volume["secret"]["defaultMode"] == 0o400
+        assert all("env" not in c for c in pod["containers"])
+    secret = [c for c in p.before if c.body is not None and c.body.get("kind") == "Secret"]
+    assert len(secret) == 1 and base64.b64decode(secret[0].body["data"]["token"]).decode() == TOKEN  # type: ignore[index]
+    assert f"/api/v1/namespaces/kube-system/secrets/{components.JOIN_TOKEN_SECRET}" in [
+        c.path for c in p.after if c.verb == "delete"
+    ]
+    out = io.StringIO()
+    assert runner.convert(cluster(), opts, runner.RunSettings(identity="t"), out, dry_run=True) == 0
+    assert TOKEN not in out.getvalue() and nodestep.HUB_TOKEN in out.getvalue()
+    assert TOKEN not in repr(opts) and TOKEN not in opts.recorded()
+    # without a token nothing is mounted and no Secret is made
+    bare = plan.convert_plan(OPTS, NODES, None)
+    assert "join-token" not in json.dumps(bare.job("edge-1", OPTS.image, runner.node_args(OPTS)))
+    assert not [c for c in bare.before + bare.after if "secrets" in c.path]
+
+
+def test_a_join_token_in_the_hub_args_is_refused_before_anything_changes() -> None:
+    opts = dataclasses.replace(OPTS, hub_args=f"--join-token={TOKEN}")
+    problems = plan.preflight(opts, NODES, VERSION, None)
+    assert any("give it with --join-token-file" in p for p in problems)
+    assert all(TOKEN not in p for p in problems)
+
+
+def test_revert_removes_a_join_token_secret_a_failed_convert_left() -> None:
+    p = plan.revert_plan([node("edge-1", labels={names.EDGE_WORKER_LABEL: "true"})], [], {"data": {}})
+    assert f"/api/v1/namespaces/kube-system/secrets/{components.JOIN_TOKEN_SECRET}" in [
+        c.path for c in p.after if c.verb == "delete"
+    ]
+    assert plan.node_job("revert", "edge-1", "i", [], tunnel=False, join_token=True)["spec"]["template"]["spec"][
+        "volumes"
+    ] == [{"name": "host", "hostPath": {"path": "/", "type": "Directory"}}]
+
+
+def test_yurtctl_convert_refuses_a_bad_join_token_file_before_touching_the_cluster(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    readable = tmp_path / "readable"
+    readable.write_text(TOKEN + "\n")
+    readable.chmod(0o644)
+    empty = tmp_path / "empty"
+    empty.touch(mode=0o600)
+    wrong = tmp_path / "wrong"
+    wrong.write_text("abcdef\n")
+    wrong.chmod(0o600)
+    cases = [(tmp_path / "missing", "no such file"), (readable, "chmod 600"), (empty, "empty"), (wrong, "expected a")]
+    for path, complaint in cases:
+        argv = ["--kubeconfig", str(tmp_path / "no-such-kubeconfig"), "convert", "--cloud-nodes", "c"]
+        assert cli.yurtctl_main([*argv, "--join-token-file", str(path), "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert f"--join-token-file {path}: " in err and complaint in err, err
+        assert TOKEN not in err
+    good = tmp_path / "good"
+    fd = os.open(good, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    os.write(fd, TOKEN.encode() + b"\n")
+    os.close(fd)
+    assert jointoken.read(str(good)) == TOKEN

@@ -80,3 +80,58 @@ def test_filter_and_door_flags_become_settings() -> None:
     assert "servicetopology" not in rules
     with pytest.raises(config.ConfigError, match="not an IP address"):
         cli.settings_from_args(cli.parse_args([*base, "--dummy-if-ip=door"]))
+
+
+TOKEN = "abcdef.0123456789abcdef"  # noqa: S105 - a made-up token in the documented shape
+BASE = ["--server-addr", "https://10.0.0.1:6443", "--node-name", "edge-1"]
+
+
+def token_file(directory: Path, text: str, mode: int = 0o600) -> Path:
+    path = directory / "join-token"
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def test_a_join_token_file_makes_yurthub_ask_by_csr_and_keeps_the_token_out_of_the_settings(tmp_path: Path) -> None:
+    path = token_file(tmp_path, TOKEN + "\n")
+    ids = cli.settings_from_args(cli.parse_args([*BASE, "--join-token-file", str(path)])).identity
+    assert ids.client_source is config.ClientSource.CSR
+    assert ids.bootstrap_token_file == str(path)
+    assert ids.bootstrap_token == ""  # read when needed, so a replaced token is picked up
+    assert config.read_token_file(str(path))[0] == TOKEN
+
+
+@pytest.mark.parametrize(
+    ("text", "mode", "complaint"),
+    [
+        (None, 0o600, "no such file"),
+        ("", 0o600, "empty; expected a bootstrap token"),
+        (" \n", 0o600, "empty; expected a bootstrap token"),
+        ("abcdef:0123456789abcdef\n", 0o600, "expected a bootstrap token <6 characters>.<16 characters>"),
+        (f"{TOKEN}\n{TOKEN}\n", 0o600, "expected a bootstrap token"),
+        (TOKEN, 0o644, "mode 0644 lets other users read or change the token; make it owner-only (chmod 600"),
+        (TOKEN, 0o620, "mode 0620"),
+        ("x" * 5000, 0o600, "longer than 4096 bytes"),
+    ],
+)
+def test_a_bad_join_token_file_is_refused_with_a_clear_reason_that_never_quotes_it(
+    tmp_path: Path, text: str | None, mode: int, complaint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "join-token" if text is None else token_file(tmp_path, text, mode)
+    assert cli.main([*BASE, "--join-token-file", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--join-token-file {path}: " in err and complaint in err
+    assert "abcdef" not in err.replace(f"{path}", "")
+
+
+def test_the_token_is_given_one_way_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = token_file(tmp_path, TOKEN)
+    assert cli.main([*BASE, "--join-token", TOKEN, "--join-token-file", str(path)]) == 2
+    assert "give the token one way only" in capsys.readouterr().err
+
+
+def test_a_token_on_the_command_line_is_recognised_for_the_warning() -> None:
+    assert cli.token_on_command_line([*BASE, f"--join-token={TOKEN}"])
+    assert cli.token_on_command_line([*BASE, "--join-token", TOKEN])
+    assert not cli.token_on_command_line([*BASE, "--join-token-file=/etc/yurthub/join-token"])
