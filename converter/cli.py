@@ -151,7 +151,13 @@ def build_manager_parser() -> argparse.ArgumentParser:
     election.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True)
     election.add_argument("--leader-elect-namespace", default="kube-system", help="namespace of the Lease")
     election.add_argument("--leader-elect-lease-name", default="yurt-manager")
-    election.add_argument("--leader-elect-lease-duration", type=int, default=15, metavar="SECONDS")
+    election.add_argument(
+        "--leader-elect-lease-duration",
+        type=int,
+        default=15,
+        metavar="SECONDS",
+        help="renewed every third of it; a replica stops acting two thirds after its last renewal",
+    )
     election.add_argument("--identity", default="", help="this replica's name in the Lease (default: host-random)")
     serving = parser.add_argument_group("health and metrics")
     serving.add_argument(
@@ -165,7 +171,7 @@ def build_manager_parser() -> argparse.ArgumentParser:
         "--resync-seconds",
         type=float,
         default=2.0,
-        help="longest time between passes (changes start one at once) and how often the Lease is renewed",
+        help="longest time between passes (changes start one at once); the Lease is renewed on its own clock",
     )
     loop.add_argument(
         "--watch",
