@@ -43,6 +43,8 @@ PODS = "/api/v1/pods"
 CSRS = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
 MIN_GAP_S = 0.2
 """Shortest time between two passes, so a burst of changes is handled in one pass."""
+SERVED_NAMES_TTL_S = 60.0
+"""How long the names read from the apiserver's serving certificate are reused before it is read again."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -153,6 +155,7 @@ class Manager:
         self.settings = settings
         self.metrics = metrics
         self.served_names = served_names
+        self._served: tuple[float, frozenset[str]] | None = None
         self.leading = False
         self._renewed = -1e9
         self._lead_lock = threading.Lock()
@@ -305,12 +308,19 @@ class Manager:
         return csr.Context(
             nodes=addresses,
             service_ips=ips,
-            apiserver_names=self.served_names() | frozenset(s.reserved_names),
+            apiserver_names=self._apiserver_names() | frozenset(s.reserved_names),
             cluster_domain=s.cluster_domain,
             door_addresses=frozenset(s.door_addresses),
             approve_apiserver_names=s.approve_apiserver_names,
             tenant_groups=frozenset(s.tenant_groups),
         )
+
+    def _apiserver_names(self) -> frozenset[str]:
+        """The apiserver's serving names, read again once `SERVED_NAMES_TTL_S` old (a pending request nobody
+        decides must not cost a TLS handshake per pass)."""
+        if self._served is None or time.monotonic() - self._served[0] >= SERVED_NAMES_TTL_S:
+            self._served = (time.monotonic(), self.served_names())
+        return self._served[1]
 
     def sync_csrs(self, nodes: dict[str, access.Obj]) -> None:
         pending = [c for c in self._read(CSRS) if not c.get("status", {}).get("conditions")]
