@@ -165,7 +165,13 @@ def build_manager_parser() -> argparse.ArgumentParser:
     election.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True)
     election.add_argument("--leader-elect-namespace", default="kube-system", help="namespace of the Lease")
     election.add_argument("--leader-elect-lease-name", default="yurt-manager")
-    election.add_argument("--leader-elect-lease-duration", type=int, default=15, metavar="SECONDS")
+    election.add_argument(
+        "--leader-elect-lease-duration",
+        type=int,
+        default=15,
+        metavar="SECONDS",
+        help="renewed every third of it; a replica stops acting two thirds after its last renewal",
+    )
     election.add_argument("--identity", default="", help="this replica's name in the Lease (default: host-random)")
     serving = parser.add_argument_group("health and metrics")
     serving.add_argument(
@@ -179,7 +185,7 @@ def build_manager_parser() -> argparse.ArgumentParser:
         "--resync-seconds",
         type=float,
         default=2.0,
-        help="longest time between passes (changes start one at once) and how often the Lease is renewed",
+        help="longest time between passes (changes start one at once); the Lease is renewed on its own clock",
     )
     loop.add_argument(
         "--watch",
@@ -189,6 +195,30 @@ def build_manager_parser() -> argparse.ArgumentParser:
     )
     loop.add_argument("--cluster-domain", default="cluster.local", help="for the kubernetes Service's DNS name")
     loop.add_argument("--v", type=int, default=1, help="log verbosity: 0 warnings, 1 info, 2 debug")
+    certs = parser.add_argument_group("certificate approval")
+    certs.add_argument(
+        "--hub-door-addresses",
+        default="169.254.2.1",
+        help="comma-separated addresses where pods reach yurthub's HTTPS door, approved in its serving "
+        "certificate (default: %(default)s)",
+    )
+    certs.add_argument(
+        "--approve-apiserver-names",
+        action="store_true",
+        help="also approve loopback, localhost and the kubernetes Service's names and ClusterIPs in a yurthub "
+        "serving certificate: such a certificate can impersonate the apiserver to pods (off by default)",
+    )
+    certs.add_argument(
+        "--allowed-tenant-groups",
+        default="",
+        help="comma-separated openyurt:tenant:* groups a yurthub client certificate may carry (default: none)",
+    )
+    certs.add_argument(
+        "--reserved-names",
+        default="",
+        help="comma-separated names and addresses never approved for a node, besides those the apiserver's "
+        "serving certificate carries (read from its TLS handshake)",
+    )
     return parser
 
 
@@ -254,6 +284,13 @@ def _default_kubeconfig() -> str:
 def manager_main(argv: list[str] | None = None) -> int:
     args = build_manager_parser().parse_args(argv)
     _logging(args.v)
+    bad_tenants = [g for g in _nodes(args.allowed_tenant_groups) if not g.startswith("openyurt:tenant:")]
+    if bad_tenants:
+        print(
+            f"yurt-manager: --allowed-tenant-groups takes openyurt:tenant:* groups only, not {bad_tenants}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         api = kube.KubeApi(args.kubeconfig, user_agent="yurt-manager")
     except errors.ConverterError as exc:
@@ -268,9 +305,18 @@ def manager_main(argv: list[str] | None = None) -> int:
         resync_s=args.resync_seconds,
         cluster_domain=args.cluster_domain,
         watch=args.watch,
+        door_addresses=_nodes(args.hub_door_addresses),
+        approve_apiserver_names=args.approve_apiserver_names,
+        tenant_groups=_nodes(args.allowed_tenant_groups),
+        reserved_names=_nodes(args.reserved_names),
     )
     registry = prom.CollectorRegistry()
-    manager = controller.Manager(api, settings, controller.Metrics(registry))
+    manager = controller.Manager(
+        api,
+        settings,
+        controller.Metrics(registry),
+        served_names=lambda: controller.apiserver_names(api.server, api.ca_file),
+    )
     try:
         server = serve.start(
             args.health_bind_address,

@@ -8,16 +8,31 @@ What is comes from informers (`converter.informer`): nodes, pods and certificate
 and then watched, and every change starts a pass at once (at most one pass per `MIN_GAP_S`); without a
 change a pass still runs every `resync_s`, from the local copies. So the apiserver sees watches and the
 writes, not a list of every pod every few seconds. `watch=False` lists on every pass instead.
+
+The Lease is kept on its own clock, not the pass's: a thread renews it every third of its duration,
+whatever `resync_s` is, and a replica acts (writes a pod or a CSR decision) only while its last successful
+renewal is younger than two thirds of the duration, counted on its own monotonic clock from before the
+renewal was sent. So a replica that loses the Lease (another took it, or the apiserver stopped answering)
+stops writing, even in the middle of a pass, before a rival can take over.
+
+For CSR decisions (`converter.csr`) each pass with pending requests also reads the names the
+kube-apiserver's serving certificate carries, from the TLS handshake itself (`apiserver_names`), so a node
+is never approved a certificate for one of them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
+import ssl
 import threading
 import time
+import urllib.parse
+from collections.abc import Callable
 
 import prometheus_client as prom
+from cryptography import x509
 
 from converter import access, csr, errors, informer, lease, tolerations
 
@@ -28,6 +43,8 @@ PODS = "/api/v1/pods"
 CSRS = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
 MIN_GAP_S = 0.2
 """Shortest time between two passes, so a burst of changes is handled in one pass."""
+SERVED_NAMES_TTL_S = 60.0
+"""How long the names read from the apiserver's serving certificate are reused before it is read again."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -42,11 +59,59 @@ class Settings:
     lease_duration_s: int = 15
     """How long a Lease not renewed stays with its holder."""
     resync_s: float = 2.0
-    """Longest time between passes (a change seen by a watch starts one at once); also how often the Lease
-    is renewed."""
+    """Longest time between passes (a change seen by a watch starts one at once). The Lease is renewed on
+    its own clock (`renew_s`), whatever this is."""
     cluster_domain: str = "cluster.local"
     watch: bool = True
     """Keep nodes, pods and CSRs by list then watch; False: list them on every pass."""
+    door_addresses: tuple[str, ...] = (csr.HUB_POD_ADDRESS,)
+    """Where pods reach yurthub's HTTPS door: approved in its serving certificate."""
+    approve_apiserver_names: bool = False
+    """Approve loopback, `localhost` and the `kubernetes` Service's names and ClusterIPs in a yurthub serving
+    certificate (a certificate that can impersonate the apiserver to pods)."""
+    tenant_groups: tuple[str, ...] = ()
+    """`openyurt:tenant:*` groups a yurthub client certificate may carry."""
+    reserved_names: tuple[str, ...] = ()
+    """Names never approved for a node, besides those in the apiserver's serving certificate (for example the
+    public name of a load balancer in front of several apiservers)."""
+
+    @property
+    def renew_s(self) -> float:
+        """How often the Lease is renewed: a third of its duration."""
+        return self.lease_duration_s / 3
+
+    @property
+    def valid_s(self) -> float:
+        """How long after its last successful renewal a replica still acts: two thirds of the duration."""
+        return self.lease_duration_s * 2 / 3
+
+
+class NotLeading(errors.ConverterError):
+    """The Lease is no longer ours: the pass stops before its next write."""
+
+
+def apiserver_names(server: str, ca_file: str, timeout_s: float = 10.0) -> frozenset[str]:
+    """The subject alternative names (IPs as text, DNS names in lower case) of the serving certificate the
+    apiserver at `server` presents, verified against `ca_file`."""
+    url = urllib.parse.urlsplit(server)
+    host, port = url.hostname or "", url.port or 443
+    context = ssl.create_default_context(cafile=ca_file or None)
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout_s) as raw,
+            context.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError) as exc:
+        raise errors.Unreachable(f"reading the apiserver's serving certificate from {host}:{port}: {exc}") from exc
+    if not der:
+        raise errors.Unreachable(f"{host}:{port} presented no certificate")
+    try:
+        sans = x509.load_der_x509_certificate(der).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return frozenset()
+    ips = {str(ip) for ip in sans.value.get_values_for_type(x509.IPAddress)}
+    return frozenset(ips | {d.lower() for d in sans.value.get_values_for_type(x509.DNSName)})
 
 
 class Metrics:
@@ -77,12 +142,24 @@ class Metrics:
 class Manager:
     """The controller's state between passes: whether it leads, when it last renewed, when it last synced."""
 
-    def __init__(self, api: access.Api, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        api: access.Api,
+        settings: Settings,
+        metrics: Metrics,
+        served_names: Callable[[], frozenset[str]] = frozenset,
+    ) -> None:
+        """`served_names`: the names in the apiserver's serving certificate (`apiserver_names` of the
+        apiserver this replica talks to; nothing for an in-memory Api)."""
         self.api = api
         self.settings = settings
         self.metrics = metrics
+        self.served_names = served_names
+        self._served: tuple[float, frozenset[str]] | None = None
         self.leading = False
-        self._renewed = 0.0
+        self._renewed = -1e9
+        self._lead_lock = threading.Lock()
+        self._elector: threading.Thread | None = None
         self.last_pass = 0.0
         """Monotonic time of the last pass that reached the apiserver (liveness)."""
         self.synced = False
@@ -103,39 +180,66 @@ class Manager:
             self.leading = True
             return True
         s = self.settings
-        was = self.leading
-        try:
-            current = self.api.get(self._lease_path)
-            want = lease.next_lease(current, s.identity, now, s.lease_duration_s, s.lease_name, s.namespace)
-            if want is None:
-                self.leading = False
-            elif current is None:
-                self.api.create(self._lease_path.rsplit("/", 1)[0], want)
-                self.leading, self._renewed = True, time.monotonic()
-            else:
-                self.api.replace(self._lease_path, want)
-                self.leading, self._renewed = True, time.monotonic()
-        except errors.ConverterError as exc:
-            log.warning("lease renewal failed identity=%s error=%s", s.identity, exc)
-            if time.monotonic() - self._renewed >= s.lease_duration_s * 2 / 3:
-                self.leading = False
+        with self._lead_lock:
+            was = self.leading
+            sent = time.monotonic()
+            try:
+                current = self.api.get(self._lease_path)
+                want = lease.next_lease(current, s.identity, now, s.lease_duration_s, s.lease_name, s.namespace)
+                if want is None:
+                    self.leading = False
+                elif current is None:
+                    self.api.create(self._lease_path.rsplit("/", 1)[0], want)
+                    self.leading, self._renewed = True, sent
+                else:
+                    self.api.replace(self._lease_path, want)
+                    self.leading, self._renewed = True, sent
+            except errors.ConverterError as exc:
+                log.warning("lease renewal failed identity=%s error=%s", s.identity, exc)
+                if time.monotonic() - self._renewed >= s.valid_s:
+                    self.leading = False
         if self.leading != was:
             log.info("leadership %s identity=%s", "acquired" if self.leading else "lost", s.identity)
         self.metrics.leader.set(1 if self.leading else 0)
         return self.leading
 
+    def acting(self) -> bool:
+        """Whether this replica may write now: it leads and its last renewal is recent on its own clock."""
+        if not self.settings.leader_elect:
+            return True
+        return self.leading and time.monotonic() - self._renewed < self.settings.valid_s
+
+    def _must_lead(self) -> None:
+        if not self.acting():
+            raise NotLeading(f"the Lease {self.settings.namespace}/{self.settings.lease_name} is not ours any more")
+
+    def _keep_lease(self) -> None:
+        """The elector thread: renew every `renew_s`, however long a pass or the resync takes."""
+        while not self.stopping.is_set():
+            self.elect(time.time())
+            self.wake.set()  # a change of leadership is worth a pass
+            self.stopping.wait(self.settings.renew_s)
+
+    def start_elector(self) -> None:
+        if self.settings.leader_elect and self._elector is None:
+            self._elector = threading.Thread(target=self._keep_lease, name="yurt-manager-lease", daemon=True)
+            self._elector.start()
+
     def release(self) -> None:
-        if not (self.settings.leader_elect and self.leading):
-            return
-        try:
-            current = self.api.get(self._lease_path)
-            want = lease.released(current, self.settings.identity) if current else None
-            if want is not None:
-                self.api.replace(self._lease_path, want)
-                log.info("lease released identity=%s", self.settings.identity)
-        except errors.ConverterError as exc:
-            log.warning("lease release failed error=%s", exc)
-        self.leading = False
+        if self._elector is not None:
+            self._elector.join(self.settings.renew_s + 1)
+        with self._lead_lock:
+            if not (self.settings.leader_elect and self.leading):
+                return
+            try:
+                current = self.api.get(self._lease_path)
+                want = lease.released(current, self.settings.identity) if current else None
+                if want is not None:
+                    self.api.replace(self._lease_path, want)
+                    log.info("lease released identity=%s", self.settings.identity)
+            except errors.ConverterError as exc:
+                log.warning("lease release failed error=%s", exc)
+            self.leading = False
 
     def start_informers(self) -> None:
         for path in (NODES, PODS, CSRS):
@@ -170,6 +274,7 @@ class Manager:
             meta = pod["metadata"]
             path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
             direction = "restored" if tolerations.autonomy_of(node) is None else "autonomous"
+            self._must_lead()
             try:
                 self.api.patch(path, patch)
             except (errors.Conflict, errors.NotFound):
@@ -189,13 +294,33 @@ class Manager:
 
     def csr_context(self, nodes: dict[str, access.Obj]) -> csr.Context:
         addresses = {
-            name: frozenset(a["address"] for a in (n.get("status", {}).get("addresses") or []) if a.get("address"))
+            name: frozenset(
+                (str(a.get("type", "")), str(a["address"]))
+                for a in (n.get("status", {}).get("addresses") or [])
+                if a.get("address")
+            )
             for name, n in nodes.items()
         }
         svc = self.api.get("/api/v1/namespaces/default/services/kubernetes") or {}
         spec = svc.get("spec", {})
         ips = frozenset(spec.get("clusterIPs") or [spec.get("clusterIP", "")]) - {"", "None"}
-        return csr.Context(node_addresses=addresses, service_ips=ips, cluster_domain=self.settings.cluster_domain)
+        s = self.settings
+        return csr.Context(
+            nodes=addresses,
+            service_ips=ips,
+            apiserver_names=self._apiserver_names() | frozenset(s.reserved_names),
+            cluster_domain=s.cluster_domain,
+            door_addresses=frozenset(s.door_addresses),
+            approve_apiserver_names=s.approve_apiserver_names,
+            tenant_groups=frozenset(s.tenant_groups),
+        )
+
+    def _apiserver_names(self) -> frozenset[str]:
+        """The apiserver's serving names, read again once `SERVED_NAMES_TTL_S` old (a pending request nobody
+        decides must not cost a TLS handshake per pass)."""
+        if self._served is None or time.monotonic() - self._served[0] >= SERVED_NAMES_TTL_S:
+            self._served = (time.monotonic(), self.served_names())
+        return self._served[1]
 
     def sync_csrs(self, nodes: dict[str, access.Obj]) -> None:
         pending = [c for c in self._read(CSRS) if not c.get("status", {}).get("conditions")]
@@ -210,6 +335,7 @@ class Manager:
             body = dict(request)
             body["status"] = dict(request.get("status") or {})
             body["status"]["conditions"] = [*(body["status"].get("conditions") or []), csr.condition(decision)]
+            self._must_lead()
             try:
                 self.api.replace(f"{CSRS}/{name}/approval", body)
             except (errors.Conflict, errors.NotFound):
@@ -228,22 +354,27 @@ class Manager:
             self.metrics.csr.labels(decision.verdict).inc()
 
     def step(self) -> None:
-        """One turn of the endless loop: elect (at most once per `resync_s`), then sync if leading. Never
-        raises for cluster trouble."""
-        if time.monotonic() - self._elected >= self.settings.resync_s:
+        """One turn of the endless loop: sync if acting as leader. Without the elector thread (a caller
+        driving the steps itself) it also elects, at most once per `resync_s` or `renew_s`, whichever is
+        shorter. Never raises for cluster trouble."""
+        every = min(self.settings.resync_s, self.settings.renew_s)
+        if self._elector is None and time.monotonic() - self._elected >= every:
             self._elected = time.monotonic()
             self.elect(time.time())
-        if not self.leading:
+        if not self.acting():
             self.last_pass = time.monotonic()  # a healthy standby is alive too
             self.synced = True
             return
         try:
             self.sync()
+        except NotLeading as exc:
+            log.warning("pass stopped: %s identity=%s", exc, self.settings.identity)
         except errors.ConverterError as exc:
             log.warning("sync pass failed error=%s", exc)
             self.metrics.errors.inc()
 
     def run(self) -> None:
+        self.start_elector()
         if self.settings.watch:
             self.start_informers()
         while not self.stopping.is_set():

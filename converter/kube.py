@@ -34,6 +34,8 @@ class KubeApi:
         self._client = client.ApiClient(configuration)
         self._client.user_agent = user_agent
         self.server = str(configuration.host)
+        self.ca_file = str(configuration.ssl_ca_cert or "")
+        """The CA bundle the apiserver's serving certificate is checked against (empty: the system's)."""
 
     def close(self) -> None:
         self._client.close()  # type: ignore[no-untyped-call]  # client is untyped

@@ -7,18 +7,23 @@ diagnosis (and removed by the next run), and the run exits non-zero. Revert runs
 then restores pods' tolerations, removes labels, components and the record, and waits until no Job pod of
 ours is left.
 
-The lock is the Lease `kube-system/yurtctl-lock`, renewed while the run lasts and deleted at its end; a run
-killed without cleanup holds it at most `LOCK_SECONDS`, after which the next run takes it over.
+The lock is the Lease `kube-system/yurtctl-lock`, renewed every third of `LOCK_SECONDS` while the run lasts
+and deleted at its end; a run killed without cleanup holds it at most `LOCK_SECONDS`, after which the next
+run takes it over. A run that loses the lock (another run took the Lease, or renewals failed for two thirds
+of its duration) stops at once: every later call of the run to the apiserver raises `LockLost`, which says
+why; the run leaves the conversion record and the Lease as they are, for the next run to go on from.
 """
 
 from __future__ import annotations
 
+import builtins
 import concurrent.futures
 import contextlib
 import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from typing import TextIO
 
 from converter import access, components, errors, helm, lease, nodestep, plan, tolerations
@@ -43,20 +48,30 @@ class RunSettings:
     poll_s: float = 1.0
     lock_wait_s: float = LOCK_SECONDS * 2
     """How long to wait for a lock held by another run."""
+    lock_s: int = LOCK_SECONDS
+    """The lock's lease duration."""
+
+
+class LockLost(errors.ConverterError):
+    """Another run took the lock, or it could not be renewed: this run must change nothing more."""
 
 
 class Lock:
-    """The run's lock, renewed in the background; `release` deletes it."""
+    """The run's lock, renewed in the background; `release` deletes it. `guard` wraps the run's Api so that
+    no call goes out once the lock is lost."""
 
-    def __init__(self, api: access.Api, identity: str) -> None:
+    def __init__(self, api: access.Api, identity: str, seconds: int = LOCK_SECONDS) -> None:
         self.api = api
         self.identity = identity
+        self.seconds = seconds
+        self.lost = ""
+        """Why the lock was lost; empty while it is held."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _try(self) -> bool:
         current = self.api.get(LOCK_PATH)
-        want = lease.next_lease(current, self.identity, time.time(), LOCK_SECONDS, LOCK, NS)
+        want = lease.next_lease(current, self.identity, time.time(), self.seconds, LOCK, NS)
         if want is None:
             return False
         try:
@@ -67,6 +82,13 @@ class Lock:
         except errors.Conflict:
             return False
         return True
+
+    def check(self) -> None:
+        if self.lost:
+            raise LockLost(self.lost)
+
+    def guard(self, api: access.Api) -> access.Api:
+        return _Guarded(api, self)
 
     def acquire(self, wait_s: float) -> None:
         deadline = time.monotonic() + wait_s
@@ -79,11 +101,32 @@ class Lock:
         self._thread.start()
 
     def _renew(self) -> None:
-        while not self._stop.wait(LOCK_SECONDS / 3):
+        renewed = time.monotonic()
+        while not self._stop.wait(self.seconds / 3):
+            sent = time.monotonic()
             try:
-                self._try()
+                if self._try():
+                    renewed = sent
+                    continue
+                holder = ((self.api.get(LOCK_PATH) or {}).get("spec") or {}).get("holderIdentity")
             except errors.ConverterError as exc:
                 log.warning("lock renewal failed error=%s", exc)
+                if time.monotonic() - renewed < self.seconds * 2 / 3:
+                    continue
+                self._lose(f"the run could not renew its lock {NS}/{LOCK} for {self.seconds * 2 / 3:.0f}s: {exc}")
+                return
+            if holder == self.identity:
+                continue  # a write raced ours (conflict): still ours, renewed on the next turn
+            self._lose(f"another yurtctl run ({holder or 'nobody'}) took the lock {NS}/{LOCK}")
+            return
+
+    def _lose(self, problem: str) -> None:
+        record = plan.RECORD_PATH.rsplit("/", 1)[-1]
+        self.lost = (
+            f"{problem}; this run stopped before its next change and kept the conversion record "
+            f"(ConfigMap {NS}/{record}): run again when the other run is done"
+        )
+        log.warning("lock lost identity=%s why=%s", self.identity, problem)
 
     def release(self) -> None:
         self._stop.set()
@@ -92,6 +135,46 @@ class Lock:
         current = self.api.get(LOCK_PATH)
         if current is not None and (current.get("spec") or {}).get("holderIdentity") == self.identity:
             self.api.delete(LOCK_PATH)
+
+
+class _Guarded:
+    """An `access.Api` that refuses every call once `lock` is lost."""
+
+    def __init__(self, api: access.Api, lock: Lock) -> None:
+        self._api = api
+        self._lock = lock
+
+    def get(self, path: str) -> access.Obj | None:
+        self._lock.check()
+        return self._api.get(path)
+
+    def list(self, path: str, *, labels: str = "", fields: str = "") -> list[access.Obj]:
+        self._lock.check()
+        return self._api.list(path, labels=labels, fields=fields)
+
+    def create(self, path: str, body: access.Obj) -> access.Obj:
+        self._lock.check()
+        return self._api.create(path, body)
+
+    def patch(self, path: str, body: access.Obj) -> access.Obj:
+        self._lock.check()
+        return self._api.patch(path, body)
+
+    def replace(self, path: str, body: access.Obj) -> access.Obj:
+        self._lock.check()
+        return self._api.replace(path, body)
+
+    def delete(self, path: str) -> bool:
+        self._lock.check()
+        return self._api.delete(path)
+
+    def list_at(self, path: str) -> tuple[builtins.list[access.Obj], str]:
+        self._lock.check()
+        return self._api.list_at(path)
+
+    def watch(self, path: str, resource_version: str, timeout_s: int) -> Iterator[tuple[str, access.Obj]]:
+        self._lock.check()
+        return self._api.watch(path, resource_version, timeout_s)
 
 
 def apply_change(api: access.Api, change: plan.Change) -> None:
@@ -216,6 +299,8 @@ def run_nodes(
     def one(node: str) -> None:
         try:
             why = run_node_job(api, p.action, node, opts, args, settings, progress)
+        except LockLost:
+            raise
         except errors.ConverterError as exc:
             why = str(exc)
         if why is None:
@@ -284,8 +369,9 @@ def convert(
         objects = charts.render(helm.values(opts.image, opts.tunnel_replicas)) if charts and opts.tunnel else []
         out.write("\n".join(p.lines(opts.image, args, objects)) + "\n(dry run: nothing was changed)\n")
         return 0
-    lock = Lock(api, settings.identity)
+    lock = Lock(api, settings.identity, settings.lock_s)
     lock.acquire(settings.lock_wait_s)
+    api = lock.guard(api)
     try:
         for change in p.before:
             apply_change(api, change)
@@ -336,8 +422,9 @@ def revert(
     if dry_run:
         out.write("\n".join(p.lines(opts.image, args)) + "\n(dry run: nothing was changed)\n")
         return 0
-    lock = Lock(api, settings.identity)
+    lock = Lock(api, settings.identity, settings.lock_s)
     lock.acquire(settings.lock_wait_s)
+    api = lock.guard(api)
     try:
         remove_jobs(api, p.nodes, settings.poll_s)
         failed = run_nodes(api, p, opts, args, settings, out)

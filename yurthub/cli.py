@@ -81,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     node.add_argument(
         "--serving-ip-addresses",
-        default="127.0.0.1,169.254.2.1",
-        help="IP SANs of the serving certificate, besides the node IP and the kubernetes Service's ClusterIP",
+        default="169.254.2.1",
+        help="IP SANs of the serving certificate besides the node IP: the door's address, where pods reach it",
     )
     node.add_argument("--node-ip", default="", help="node IP for the serving certificate (default: the route's)")
     node.add_argument("--csr-poll-seconds", type=float, default=2.0, help="how often to look at a pending CSR")

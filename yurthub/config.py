@@ -92,8 +92,8 @@ class IdentitySettings:
     """yurthub's own certificates live in `<root_dir>/pki` (root-only)."""
     serving_cert: bool = True
     """Ask for a serving certificate (kubelet-serving signer) for the HTTPS door."""
-    serving_ip_addresses: tuple[str, ...] = ("127.0.0.1", "169.254.2.1")
-    """IP SANs of the serving certificate besides the node IP and the `kubernetes` Service's ClusterIP."""
+    serving_ip_addresses: tuple[str, ...] = ("169.254.2.1",)
+    """IP SANs of the serving certificate besides the node IP: the door's address, where pods reach it."""
     node_ip: str = ""
     """The node's IP (a serving SAN); empty: the address this node reaches the first cloud server from."""
     csr_poll_s: float = 2.0

@@ -119,7 +119,6 @@ class Identity:
         if self.ids.serving_cert:
             self.serving = Slot(Kind.SERVING, Path(self.ids.serving_file), config.ClientSource.CSR)
         self.retired: list[tuple[float, aiohttp.ClientSession]] = []
-        self.cluster_ip: str | None = None
         self._token = self.ids.bootstrap_token
         self._token_mark: tuple[int, int, int] | None = None
         self._token_problem = ""
@@ -375,18 +374,13 @@ class Identity:
             slot.problem = problem
 
     async def _serving_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The door's address(es) and the node IP, and no DNS name: pods reach the door at its address
+        (kubelet hands them `KUBERNETES_SERVICE_HOST` = the door). Never loopback, the `kubernetes`
+        Service's ClusterIP or its names: a node certificate for those could impersonate the apiserver, and
+        yurt-manager does not approve them by default."""
         ips = list(self.ids.serving_ip_addresses)
         ips.append(self.ids.node_ip or await asyncio.to_thread(_route_address, self.settings.cloud.servers[0]))
-        if self.cluster_ip is None:
-            code, doc = await self._call("GET", "/api/v1/namespaces/default/services/kubernetes", node_only=True)
-            if code >= 500:
-                raise ConnectionError(f"reading the kubernetes Service answered {code}")
-            self.cluster_ip = str((doc.get("spec") or {}).get("clusterIP") or "") if code == 200 else ""
-            if not self.cluster_ip:
-                log.warning("the kubernetes Service's ClusterIP is unknown (answer %s); not in the serving cert", code)
-        if self.cluster_ip:
-            ips.append(self.cluster_ip)
-        return tuple(i for i in dict.fromkeys(ips) if i), certificate.KUBERNETES_DNS_NAMES
+        return tuple(i for i in dict.fromkeys(ips) if i), ()
 
     # ---- sessions and files ------------------------------------------------------------------------------
 

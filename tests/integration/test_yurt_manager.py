@@ -120,16 +120,33 @@ def test_pods_on_an_autonomous_node_tolerate_forever_and_get_their_originals_bac
             assert f'yurt_manager_lists_total{{resource="{resource}"}} 1.0' in metrics, metrics
 
 
+HUB = {"app.kubernetes.io/managed-by": "yurthub"}
+SERVING = ["digital signature", "key encipherment", "server auth"]
+CLIENT = ["digital signature", "key encipherment", "client auth"]
+BOOT_USER, BOOT_GROUPS = "system:bootstrap:abcdef", "system:bootstrappers"
+
+
 def submit(
-    cloud: cluster.Cluster, name: str, user: str, signer: str, request: str, usages: list[str], groups: str
+    cloud: cluster.Cluster,
+    name: str,
+    user: str,
+    signer: str,
+    request: str,
+    usages: list[str],
+    groups: str,
+    labels: dict[str, str] | None = None,
 ) -> None:
+    """Create a CSR as `user` in `groups` (impersonated by the admin), labelled as yurthub's when it is a
+    serving request unless `labels` says otherwise."""
+    if labels is None:
+        labels = HUB if signer == csr.SERVING_SIGNER else {}
     body = {
         "apiVersion": "certificates.k8s.io/v1",
         "kind": "CertificateSigningRequest",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "labels": labels},
         "spec": {"signerName": signer, "request": request, "usages": usages},
     }
-    who = [f"--as={user}", f"--as-group={groups}"] if user else []  # no user: the admin asks
+    who = [f"--as={user}", *(f"--as-group={g}" for g in groups.split(","))] if user else []  # no user: admin
     cloud.kubectl.run("create", *who, "-f", "-", stdin=json.dumps(body))
 
 
@@ -151,12 +168,9 @@ def test_csrs_of_our_components_are_approved_and_signed_others_denied_or_left(
         "-p",
         json.dumps({"status": {"addresses": [{"type": "InternalIP", "address": "10.213.0.2"}]}}),
     )
-    svc_ip = cloud.kubectl.get("service", "kubernetes")["spec"]["clusterIP"]
     me = f"system:node:{EDGE}"
-    serving = ["digital signature", "key encipherment", "server auth"]
-    good = request_b64(
-        me, ["system:nodes"], ips=("127.0.0.1", "169.254.2.1", "10.213.0.2", svc_ip), dns=("kubernetes",)
-    )
+    serving = SERVING
+    good = request_b64(me, ["system:nodes"], ips=("169.254.2.1", "10.213.0.2"), dns=(EDGE,))
     submit(cloud, "hub-serving", me, csr.SERVING_SIGNER, good, serving, "system:nodes")
     wrong_ip = request_b64(me, ["system:nodes"], ips=("10.9.9.9",))
     submit(cloud, "hub-serving-bad-ip", me, csr.SERVING_SIGNER, wrong_ip, serving, "system:nodes")
@@ -199,6 +213,79 @@ def test_csrs_of_our_components_are_approved_and_signed_others_denied_or_left(
     assert "csr denied name=hub-serving-bad-ip" in logs
 
 
+def set_addresses(cloud: cluster.Cluster, name: str, *addresses: tuple[str, str]) -> None:
+    body = {"status": {"addresses": [{"type": t, "address": a} for t, a in addresses]}}
+    cloud.kubectl.run("patch", "node", name, "--subresource=status", "--type=merge", "-p", json.dumps(body))
+
+
+def message(cloud: cluster.Cluster, name: str) -> str:
+    got = cloud.kubectl.get("csr", name).get("status", {}).get("conditions") or []
+    return str(got[0].get("message", "")) if got else ""
+
+
+def test_attacks_on_the_certificate_boundary_are_denied_or_left_alone(
+    cloud: cluster.Cluster, replicas: list[Replica]
+) -> None:
+    """Each request is one attack by a node (or a bootstrap-token holder), decided against the real Node
+    objects and the real apiserver's serving certificate (it carries 127.0.0.1, the advertise address, the
+    ClusterIP and the kubernetes names)."""
+    assert cloud.plane is not None
+    apiserver_ip = cloud.plane.settings.advertise_address
+    svc_ip = cloud.kubectl.get("service", "kubernetes")["spec"]["clusterIP"]
+    cloud.kubectl.apply([node(EDGE, True), node("edge-neighbour", False), node("kubernetes", False)])
+    # The node writes what it likes into its own status: a neighbour's address, the apiserver's.
+    set_addresses(
+        cloud, EDGE, ("InternalIP", "10.213.0.2"), ("InternalIP", "10.213.0.50"), ("ExternalIP", apiserver_ip)
+    )
+    set_addresses(cloud, "edge-neighbour", ("InternalIP", "10.213.0.50"))
+    set_addresses(cloud, "kubernetes", ("InternalIP", "10.213.0.60"))
+    me, nodes = f"system:node:{EDGE}", "system:nodes"
+
+    def hub_serving(name: str, ips: tuple[str, ...], dns: tuple[str, ...] = (), node_name: str = EDGE) -> None:
+        who = f"system:node:{node_name}"
+        request = request_b64(who, [nodes], ips=("169.254.2.1", *ips), dns=dns)
+        submit(cloud, name, who, csr.SERVING_SIGNER, request, SERVING, nodes)
+
+    # A kubelet's own serving request (no yurthub label), with names we would refuse: not ours to decide.
+    kubelets = request_b64(me, [nodes], ips=("10.213.0.2",), dns=("evil.example",))
+    submit(cloud, "kubelet-serving", me, csr.SERVING_SIGNER, kubelets, SERVING, nodes, labels={})
+    attacks = {
+        "atk-kubernetes-names": ((), ("kubernetes.default.svc",)),
+        "atk-cluster-ip": ((svc_ip,), ()),
+        "atk-loopback": (("127.0.0.1",), ()),
+        "atk-localhost": ((), ("localhost",)),
+        "atk-apiserver-address": ((apiserver_ip,), ()),
+        "atk-neighbours-address": (("10.213.0.50",), ()),
+    }
+    for name, (ips, dns) in attacks.items():
+        hub_serving(name, ips, dns)
+    hub_serving("atk-node-named-kubernetes", (), ("kubernetes",), node_name="kubernetes")
+    hub_serving("hub-serving-own-names", ("10.213.0.2",), (EDGE,))
+
+    hub = ["openyurt:yurthub", nodes]
+    taken = request_b64(me, hub)
+    submit(cloud, "atk-token-takes-a-node", BOOT_USER, csr.CLIENT_SIGNER, taken, CLIENT, BOOT_GROUPS)
+    fresh = request_b64("system:node:brand-new", hub)
+    submit(cloud, "token-joins-a-new-node", BOOT_USER, csr.CLIENT_SIGNER, fresh, CLIENT, BOOT_GROUPS)
+    tenant = request_b64(me, [*hub, "openyurt:tenant:t1"])
+    submit(cloud, "atk-tenant-group", me, csr.CLIENT_SIGNER, tenant, CLIENT, nodes)
+
+    denied = [*attacks, "atk-node-named-kubernetes", "atk-token-takes-a-node", "atk-tenant-group"]
+    approved = ["hub-serving-own-names", "token-joins-a-new-node"]
+    wait_for("decisions", lambda: all(conditions(cloud, n) for n in denied + approved), timeout=30)
+    for name in denied:
+        assert conditions(cloud, name)[0][0] == "Denied", name
+    for name in [*attacks, "atk-node-named-kubernetes"]:
+        assert conditions(cloud, name) == [("Denied", "BadSubjectAltName")], name
+    assert "the apiserver's serving certificate" in message(cloud, "atk-apiserver-address")
+    assert "another node lists it" in message(cloud, "atk-neighbours-address")
+    assert conditions(cloud, "atk-token-takes-a-node") == [("Denied", "NodeExists")]
+    assert conditions(cloud, "atk-tenant-group") == [("Denied", "TenantNotAllowed")]
+    for name in approved:
+        assert conditions(cloud, name)[0][0] == "Approved", name
+    assert conditions(cloud, "kubelet-serving") == []  # left to whoever approves kubelets' serving certs
+
+
 def test_the_standby_takes_over_when_the_leader_stops(cloud: cluster.Cluster, replicas: list[Replica]) -> None:
     first = holder(cloud)
     leader = next(r for r in replicas if first in r.log.name)
@@ -206,3 +293,40 @@ def test_the_standby_takes_over_when_the_leader_stops(cloud: cluster.Cluster, re
     wait_for("the standby to take the Lease", lambda: holder(cloud) not in ("", first), timeout=30)
     cloud.kubectl.apply([node("edge-late", True), pod("late", "edge-late")])
     wait_for("the new leader to act", lambda: seconds(cloud, "late") == FOREVER, timeout=30)
+
+
+def test_the_explicit_flags_open_the_kubernetes_names_and_listed_tenants_only(
+    cloud: cluster.Cluster, replicas: list[Replica], manager_kubeconfig: Path, tmp_path: Path
+) -> None:
+    assert cloud.plane is not None
+    for r in replicas:
+        r.stop()
+    flagged = yurtmanager.start(
+        manager_kubeconfig,
+        tmp_path,
+        "flagged",
+        "--resync-seconds=0.5",
+        "--approve-apiserver-names",
+        "--allowed-tenant-groups=openyurt:tenant:t1",
+    )
+    try:
+        svc_ip = cloud.kubectl.get("service", "kubernetes")["spec"]["clusterIP"]
+        me, nodes = f"system:node:{EDGE}", "system:nodes"
+        names_ = ("kubernetes", "kubernetes.default.svc", "localhost")
+        kube = request_b64(me, [nodes], ips=("169.254.2.1", "127.0.0.1", svc_ip), dns=names_)
+        submit(cloud, "flag-kubernetes-names", me, csr.SERVING_SIGNER, kube, SERVING, nodes)
+        public = request_b64(me, [nodes], ips=(cloud.plane.settings.advertise_address,))
+        submit(cloud, "flag-apiserver-address", me, csr.SERVING_SIGNER, public, SERVING, nodes)
+        hub = ["openyurt:yurthub", nodes]
+        t1 = request_b64(me, [*hub, "openyurt:tenant:t1"])
+        submit(cloud, "flag-tenant-t1", me, csr.CLIENT_SIGNER, t1, CLIENT, nodes)
+        t2 = request_b64(me, [*hub, "openyurt:tenant:t2"])
+        submit(cloud, "flag-tenant-t2", me, csr.CLIENT_SIGNER, t2, CLIENT, nodes)
+        all_ = ("flag-kubernetes-names", "flag-apiserver-address", "flag-tenant-t1", "flag-tenant-t2")
+        wait_for("decisions", lambda: all(conditions(cloud, n) for n in all_), timeout=30)
+        assert conditions(cloud, "flag-kubernetes-names")[0] == ("Approved", "YurtEdgeServingCert")
+        assert conditions(cloud, "flag-apiserver-address") == [("Denied", "BadSubjectAltName")]
+        assert conditions(cloud, "flag-tenant-t1")[0] == ("Approved", "YurtEdgeHubClientCert")
+        assert conditions(cloud, "flag-tenant-t2") == [("Denied", "TenantNotAllowed")]
+    finally:
+        flagged.stop()

@@ -8,6 +8,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from testenv import cluster, relay
 from testenv.kubectl import wait_for
 from tests.integration.conftest import NODE, Hub, start_hub, stop_hub, wait_cloud
@@ -16,11 +18,10 @@ from tests.integration.test_yurthub_proxy import call
 PATH = "/api/v1/namespaces/default/services/kubernetes"
 
 
-def join(cloud: cluster.Cluster, link: relay.Relay, root: Path) -> Hub:
+def join(cloud: cluster.Cluster, link: relay.Relay, root: Path, *extra: str) -> Hub:
     assert cloud.plane is not None
-    return start_hub(
-        cloud, link, root, f"--join-token={cloud.plane.bootstrap_token}", f"--root-dir={root}", "--csr-poll-seconds=0.5"
-    )
+    token = f"--join-token={cloud.plane.bootstrap_token}"
+    return start_hub(cloud, link, root, token, f"--root-dir={root}", "--csr-poll-seconds=0.5", *extra)
 
 
 def yurthub_csrs(cloud: cluster.Cluster, kind: str) -> list[dict[str, Any]]:
@@ -96,7 +97,7 @@ def test_a_denied_serving_request_is_reported_and_an_approved_one_is_written(
     finally:
         stop_hub(hub)
     # A restart asks again at once (the wait after a denial lives in memory); approved, it is written.
-    hub = join(cloud, link, tmp_path)
+    hub = join(cloud, link, tmp_path, "--node-ip=10.213.0.2")
     try:
         wait_for("a new serving CSR", lambda: bool(hub.status()["certificates"]["serving"]["pendingCSR"]), timeout=20)
         name = hub.status()["certificates"]["serving"]["pendingCSR"]
@@ -109,5 +110,12 @@ def test_a_denied_serving_request_is_reported_and_an_approved_one_is_written(
         assert stat.S_IMODE(served.stat().st_mode) == 0o600
         text = served.read_text()
         assert text.index("BEGIN CERTIFICATE") < text.index("PRIVATE KEY")
+        # Only the door and the node IP: nothing that names the apiserver (loopback, its ClusterIP, the
+        # kubernetes names), which yurt-manager would not approve.
+        san = x509.load_pem_x509_certificate(served.read_bytes()).extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        )
+        assert [str(ip) for ip in san.value.get_values_for_type(x509.IPAddress)] == ["169.254.2.1", "10.213.0.2"]
+        assert san.value.get_values_for_type(x509.DNSName) == []
     finally:
         stop_hub(hub)

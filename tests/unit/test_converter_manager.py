@@ -87,11 +87,12 @@ def test_only_the_lease_holder_acts() -> None:
 def test_csrs_get_a_condition_with_the_reason() -> None:
     api = access.MemoryApi()
     add_node(api, "edge", edge=True, autonomous=True)
-    for name, user in (("good", "system:node:edge"), ("bad", "system:node:other")):
+    for name, user in (("good", "system:node:edge"), ("bad", "system:node:other"), ("kubelets", "x")):
+        labels = {} if name == "kubelets" else {"app.kubernetes.io/managed-by": "yurthub"}
         api.create(
             controller.CSRS,
             {
-                "metadata": {"name": name},
+                "metadata": {"name": name, "labels": labels},
                 "spec": {
                     "signerName": csr.SERVING_SIGNER,
                     "username": user,
@@ -106,6 +107,8 @@ def test_csrs_get_a_condition_with_the_reason() -> None:
     assert good is not None and bad is not None
     assert [c["type"] for c in good["status"]["conditions"]] == ["Approved"]
     assert [(c["type"], c["reason"]) for c in bad["status"]["conditions"]] == [("Denied", "WrongRequester")]
+    kubelets = api.get(f"{controller.CSRS}/kubelets")  # not yurthub's: left to another approver
+    assert kubelets is not None and not kubelets.get("status")
 
 
 def test_an_informer_keeps_its_copy_by_watching_and_lists_again_only_when_expired() -> None:
