@@ -317,7 +317,12 @@ def test_server_flags_from_values_reach_the_cli(helm: Path) -> None:
             one(
                 render(
                     helm,
-                    *("--set", "routing.edgeCIDRs={192.168.50.0/24,fd00:50::/64}", "--set", "connect.allowedNames=null"),
+                    *(
+                        "--set",
+                        "routing.edgeCIDRs={192.168.50.0/24,fd00:50::/64}",
+                        "--set",
+                        "connect.allowedNames=null",
+                    ),
                     *("--set", "connect.allowAnyClient=true", "--set", "connect.statusOnConnect=true"),
                     *("--set", "limits.maxQueuedBytes=262144", "--set", "limits.agentPingsPerSecond=2"),
                 ),
