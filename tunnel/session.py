@@ -47,6 +47,7 @@ PINGS_PER_S = 10.0
 """Default rate at which a peer's PINGs are answered."""
 FLOOD_EXCESS = 1000
 """PINGs past the rate (net of what the rate refills) after which the peer is closed as flooding."""
+_DATA = int(frames.Kind.DATA)
 
 
 class Budget:
@@ -262,7 +263,7 @@ class Session:
                 while self._out:
                     message = self._out.popleft()
                     await self.ws.send(message)
-                    if message[0] != frames.Kind.DATA:
+                    if message[0] != _DATA:
                         self._control_queued -= len(message)
                         if self._control_queued <= self.max_queued_bytes // 2:
                             self._drained.set()
@@ -270,7 +271,9 @@ class Session:
     def _flush(self) -> None:
         out = self.mux.data_to_send()
         if out:
-            self._control_queued += sum(len(m) for m in out if m[0] != frames.Kind.DATA)
+            for message in out:
+                if message[0] != _DATA:
+                    self._control_queued += len(message)
             self._out.extend(out)
             self._out_ready.set()
 
