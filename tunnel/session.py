@@ -53,6 +53,8 @@ _DATA = int(frames.Kind.DATA)
 class Budget:
     """A token bucket: `take(now)` is True while the rate (with `burst` in hand) allows. Pure."""
 
+    __slots__ = ("at", "burst", "rate", "tokens")
+
     def __init__(self, rate: float, burst: float, now: float) -> None:
         self.rate = rate
         self.burst = burst
