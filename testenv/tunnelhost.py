@@ -88,7 +88,7 @@ def egress_selector(certs: Certs, connect_port: int) -> str:
     )
 
 
-def _script(name: str) -> str:
+def script(name: str) -> str:
     found = shutil.which(name, path=os.path.dirname(sys.executable))
     if found is None:
         raise RuntimeError(f"the {name} console script is not installed next to this Python")
@@ -179,7 +179,7 @@ def server(
     serve_port = controlplane.free_port()
     uds = directory / f"{name}.sock"
     argv = [
-        _script("yurt-tunnel-server"),
+        script("yurt-tunnel-server"),
         f"--server-id={name}",
         "--agent-bind-address=0.0.0.0",
         f"--agent-port={agent_port}",
@@ -221,7 +221,7 @@ def agent(
     directory.mkdir(parents=True, exist_ok=True)
     serve_port = controlplane.free_port()
     argv = [
-        _script("yurt-tunnel-agent"),
+        script("yurt-tunnel-agent"),
         f"--node-name={node}",
         f"--server-addr={','.join(servers)}",
         f"--ca-file={certs.ca}",

@@ -170,7 +170,9 @@ class Agent:
                 if server_id in self.links:
                     log.debug("already connected to this replica server=%s endpoint=%s", server_id, endpoint)
                     return False
-                tunnel = session.Session(ws, dials_out=True, name=server_id, on_open=self._dial)
+                tunnel = session.Session(
+                    ws, dials_out=True, name=server_id, on_open=self._dial, stall_s=self.settings.keepalive_s
+                )
                 link = Link(endpoint, server_id, tunnel)
                 self.links[server_id] = link
                 self.metrics.connects.labels("connected").inc()

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tunnel import agent, config, connect, errors, server
+from tunnel import agent, config, connect, errors, routes, server
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,18 @@ def build_server_parser() -> argparse.ArgumentParser:
         "--connect-allowed-names",
         type=_names,
         default=frozenset(),
-        help="client certificate CNs allowed to CONNECT (default: any the CA signed)",
+        help="client certificate CNs allowed to CONNECT, comma-separated (kube-apiserver's egress client); "
+        "required with --connect-port unless --connect-allow-any-client",
+    )
+    front.add_argument(
+        "--connect-allow-any-client",
+        action="store_true",
+        help="let any client certificate --connect-ca signed CONNECT (the cluster CA signs every kubelet's)",
+    )
+    front.add_argument(
+        "--status-on-connect",
+        action="store_true",
+        help="also answer GET /v1/status on the CONNECT TLS port to the clients allowed to CONNECT",
     )
     front.add_argument("--connect-uds", default="", help="also serve HTTP CONNECT on this Unix socket (mode 0600)")
     routing = parser.add_argument_group("routing")
@@ -77,15 +88,35 @@ def build_server_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="refuse targets that are not edge nodes instead of dialling them directly",
     )
+    routing.add_argument(
+        "--edge-cidrs",
+        type=_names,
+        default=frozenset(),
+        help="only addresses inside these networks (comma-separated CIDRs) are routed to agents (default: any "
+        "address an edge node lists that no cloud node has)",
+    )
     routing.add_argument("--edge-label", default="openyurt.io/is-edge-worker")
     routing.add_argument("--dial-timeout", type=float, default=10.0, metavar="SECONDS")
     limits = parser.add_argument_group("limits and keepalive")
     limits.add_argument("--max-streams-per-agent", type=int, default=1024)
-    limits.add_argument("--max-pending-dials", type=int, default=256)
+    limits.add_argument(
+        "--max-pending-dials", type=int, default=256, help="dials in progress at once, through agents or direct"
+    )
+    limits.add_argument(
+        "--max-queued-bytes",
+        type=int,
+        default=1024 * 1024,
+        help="control frames queued for an agent that does not read; past it the agent is not read from",
+    )
+    limits.add_argument(
+        "--agent-pings-per-second", type=float, default=10.0, help="tunnel PINGs answered per agent per second"
+    )
     limits.add_argument("--keepalive", type=float, default=15.0, metavar="SECONDS")
     serving = parser.add_argument_group("health, metrics and status")
     serving.add_argument("--serve-address", default="0.0.0.0")  # noqa: S104 - probes come from the kubelet
-    serving.add_argument("--serve-port", type=int, default=10265)
+    serving.add_argument(
+        "--serve-port", type=int, default=10265, help="/healthz, /readyz, /metrics; /v1/status to loopback only"
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -157,8 +188,22 @@ def server_settings(args: argparse.Namespace) -> config.ServerSettings:
             (args.connect_ca, "--connect-ca"),
         ):
             _require(path, f"{what} (with --connect-port; use --connect-port 0 for the Unix socket only)")
+        if not args.connect_allowed_names and not args.connect_allow_any_client:
+            raise errors.ConfigError(
+                "--connect-allowed-names is required with --connect-port: the CNs of the client certificates "
+                "allowed to CONNECT (kube-apiserver's egress client); --connect-allow-any-client admits any "
+                "certificate --connect-ca signed"
+            )
+    if args.status_on_connect and not args.connect_port:
+        raise errors.ConfigError("--status-on-connect needs --connect-port")
     if not args.connect_port and not args.connect_uds:
         raise errors.ConfigError("nothing to serve kube-apiserver on: give --connect-port or --connect-uds")
+    try:
+        routes.parse_cidrs(args.edge_cidrs)
+    except ValueError as exc:
+        raise errors.ConfigError(f"--edge-cidrs: {exc}") from None
+    if args.max_queued_bytes < 64 * 1024 or args.agent_pings_per_second <= 0:
+        raise errors.ConfigError("--max-queued-bytes is at least 65536 and --agent-pings-per-second above 0")
     return config.ServerSettings(
         server_id=args.server_id or os.uname().nodename,
         agent_address=args.agent_bind_address,
@@ -172,15 +217,20 @@ def server_settings(args: argparse.Namespace) -> config.ServerSettings:
         connect_key=args.connect_key,
         connect_ca=args.connect_ca,
         connect_allowed_names=args.connect_allowed_names,
+        connect_allow_any_client=args.connect_allow_any_client,
+        status_on_connect=args.status_on_connect,
         connect_uds=args.connect_uds,
         serve_address=args.serve_address,
         serve_port=args.serve_port,
         kubeconfig=args.kubeconfig,
         direct_fallback=args.direct_fallback,
+        edge_cidrs=tuple(sorted(args.edge_cidrs)),
         edge_label=args.edge_label,
         dial_timeout_s=args.dial_timeout,
         max_streams_per_agent=args.max_streams_per_agent,
         max_pending_dials=args.max_pending_dials,
+        max_queued_bytes=args.max_queued_bytes,
+        agent_pings_per_s=args.agent_pings_per_second,
         keepalive_s=args.keepalive,
     )
 

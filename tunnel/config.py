@@ -32,22 +32,35 @@ class ServerSettings:
     connect_ca: str = ""
     """CA of the client certificate kube-apiserver presents; required with `connect_port`."""
     connect_allowed_names: frozenset[str] = frozenset()
-    """Certificate CNs allowed to CONNECT; empty: any certificate `connect_ca` signed."""
+    """Certificate CNs allowed to CONNECT; empty only with `connect_allow_any_client`."""
+    connect_allow_any_client: bool = False
+    """Let any certificate `connect_ca` signed CONNECT (the CLI refuses to start with neither this nor names)."""
     connect_uds: str = ""
     """HTTP CONNECT on this Unix socket (mode 0600) as well."""
     serve_address: str = "0.0.0.0"  # noqa: S104 - probes and Prometheus scrape from the cluster network
     serve_port: int = 10265
-    """`/healthz`, `/readyz`, `/metrics`, `/v1/status` (plain HTTP)."""
+    """`/healthz`, `/readyz`, `/metrics` (plain HTTP); `/v1/status` there answers loopback clients only."""
+    status_on_connect: bool = False
+    """Also answer `GET /v1/status` on the CONNECT TLS port, to clients `connect_allowed_names` admits."""
     kubeconfig: str = ""
     """Where to watch Node objects (node addresses → agent); empty: in-cluster if there, else names only."""
     direct_fallback: bool = True
-    """Dial targets that are not edge nodes (cloud kubelets, webhooks) directly, as the apiserver would."""
+    """Dial targets that are not edge nodes (cloud kubelets, webhooks) directly, as the apiserver would; never
+    loopback, link-local, unspecified or cloud metadata addresses (names are resolved and every address judged)."""
+    edge_cidrs: tuple[str, ...] = ()
+    """When given, only addresses inside these networks (and edge node names) are routed to agents."""
     edge_label: str = "openyurt.io/is-edge-worker"
     """Nodes with this label `true` are only ever reached through their agent."""
     dial_timeout_s: float = 10.0
     max_streams_per_agent: int = 1024
     max_pending_dials: int = 256
-    """CONNECTs waiting for an agent's answer at once; beyond it the answer is 503."""
+    """CONNECTs dialling at once (through an agent or directly); beyond it the answer is 503."""
+    max_queued_bytes: int = 1024 * 1024
+    """Control frames queued for one agent that does not read; past it the agent is not read from."""
+    agent_pings_per_s: float = 10.0
+    """An agent's tunnel PINGs answered per second; one that keeps sending faster is closed."""
+    duplicate_check_s: float = 5.0
+    """How long a live agent connection has to answer a ping when a second one for its node arrives."""
     keepalive_s: float = 15.0
     """Websocket ping interval; a peer silent for as long again is dropped."""
 

@@ -1,5 +1,8 @@
 """The tunnel's Prometheus metrics, in a registry of their own (no process-wide default registry).
 
+No label or value names a node or an address: `/metrics` is scraped from the cluster network (who is
+connected, from where, is on the loopback-only `/v1/status`).
+
 Counts that change with every byte (bytes carried, open streams, connected peers) are read from the live
 sessions when Prometheus scrapes, rather than updated on the data path.
 """
@@ -56,6 +59,11 @@ class ServerMetrics:
         )
         self.protocol_errors = Counter(
             "yurt_tunnel_protocol_errors", "Agent connections closed for breaking the protocol", registry=self.registry
+        )
+        self.flood_closes = Counter(
+            "yurt_tunnel_flood_closes",
+            "Agent connections closed for flooding (PINGs past the rate, or not reading what they asked for)",
+            registry=self.registry,
         )
 
 

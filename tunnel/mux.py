@@ -68,7 +68,14 @@ class Pong:
     payload: bytes
 
 
-Event = StreamOpened | StreamAccepted | StreamRefused | DataReceived | StreamEnded | StreamReset | Pong
+@dataclasses.dataclass(frozen=True)
+class PingReceived:
+    """The peer asked for a PONG; the shell answers it (`pong`) or not, as its rate limit says."""
+
+    payload: bytes
+
+
+Event = StreamOpened | StreamAccepted | StreamRefused | DataReceived | StreamEnded | StreamReset | Pong | PingReceived
 
 
 @dataclasses.dataclass
@@ -177,13 +184,16 @@ class Mux:
     def ping(self, payload: bytes = b"") -> None:
         self._emit(Frame(Kind.PING, 0, payload))
 
+    def pong(self, payload: bytes) -> None:
+        self._emit(Frame(Kind.PONG, 0, payload))
+
     # --- what the peer sent ----------------------------------------------------------------------
 
     def receive(self, message: bytes) -> None:
         frame = frames.decode(message)
         kind, stream = frame.kind, frame.stream
         if kind is Kind.PING:
-            self._emit(Frame(Kind.PONG, 0, frame.payload))
+            self._events.append(PingReceived(frame.payload))
             return
         if kind is Kind.PONG:
             self._events.append(Pong(frame.payload))

@@ -1,9 +1,10 @@
 """Which addresses belong to which node, from the Kubernetes API (list, then watch, relist on any break).
 
 The server routes a CONNECT for `10.0.0.7:10250` to the agent of the node that has that address. Those
-addresses come from Node objects only, never from what an agent says about itself. Access is a kubeconfig
-file or, inside a pod, the service account; a token file is read again on every request, as projected
-tokens rotate.
+addresses come from Node objects only, never from what an agent says about itself (a node still writes its
+own status: `routes` decides what those claims may capture). Access is a kubeconfig file or, inside a pod,
+the service account; a token file is read again on every request, as projected tokens rotate. A client key
+from a kubeconfig stays in memory: it reaches `ssl` through an anonymous memory file, never a file on disk.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import json
 import logging
 import os
 import ssl
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 class Node:
     addresses: tuple[str, ...]
     edge: bool
+    pod_cidrs: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,10 +81,24 @@ def _from_kubeconfig(path: Path) -> Access:
     ssl_context = ssl.create_default_context(cadata=ca.decode() if ca else None)
     cert, key = pem("client-certificate"), pem("client-key")
     if cert and key:
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "pair.pem").write_bytes(cert + b"\n" + key)
-            ssl_context.load_cert_chain(Path(tmp) / "pair.pem")
+        load_pair_in_memory(ssl_context, cert + b"\n" + key)
     return Access(str(cluster["server"]).rstrip("/"), ssl_context, token=str(user.get("token", "")))
+
+
+def load_pair_in_memory(context: ssl.SSLContext, pair: bytes) -> None:
+    """Load a PEM certificate and key into `context` without the key ever touching a file system.
+
+    `ssl` loads keys only from a path. An anonymous memory file (`memfd_create`) has one, `/proc/self/fd/N`,
+    which only this process (and root) can open, and which vanishes with its descriptor; nothing is written
+    to disk or to a temporary directory, so there is no file to create with the right mode or to remove."""
+    fd = os.memfd_create("kubeconfig-client-pair", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(pair)
+        while view:
+            view = view[os.write(fd, view) :]
+        context.load_cert_chain(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
 
 
 def node_of(obj: dict[str, Any], edge_label: str) -> tuple[str, Node]:
@@ -91,7 +106,9 @@ def node_of(obj: dict[str, Any], edge_label: str) -> tuple[str, Node]:
     status = obj.get("status", {})
     addresses = tuple(a["address"] for a in status.get("addresses", []) if a.get("address"))
     edge = metadata.get("labels", {}).get(edge_label) == "true"
-    return str(metadata.get("name", "")), Node(addresses, edge)
+    spec = obj.get("spec", {})
+    cidrs = tuple(spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else []))
+    return str(metadata.get("name", "")), Node(addresses, edge, cidrs)
 
 
 class NodeWatch:

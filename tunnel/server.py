@@ -3,8 +3,18 @@ selector (HTTP CONNECT over mutual TLS or a Unix socket), carrying each CONNECT 
 target belongs to.
 
 Routing (`routes`): the target host is a node name or one of a node's addresses (from Node objects); an edge
-node is reached only through its agent (502 when none is connected), any other target is dialled directly
-when `direct_fallback` is on (cloud kubelets, webhooks, aggregated APIs), as the apiserver itself would.
+node is reached only through its agent (502 when none is connected), an address several edge nodes list
+reaches none of them (502 with the reason), any other target is dialled directly when `direct_fallback` is
+on (cloud kubelets, webhooks, aggregated APIs), as the apiserver itself would, except loopback, link-local,
+unspecified and cloud metadata addresses (403; a name is resolved first and every address it resolves to
+judged, then the judged address is dialled). Direct dials count against `max_pending_dials` like agent dials.
+
+One live connection per node: when a second agent connection for a node arrives (a reconnect, or a leaked
+certificate), the live one is pinged; if it answers, the newcomer is refused (409, logged, counted), if not,
+it is dropped and the newcomer serves.
+
+`/v1/status` (every agent with its addresses) answers loopback clients only, and with `status_on_connect`
+also on the CONNECT TLS port to the clients allowed to CONNECT; `/metrics` names no node and no address.
 
 The answer to a CONNECT is written only after the agent reached the target: 200 and nothing else, then the
 apiserver's own TLS to the kubelet flows through untouched. Refusals carry a status and a one-line reason
@@ -16,15 +26,19 @@ from __future__ import annotations
 import asyncio
 import asyncio.sslproto
 import contextlib
+import json
 import logging
 import os
+import socket
 import ssl
 import time
 from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from tunnel import config, connect, endpoints, errors, nodes, routes, session
 from tunnel.metrics import Live, ServerMetrics
@@ -75,7 +89,7 @@ class AgentInfo:
 class Server:
     def __init__(self, settings: config.ServerSettings) -> None:
         self.settings = settings
-        self.routes: routes.Routes[AgentInfo] = routes.Routes()
+        self.routes: routes.Routes[AgentInfo] = routes.Routes(routes.parse_cidrs(settings.edge_cidrs))
         self.metrics = ServerMetrics(self._live)
         self._pending = 0
         self._closed_in = 0
@@ -83,6 +97,8 @@ class Server:
         self._direct_streams = 0
         self._listening = False
         self._watch: nodes.NodeWatch | None = None
+        self._joining: dict[str, ServerConnection] = {}
+        self._duplicates_logged: set[str] = set()
 
     # --- state ------------------------------------------------------------------------------------
 
@@ -117,6 +133,7 @@ class Server:
                     "streamsOpened": info.session.streams_opened,
                     "bytesReceived": info.session.bytes_in,
                     "bytesSent": info.session.bytes_out,
+                    "queuedBytes": info.session.queued_bytes,
                     "addresses": sorted(self.routes.addresses(info.node)),
                 }
                 for info in sorted(self._infos(), key=lambda i: i.node)
@@ -126,7 +143,7 @@ class Server:
 
     # --- agents -----------------------------------------------------------------------------------
 
-    def _check_agent(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _check_agent(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path != config.AGENT_PATH:
             self.metrics.agent_rejections.labels("path").inc()
@@ -141,7 +158,43 @@ class Server:
             self.metrics.agent_rejections.labels("node-mismatch").inc()
             log.warning("agent refused: claims another node certificate_node=%s claimed=%s", node, claimed)
             return connection.respond(403, f"certificate names node {node!r}, agent claims {claimed!r}\n")
+        return await self._check_duplicate(connection, node)
+
+    async def _check_duplicate(self, connection: ServerConnection, node: str) -> Response | None:
+        """Refuse a second connection for a node whose live one answers a ping; drop the live one if not."""
+        remote = f"{connection.remote_address[0]}:{connection.remote_address[1]}"
+        joining = self._joining.get(node)
+        if joining is not None and joining.state in (State.CONNECTING, State.OPEN):
+            return self._duplicate(connection, node, remote, "another connection for it is being set up")
+        live = self.routes.sessions(node)
+        if live:
+            newest = live[-1]
+            self._joining[node] = connection  # hold the place while the ping is out
+            try:
+                answered = await _answers_ping(newest.session, self.settings.duplicate_check_s)
+            finally:
+                if self._joining.get(node) is connection:
+                    del self._joining[node]
+            if answered:
+                return self._duplicate(connection, node, remote, f"its connection from {newest.remote} is live")
+            log.warning(
+                "agent connection silent, replacing it node=%s old_remote=%s new=%s", node, newest.remote, remote
+            )
+            for info in live:
+                info.session.ws.transport.abort()
+        self._joining[node] = connection
         return None
+
+    def _duplicate(self, connection: ServerConnection, node: str, remote: str, why: str) -> Response:
+        self.metrics.agent_rejections.labels("duplicate").inc()
+        if node not in self._duplicates_logged:  # once per live connection, not once per retry
+            self._duplicates_logged.add(node)
+            log.warning(
+                "agent refused: a second connection for the node node=%s remote=%s reason=%s", node, remote, why
+            )
+        else:
+            log.debug("agent refused again: a second connection for the node node=%s remote=%s", node, remote)
+        return connection.respond(409, f"node {node} already has a tunnel agent connected here: {why}\n")
 
     def _stamp(self, _connection: ServerConnection, _request: Request, response: Response) -> Response:
         response.headers[config.SERVER_HEADER] = self.settings.server_id
@@ -152,11 +205,16 @@ class Server:
         if node is None:  # _check_agent refused it already; never reached
             return
         remote = f"{connection.remote_address[0]}:{connection.remote_address[1]}"
+        if self._joining.get(node) is connection:
+            del self._joining[node]
         tunnel = session.Session(
             connection,
             dials_out=False,
             name=node,
             max_streams=self.settings.max_streams_per_agent,
+            max_queued_bytes=self.settings.max_queued_bytes,
+            pings_per_s=self.settings.agent_pings_per_s,
+            stall_s=self.settings.keepalive_s,
         )
         info = AgentInfo(node, remote, tunnel)
         self.routes.add(node, info)
@@ -165,10 +223,14 @@ class Server:
             reason = await tunnel.run()
         finally:
             self.routes.remove(node, info)
+            if not self.routes.sessions(node):
+                self._duplicates_logged.discard(node)
             self._closed_in += tunnel.bytes_in
             self._closed_out += tunnel.bytes_out
         if reason.startswith("protocol error"):
             self.metrics.protocol_errors.inc()
+        if reason.startswith("flooding"):
+            self.metrics.flood_closes.inc()
         log.info("agent left node=%s remote=%s reason=%s", node, remote, reason)
 
     # --- CONNECT front end ------------------------------------------------------------------------
@@ -193,21 +255,28 @@ class Server:
             return await _refuse(writer, 403, f"client {common_name(peercert)!r} may not CONNECT here")
         try:
             head, early = await _read_head(reader)
+            if peercert is not None and self.settings.status_on_connect and head.startswith(b"GET /v1/status "):
+                return await _answer_status(writer, self.status())
             target = connect.parse(head)
         except errors.BadConnect as exc:
             return await _refuse(writer, exc.status, exc.message)
         if self._pending >= self.settings.max_pending_dials:
             self.metrics.dial_failures.labels("overloaded").inc()
             return await _refuse(writer, 503, "too many dials pending; retry")
-        node, agent = self.routes.pick(target.host)
-        if agent is None:
-            if node is not None and self.routes.is_edge(node):
-                self.metrics.dial_failures.labels("no-agent").inc()
-                return await _refuse(writer, 502, f"no tunnel agent connected for edge node {node}")
+        route = self.routes.route(target.host)
+        if isinstance(route, routes.Refused):
+            self.metrics.dial_failures.labels("ambiguous").inc()
+            log.warning("CONNECT refused target=%s reason=%s", target, route.reason)
+            return await _refuse(writer, 502, f"{target}: {route.reason}")
+        if isinstance(route, routes.Direct):
             if not self.settings.direct_fallback:
                 self.metrics.dial_failures.labels("no-agent").inc()
                 return await _refuse(writer, 502, f"{target} is not an edge node with a tunnel agent")
             return await self._direct(target, early, reader, writer)
+        node, agent = route.node, route.session
+        if agent is None:
+            self.metrics.dial_failures.labels("no-agent").inc()
+            return await _refuse(writer, 502, f"no tunnel agent connected for edge node {node}")
         self._pending += 1
         try:
             stream = await agent.session.open(str(target), within=self.settings.dial_timeout_s)
@@ -227,13 +296,21 @@ class Server:
     async def _direct(
         self, target: connect.Target, early: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> int:
+        self._pending += 1
         try:
             async with asyncio.timeout(self.settings.dial_timeout_s):
-                up_reader, up_writer = await asyncio.open_connection(target.host, target.port)
+                address = await _judged_address(target)
+                up_reader, up_writer = await asyncio.open_connection(address, target.port)
+        except errors.DialFailed as exc:
+            self.metrics.dial_failures.labels("not-allowed").inc()
+            log.warning("direct dial refused target=%s reason=%s", target, exc.message)
+            return await _refuse(writer, exc.status, exc.message)
         except (OSError, TimeoutError) as exc:
             self.metrics.dial_failures.labels("direct").inc()
             status = 504 if isinstance(exc, TimeoutError) else 502
             return await _refuse(writer, status, f"direct dial to {target} failed: {exc or 'timed out'}")
+        finally:
+            self._pending -= 1
         writer.write(connect.response(200))
         self.metrics.connects.labels("200").inc()
         up_writer.write(early)
@@ -285,7 +362,9 @@ class Server:
                 finally:
                     os.umask(old)
             runner = await endpoints.start(
-                endpoints.app(self.ready, self.status, self.metrics.registry), s.serve_address, s.serve_port
+                endpoints.app(self.ready, self.status, self.metrics.registry, status_loopback_only=True),
+                s.serve_address,
+                s.serve_port,
             )
             self._listening = True
             log.info(
@@ -308,13 +387,53 @@ class Server:
                     watch.cancel()
 
     def _nodes_listed(self, listed: dict[str, nodes.Node]) -> None:
-        self.routes.replace_nodes({name: (node.addresses, node.edge) for name, node in listed.items()})
+        self.routes.replace_nodes({name: (n.addresses, n.edge, n.pod_cidrs) for name, n in listed.items()})
 
     def _node_changed(self, name: str, node: nodes.Node | None) -> None:
         if node is None:
             self.routes.forget_node(name)
         else:
-            self.routes.set_addresses(name, node.addresses, edge=node.edge)
+            self.routes.set_addresses(name, node.addresses, edge=node.edge, pod_cidrs=node.pod_cidrs)
+
+
+async def _answers_ping(tunnel: session.Session, within: float) -> bool:
+    """The websocket of `tunnel` answers a ping within `within` seconds."""
+    try:
+        async with asyncio.timeout(within):
+            pong = await tunnel.ws.ping()
+            await pong
+    except (ConnectionClosed, TimeoutError, RuntimeError):
+        return False
+    return True
+
+
+async def _judged_address(target: connect.Target) -> str:
+    """The address to dial for a direct target: a name is resolved and every address it resolves to must be
+    allowed (a name with one loopback address among others is refused); `DialFailed(403)` otherwise."""
+    why = routes.special_address(target.host)
+    if why is not None:
+        raise errors.DialFailed(403, f"{target} is {why}: never dialled")
+    infos = await asyncio.get_running_loop().getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    for address in addresses:
+        why = routes.special_address(address)
+        if why is not None:
+            raise errors.DialFailed(403, f"{target} resolves to {address}, {why}: never dialled")
+    if not addresses:
+        raise OSError(f"{target.host} resolves to no address")
+    return addresses[0]
+
+
+async def _answer_status(writer: asyncio.StreamWriter, report: dict[str, Any]) -> int:
+    body = (json.dumps(report, indent=2) + "\n").encode()
+    writer.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    with contextlib.suppress(ConnectionError, OSError):
+        await writer.drain()
+    return 200
 
 
 def _failure_reason(status: int) -> str:

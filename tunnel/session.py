@@ -9,6 +9,14 @@ sender's data stays in that sender's per-stream buffer; `Stream.write` waits whi
 `HIGH_WATER`, which stops the sender reading its own socket. Every other stream keeps flowing. Memory per
 stream is bounded by the window plus `HIGH_WATER`.
 
+Control frames are bounded per connection too. Many are answers to what the peer sent (a PONG per PING, a
+REFUSE per refused OPEN), so a peer that sends without reading would make them pile up. PINGs are answered
+at most `pings_per_s` a second (a token bucket); a peer that keeps sending PINGs past that by more than
+`FLOOD_EXCESS` is closed (1008). When more than `max_queued_bytes` of control frames wait to be sent, the
+reader stops reading from the peer until the queue is down to half; a peer that has not read them within
+`stall_s` is closed (1008). Stream data is not counted: flow-control windows bound it, and pausing the reader
+for it could deadlock two busy ends.
+
 When the connection ends, every stream of it ends with it (`ConnectionResetError` to readers and writers,
 `DialFailed` to opens still waiting).
 """
@@ -33,6 +41,37 @@ HIGH_WATER = 256 * 1024
 """Bytes a stream may have waiting for the peer's window before its writer is paused."""
 MAX_MESSAGE = frames.MAX_PAYLOAD + 64
 """Largest websocket message either side accepts: one frame."""
+MAX_QUEUED_BYTES = 1024 * 1024
+"""Default bound on control frames waiting to be sent to one peer."""
+PINGS_PER_S = 10.0
+"""Default rate at which a peer's PINGs are answered."""
+FLOOD_EXCESS = 1000
+"""PINGs past the rate (net of what the rate refills) after which the peer is closed as flooding."""
+_DATA = int(frames.Kind.DATA)
+
+
+class Budget:
+    """A token bucket: `take(now)` is True while the rate (with `burst` in hand) allows. Pure."""
+
+    __slots__ = ("at", "burst", "rate", "tokens")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.at = now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class Flooding(Exception):
+    """The peer sends more than it is allowed to, or does not read what it asked for."""
 
 
 class Stream:
@@ -128,10 +167,21 @@ class Session:
         on_open: OnOpen | None = None,
         max_streams: int = 1024,
         window: int = frames.INITIAL_WINDOW,
+        max_queued_bytes: int = MAX_QUEUED_BYTES,
+        pings_per_s: float = PINGS_PER_S,
+        stall_s: float = 15.0,
     ) -> None:
         self.ws = ws
         self.name = name
         self.mux = mux.Mux(dials_out=dials_out, max_streams=max_streams, window=window)
+        self.max_queued_bytes = max_queued_bytes
+        self._stall_s = stall_s
+        now = asyncio.get_running_loop().time()
+        self._pings = Budget(pings_per_s, max(pings_per_s, 1.0), now)
+        self._excess = Budget(pings_per_s, FLOOD_EXCESS, now)
+        self._control_queued = 0
+        self._drained = asyncio.Event()
+        self.pings_unanswered = 0
         self._on_open = on_open
         self._streams: dict[int, Stream] = {}
         self._opening: dict[int, asyncio.Future[None]] = {}
@@ -171,12 +221,35 @@ class Session:
                     return await self._protocol_error("text message on a binary tunnel")
                 try:
                     self.mux.receive(message)
+                    self._dispatch()
+                    if self._control_queued > self.max_queued_bytes:
+                        await self._wait_for_peer_to_read()
                 except errors.ProtocolError as exc:
                     return await self._protocol_error(str(exc))
-                self._dispatch()
+                except Flooding as exc:
+                    return await self._flooding(str(exc))
             return "closed by peer"
         except ConnectionClosed as exc:
             return f"connection lost: {exc}"
+
+    async def _wait_for_peer_to_read(self) -> None:
+        """Backpressure: read nothing more from a peer until it has read our answers."""
+        self._drained.clear()
+        try:
+            async with asyncio.timeout(self._stall_s):
+                await self._drained.wait()
+        except TimeoutError:
+            raise Flooding(
+                f"the peer has not read {self._control_queued} queued bytes of answers within {self._stall_s:g}s"
+            ) from None
+
+    async def _flooding(self, reason: str) -> str:
+        log.warning("tunnel peer floods, closing peer=%s reason=%s", self.name, reason)
+        with contextlib.suppress(ConnectionClosed, TimeoutError):
+            async with asyncio.timeout(1.0):  # it may not read: do not wait on it for a close handshake
+                await self.ws.close(1008, f"flooding: {reason}"[:120])
+        self.ws.transport.abort()
+        return f"flooding: {reason}"
 
     async def _protocol_error(self, reason: str) -> str:
         log.warning("tunnel peer broke the protocol, closing peer=%s reason=%s", self.name, reason)
@@ -192,12 +265,24 @@ class Session:
                 while self._out:
                     message = self._out.popleft()
                     await self.ws.send(message)
+                    if message[0] != _DATA:
+                        self._control_queued -= len(message)
+                        if self._control_queued <= self.max_queued_bytes // 2:
+                            self._drained.set()
 
     def _flush(self) -> None:
         out = self.mux.data_to_send()
         if out:
+            for message in out:
+                if message[0] != _DATA:
+                    self._control_queued += len(message)
             self._out.extend(out)
             self._out_ready.set()
+
+    @property
+    def queued_bytes(self) -> int:
+        """Control frames waiting to be sent to the peer (bounded by about `max_queued_bytes`)."""
+        return self._control_queued
 
     def _end_all(self, reason: str) -> None:
         for stream in list(self._streams.values()):
@@ -315,9 +400,20 @@ class Session:
                     self._incoming(stream_id, target)
                 case mux.Pong():
                     pass
+                case mux.PingReceived(payload):
+                    self._ping(payload)
         for stream in self._streams.values():
             stream._wake_writer()
         self._flush()
+
+    def _ping(self, payload: bytes) -> None:
+        now = asyncio.get_running_loop().time()
+        if self._pings.take(now):
+            self.mux.pong(payload)
+            return
+        self.pings_unanswered += 1
+        if not self._excess.take(now):
+            raise Flooding(f"more than {self._pings.rate:g} PINGs a second, {self.pings_unanswered} left unanswered")
 
     def _incoming(self, stream_id: int, target: str) -> None:
         stream = Stream(self, stream_id, target)

@@ -209,6 +209,8 @@ def test_default_render_server_deployment(helm: Path) -> None:
     assert args.server_id == "$(POD_NAME)"
     assert (args.agent_port, args.connect_port, args.serve_port) == (10262, 10263, 10265)
     assert args.connect_allowed_names == frozenset({tunnelhost.APISERVER_CLIENT})
+    assert args.connect_allow_any_client is False and args.status_on_connect is False
+    assert (args.max_queued_bytes, args.agent_pings_per_second, args.edge_cidrs) == (1048576, 10.0, frozenset())
     assert args.agent_ca == SA_CA  # the cluster CA, from the service account
     assert spec.get("automountServiceAccountToken", True) is True
     paths = files_named(
@@ -310,6 +312,27 @@ def test_server_flags_from_values_reach_the_cli(helm: Path) -> None:
     assert args.connect_port == 0
     assert args.connect_uds == "/run/yurt-tunnel/connect.sock"
     assert args.verbose is True
+    args = cli.build_server_parser().parse_args(
+        container(
+            one(
+                render(
+                    helm,
+                    *(
+                        "--set",
+                        "routing.edgeCIDRs={192.168.50.0/24,fd00:50::/64}",
+                        "--set",
+                        "connect.allowedNames=null",
+                    ),
+                    *("--set", "connect.allowAnyClient=true", "--set", "connect.statusOnConnect=true"),
+                    *("--set", "limits.maxQueuedBytes=262144", "--set", "limits.agentPingsPerSecond=2"),
+                ),
+                "Deployment",
+            )
+        )["args"]
+    )
+    assert args.edge_cidrs == frozenset({"192.168.50.0/24", "fd00:50::/64"})
+    assert args.connect_allowed_names == frozenset() and args.connect_allow_any_client and args.status_on_connect
+    assert (args.max_queued_bytes, args.agent_pings_per_second) == (262144, 2.0)
 
 
 @pytest.mark.parametrize(
@@ -319,6 +342,7 @@ def test_server_flags_from_values_reach_the_cli(helm: Path) -> None:
         ({"tls": {"existingSecret": "mine"}}, "tls.caBundle is required with tls.existingSecret"),
         ({"service": {"agent": {"type": "ExternalName"}}}, "service.agent.type must be"),
         ({"server": {"replicaCount": -1}}, "server.replicaCount must be 0 (the server runs outside"),
+        ({"connect": {"allowedNames": []}}, "connect.allowedNames is required with connect.enabled"),
     ],
 )
 def test_values_that_cannot_work_fail_the_render_with_a_reason(

@@ -75,18 +75,19 @@ def test_targets_route_by_node_address_then_name_and_the_newest_session_serves()
     table: routes.Routes[str] = routes.Routes()
     table.set_addresses("edge-1", ["10.0.0.7", "edge-1.lan"], edge=True)
     table.set_addresses("cloud-1", ["10.0.0.1"])
-    assert table.pick("10.0.0.7") == ("edge-1", None)  # known edge node, no agent yet
+    assert table.route("10.0.0.7") == routes.Agent("edge-1", None)  # known edge node, no agent yet
     assert table.is_edge("edge-1") and not table.is_edge("cloud-1")
     table.add("edge-1", "old")
     table.add("edge-1", "new")
-    assert table.pick("10.0.0.7") == ("edge-1", "new")
-    assert table.pick("edge-1") == ("edge-1", "new")
+    assert table.route("10.0.0.7") == routes.Agent("edge-1", "new")
+    assert table.route("edge-1") == routes.Agent("edge-1", "new")
     table.remove("edge-1", "new")
-    assert table.pick("edge-1.lan") == ("edge-1", "old")
-    assert table.pick("10.0.0.1") == ("cloud-1", None)
-    assert table.pick("10.9.9.9") == (None, None)
+    assert table.route("edge-1.lan") == routes.Agent("edge-1", "old")
+    assert table.route("10.0.0.1") == routes.Direct()
+    assert table.route("cloud-1") == routes.Direct()
+    assert table.route("10.9.9.9") == routes.Direct()
     table.add("edge-2", "s2")  # an agent for a node the API has not told us about: routed by name
-    assert table.pick("edge-2") == ("edge-2", "s2") and table.is_edge("edge-2")
+    assert table.route("edge-2") == routes.Agent("edge-2", "s2") and table.is_edge("edge-2")
 
 
 def test_addresses_move_with_their_node_and_a_relist_forgets_the_gone() -> None:
@@ -94,9 +95,75 @@ def test_addresses_move_with_their_node_and_a_relist_forgets_the_gone() -> None:
     table.set_addresses("a", ["10.0.0.7"], edge=True)
     table.set_addresses("b", ["10.0.0.8"], edge=True)
     table.set_addresses("a", ["10.0.0.9"], edge=True)
-    assert table.node_for("10.0.0.7") is None and table.node_for("10.0.0.9") == "a"
-    table.replace_nodes({"b": (["10.0.0.8"], True)})
-    assert table.node_for("10.0.0.9") is None and table.node_for("a") is None and table.node_for("10.0.0.8") == "b"
+    assert table.route("10.0.0.7") == routes.Direct() and table.route("10.0.0.9") == routes.Agent("a", None)
+    table.replace_nodes({"b": (["10.0.0.8"], True, ())})
+    assert table.route("10.0.0.9") == routes.Direct() and table.route("a") == routes.Direct()
+    assert table.route("10.0.0.8") == routes.Agent("b", None)
+
+
+def test_an_edge_node_listing_another_edge_nodes_address_captures_nothing() -> None:
+    """Last writer used to win: node X listing node Y's address received Y's CONNECTs."""
+    table: routes.Routes[str] = routes.Routes()
+    table.set_addresses("edge-y", ["10.0.0.8"], edge=True)
+    table.add("edge-y", "y")
+    table.add("edge-x", "x")
+    table.set_addresses("edge-x", ["10.0.0.7", "10.0.0.8", "edge-y"], edge=True)
+    route = table.route("10.0.0.8")
+    assert isinstance(route, routes.Refused)
+    assert "edge-x" in route.reason and "edge-y" in route.reason and "\n" not in route.reason
+    assert table.route("edge-y") == routes.Agent("edge-y", "y")  # the node name wins over a listed address
+    assert table.route("10.0.0.7") == routes.Agent("edge-x", "x")
+    table.set_addresses("edge-x", ["10.0.0.7"], edge=True)  # X stops claiming: Y has its address back
+    assert table.route("10.0.0.8") == routes.Agent("edge-y", "y")
+
+
+def test_an_edge_node_never_captures_a_cloud_nodes_address_or_pod_network() -> None:
+    table: routes.Routes[str] = routes.Routes()
+    table.set_addresses("cloud-1", ["10.0.0.1", "cloud-1"], pod_cidrs=["10.244.0.0/24"])
+    table.add("edge-x", "x")
+    # a kubelet, a webhook pod on the cloud node, loopback and the metadata service
+    table.set_addresses("edge-x", ["10.0.0.1", "10.244.0.5", "127.0.0.1", "169.254.169.254", "cloud-1"], edge=True)
+    for host in ("10.0.0.1", "10.244.0.5", "127.0.0.1", "169.254.169.254", "cloud-1"):
+        assert table.route(host) == routes.Direct(), host
+    # removing its own edge label does not make an agent's node a cloud node
+    table.set_addresses("edge-x", ["10.0.0.7"], edge=False)
+    assert table.route("10.0.0.7") == routes.Agent("edge-x", "x")
+
+
+def test_edge_cidrs_limit_what_routes_to_agents() -> None:
+    table: routes.Routes[str] = routes.Routes(routes.parse_cidrs(["192.168.50.0/24"]))
+    table.add("edge-x", "x")
+    table.set_addresses("edge-x", ["192.168.50.7", "10.96.0.10", "edge-x.lan"], edge=True)
+    assert table.route("192.168.50.7") == routes.Agent("edge-x", "x")
+    assert table.route("10.96.0.10") == routes.Direct()  # a Service address the node listed
+    assert table.route("edge-x.lan") == routes.Direct()
+    assert table.route("edge-x") == routes.Agent("edge-x", "x")  # its name still routes
+    with pytest.raises(ValueError):
+        routes.parse_cidrs(["10.0.0.0/33"])
+
+
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("127.8.9.10", "loopback"),
+        ("::1", "loopback"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("localhost", "a loopback name"),
+        ("169.254.169.254", "a cloud metadata service"),
+        ("fd00:ec2::254", "a cloud metadata service"),
+        ("metadata.google.internal", "a cloud metadata service"),
+        ("Metadata.Google.Internal.", "a cloud metadata service"),
+        ("169.254.1.1", "link-local"),
+        ("fe80::1", "link-local"),
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+        ("10.0.0.1", None),
+        ("kubernetes.default.svc", None),
+    ],
+)
+def test_special_addresses_are_never_targets(host: str, why: str | None) -> None:
+    assert routes.special_address(host) == why
 
 
 def _agent_settings() -> config.AgentSettings:

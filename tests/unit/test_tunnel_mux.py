@@ -113,9 +113,14 @@ def test_misuse_is_a_usage_error() -> None:
         server.send(99, b"unknown")
 
 
-def test_ping_is_answered() -> None:
+def test_a_ping_is_reported_and_answered_only_when_the_shell_says_so() -> None:
+    """PINGs are not answered by the Mux itself: the session rate-limits them (a peer flooding PINGs must not
+    queue one PONG per PING)."""
     server, agent = mux.Mux(dials_out=False), mux.Mux(dials_out=True)
     server.ping(b"t1")
+    _, at_agent = pump(server, agent)
+    assert at_agent == [mux.PingReceived(b"t1")] and agent.data_to_send() == []
+    agent.pong(b"t1")
     seen, _ = pump(server, agent)
     assert seen == [mux.Pong(b"t1")]
 

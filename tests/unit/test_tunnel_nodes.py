@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import ssl
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,42 @@ def test_a_kubeconfig_with_embedded_credentials(tmp_path: Path) -> None:
     )
     access = nodes.load_access(str(path))
     assert access is not None and access.server == "https://10.0.0.1:6443" and access.headers() == {}
+
+
+def test_a_kubeconfig_client_key_never_touches_a_file_system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key used to go through a file in a temporary directory (failing when there is none). Now the pair
+    is loaded from an anonymous memory file: no file is created anywhere."""
+    ca = pki.CertificateAuthority("kubeconfig-test")
+    client = ca.issue("someone", client=True)
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    path = tmp_path / "config"
+    path.write_text(
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+        "clusters: [{name: k, cluster: {server: 'https://api:6443', "
+        f"certificate-authority-data: {b64(ca.pair.cert_pem)}}}}}]\n"
+        f"users: [{{name: u, user: {{client-certificate-data: {b64(client.cert_pem)}, "
+        f"client-key-data: {b64(client.key_pem)}}}}}]\n"
+    )
+    not_a_directory = tmp_path / "not-a-directory"
+    not_a_directory.write_bytes(b"")
+    monkeypatch.setattr(tempfile, "tempdir", str(not_a_directory))  # any temporary file would fail here
+    before = sorted(tmp_path.rglob("*"))
+    access = nodes.load_access(str(path))
+    assert access is not None
+    assert sorted(tmp_path.rglob("*")) == before
+    with pytest.raises(ssl.SSLError):  # and a broken key is still refused
+        nodes.load_pair_in_memory(ssl.create_default_context(), client.cert_pem + b"\n-----BEGIN PRIVATE KEY-----\n")
+
+
+def test_pod_cidrs_are_read_from_the_node_spec() -> None:
+    _, node = nodes.node_of({"metadata": {"name": "c"}, "spec": {"podCIDR": "10.244.0.0/24"}}, "edge")
+    assert node.pod_cidrs == ("10.244.0.0/24",)
+    spec = {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24", "fd00:10:244:1::/64"]}
+    _, node = nodes.node_of({"metadata": {"name": "c"}, "spec": spec}, "edge")
+    assert node.pod_cidrs == ("10.244.1.0/24", "fd00:10:244:1::/64")
 
 
 def test_a_kubeconfig_with_a_token_and_files(tmp_path: Path) -> None:

@@ -97,6 +97,9 @@ app.kubernetes.io/component: agent
 {{- if not (has .Values.service.agent.type (list "NodePort" "LoadBalancer" "ClusterIP")) -}}
 {{- fail (printf "service.agent.type must be NodePort, LoadBalancer or ClusterIP, not %q" .Values.service.agent.type) -}}
 {{- end -}}
+{{- if and .Values.connect.enabled (not .Values.connect.allowedNames) (not .Values.connect.allowAnyClient) -}}
+{{- fail "connect.allowedNames is required with connect.enabled: the CN of kube-apiserver's egress client certificate (or set connect.allowAnyClient to admit any certificate connect.clientCA signed)" -}}
+{{- end -}}
 {{- if lt (int .Values.server.replicaCount) 0 -}}
 {{- fail "server.replicaCount must be 0 (the server runs outside the cluster) or more" -}}
 {{- end -}}
