@@ -355,6 +355,17 @@ def metric_series(hub: hosthub.HostHub) -> int:
     return sum(1 for line in hub.metrics().splitlines() if line and not line.startswith("#"))
 
 
+def log_errors(log: Path) -> dict[str, Any]:
+    """How many ERROR lines yurthub logged, and the first few distinct ones (cut short)."""
+    lines = [line for line in log.read_text(errors="replace").splitlines() if " ERROR " in line]
+    first: list[str] = []
+    for line in lines:
+        message = line.split(" ERROR ", 1)[1][:200]
+        if message not in first and len(first) < 5:
+            first.append(message)
+    return {"count": len(lines), "first": first}
+
+
 def largest_body() -> int:
     """The largest request body yurthub accepts, as its proxy module says (a stand-in if it does not say)."""
     value = getattr(proxy, "MAX_REQUEST_BODY", None)
@@ -371,6 +382,8 @@ def prepare(kube: cluster.Cluster) -> tuple[str, ...]:
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
             {"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}},
             {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "reader", "namespace": NAMESPACE}},
+            # the pods' account, made here rather than waited for from the controller-manager
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": NAMESPACE}},
             {
                 "apiVersion": "rbac.authorization.k8s.io/v1",
                 "kind": "ClusterRoleBinding",
@@ -438,39 +451,75 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
 
 
-def measure(kube: cluster.Cluster, directory: Path, plan: Plan | None = None) -> dict[str, Any]:
-    """Run the soak against a hub of its own on `kube`; {"figures": flat numbers, "detail": the curves}."""
-    plan = plan or Plan()
-    tokens = prepare(kube)
-    hub, door_port = start_hub(kube, directory)
-    port = int(hub.proxy.rsplit(":", 1)[1])
-    pid = hub.proc.pid
-    plane = kube.plane
-    assert plane is not None
-    target = Target(
-        hub.proxy, f"https://127.0.0.1:{door_port}", str(plane.directory / "pki" / "ca.crt"), tokens, largest_body()
-    )
-    phases: list[dict[str, Any]] = []
-    samples: list[dict[str, Any]] = []
-    answers: dict[str, collections.Counter[str]] = {"plain": collections.Counter(), "door": collections.Counter()}
-    kubelet_statuses: dict[str, collections.Counter[str]] = {
-        "quiet": collections.Counter(),
-        "soak": collections.Counter(),
-    }
-    sent = 0
+class Soak:
+    """One soak against one hub: the phases run so far, the samples taken, the answers counted."""
 
-    def alive() -> None:
-        if hub.proc.poll() is not None:
-            raise RuntimeError(f"yurthub exited during the soak: {hub.log.read_text()[-3000:]}")
+    def __init__(self, plan: Plan, hub: hosthub.HostHub, target: Target) -> None:
+        self.plan = plan
+        self.hub = hub
+        self.target = target
+        self.port = int(hub.proxy.rsplit(":", 1)[1])
+        self.phases: list[dict[str, Any]] = []
+        self.samples: list[dict[str, Any]] = []
+        self.answers: dict[str, collections.Counter[str]] = {
+            "plain": collections.Counter(),
+            "door": collections.Counter(),
+        }
+        self.kubelet: dict[str, collections.Counter[str]] = {
+            "quiet": collections.Counter(),
+            "soak": collections.Counter(),
+        }
+        self.sent = 0
+        self.series: list[int] = []
+        self.started = time.monotonic()
 
-    def sample(label: str) -> None:
-        alive()
-        samples.append({"at": label, "requests": sent, "rss_mb": rss_mb(pid), "cache_mb": dir_mb(hub.cache)})
+    def run(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as driver:
+            driver.submit(int, 0).result()  # the hostile process is up before anything is timed
+            self.quiet()
+            self.sample("before")
+            self.series.append(metric_series(self.hub))
+            for rep in range(self.plan.reps):
+                self.soak(driver, rep)
+                self.quiet()
+            self.sample("after")
+            self.series.append(metric_series(self.hub))
 
-    def record(kind: str, probe: KubeletProbe, seconds: float) -> None:
-        kubelet_statuses[kind].update(probe.statuses)
+    def soak(self, driver: concurrent.futures.Executor, rep: int) -> None:
+        start = time.monotonic()
+        with KubeletProbe(self.port) as probe:
+            for quarter in range(4):
+                count, cap = self.plan.requests // 4, self.plan.phase_cap_s / 4
+                done = driver.submit(drive, self.target, count, cap, rep * 4 + quarter).result()
+                for where, counts in done.items():
+                    self.answers[where].update(counts)
+                    self.sent += sum(counts.values())
+                self.sample(f"soak {rep + 1} quarter {quarter + 1}")
+        self.record("soak", probe, time.monotonic() - start)
+
+    def quiet(self) -> None:
+        start = time.monotonic()
+        with KubeletProbe(self.port) as probe:
+            time.sleep(self.plan.quiet_s)
+        self.record("quiet", probe, time.monotonic() - start)
+
+    def sample(self, label: str) -> None:
+        if self.hub.proc.poll() is not None:
+            raise RuntimeError(f"yurthub exited during the soak: {self.hub.log.read_text()[-3000:]}")
+        self.samples.append(
+            {
+                "at": label,
+                "requests": self.sent,
+                "rss_mb": rss_mb(self.hub.proc.pid),
+                "cache_mb": dir_mb(self.hub.cache),
+            }
+        )
+
+    def record(self, kind: str, probe: KubeletProbe, seconds: float) -> None:
+        self.kubelet[kind].update(probe.statuses)
         lat = probe.latencies_ms
-        phases.append(
+        self.phases.append(
             {
                 "kind": kind,
                 "seconds": round(seconds, 1),
@@ -480,101 +529,76 @@ def measure(kube: cluster.Cluster, directory: Path, plan: Plan | None = None) ->
             }
         )
 
-    def quiet() -> None:
-        start = time.monotonic()
-        with KubeletProbe(port) as probe:
-            time.sleep(plan.quiet_s)
-        record("quiet", probe, time.monotonic() - start)
+    def report(self) -> dict[str, Any]:
+        plan, phases, samples = self.plan, self.phases, self.samples
+        quiet_p50 = [p["p50_ms"] for p in phases if p["kind"] == "quiet"]
+        quiet_p99 = [p["p99_ms"] for p in phases if p["kind"] == "quiet"]
+        soak_p50 = [p["p50_ms"] for p in phases if p["kind"] == "soak"]
+        soak_p99 = [p["p99_ms"] for p in phases if p["kind"] == "soak"]
+        before, after = samples[0], samples[-1]
+        first_soak = [s for s in samples if s["at"].startswith("soak 1 ")]
+        last_soak = [s for s in samples if s["at"].startswith(f"soak {plan.reps} ")]
+        ahead = samples[samples.index(last_soak[0]) - 1]  # the sample taken just before the last soak phase
+        figures: dict[str, float] = {
+            "rss_mb_before_hostile_soak": before["rss_mb"],
+            "rss_mb_after_hostile_soak": after["rss_mb"],
+            "rss_mb_peak_during_hostile_soak": max(s["rss_mb"] for s in samples),
+            "cache_mb_before_hostile_soak": before["cache_mb"],
+            "cache_mb_after_hostile_soak": after["cache_mb"],
+            # growth within the first and within the last soak phase: equal steps mean no levelling off
+            "rss_mb_growth_first_soak_phase": round(first_soak[-1]["rss_mb"] - before["rss_mb"], 1),
+            "rss_mb_growth_last_soak_phase": round(last_soak[-1]["rss_mb"] - ahead["rss_mb"], 1),
+            "cache_mb_growth_first_soak_phase": round(first_soak[-1]["cache_mb"] - before["cache_mb"], 2),
+            "cache_mb_growth_last_soak_phase": round(last_soak[-1]["cache_mb"] - ahead["cache_mb"], 2),
+            "metric_series_before_hostile_soak": self.series[0],
+            "metric_series_after_hostile_soak": self.series[-1],
+            "hostile_soak_requests": self.sent,
+            "kubelet_get_p50_ms_quiet": _summary(quiet_p50)["median"],
+            "kubelet_get_p99_ms_quiet": _summary(quiet_p99)["median"],
+            "kubelet_get_p50_ms_during_soak": _summary(soak_p50)["median"],
+            "kubelet_get_p99_ms_during_soak": _summary(soak_p99)["median"],
+            "hostile_soak_seconds": round(time.monotonic() - self.started, 1),
+        }
+        figures["kubelet_get_p50_during_soak_over_quiet_ratio"] = round(
+            figures["kubelet_get_p50_ms_during_soak"] / figures["kubelet_get_p50_ms_quiet"], 3
+        )
+        figures["kubelet_get_p99_during_soak_over_quiet_ratio"] = round(
+            figures["kubelet_get_p99_ms_during_soak"] / figures["kubelet_get_p99_ms_quiet"], 3
+        )
+        detail = {
+            "plan": dataclasses.asdict(plan),
+            "kubelet_rate_per_s": KUBELET_RATE,
+            "hostile_workers": WORKERS,
+            "valid_door_tokens": VALID_TOKENS,
+            "kubelet_get_ms": {
+                "quiet_p50": _summary(quiet_p50),
+                "quiet_p99": _summary(quiet_p99),
+                "soak_p50": _summary(soak_p50),
+                "soak_p99": _summary(soak_p99),
+            },
+            "phases": phases,
+            "samples": samples,
+            "answers": {where: dict(sorted(c.items())) for where, c in self.answers.items()},
+            "kubelet_answers": {kind: dict(sorted(c.items())) for kind, c in self.kubelet.items()},
+        }
+        return {"figures": figures, "detail": detail}
 
-    started = time.monotonic()
-    context = multiprocessing.get_context("spawn")
+
+def measure(kube: cluster.Cluster, directory: Path, plan: Plan | None = None) -> dict[str, Any]:
+    """Run the soak against a hub of its own on `kube`; {"figures": flat numbers, "detail": the curves}."""
+    plane = kube.plane
+    assert plane is not None
+    tokens = prepare(kube)
+    hub, door_port = start_hub(kube, directory)
+    ca = str(plane.directory / "pki" / "ca.crt")
+    soak = Soak(plan or Plan(), hub, Target(hub.proxy, f"https://127.0.0.1:{door_port}", ca, tokens, largest_body()))
     try:
-        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as driver:
-            driver.submit(int, 0).result()  # the hostile process is up before anything is timed
-            quiet()
-            sample("before")
-            series_before = metric_series(hub)
-            for rep in range(plan.reps):
-                start = time.monotonic()
-                with KubeletProbe(port) as probe:
-                    for quarter in range(4):
-                        done = driver.submit(
-                            drive, target, plan.requests // 4, plan.phase_cap_s / 4, rep * 4 + quarter
-                        ).result()
-                        for where, counts in done.items():
-                            answers[where].update(counts)
-                            sent += sum(counts.values())
-                        sample(f"soak {rep + 1} quarter {quarter + 1}")
-                record("soak", probe, time.monotonic() - start)
-                quiet()
-            sample("after")
-            series_after = metric_series(hub)
+        soak.run()
     finally:
         hub.stop()
-    return _report(plan, phases, samples, answers, kubelet_statuses, series_before, series_after, started)
-
-
-def _report(
-    plan: Plan,
-    phases: list[dict[str, Any]],
-    samples: list[dict[str, Any]],
-    answers: dict[str, collections.Counter[str]],
-    kubelet_statuses: dict[str, collections.Counter[str]],
-    series_before: int,
-    series_after: int,
-    started: float,
-) -> dict[str, Any]:
-    quiet_p50 = [p["p50_ms"] for p in phases if p["kind"] == "quiet"]
-    quiet_p99 = [p["p99_ms"] for p in phases if p["kind"] == "quiet"]
-    soak_p50 = [p["p50_ms"] for p in phases if p["kind"] == "soak"]
-    soak_p99 = [p["p99_ms"] for p in phases if p["kind"] == "soak"]
-    before, after = samples[0], samples[-1]
-    first_soak = [s for s in samples if s["at"].startswith("soak 1 ")]
-    last_soak = [s for s in samples if s["at"].startswith(f"soak {plan.reps} ")]
-    ahead = samples[samples.index(last_soak[0]) - 1]  # the sample taken just before the last soak phase
-    figures: dict[str, float] = {
-        "rss_mb_before_hostile_soak": before["rss_mb"],
-        "rss_mb_after_hostile_soak": after["rss_mb"],
-        "rss_mb_peak_during_hostile_soak": max(s["rss_mb"] for s in samples),
-        "cache_mb_before_hostile_soak": before["cache_mb"],
-        "cache_mb_after_hostile_soak": after["cache_mb"],
-        # growth within the first and within the last soak phase: equal steps mean no levelling off
-        "rss_mb_growth_first_soak_phase": round(first_soak[-1]["rss_mb"] - before["rss_mb"], 1),
-        "rss_mb_growth_last_soak_phase": round(last_soak[-1]["rss_mb"] - ahead["rss_mb"], 1),
-        "cache_mb_growth_first_soak_phase": round(first_soak[-1]["cache_mb"] - before["cache_mb"], 2),
-        "cache_mb_growth_last_soak_phase": round(last_soak[-1]["cache_mb"] - ahead["cache_mb"], 2),
-        "metric_series_before_hostile_soak": series_before,
-        "metric_series_after_hostile_soak": series_after,
-        "hostile_soak_requests": sum(sum(c.values()) for c in answers.values()),
-        "kubelet_get_p50_ms_quiet": _summary(quiet_p50)["median"],
-        "kubelet_get_p99_ms_quiet": _summary(quiet_p99)["median"],
-        "kubelet_get_p50_ms_during_soak": _summary(soak_p50)["median"],
-        "kubelet_get_p99_ms_during_soak": _summary(soak_p99)["median"],
-        "hostile_soak_seconds": round(time.monotonic() - started, 1),
-    }
-    figures["kubelet_get_p50_during_soak_over_quiet_ratio"] = round(
-        figures["kubelet_get_p50_ms_during_soak"] / figures["kubelet_get_p50_ms_quiet"], 3
-    )
-    figures["kubelet_get_p99_during_soak_over_quiet_ratio"] = round(
-        figures["kubelet_get_p99_ms_during_soak"] / figures["kubelet_get_p99_ms_quiet"], 3
-    )
-    detail = {
-        "plan": dataclasses.asdict(plan),
-        "kubelet_rate_per_s": KUBELET_RATE,
-        "hostile_workers": WORKERS,
-        "valid_door_tokens": VALID_TOKENS,
-        "kubelet_get_ms": {
-            "quiet_p50": _summary(quiet_p50),
-            "quiet_p99": _summary(quiet_p99),
-            "soak_p50": _summary(soak_p50),
-            "soak_p99": _summary(soak_p99),
-        },
-        "phases": phases,
-        "samples": samples,
-        "answers": {where: dict(sorted(c.items())) for where, c in answers.items()},
-        "kubelet_answers": {kind: dict(sorted(c.items())) for kind, c in kubelet_statuses.items()},
-    }
-    return {"figures": figures, "detail": detail}
+    result = soak.report()
+    result["detail"]["yurthub_log_errors"] = log_errors(hub.log)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
