@@ -89,8 +89,9 @@ WRITE_TYPES = (
 class Plan:
     """How much hostile load, and how long the quiet phases between."""
 
-    requests: int = 3000
-    """Hostile requests per soak phase (split in four quarters)."""
+    requests: int = 10_000
+    """Hostile requests per soak phase (split in four quarters); about 35 s of load on a 2-core machine, so
+    that the kubelet-shaped client takes about 700 samples during each soak phase."""
     reps: int = 3
     """Soak phases; there is one quiet phase before each and one after the last."""
     quiet_s: float = 15.0
@@ -558,6 +559,8 @@ class Soak:
             "kubelet_get_p50_ms_during_soak": _summary(soak_p50)["median"],
             "kubelet_get_p99_ms_during_soak": _summary(soak_p99)["median"],
             "hostile_soak_seconds": round(time.monotonic() - self.started, 1),
+            "kubelet_get_samples_quiet": sum(p["samples"] for p in phases if p["kind"] == "quiet"),
+            "kubelet_get_samples_during_soak": sum(p["samples"] for p in phases if p["kind"] == "soak"),
         }
         figures["kubelet_get_p50_during_soak_over_quiet_ratio"] = round(
             figures["kubelet_get_p50_ms_during_soak"] / figures["kubelet_get_p50_ms_quiet"], 3
