@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import yurthub_soak
 from testenv import cluster, hosthub, hubinstall, images
 from testenv.kubectl import wait_for
 from yurthub import storage, wire
@@ -298,10 +299,13 @@ def run() -> dict[str, object]:
     metrics: dict[str, float] = {}
     with cluster.Cluster.start(cluster.Settings(real_node=False)) as kube, tempfile.TemporaryDirectory() as tmp:
         metrics |= measure_requests(kube, Path(tmp))
+        # a hub of its own, in a namespace of its own, after the request figures so it cannot disturb them
+        soak = yurthub_soak.measure(kube, Path(tmp) / "soak")
+        metrics |= soak["figures"]
     metrics["cache_events_per_s"] = cache_events_per_s()
     metrics["online_node_restart_to_pods_running_s"] = node_restart(offline=False)
     metrics["offline_node_restart_to_pods_running_s"] = node_restart(offline=True)
     metrics["offline_over_online_restart_ratio"] = round(
         metrics["offline_node_restart_to_pods_running_s"] / metrics["online_node_restart_to_pods_running_s"], 3
     )
-    return {"metrics": metrics, "median": metrics}
+    return {"metrics": metrics, "median": metrics, "hostile_soak": soak["detail"]}

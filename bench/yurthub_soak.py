@@ -1,0 +1,630 @@
+"""Hostile soak of yurthub: what any local process (the plain port) and any pod (the HTTPS door, with any
+token) can make it hold, and whether a kubelet-shaped client notices.
+
+A pod can reach the door with any token and any local process can reach the plain port; neither may grow
+yurthub's memory or disk without bound or slow other clients. The soak drives both with random API paths
+(random resources, namespaces, names, and label/field selectors so that most lists define a new view, many
+of them matching every object), random verbs (GET, LIST, WATCH with a one-second timeout, and POST, PUT,
+PATCH, DELETE with random bodies of random sizes, a few of exactly the largest size yurthub accepts and a
+few just past it), random User-Agents (kubelet-like ones, which are cached, and made-up components) and, on
+the door, valid ServiceAccount tokens (each its own cache scope) mixed with random ones.
+
+Phases alternate, quiet then soak, ending quiet (`reps` soak phases, `reps + 1` quiet ones). Throughout every
+phase a kubelet-shaped client GETs its Node and a Pod on one kept-alive connection at a steady rate; its
+latency is reported per phase (p50/p99 with the sample count), and as medians over the phases of a kind with
+the min and max kept. yurthub's RSS (VmRSS) and the size of its cache directory (every file, SQLite WAL
+included) are sampled before the soak, after each quarter of every soak phase, and after the last quiet
+phase: a curve that levels off is what bounded state looks like; one that climbs by the same step every
+quarter is growth without bound. The number of Prometheus samples on /metrics is counted before and after.
+
+The hostile load runs in a process of its own so that its CPU use does not slow the measuring client's
+interpreter (the GIL) and pass for yurthub's latency. Every request goes to 127.0.0.1: the plain port, and
+the door bound to 127.0.0.1 (no interface of its own). Each soak phase is bounded by a request count and a
+wall-clock cap, whichever comes first.
+
+Run the soak alone (its own control plane, a few minutes; nothing is written under bench/results):
+
+    python -m bench.yurthub_soak [--requests N] [--reps R] [--quiet-s S] [--phase-cap-s S] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import concurrent.futures
+import dataclasses
+import http.client
+import json
+import multiprocessing
+import random
+import ssl
+import statistics
+import string
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yarl
+
+from testenv import cluster, controlplane, hosthub
+from testenv.kubectl import wait_for
+from yurthub import proxy
+
+NODE = "soak-node"
+NAMESPACE = "soak"
+POD = "kubelet-pod"
+KUBELET = "kubelet/v1.34.12 (linux/amd64) kubernetes/soak"
+PB = "application/vnd.kubernetes.protobuf"
+CONFIGMAPS = 200
+PODS = 50
+VALID_TOKENS = 16
+KUBELET_RATE = 20.0
+"""Requests per second of the kubelet-shaped client (alternating its Node and its Pod)."""
+WORKERS = 16
+"""Concurrent hostile clients."""
+FULL_BODIES = 1
+"""Requests per quarter with a body of exactly the largest size yurthub accepts (and as many one byte past)."""
+MAX_RANDOM_BODY = 3 * 1024 * 1024
+"""Largest of the other random bodies (one in ten is between 64 KiB and this)."""
+DEFAULT_LARGEST = 4 * 1024 * 1024
+"""Stands in for the accepted body size when yurthub does not export one."""
+RESOURCES = ("pods", "configmaps", "services", "secrets", "endpoints", "events", "serviceaccounts")
+WRITE_TYPES = (
+    "application/json",
+    PB,
+    "application/merge-patch+json",
+    "application/strategic-merge-patch+json",
+    "application/apply-patch+yaml",
+    "application/octet-stream",
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Plan:
+    """How much hostile load, and how long the quiet phases between."""
+
+    requests: int = 10_000
+    """Hostile requests per soak phase (split in four quarters); about 35 s of load on a 2-core machine, so
+    that the kubelet-shaped client takes about 700 samples during each soak phase."""
+    reps: int = 3
+    """Soak phases; there is one quiet phase before each and one after the last."""
+    quiet_s: float = 15.0
+    """Length of a quiet phase: at KUBELET_RATE, 300 samples for its p99."""
+    phase_cap_s: float = 60.0
+    """Wall-clock cap on one soak phase, whatever its count."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where the hostile process sends its load, and with what."""
+
+    plain: str
+    door: str
+    ca_file: str
+    tokens: tuple[str, ...]
+    largest: int
+    """The largest request body yurthub accepts."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    door: bool
+    method: str
+    path: str
+    headers: dict[str, str]
+    body_size: int
+    """Bytes of body, taken from a pool of random bytes."""
+
+
+# --- the hostile requests: pure, from a seeded random.Random ----------------------------------------------
+
+
+def _word(rng: random.Random, n: int = 8) -> str:
+    return "".join(rng.choice(string.ascii_lowercase + string.digits) for _ in range(n))
+
+
+def _selector(rng: random.Random) -> dict[str, str]:
+    """A selector no client used before; most match every object, so the new view holds the whole list."""
+    w = _word(rng)
+    return rng.choice(
+        [
+            {"labelSelector": f"app={w}"},
+            {"labelSelector": f"soak notin ({w})"},
+            {"labelSelector": f"k{w}!=x"},
+            {"fieldSelector": f"metadata.name!={w}"},
+            {"labelSelector": f"k{w}!=x", "fieldSelector": f"metadata.name!={w}"},
+        ]
+    )
+
+
+def _namespace(rng: random.Random) -> str:
+    return NAMESPACE if rng.random() < 0.7 else f"ns-{_word(rng)}"
+
+
+def _user_agent(rng: random.Random) -> str:
+    roll = rng.random()
+    if roll < 0.4:
+        return f"kubelet/v1.{rng.randint(20, 40)}.0 (linux/amd64) kubernetes/{_word(rng, 6)}"
+    if roll < 0.5:
+        return f"kube-proxy/v1.34.0 (linux/amd64) kubernetes/{_word(rng, 6)}"
+    return f"c{_word(rng)}/{rng.randint(0, 9)}.0 (soak)"
+
+
+def _body_size(rng: random.Random) -> int:
+    if rng.random() < 0.9:
+        return rng.randint(0, 64 * 1024)
+    return rng.randint(64 * 1024, MAX_RANDOM_BODY)
+
+
+def plan_request(rng: random.Random, index: int, count: int, largest: int) -> Request:
+    """The `index`-th of `count` hostile requests of a quarter; a few carry the largest body (or one more)."""
+    door = rng.random() < 0.35
+    headers = {"User-Agent": _user_agent(rng), "Accept": rng.choice([PB, "application/json", "*/*"])}
+    if index < 2 * FULL_BODIES and count >= 4 * FULL_BODIES:
+        size = largest + (index % 2)
+        method = rng.choice(["POST", "PUT", "PATCH"])
+        path = f"/api/v1/namespaces/{NAMESPACE}/configmaps" + ("" if method == "POST" else f"/x{_word(rng)}")
+        headers["Content-Type"] = rng.choice(WRITE_TYPES)
+        return Request(door, method, path, headers, size)
+    ns, resource = _namespace(rng), rng.choice(RESOURCES)
+    collection = f"/api/v1/namespaces/{ns}/{resource}"
+    kind = rng.choices(["list", "get", "watch", "custom", "nonresource", "bad", "write"], [34, 14, 5, 9, 4, 4, 30])[0]
+    size = 0
+    if kind == "list":
+        method, path = "GET", f"{collection}?{urllib.parse.urlencode(_selector(rng))}"
+        if rng.random() < 0.1:
+            path = f"/api/v1/nodes?{urllib.parse.urlencode(_selector(rng))}"
+    elif kind == "get":
+        method, path = "GET", f"{collection}/{_word(rng)}"
+    elif kind == "watch":
+        query = {**_selector(rng), "watch": "1", "timeoutSeconds": "1", "allowWatchBookmarks": "true"}
+        method, path = "GET", f"{collection}?{urllib.parse.urlencode(query)}"
+    elif kind == "custom":
+        group, plural = f"{_word(rng, 5)}.example.com", f"r{_word(rng)}"
+        method = "GET"
+        path = f"/apis/{group}/v1/namespaces/{ns}/{plural}?{urllib.parse.urlencode(_selector(rng))}"
+    elif kind == "nonresource":
+        method, path = "GET", rng.choice(["/version", "/api", "/apis", f"/{_word(rng)}/{_word(rng)}"])
+    elif kind == "bad":
+        method = "GET"
+        path = rng.choice(
+            [
+                f"{collection}/..%2F{_word(rng)}",
+                f"/api/v1/namespaces/../{resource}",
+                f"{collection}/{'n' * rng.randint(254, 400)}",
+                f"{collection}//{_word(rng)}",
+            ]
+        )
+    else:
+        method = rng.choice(["POST", "PUT", "PATCH", "DELETE"])
+        path = collection if method == "POST" else f"{collection}/x{_word(rng)}"
+        size = _body_size(rng)
+        headers["Content-Type"] = rng.choice(WRITE_TYPES)
+    return Request(door, method, path, headers, size)
+
+
+# --- the hostile process ----------------------------------------------------------------------------------
+
+
+def drive(target: Target, count: int, cap_s: float, seed: int) -> dict[str, dict[str, int]]:
+    """Send `count` hostile requests (or as many as `cap_s` seconds allow) from WORKERS concurrent clients;
+    answers counted by port and status (`error:<type>` when the connection failed). Runs in its own process."""
+    return asyncio.run(_drive(target, count, cap_s, seed))
+
+
+async def _drive(target: Target, count: int, cap_s: float, seed: int) -> dict[str, dict[str, int]]:
+    rng = random.Random(seed)  # noqa: S311 - a reproducible load, not a secret
+    pool = rng.randbytes(max(target.largest + 1, MAX_RANDOM_BODY))
+    requests = [plan_request(rng, i, count, target.largest) for i in range(count)]
+    rng.shuffle(requests)
+    tokens = rng.sample(target.tokens, len(target.tokens))
+    door_tls = ssl.create_default_context(cafile=target.ca_file)
+    counts: dict[str, collections.Counter[str]] = {"plain": collections.Counter(), "door": collections.Counter()}
+    deadline = time.monotonic() + cap_s
+    pending = iter(requests)
+
+    async def one(session: aiohttp.ClientSession, req: Request) -> None:
+        headers = dict(req.headers)
+        if req.door:
+            roll = rng.random()
+            if roll < 0.5:
+                headers["Authorization"] = f"Bearer {rng.choice(tokens)}"
+            elif roll < 0.95:
+                headers["Authorization"] = f"Bearer soak.{_word(rng, 40)}"
+        base = target.door if req.door else target.plain
+        start = rng.randrange(0, len(pool) - req.body_size + 1)
+        body = pool[start : start + req.body_size] if req.body_size else None
+        url = yarl.URL(base + req.path, encoded=True)
+        try:
+            async with session.request(
+                req.method, url, headers=headers, data=body, ssl=door_tls if req.door else True
+            ) as resp:
+                await resp.read()
+                outcome = str(resp.status)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            outcome = f"error:{type(exc).__name__}"
+        counts["door" if req.door else "plain"][outcome] += 1
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        for req in pending:
+            if time.monotonic() >= deadline:
+                return
+            await one(session, req)
+
+    timeout = aiohttp.ClientTimeout(total=20)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(
+        timeout=timeout, connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+    ) as session:
+        await asyncio.gather(*(worker(session) for _ in range(WORKERS)))
+    return {port: dict(c) for port, c in counts.items()}
+
+
+# --- the kubelet-shaped client ----------------------------------------------------------------------------
+
+
+class KubeletProbe:
+    """GETs of its Node and a Pod at KUBELET_RATE on one kept-alive connection, in a thread of its own.
+
+    Requests go out on a fixed schedule; one that is late (the previous answer was slow) goes at once, and
+    the schedule restarts after a stall longer than a second instead of sending a burst."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.latencies_ms: list[float] = []
+        self.statuses: collections.Counter[str] = collections.Counter()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="kubelet-probe", daemon=True)
+
+    def __enter__(self) -> KubeletProbe:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stopping.set()
+        self.thread.join(30)
+
+    def _run(self) -> None:
+        paths = [f"/api/v1/nodes/{NODE}", f"/api/v1/namespaces/{NAMESPACE}/pods/{POD}"]
+        headers = {"Accept": PB, "User-Agent": KUBELET}
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
+        try:
+            conn.request("GET", paths[0], headers=headers)  # connect once before measuring
+            conn.getresponse().read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.statuses[f"error:{type(exc).__name__}"] += 1
+            conn.close()
+        due, i = time.perf_counter(), 0
+        while not self.stopping.is_set():
+            now = time.perf_counter()
+            if now < due:
+                self.stopping.wait(due - now)
+                continue
+            start = time.perf_counter()
+            try:
+                conn.request("GET", paths[i % 2], headers=headers)
+                resp = conn.getresponse()
+                resp.read()
+            except (OSError, http.client.HTTPException) as exc:
+                self.statuses[f"error:{type(exc).__name__}"] += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
+            else:
+                self.latencies_ms.append((time.perf_counter() - start) * 1000)
+                self.statuses[str(resp.status)] += 1
+            i += 1
+            due += 1 / KUBELET_RATE
+            if due < time.perf_counter() - 1:
+                due = time.perf_counter()
+        conn.close()
+
+
+# --- measuring yurthub from outside -----------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def dir_mb(path: Path) -> float:
+    """Bytes of every file under `path` (the SQLite database, its WAL and shared memory, anything else)."""
+    total = 0
+    for p in path.rglob("*"):
+        try:
+            if p.is_file():
+                total += p.stat().st_size
+        except FileNotFoundError:  # a WAL checkpointed away while we walk
+            pass
+    return round(total / 2**20, 2)
+
+
+def metric_series(hub: hosthub.HostHub) -> int:
+    return sum(1 for line in hub.metrics().splitlines() if line and not line.startswith("#"))
+
+
+def log_errors(log: Path) -> dict[str, Any]:
+    """How many ERROR lines yurthub logged, and the first few distinct ones (cut short)."""
+    lines = [line for line in log.read_text(errors="replace").splitlines() if " ERROR " in line]
+    first: list[str] = []
+    for line in lines:
+        message = line.split(" ERROR ", 1)[1][:200]
+        if message not in first and len(first) < 5:
+            first.append(message)
+    return {"count": len(lines), "first": first}
+
+
+def largest_body() -> int:
+    """The largest request body yurthub accepts, as its proxy module says (a stand-in if it does not say)."""
+    value = getattr(proxy, "MAX_REQUEST_BODY", None)
+    return value if isinstance(value, int) and value > 0 else DEFAULT_LARGEST
+
+
+# --- the cluster side -------------------------------------------------------------------------------------
+
+
+def prepare(kube: cluster.Cluster) -> tuple[str, ...]:
+    """The soak's namespace and objects, node rights to read them, and ServiceAccount tokens for the door."""
+    kube.kubectl.apply(
+        [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
+            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}},
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "reader", "namespace": NAMESPACE}},
+            # the pods' account, made here rather than waited for from the controller-manager
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": NAMESPACE}},
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": "soak-node-view"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": f"system:node:{NODE}"}],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": "reader-view", "namespace": NAMESPACE},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+                "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": NAMESPACE}],
+            },
+        ]
+    )
+    objects: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": f"cm{i}", "namespace": NAMESPACE, "labels": {"app": "soak"}},
+            "data": {"key": f"value-{i}-" + "x" * 1000},
+        }
+        for i in range(CONFIGMAPS)
+    ]
+    objects += [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": POD if i == 0 else f"p{i}", "namespace": NAMESPACE, "labels": {"app": "soak"}},
+            "spec": {"nodeName": NODE, "containers": [{"name": "c", "image": "soak", "command": ["sleep", "1"]}]},
+        }
+        for i in range(PODS)
+    ]
+    kube.kubectl.run("create", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+    wait_for("the view role's rules", lambda: bool(kube.kubectl.get("clusterrole", "view").get("rules")), timeout=60)
+    return tuple(
+        kube.kubectl.run("create", "token", "reader", "-n", NAMESPACE, "--duration=1h").strip()
+        for _ in range(VALID_TOKENS)
+    )
+
+
+def start_hub(kube: cluster.Cluster, directory: Path) -> tuple[hosthub.HostHub, int]:
+    """yurthub for NODE with its door on 127.0.0.1 (no interface of its own), default cache agents."""
+    plane = kube.plane
+    assert plane is not None
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = plane.ca.issue("yurthub-door", server=True, ip_addresses=("127.0.0.1",)).write(directory, "door")
+    door_port = controlplane.free_port()
+    hub = hosthub.start(
+        plane,
+        plane.server,
+        NODE,
+        directory,
+        f"--secure-cert-file={cert}",
+        f"--secure-key-file={key}",
+        "--no-enable-dummy-if",
+        "--dummy-if-ip=127.0.0.1",
+        f"--proxy-secure-port={door_port}",
+    )
+    return hub, door_port
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
+
+
+class Soak:
+    """One soak against one hub: the phases run so far, the samples taken, the answers counted."""
+
+    def __init__(self, plan: Plan, hub: hosthub.HostHub, target: Target) -> None:
+        self.plan = plan
+        self.hub = hub
+        self.target = target
+        self.port = int(hub.proxy.rsplit(":", 1)[1])
+        self.phases: list[dict[str, Any]] = []
+        self.samples: list[dict[str, Any]] = []
+        self.answers: dict[str, collections.Counter[str]] = {
+            "plain": collections.Counter(),
+            "door": collections.Counter(),
+        }
+        self.kubelet: dict[str, collections.Counter[str]] = {
+            "quiet": collections.Counter(),
+            "soak": collections.Counter(),
+        }
+        self.sent = 0
+        self.series: list[int] = []
+        self.started = time.monotonic()
+
+    def run(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as driver:
+            driver.submit(int, 0).result()  # the hostile process is up before anything is timed
+            self.quiet()
+            self.sample("before")
+            self.series.append(metric_series(self.hub))
+            for rep in range(self.plan.reps):
+                self.soak(driver, rep)
+                self.quiet()
+            self.sample("after")
+            self.series.append(metric_series(self.hub))
+
+    def soak(self, driver: concurrent.futures.Executor, rep: int) -> None:
+        start = time.monotonic()
+        with KubeletProbe(self.port) as probe:
+            for quarter in range(4):
+                count, cap = self.plan.requests // 4, self.plan.phase_cap_s / 4
+                done = driver.submit(drive, self.target, count, cap, rep * 4 + quarter).result()
+                for where, counts in done.items():
+                    self.answers[where].update(counts)
+                    self.sent += sum(counts.values())
+                self.sample(f"soak {rep + 1} quarter {quarter + 1}")
+        self.record("soak", probe, time.monotonic() - start)
+
+    def quiet(self) -> None:
+        start = time.monotonic()
+        with KubeletProbe(self.port) as probe:
+            time.sleep(self.plan.quiet_s)
+        self.record("quiet", probe, time.monotonic() - start)
+
+    def sample(self, label: str) -> None:
+        if self.hub.proc.poll() is not None:
+            raise RuntimeError(f"yurthub exited during the soak: {self.hub.log.read_text()[-3000:]}")
+        self.samples.append(
+            {
+                "at": label,
+                "requests": self.sent,
+                "rss_mb": rss_mb(self.hub.proc.pid),
+                "cache_mb": dir_mb(self.hub.cache),
+            }
+        )
+
+    def record(self, kind: str, probe: KubeletProbe, seconds: float) -> None:
+        self.kubelet[kind].update(probe.statuses)
+        lat = probe.latencies_ms
+        self.phases.append(
+            {
+                "kind": kind,
+                "seconds": round(seconds, 1),
+                "samples": len(lat),
+                "p50_ms": pct(lat, 0.5) if lat else None,
+                "p99_ms": pct(lat, 0.99) if lat else None,
+            }
+        )
+
+    def report(self) -> dict[str, Any]:
+        plan, phases, samples = self.plan, self.phases, self.samples
+        quiet_p50 = [p["p50_ms"] for p in phases if p["kind"] == "quiet"]
+        quiet_p99 = [p["p99_ms"] for p in phases if p["kind"] == "quiet"]
+        soak_p50 = [p["p50_ms"] for p in phases if p["kind"] == "soak"]
+        soak_p99 = [p["p99_ms"] for p in phases if p["kind"] == "soak"]
+        before, after = samples[0], samples[-1]
+        first_soak = [s for s in samples if s["at"].startswith("soak 1 ")]
+        last_soak = [s for s in samples if s["at"].startswith(f"soak {plan.reps} ")]
+        ahead = samples[samples.index(last_soak[0]) - 1]  # the sample taken just before the last soak phase
+        figures: dict[str, float] = {
+            "rss_mb_before_hostile_soak": before["rss_mb"],
+            "rss_mb_after_hostile_soak": after["rss_mb"],
+            "rss_mb_peak_during_hostile_soak": max(s["rss_mb"] for s in samples),
+            "cache_mb_before_hostile_soak": before["cache_mb"],
+            "cache_mb_after_hostile_soak": after["cache_mb"],
+            # growth within the first and within the last soak phase: equal steps mean no levelling off
+            "rss_mb_growth_first_soak_phase": round(first_soak[-1]["rss_mb"] - before["rss_mb"], 1),
+            "rss_mb_growth_last_soak_phase": round(last_soak[-1]["rss_mb"] - ahead["rss_mb"], 1),
+            "cache_mb_growth_first_soak_phase": round(first_soak[-1]["cache_mb"] - before["cache_mb"], 2),
+            "cache_mb_growth_last_soak_phase": round(last_soak[-1]["cache_mb"] - ahead["cache_mb"], 2),
+            "metric_series_before_hostile_soak": self.series[0],
+            "metric_series_after_hostile_soak": self.series[-1],
+            "hostile_soak_requests": self.sent,
+            "kubelet_get_p50_ms_quiet": _summary(quiet_p50)["median"],
+            "kubelet_get_p99_ms_quiet": _summary(quiet_p99)["median"],
+            "kubelet_get_p50_ms_during_soak": _summary(soak_p50)["median"],
+            "kubelet_get_p99_ms_during_soak": _summary(soak_p99)["median"],
+            "hostile_soak_seconds": round(time.monotonic() - self.started, 1),
+            "kubelet_get_samples_quiet": sum(p["samples"] for p in phases if p["kind"] == "quiet"),
+            "kubelet_get_samples_during_soak": sum(p["samples"] for p in phases if p["kind"] == "soak"),
+        }
+        figures["kubelet_get_p50_during_soak_over_quiet_ratio"] = round(
+            figures["kubelet_get_p50_ms_during_soak"] / figures["kubelet_get_p50_ms_quiet"], 3
+        )
+        figures["kubelet_get_p99_during_soak_over_quiet_ratio"] = round(
+            figures["kubelet_get_p99_ms_during_soak"] / figures["kubelet_get_p99_ms_quiet"], 3
+        )
+        detail = {
+            "plan": dataclasses.asdict(plan),
+            "kubelet_rate_per_s": KUBELET_RATE,
+            "hostile_workers": WORKERS,
+            "valid_door_tokens": VALID_TOKENS,
+            "kubelet_get_ms": {
+                "quiet_p50": _summary(quiet_p50),
+                "quiet_p99": _summary(quiet_p99),
+                "soak_p50": _summary(soak_p50),
+                "soak_p99": _summary(soak_p99),
+            },
+            "phases": phases,
+            "samples": samples,
+            "answers": {where: dict(sorted(c.items())) for where, c in self.answers.items()},
+            "kubelet_answers": {kind: dict(sorted(c.items())) for kind, c in self.kubelet.items()},
+        }
+        return {"figures": figures, "detail": detail}
+
+
+def measure(kube: cluster.Cluster, directory: Path, plan: Plan | None = None) -> dict[str, Any]:
+    """Run the soak against a hub of its own on `kube`; {"figures": flat numbers, "detail": the curves}."""
+    plane = kube.plane
+    assert plane is not None
+    tokens = prepare(kube)
+    hub, door_port = start_hub(kube, directory)
+    ca = str(plane.directory / "pki" / "ca.crt")
+    soak = Soak(plan or Plan(), hub, Target(hub.proxy, f"https://127.0.0.1:{door_port}", ca, tokens, largest_body()))
+    try:
+        soak.run()
+    finally:
+        hub.stop()
+    result = soak.report()
+    result["detail"]["yurthub_log_errors"] = log_errors(hub.log)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Soak alone, on a control plane of its own; prints the result (and writes it to --out if given)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.yurthub_soak", description="yurthub's hostile soak alone")
+    defaults = Plan()
+    parser.add_argument("--requests", type=int, default=defaults.requests, help="hostile requests per soak phase")
+    parser.add_argument("--reps", type=int, default=defaults.reps, help="soak phases (quiet ones between)")
+    parser.add_argument("--quiet-s", type=float, default=defaults.quiet_s, help="seconds of each quiet phase")
+    parser.add_argument("--phase-cap-s", type=float, default=defaults.phase_cap_s, help="cap on one soak phase")
+    parser.add_argument("--out", type=Path, help="also write the result to this JSON file")
+    args = parser.parse_args(argv)
+    if args.reps < 1 or args.requests < 4:
+        parser.error("--reps must be at least 1 and --requests at least 4")
+    plan = Plan(requests=args.requests, reps=args.reps, quiet_s=args.quiet_s, phase_cap_s=args.phase_cap_s)
+    with cluster.Cluster.start(cluster.Settings(real_node=False)) as kube, tempfile.TemporaryDirectory() as tmp:
+        result = measure(kube, Path(tmp), plan)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
