@@ -23,6 +23,8 @@ Contract, for both implementations (`SqliteStorage` on disk, `MemoryStorage` bes
 - Bounded: at most `max_views_per_scope` views per scope (least recently read or written goes first, with
   the objects only it held), at most `max_tombstones_per_scope` tombstones per (component, resource)
   (oldest first), and `drop_idle` removes whole components nobody used since a given time.
+- `forgotten()` counts the views eviction and `drop_idle` removed since start (memory, no I/O): a caller
+  that skips storing a list identical to the last one it stored must forget those digests when it changes.
 - Last use per component is kept in memory on every read and write (and `touch`, for requests that touch
   no storage) and written to disk at most once a minute per component (inside a write transaction that
   happens anyway), by `drop_idle`, and at `close`: reads never write.
@@ -151,6 +153,7 @@ class Storage(Protocol):
     def delete_object(self, component: str, gvr: str, namespace: str, name: str, rv: str = "") -> None: ...
     def is_deleted(self, component: str, gvr: str, namespace: str, name: str) -> bool: ...
     def touch(self, component: str) -> None: ...
+    def forgotten(self) -> int: ...
     def drop_idle(self, prefix: str, before: float) -> int: ...
     def counts(self) -> Counts: ...
     def usage(self) -> list[Usage]: ...
@@ -209,6 +212,7 @@ class MemoryStorage:
         self._tombstones: dict[tuple[str, str], dict[Ident, str]] = {}
         """(component, gvr) -> ident -> deletion rv, oldest first."""
         self._used: dict[str, float] = {}
+        self._forgotten = 0
         self._max_views = max_views_per_scope
         self._max_tombstones = max_tombstones_per_scope
         self._clock = clock
@@ -222,6 +226,9 @@ class MemoryStorage:
 
     def touch(self, component: str) -> None:
         self._read(component)
+
+    def forgotten(self) -> int:
+        return self._forgotten
 
     def _put(self, scope: Scope, obj: wire.Obj) -> bool:
         """Store `obj` unless it is older than what is held or than its tombstone; False when buried."""
@@ -292,6 +299,7 @@ class MemoryStorage:
             victim = min(keys, key=lambda k: self._views[k].used)
             keys.remove(victim)
             members = self._views.pop(victim).members
+            self._forgotten += 1
             for ident in sorted(members):
                 self._drop(victim.scope, ident, None)
 
@@ -362,7 +370,9 @@ class MemoryStorage:
     def drop_idle(self, prefix: str, before: float) -> int:
         idle = {c for c, used in self._used.items() if c.startswith(prefix) and used < before}
         self._objects = {s: o for s, o in self._objects.items() if s.component not in idle}
-        self._views = {k: v for k, v in self._views.items() if k.scope.component not in idle}
+        kept = {k: v for k, v in self._views.items() if k.scope.component not in idle}
+        self._forgotten += len(self._views) - len(kept)
+        self._views = kept
         self._tombstones = {cg: t for cg, t in self._tombstones.items() if cg[0] not in idle}
         for component in idle:
             del self._used[component]
@@ -483,6 +493,7 @@ class SqliteStorage:
         """Last use per component that holds anything; authoritative while running."""
         self._flushed: dict[str, float] = dict(self._used)
         """What the components table says, to write a use only when it is a minute newer."""
+        self._forgotten = 0
         self._uses = threading.Lock()
         """Guards `_used`: `touch` comes from the event loop while the writer thread reads and drops."""
         self._view_read: dict[int, float] = {}
@@ -571,6 +582,9 @@ class SqliteStorage:
         is added), so it is cheap and safe to call from the event loop while the writer thread works.
         """
         self._read(component)
+
+    def forgotten(self) -> int:
+        return self._forgotten
 
     def _flush_uses(self) -> None:
         with self._uses:
@@ -739,6 +753,7 @@ class SqliteStorage:
             db.execute("DELETE FROM members WHERE view=?", (victim,))
             db.execute("DELETE FROM views WHERE id=?", (victim,))
             self._view_read.pop(int(victim), None)
+            self._forgotten += 1
             for ns, name in members:
                 self._drop(db, s, (ns, name), None)
 
@@ -813,6 +828,7 @@ class SqliteStorage:
                         db.execute(f"DELETE FROM {table} WHERE component=?", (component,))  # noqa: S608 - fixed names
                     for v in views:
                         self._view_read.pop(v, None)
+                    self._forgotten += len(views)
         except errors.StorageError:
             with self._uses:  # still on disk: still tracked, for the next try
                 for component, used in idle.items():

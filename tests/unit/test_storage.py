@@ -285,7 +285,9 @@ def test_views_per_scope_are_capped_least_recently_used_first(make: Factory) -> 
     clock.now += 1
     assert store.read_view(first) is not None  # a read counts as use: `second` is now the oldest
     clock.now += 1
+    assert store.forgotten() == 0
     listed(store, third, "10", fx.obj(ENC, "c", "5"))
+    assert store.forgotten() == 1  # whoever skips storing a list it stored before must store `second` again
     assert store.read_view(second) is None
     assert store.get_object(SCOPE, "ns", "b") is None  # only that view held it
     assert not store.is_deleted("kubelet", SCOPE.gvr, "ns", "b")  # evicted, not deleted in the cloud
@@ -305,7 +307,9 @@ def test_idle_components_are_dropped_whole(make: Factory) -> None:
     clock.now += 3600
     assert store.get_object(busy, "ns", "a") is not None  # a read is a use
     assert store.counts() == storage.Counts(views=2, components=3, token_scopes=2, tombstones=2, objects=3)
+    assert store.forgotten() == 0
     assert store.drop_idle("token/", clock.now - 1800) == 1
+    assert store.forgotten() == 1  # the old scope's one view
     assert store.get_object(old, "ns", "a") is None
     assert store.read_view(storage.ViewKey(old, "ns")) is None
     assert not store.is_deleted("token/old", SCOPE.gvr, "ns", "b")
