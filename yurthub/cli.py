@@ -394,6 +394,13 @@ def status_main(argv: list[str]) -> int:
             print(f"  last problem: {cert['problem']}")
     cache = report["cache"]
     print(f"cache {cache['path']} ({'writable' if cache['writable'] else 'NOT WRITABLE'}):")
+    counts = cache.get("counts")
+    if counts:
+        print(
+            f"  {counts['objects']} objects, {counts['views']} list views (at most {cache['maxViewsPerScope']} "
+            f"per scope), {counts['components']} components of which {counts['token_scopes']} token scopes "
+            f"(removed after {cache['tokenScopeIdleSeconds']:g}s unused), {counts['tombstones']} tombstones"
+        )
     for e in cache["entries"]:
         print(
             f"  {e['component']:<20} {e['gvr']:<45} {e['encoding']:<9} {e['objects']:>6} objects {e['bytes']:>10} bytes"

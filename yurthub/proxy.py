@@ -45,6 +45,8 @@ async def handle(hub: Hub, request: web.Request, *, door: bool = False) -> web.S
     if isinstance(admitted, web.StreamResponse):
         return admitted
     info = admitted.info
+    if cache.is_token_scope(info.component):
+        cache.note_use(hub.store, info)  # a pod holding a quiet watch still uses its scope (memory only)
     try:
         server = hub.servers.pick()
         if server is not None:

@@ -186,6 +186,8 @@ async def _relay(
                 token=token,
                 gunzipped=gunzip is not None,
             )
+        elif upstream.status == 404 and info.verb == "get" and cache.cacheable(info, hub.agents):
+            await hub.record(info.path, cache.record_absent, hub.store, info)  # offline, the cloud's 404 too
     except (TimeoutError, aiohttp.ClientError) as exc:
         if not complete:
             log.info("upstream stream ended early path=%s error=%s", info.path, type(exc).__name__)

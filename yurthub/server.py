@@ -1,14 +1,15 @@
 """Wiring: build the hub from settings, serve the proxy and the serve port, run the background loops.
 
-Background work lives in one TaskGroup with named tasks: the health prober, the outbox courier and the
-identity keeper. Each loop is a thin wrapper around one step (`probe_once`, `deliver_once`,
-`Identity.step`) that tests can drive directly. In CSR mode with no certificate on disk yet, `serve` first
-obtains one (a node joining), then listens.
+Background work lives in one TaskGroup with named tasks: the health prober, the outbox courier, the
+identity keeper and the token-scope sweeper. Each loop is a thin wrapper around one step (`probe_once`,
+`deliver_once`, `Identity.step`, `sweep_once`) that tests can drive directly. In CSR mode with no
+certificate on disk yet, `serve` first obtains one (a node joining), then listens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from yurthub import config, door, health, identity, metrics, outbox, proxy, storage
+from yurthub import cache, config, door, errors, health, identity, metrics, outbox, proxy, storage
 
 log = logging.getLogger(__name__)
 HUB = web.AppKey("hub", proxy.Hub)
@@ -90,6 +91,25 @@ def _pop(hub: proxy.Hub) -> None:
     hub.outbox_depth = len(hub.outbox)
 
 
+async def sweep_once(hub: proxy.Hub, now: float | None = None) -> int:
+    """Remove the cache scopes of tokens unused for `token_scope_idle_s` (on the writer thread); how many."""
+    idle_s = hub.settings.limits.token_scope_idle_s
+    try:
+        removed: int = await hub.in_writer(cache.expire_idle_scopes, hub.store, now or time.time(), idle_s)
+    except errors.StorageError as exc:
+        log.warning("cannot remove idle token scopes error=%s", exc)
+        return 0
+    if removed:
+        log.info("removed idle token scopes count=%d idle_s=%g", removed, idle_s)
+    return removed
+
+
+async def _sweeper(hub: proxy.Hub) -> None:
+    while True:
+        await asyncio.sleep(hub.settings.limits.sweep_interval_s)
+        await sweep_once(hub)
+
+
 async def _prober(hub: proxy.Hub) -> None:
     while True:
         await probe_once(hub)
@@ -133,6 +153,9 @@ def status_report(hub: proxy.Hub, usage: list[storage.Usage], ids: identity.Iden
         "cache": {
             "path": hub.settings.cache.disk_cache_path,
             "writable": hub.cache_writable,
+            "counts": dataclasses.asdict(hub.store.counts()),
+            "maxViewsPerScope": hub.settings.limits.max_views_per_scope,
+            "tokenScopeIdleSeconds": hub.settings.limits.token_scope_idle_s,
             "entries": [u.__dict__ for u in usage],
         },
         "limits": {
@@ -183,6 +206,9 @@ def _serve_app(hub: proxy.Hub, usage_cache: list[list[storage.Usage]], ids: iden
         for name, held in memory_held(hub).items():
             hub.metrics.memory_held.labels(name).set(held)
         hub.metrics.bounded.labels("list_digests").set(len(hub.last_lists))
+        counts: storage.Counts = await hub.in_writer(hub.store.counts)
+        for table, n in dataclasses.asdict(counts).items():
+            hub.metrics.bounded.labels(table).set(n)
         ids.publish()
         return web.Response(body=generate_latest(hub.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -263,7 +289,9 @@ async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None)
             return
     node_tls = ids.node_tls()
     token_tls = ssl.create_default_context(cafile=settings.identity.ca_file)
-    store = storage.SqliteStorage(Path(settings.cache.disk_cache_path))
+    store = storage.SqliteStorage(
+        Path(settings.cache.disk_cache_path), max_views_per_scope=settings.limits.max_views_per_scope
+    )
     box = outbox.Outbox(Path(settings.outbox.path), settings.outbox.capacity)
     usage_cache: list[list[storage.Usage]] = [[]]
     stats.watch_cache(lambda: usage_cache[0])
@@ -295,6 +323,7 @@ async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None)
                     tasks.create_task(_prober(hub), name="health-prober"),
                     tasks.create_task(_courier(hub), name="outbox-courier"),
                     tasks.create_task(identity.run(hub, ids), name="identity"),
+                    tasks.create_task(_sweeper(hub), name="token-scope-sweeper"),
                 ]
                 if door_cert is not None:
                     keeper = _door_keeper(settings.door, door_cert, runners[2])

@@ -1,0 +1,50 @@
+"""The request path's use of the cache's bounds: idle token scopes are swept, a GET the cloud answers 404 is
+remembered as deleted. Same harness as `test_yurthub_bounds` (real HTTP on loopback, a small aiohttp cloud)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.unit.test_yurthub_bounds import CONFIGMAPS, Node, _configmap_list, answers, limits, node, settings
+from yurthub import cache, config, health, metrics, outbox, proxy, server, storage, wire
+
+__all__ = ["answers", "limits", "node"]  # fixtures used here
+
+
+async def test_token_scopes_unused_for_a_tokens_lifetime_are_swept(tmp_path: Path) -> None:
+    now = [1000.0]
+    store = storage.MemoryStorage(clock=lambda: now[0])
+    s = settings("http://127.0.0.1:1", tmp_path, config.LimitSettings(token_scope_idle_s=3600))
+    box = outbox.Outbox(tmp_path / "outbox", 10)
+    async with aiohttp.ClientSession() as session:
+        hub = proxy.Hub(s, health.Servers(s.cloud), store, box, metrics.Metrics(), session, session)
+        for token in ("old", "fresh"):
+            scope = storage.Scope(cache.token_scope(token), wire.Encoding.JSON, "configmaps.v1.core")
+            store.put_object(scope, wire.parse_object(wire.Encoding.JSON, _one()))
+            now[0] += 3000
+        assert store.counts().token_scopes == 2
+        assert await server.sweep_once(hub, now=now[0]) == 1  # "old" was last used 6000 s ago, "fresh" 3000
+        assert store.counts().token_scopes == 1
+        hub.writer.shutdown(wait=True)
+    box.close()
+
+
+def _one() -> bytes:
+    return b'{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"c","namespace":"default","resourceVersion":"3"}}'
+
+
+@pytest.mark.parametrize("answers", [{CONFIGMAPS: (_configmap_list(2), "application/json")}])
+async def test_a_get_the_cloud_answers_404_is_remembered_as_deleted(node: Node) -> None:
+    headers = {"User-Agent": "kubelet/v1.34", "Accept": "application/json"}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(node.url + CONFIGMAPS, headers=headers) as resp:
+            assert resp.status == 200
+        async with session.get(node.url + CONFIGMAPS + "/c1", headers=headers) as resp:
+            assert resp.status == 404
+    if node.hub.pending:
+        await asyncio.wait(set(node.hub.pending))
+    assert node.hub.store.is_deleted("kubelet", "configmaps.v1.core", "default", "c1")
