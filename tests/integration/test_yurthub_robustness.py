@@ -1,5 +1,6 @@
 """yurthub under failures and bad input: failover, custom resources, garbage from upstream, a client hanging
-up mid-list, huge headers, a full disk, kill -9 in the middle of writes, and secrets kept out of its log."""
+up mid-list, huge headers, a full disk, kill -9 in the middle of writes (repeatedly), secrets kept out of its
+log, and the join token kept off the process list."""
 
 from __future__ import annotations
 
