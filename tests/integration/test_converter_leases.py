@@ -83,8 +83,8 @@ def test_a_convert_whose_lock_another_run_takes_stops_at_once_and_keeps_its_reco
     run = subprocess.Popen(
         [
             yurtctl,
-            "convert",
             f"--kubeconfig={cloud.plane.admin_kubeconfig}",
+            "convert",
             "--cloud-nodes=cloud-1",
             "--edge-nodes=edge-a,edge-b",
             "--parallel=1",  # edge-b's Job comes only after edge-a's ends: it must never come
@@ -95,7 +95,12 @@ def test_a_convert_whose_lock_another_run_takes_stops_at_once_and_keeps_its_reco
         stderr=err.open("wb"),
     )
     try:
-        wait_for("the run to hold the lock and start edge-a's Job", lambda: bool(jobs_for(cloud, "edge-a")), timeout=60)
+
+        def started() -> bool:
+            assert run.poll() is None, (out.read_text(), err.read_text())
+            return bool(jobs_for(cloud, "edge-a"))
+
+        wait_for("the run to hold the lock and start edge-a's Job", started, timeout=60)
         assert lease_spec(cloud, runner.LOCK)["holderIdentity"] != "rival-run"
         take_over(cloud, runner.LOCK, "rival-run", 600)
         code = run.wait(60)
@@ -174,7 +179,7 @@ def test_yurt_manager_renews_on_the_leases_clock_and_stops_acting_while_another_
         wait_for("the pod to tolerate forever", lambda: tolerations(cloud, "clock") == FOREVER, timeout=40)
         spec = lease_spec(cloud, name)
         assert spec["holderIdentity"] == "clocked"
-        fields = cloud.kubectl.get("pod", "clock")["metadata"]["managedFields"]
+        fields = cloud.kubectl.get("pod", "clock", "--show-managed-fields")["metadata"]["managedFields"]
         by_manager = [f["time"] for f in fields if f.get("manager", "").startswith("yurt-manager")]
         assert by_manager and min(seconds_of(t) for t in by_manager) >= seconds_of(spec["acquireTime"])
         assert "leadership lost identity=clocked" in m.log.read_text()
