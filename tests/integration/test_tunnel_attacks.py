@@ -446,7 +446,9 @@ def test_an_edge_node_listing_other_nodes_addresses_captures_none_of_their_traff
         for cloud_address in ("10.255.0.1", "10.250.0.5"):
             head = _answer(s, f"{cloud_address}:{port}")
             assert head.startswith("HTTP/1.1 502") and "is not an edge node with a tunnel agent" in head, head
-        assert "not an address of node edge-y" in _answer(s, f"edge-y:{port}")  # a node name is the node's
+        assert _answer(s, f"edge-y:{port}").startswith("HTTP/1.1 200")  # a node name is the node's: Y dialled
+        connected = 'yurt_tunnel_agent_dials_total{outcome="connected"}'
+        assert [_metric(a.metrics(), connected) for a in agents] == [0, 1]
         assert _metric(s.metrics(), 'yurt_tunnel_dial_failures_total{reason="ambiguous"}') >= 1
         assert "listed by more than one node" in s.log_text()
 

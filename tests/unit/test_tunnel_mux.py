@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunnel import errors, frames, mux
+from tunnel import errors, frames, mux, session
 
 
 def pump(a: mux.Mux, b: mux.Mux) -> tuple[list[mux.Event], list[mux.Event]]:
@@ -173,3 +173,10 @@ def test_every_byte_arrives_in_order_on_its_own_stream(chunks: list[tuple[int, b
         read_all()
         deliver(pump(server, agent)[1])
     assert got == sent
+
+
+def test_the_ping_budget_allows_its_rate_and_burst_and_no_more() -> None:
+    budget = session.Budget(rate=10, burst=10, now=0.0)
+    assert [budget.take(0.0) for _ in range(11)] == [True] * 10 + [False]
+    assert budget.take(0.1) and not budget.take(0.1)  # a tenth of a second refills one
+    assert [budget.take(100.0) for _ in range(11)].count(True) == 10  # never more than the burst in hand
