@@ -573,6 +573,12 @@ class Soak:
             "metric_series_before_hostile_soak": self.series[0],
             "metric_series_after_hostile_soak": self.series[-1],
             "hostile_soak_requests": self.sent,
+            # refusals a bounded hub gives (past a body limit, past a cap on memory), and failed connections
+            "hostile_soak_answers_413": sum(c["413"] for c in self.answers.values()),
+            "hostile_soak_answers_429": sum(c["429"] for c in self.answers.values()),
+            "hostile_soak_connection_errors": sum(
+                n for c in self.answers.values() for k, n in c.items() if k.startswith("error:")
+            ),
             "kubelet_get_p50_ms_quiet": _summary(quiet_p50)["median"],
             "kubelet_get_p99_ms_quiet": _summary(quiet_p99)["median"],
             "kubelet_get_p50_ms_during_soak": _summary(soak_p50)["median"],
