@@ -106,13 +106,15 @@ def measure_requests(kube: cluster.Cluster, directory: Path) -> dict[str, float]
     kube.kubectl.run("create", "namespace", "bench")
     kube.kubectl.apply(
         [
+            # the pods' account, made here: the controller-manager makes it too, but maybe after the pods come
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": "bench"}},
             {
                 "apiVersion": "rbac.authorization.k8s.io/v1",
                 "kind": "ClusterRoleBinding",
                 "metadata": {"name": "bench-view"},
                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
                 "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": f"system:node:{NODE}"}],
-            }
+            },
         ]
     )
     apply_in_chunks(kube, pods(PODS))
