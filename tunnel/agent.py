@@ -191,7 +191,9 @@ class Agent:
             body = response.body.decode(errors="replace").strip() if response.body else ""
             self.metrics.connects.labels(f"http-{response.status_code}").inc()
             self._note(
-                endpoint, f"server answered {response.status_code}: {body}", error=response.status_code in (401, 403)
+                endpoint,
+                f"server answered {response.status_code}: {body}",
+                error=response.status_code in (401, 403, 409),  # 409: another agent holds this node's connection
             )
         except (OSError, TimeoutError, InvalidHandshake, ssl.SSLError) as exc:
             self.metrics.connects.labels("failed").inc()

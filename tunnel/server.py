@@ -194,7 +194,8 @@ class Server:
             )
         else:
             log.debug("agent refused again: a second connection for the node node=%s remote=%s", node, remote)
-        return connection.respond(409, f"node {node} already has a tunnel agent connected here: {why}\n")
+        # the newcomer is not told where the live connection comes from; the log says it
+        return connection.respond(409, f"node {node} already has a live tunnel agent connection on this replica\n")
 
     def _stamp(self, _connection: ServerConnection, _request: Request, response: Response) -> Response:
         response.headers[config.SERVER_HEADER] = self.settings.server_id

@@ -301,6 +301,45 @@ def test_direct_dials_never_reach_loopback_or_metadata(
     assert why in head and "never dialled" in head, head
 
 
+def test_direct_dials_count_against_max_pending_dials(certs: tunnelhost.Certs, tmp_path: Path) -> None:
+    """A direct dial that hangs holds its place in `--max-pending-dials` like a dial through an agent: with
+    one allowed, a second CONNECT meanwhile is answered 503 at once. The hanging target is a listener on this
+    host's own address whose accept queue is full (SYNs to it go unanswered; nothing leaves the host)."""
+    address = _own_address()
+    with socket.socket() as full:
+        full.bind((address, 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        fillers: list[socket.socket] = []
+        try:
+            for _ in range(8):  # bounded: fill the accept queue until a connection no longer completes
+                filler = socket.socket()
+                filler.settimeout(1)
+                fillers.append(filler)
+                try:
+                    filler.connect((address, port))
+                except TimeoutError:
+                    break
+            else:
+                pytest.fail("the listener's accept queue never filled")
+            s = tunnelhost.server(certs, tmp_path, "pending", extra=("--max-pending-dials=1", "--dial-timeout=30"))
+            try:
+                hanging = socket.socket(socket.AF_UNIX)
+                assert s.uds is not None
+                hanging.connect(str(s.uds))
+                hanging.sendall(f"CONNECT {address}:{port} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+                wait_for("the direct dial to be pending", lambda: s.status()["pendingDials"] == 1, timeout=10)
+                second, head = _connect(s, f"{address}:{port}")
+                second.close()
+                assert head.startswith("HTTP/1.1 503") and "too many dials pending" in head, head
+                hanging.close()
+            finally:
+                s.stop()
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
 def test_the_front_end_does_not_start_open_to_any_certificate(certs: tunnelhost.Certs, tmp_path: Path) -> None:
     argv = [
         tunnelhost.script("yurt-tunnel-server"),
