@@ -117,6 +117,8 @@ def measure_requests(kube: cluster.Cluster, directory: Path) -> dict[str, float]
             },
         ]
     )
+    # `view` is an aggregated role: its rules appear once the controller-manager's aggregation ran
+    wait_for("the view role's rules", lambda: bool(kube.kubectl.get("clusterrole", "view").get("rules")), timeout=60)
     apply_in_chunks(kube, pods(PODS))
     hub_proc, proxy_port, serve_port, context = start_yurthub(kube, directory)
     api_port = int(plane.server.rsplit(":", 1)[1])
