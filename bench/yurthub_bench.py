@@ -128,8 +128,9 @@ def measure_requests(kube: cluster.Cluster, directory: Path) -> dict[str, float]
         list_path = "/api/v1/namespaces/bench/pods"
         get_path = "/api/v1/namespaces/bench/pods/p7"
         for client in (direct, hub):  # warm both paths and fill the cache
-            assert client.get(list_path)[0] == 200
-            assert client.get(get_path)[0] == 200
+            for path in (list_path, get_path):
+                status, body, _ = client.get(path)
+                assert status == 200, f"GET {path}: {status} {body[:300]!r}"
         d_list, h_list, get_added = [], [], []
         for _ in range(40):
             d_list.append(direct.get(list_path)[2])
