@@ -4,6 +4,9 @@ Every figure that compares is a pair taken together: direct to kube-apiserver, a
 through yurthub (online), and through yurthub with the cloud frozen (offline: the apiserver process is
 stopped with SIGSTOP, so connections hang exactly like a dead link). Clients keep their connections alive,
 as kubelet does, so TLS handshakes are not what is measured.
+
+The same cluster then runs the hostile soak (`bench.yurthub_soak`, on a hub of its own): its figures compare
+yurthub with itself, before and after, and a kubelet-shaped client quiet and during the soak.
 """
 
 from __future__ import annotations
