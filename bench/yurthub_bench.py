@@ -4,6 +4,9 @@ Every figure that compares is a pair taken together: direct to kube-apiserver, a
 through yurthub (online), and through yurthub with the cloud frozen (offline: the apiserver process is
 stopped with SIGSTOP, so connections hang exactly like a dead link). Clients keep their connections alive,
 as kubelet does, so TLS handshakes are not what is measured.
+
+The same cluster then runs the hostile soak (`bench.yurthub_soak`, on a hub of its own): its figures compare
+yurthub with itself, before and after, and a kubelet-shaped client quiet and during the soak.
 """
 
 from __future__ import annotations
@@ -117,6 +120,8 @@ def measure_requests(kube: cluster.Cluster, directory: Path) -> dict[str, float]
             },
         ]
     )
+    # `view` is an aggregated role: its rules appear once the controller-manager's aggregation ran
+    wait_for("the view role's rules", lambda: bool(kube.kubectl.get("clusterrole", "view").get("rules")), timeout=60)
     apply_in_chunks(kube, pods(PODS))
     hub_proc, proxy_port, serve_port, context = start_yurthub(kube, directory)
     api_port = int(plane.server.rsplit(":", 1)[1])
@@ -126,8 +131,9 @@ def measure_requests(kube: cluster.Cluster, directory: Path) -> dict[str, float]
         list_path = "/api/v1/namespaces/bench/pods"
         get_path = "/api/v1/namespaces/bench/pods/p7"
         for client in (direct, hub):  # warm both paths and fill the cache
-            assert client.get(list_path)[0] == 200
-            assert client.get(get_path)[0] == 200
+            for path in (list_path, get_path):
+                status, body, _ = client.get(path)
+                assert status == 200, f"GET {path}: {status} {body[:300]!r}"
         d_list, h_list, get_added = [], [], []
         for _ in range(40):
             d_list.append(direct.get(list_path)[2])

@@ -212,13 +212,23 @@ def plan_request(rng: random.Random, index: int, count: int, largest: int) -> Re
 # --- the hostile process ----------------------------------------------------------------------------------
 
 
-def drive(target: Target, count: int, cap_s: float, seed: int) -> dict[str, dict[str, int]]:
-    """Send `count` hostile requests (or as many as `cap_s` seconds allow) from WORKERS concurrent clients;
-    answers counted by port and status (`error:<type>` when the connection failed). Runs in its own process."""
+@dataclasses.dataclass
+class Driven:
+    """What one run of the hostile process saw."""
+
+    counts: dict[str, dict[str, int]]
+    """Answers by port (`plain`, `door`) and status (`error:<type>` when the connection failed)."""
+    server_errors: list[str]
+    """The first few 5xx answers: port, method, path, and the start of the body (never a token)."""
+
+
+def drive(target: Target, count: int, cap_s: float, seed: int) -> Driven:
+    """Send `count` hostile requests (or as many as `cap_s` seconds allow) from WORKERS concurrent clients.
+    Runs in a process of its own."""
     return asyncio.run(_drive(target, count, cap_s, seed))
 
 
-async def _drive(target: Target, count: int, cap_s: float, seed: int) -> dict[str, dict[str, int]]:
+async def _drive(target: Target, count: int, cap_s: float, seed: int) -> Driven:
     rng = random.Random(seed)  # noqa: S311 - a reproducible load, not a secret
     pool = rng.randbytes(max(target.largest + 1, MAX_RANDOM_BODY))
     requests = [plan_request(rng, i, count, target.largest) for i in range(count)]
@@ -226,6 +236,7 @@ async def _drive(target: Target, count: int, cap_s: float, seed: int) -> dict[st
     tokens = rng.sample(target.tokens, len(target.tokens))
     door_tls = ssl.create_default_context(cafile=target.ca_file)
     counts: dict[str, collections.Counter[str]] = {"plain": collections.Counter(), "door": collections.Counter()}
+    server_errors: list[str] = []
     deadline = time.monotonic() + cap_s
     pending = iter(requests)
 
@@ -245,8 +256,11 @@ async def _drive(target: Target, count: int, cap_s: float, seed: int) -> dict[st
             async with session.request(
                 req.method, url, headers=headers, data=body, ssl=door_tls if req.door else True
             ) as resp:
-                await resp.read()
+                answer = await resp.read()
                 outcome = str(resp.status)
+                if resp.status >= 500 and len(server_errors) < 3:
+                    where = "door" if req.door else "plain"
+                    server_errors.append(f"{where} {req.method} {req.path[:150]} -> {answer[:200]!r}")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             outcome = f"error:{type(exc).__name__}"
         counts["door" if req.door else "plain"][outcome] += 1
@@ -263,7 +277,7 @@ async def _drive(target: Target, count: int, cap_s: float, seed: int) -> dict[st
         timeout=timeout, connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
     ) as session:
         await asyncio.gather(*(worker(session) for _ in range(WORKERS)))
-    return {port: dict(c) for port, c in counts.items()}
+    return Driven({port: dict(c) for port, c in counts.items()}, server_errors)
 
 
 # --- the kubelet-shaped client ----------------------------------------------------------------------------
@@ -471,6 +485,7 @@ class Soak:
             "soak": collections.Counter(),
         }
         self.sent = 0
+        self.server_errors: list[str] = []
         self.series: list[int] = []
         self.started = time.monotonic()
 
@@ -493,7 +508,8 @@ class Soak:
             for quarter in range(4):
                 count, cap = self.plan.requests // 4, self.plan.phase_cap_s / 4
                 done = driver.submit(drive, self.target, count, cap, rep * 4 + quarter).result()
-                for where, counts in done.items():
+                self.server_errors += done.server_errors[: max(0, 10 - len(self.server_errors))]
+                for where, counts in done.counts.items():
                     self.answers[where].update(counts)
                     self.sent += sum(counts.values())
                 self.sample(f"soak {rep + 1} quarter {quarter + 1}")
@@ -609,6 +625,7 @@ class Soak:
             "samples": samples,
             "answers": {where: dict(sorted(c.items())) for where, c in self.answers.items()},
             "kubelet_answers": {kind: dict(sorted(c.items())) for kind, c in self.kubelet.items()},
+            "hostile_5xx_examples": self.server_errors,
         }
         return {"figures": figures, "detail": detail}
 
