@@ -54,7 +54,7 @@ import yarl
 
 from testenv import cluster, controlplane, hosthub
 from testenv.kubectl import wait_for
-from yurthub import proxy
+from yurthub import config
 
 NODE = "soak-node"
 NAMESPACE = "soak"
@@ -72,7 +72,6 @@ FULL_BODIES = 1
 """Requests per quarter with a body of exactly the largest size yurthub accepts (and as many one byte past)."""
 MAX_RANDOM_BODY = 3 * 1024 * 1024
 """Largest of the other random bodies (one in ten is between 64 KiB and this)."""
-DEFAULT_LARGEST = 4 * 1024 * 1024
 """Stands in for the accepted body size when yurthub does not export one."""
 RESOURCES = ("pods", "configmaps", "services", "secrets", "endpoints", "events", "serviceaccounts")
 WRITE_TYPES = (
@@ -382,9 +381,8 @@ def log_errors(log: Path) -> dict[str, Any]:
 
 
 def largest_body() -> int:
-    """The largest request body yurthub accepts, as its proxy module says (a stand-in if it does not say)."""
-    value = getattr(proxy, "MAX_REQUEST_BODY", None)
-    return value if isinstance(value, int) and value > 0 else DEFAULT_LARGEST
+    """The largest request body yurthub accepts on its plain port by default (`config.LimitSettings`)."""
+    return config.LimitSettings().max_request_body
 
 
 # --- the cluster side -------------------------------------------------------------------------------------
