@@ -72,7 +72,6 @@ FULL_BODIES = 1
 """Requests per quarter with a body of exactly the largest size yurthub accepts (and as many one byte past)."""
 MAX_RANDOM_BODY = 3 * 1024 * 1024
 """Largest of the other random bodies (one in ten is between 64 KiB and this)."""
-"""Stands in for the accepted body size when yurthub does not export one."""
 RESOURCES = ("pods", "configmaps", "services", "secrets", "endpoints", "events", "serviceaccounts")
 WRITE_TYPES = (
     "application/json",
