@@ -8,6 +8,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client import generate_latest
 
 from tests.unit.test_yurthub_bounds import CONFIGMAPS, Node, _configmap_list, answers, limits, node, settings
 from yurthub import cache, config, health, metrics, outbox, proxy, server, storage, wire
@@ -48,3 +49,71 @@ async def test_a_get_the_cloud_answers_404_is_remembered_as_deleted(node: Node) 
     if node.hub.pending:
         await asyncio.wait(set(node.hub.pending))
     assert node.hub.store.is_deleted("kubelet", "configmaps.v1.core", "default", "c1")
+
+
+EVENTS = "/api/v1/namespaces/default/events"
+NODES = "/api/v1/nodes"
+KUBELET = {"User-Agent": "kubelet/v1.34", "Accept": "application/json"}
+
+
+def _event_list() -> bytes:
+    return b'{"kind":"EventList","apiVersion":"v1","metadata":{"resourceVersion":"5"},"items":[]}'
+
+
+def _node_list() -> bytes:
+    return b'{"kind":"NodeList","apiVersion":"v1","metadata":{"resourceVersion":"5"},"items":[]}'
+
+
+async def _deleted_online_then_offline(node: Node, listing: str, gone: str) -> aiohttp.ClientSession:
+    """List `listing` and GET `gone` (the cloud answers 404) as kubelet, then lose the cloud."""
+    session = aiohttp.ClientSession()
+    async with session.get(node.url + listing, headers=KUBELET) as resp:
+        assert resp.status == 200
+    async with session.get(node.url + gone, headers=KUBELET) as resp:
+        assert resp.status == 404
+    if node.hub.pending:
+        await asyncio.wait(set(node.hub.pending))
+    node.hub.server_failed(node.hub.servers.states[0].server, "cut by the test")
+    assert not node.hub.servers.is_healthy
+    return session
+
+
+def _not_found(resource: str, name: str) -> dict[str, object]:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": f'{resource} "{name}" not found',
+        "reason": "NotFound",
+        "details": {"name": name, "kind": resource},
+        "code": 404,
+    }
+
+
+@pytest.mark.parametrize("answers", [{EVENTS: (_event_list(), "application/json")}])
+async def test_offline_an_event_patch_of_a_deleted_event_is_the_clouds_404(node: Node) -> None:
+    session = await _deleted_online_then_offline(node, EVENTS, EVENTS + "/e1")
+    async with session:
+        headers = {**KUBELET, "Content-Type": "application/strategic-merge-patch+json"}
+        async with session.patch(node.url + EVENTS + "/e1", data=b'{"count":2}', headers=headers) as resp:
+            assert (resp.status, await resp.json()) == (404, _not_found("events", "e1"))
+
+
+@pytest.mark.parametrize("answers", [{NODES: (_node_list(), "application/json")}])
+async def test_offline_a_node_status_update_for_a_deleted_node_is_the_clouds_404(node: Node) -> None:
+    session = await _deleted_online_then_offline(node, NODES, NODES + "/edge-1")
+    async with session:
+        headers = {**KUBELET, "Content-Type": "application/strategic-merge-patch+json"}
+        async with session.patch(node.url + NODES + "/edge-1/status", data=b"{}", headers=headers) as resp:
+            assert (resp.status, await resp.json()) == (404, _not_found("nodes", "edge-1"))
+
+
+@pytest.mark.parametrize("answers", [{CONFIGMAPS: (_configmap_list(2), "application/json")}])
+async def test_offline_a_get_of_a_deleted_object_is_a_404_counted_as_a_cache_hit(node: Node) -> None:
+    session = await _deleted_online_then_offline(node, CONFIGMAPS, CONFIGMAPS + "/gone")
+    async with session, session.get(node.url + CONFIGMAPS + "/gone", headers=KUBELET) as resp:
+        assert (resp.status, await resp.json()) == (404, _not_found("configmaps", "gone"))
+    reads = generate_latest(node.hub.metrics.registry).decode()
+    assert 'yurthub_cache_reads_total{component="kubelet",result="hit"} 1.0' in reads
+    assert 'result="miss"' not in reads
