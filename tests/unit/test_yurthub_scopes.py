@@ -17,12 +17,13 @@ __all__ = ["answers", "limits", "node"]  # fixtures used here
 
 
 async def test_token_scopes_unused_for_a_tokens_lifetime_are_swept(tmp_path: Path) -> None:
-    now = [1000.0]
+    now = [0.0]
     store = storage.MemoryStorage(clock=lambda: now[0])
     s = settings("http://127.0.0.1:1", tmp_path, config.LimitSettings(token_scope_idle_s=3600))
     box = outbox.Outbox(tmp_path / "outbox", 10)
     async with aiohttp.ClientSession() as session:
         hub = proxy.Hub(s, health.Servers(s.cloud), store, box, metrics.Metrics(), session, session)
+        now[0] = hub.servers.cloud_since  # the cloud reachable from here on
         for token in ("old", "fresh"):
             scope = storage.Scope(cache.token_scope(token), wire.Encoding.JSON, "configmaps.v1.core")
             store.put_object(scope, wire.parse_object(wire.Encoding.JSON, _one()))
@@ -30,6 +31,33 @@ async def test_token_scopes_unused_for_a_tokens_lifetime_are_swept(tmp_path: Pat
         assert store.counts().token_scopes == 2
         assert await server.sweep_once(hub, now=now[0]) == 1  # "old" was last used 6000 s ago, "fresh" 3000
         assert store.counts().token_scopes == 1
+        hub.writer.shutdown(wait=True)
+    box.close()
+
+
+async def test_no_token_scope_is_swept_offline_nor_before_the_cloud_was_back_for_a_tokens_lifetime(
+    tmp_path: Path,
+) -> None:
+    now = [0.0]
+    store = storage.MemoryStorage(clock=lambda: now[0])
+    s = settings("http://127.0.0.1:1", tmp_path, config.LimitSettings(token_scope_idle_s=3600))
+    box = outbox.Outbox(tmp_path / "outbox", 10)
+    async with aiohttp.ClientSession() as session:
+        hub = proxy.Hub(s, health.Servers(s.cloud), store, box, metrics.Metrics(), session, session)
+        server_url = hub.servers.states[0].server
+        now[0] = hub.servers.cloud_since
+        scope = storage.Scope(cache.token_scope("held"), wire.Encoding.JSON, "configmaps.v1.core")
+        store.put_object(scope, wire.parse_object(wire.Encoding.JSON, _one()))  # then a quiet watch, held
+        hub.server_failed(server_url, "link cut")
+        # a day offline: kubelet hands the pod the same token, its held watch makes no request
+        assert await server.sweep_once(hub, now=now[0] + 86_400) == 0
+        for _ in range(s.cloud.heartbeat_healthy_threshold):
+            hub.servers.record(server_url, True)
+        assert hub.servers.is_healthy
+        back = hub.servers.cloud_since
+        assert await server.sweep_once(hub, now=back + 60) == 0  # its pod has not called again yet
+        assert store.counts().token_scopes == 1
+        assert await server.sweep_once(hub, now=back + 3600) == 1  # unused for a lifetime of a reachable cloud
         hub.writer.shutdown(wait=True)
     box.close()
 
