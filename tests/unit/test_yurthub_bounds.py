@@ -165,6 +165,26 @@ async def test_last_lists_keeps_the_most_recently_used_digests_up_to_its_cap(tmp
     box.close()
 
 
+async def test_a_list_of_a_view_the_storage_removed_is_stored_again_though_unchanged(tmp_path: Path) -> None:
+    s = settings("http://127.0.0.1:1", tmp_path, config.LimitSettings())
+    box = outbox.Outbox(tmp_path / "outbox", 10)
+    store = storage.MemoryStorage(max_views_per_scope=1)
+    scope = storage.Scope("kubelet", wire.Encoding.JSON, "configmaps.v1.core")
+    first, second = storage.ViewKey(scope, "a"), storage.ViewKey(scope, "b")
+    body = _configmap_list(1)
+    async with aiohttp.ClientSession() as session:
+        hub = proxy.Hub(s, health.Servers(s.cloud), store, box, metrics.Metrics(), session, session)
+        assert hub.list_changed(first, body)
+        store.replace_list(first, wire.parse_list(wire.Encoding.JSON, body))
+        assert not hub.list_changed(first, body)  # the same bytes again: not written again
+        assert hub.list_changed(second, body)
+        store.replace_list(second, wire.parse_list(wire.Encoding.JSON, body))
+        assert store.read_view(first) is None  # evicted by the second view (one view per scope)
+        assert hub.list_changed(first, body)  # the same bytes as last time, but the view is gone: store it
+        hub.writer.shutdown(wait=True)
+    box.close()
+
+
 def test_a_budget_refuses_past_its_capacity_and_a_hold_gives_everything_back() -> None:
     b = budget.Budget(100)
     first, second = b.hold(), b.hold()
