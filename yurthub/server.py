@@ -234,6 +234,11 @@ def _serve_app(hub: proxy.Hub, usage_cache: list[list[storage.Usage]], ids: iden
     return app
 
 
+ANY_PATH = r"/{tail:[\s\S]*}"
+"""Every path, a decoded newline (`%0a`) included: aiohttp routes on the decoded path and `.` stops at a
+newline, which would leave such a request to aiohttp's plain-text 404 instead of yurthub's 400 `Status`."""
+
+
 def _proxy_runner(hub: proxy.Hub) -> web.AppRunner:
     """The plain proxy port's app: every path goes through the routing policy."""
 
@@ -242,7 +247,7 @@ def _proxy_runner(hub: proxy.Hub) -> web.AppRunner:
 
     app = web.Application(client_max_size=hub.settings.limits.max_request_body)
     app[HUB] = hub
-    app.router.add_route("*", "/{tail:.*}", handler)
+    app.router.add_route("*", ANY_PATH, handler)
     return web.AppRunner(app, access_log=None, max_line_size=PARSER_LIMIT, max_field_size=PARSER_LIMIT)
 
 
@@ -254,7 +259,7 @@ def _door_runner(hub: proxy.Hub) -> web.AppRunner:
 
     app = web.Application(client_max_size=hub.settings.limits.max_door_request_body)
     app[HUB] = hub
-    app.router.add_route("*", "/{tail:.*}", door_handler)
+    app.router.add_route("*", ANY_PATH, door_handler)
     return web.AppRunner(app, access_log=None, max_line_size=PARSER_LIMIT, max_field_size=PARSER_LIMIT)
 
 
