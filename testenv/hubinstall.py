@@ -71,19 +71,29 @@ def install_package(node: Node, wheels: Path) -> None:
 
 
 KUBELET_IDENTITY = "--client-cert=/var/lib/kubelet/pki/kubelet-client-current.pem"
+JOIN_TOKEN_FILE = "/etc/yurthub/join-token"  # noqa: S105 - a path, not a secret
+
+
+def join_token_identity(node: Node, token: str) -> str:
+    """Put a bootstrap token on `node` the way the converter does (`/etc/yurthub/join-token`, owner-only from
+    its first byte) and return the identity flag that names it, for `install(identity_args=...)`: the token is
+    never on yurthub's command line (readable by every user in /proc/<pid>/cmdline) nor in its unit's
+    environment file."""
+    write(node, JOIN_TOKEN_FILE, token + "\n", mode=0o600)
+    return f"--join-token-file={JOIN_TOKEN_FILE}"
 
 
 def install(
     node: Node, *, server: str, wheels: Path, extra_args: str = "", identity_args: str = KUBELET_IDENTITY
 ) -> None:
     """Install and start yurthub.service on `node`, talking to `server` with the identity `identity_args`
-    name (the kubelet's client cert by default; `--join-token=...` for yurthub's own by CSR)."""
+    name (the kubelet's client cert by default; `join_token_identity(...)` for yurthub's own by CSR)."""
     install_package(node, wheels)
     args = (
         f"--server-addr={server} --node-name={node.settings.name} --ca-file=/etc/kubernetes/pki/ca.crt "
         f"{identity_args} {extra_args}"
     )
-    write(node, "/etc/yurthub/yurthub.env", f'YURTHUB_ARGS="{args.strip()}"\n')
+    write(node, "/etc/yurthub/yurthub.env", f'YURTHUB_ARGS="{args.strip()}"\n', mode=0o600)
     write(node, "/etc/systemd/system/yurthub.service", UNIT.read_text())
     node.run(["systemctl", "daemon-reload"])
     node.run(["systemctl", "enable", "--now", "yurthub.service"], timeout=90)
@@ -108,8 +118,14 @@ def route_kubelet_through_yurthub(node: Node) -> None:
     node.run(["systemctl", "restart", "kubelet"])
 
 
-def write(node: Node, path: str, text: str) -> None:
-    node.run(["sh", "-c", f'mkdir -p "$(dirname "{path}")" && cat > "{path}"'], stdin=text)
+def write(node: Node, path: str, text: str, mode: int = 0o644) -> None:
+    """Write `path` inside the node with `mode`: the bytes go to a new file created under umask 077 (owner-only
+    from its first moment, whatever was there before), which takes `mode` and is then renamed over `path`."""
+    script = (
+        f'mkdir -p "$(dirname "{path}")" && umask 077 && rm -f "{path}.new" && cat > "{path}.new" '
+        f'&& chmod {mode:o} "{path}.new" && mv -f "{path}.new" "{path}"'
+    )
+    node.run(["sh", "-c", script], stdin=text)
 
 
 def yurthub_status(node: Node) -> dict[str, object]:

@@ -134,7 +134,7 @@ def _limit_flags(parser: argparse.ArgumentParser) -> None:
         "--token-scope-idle-seconds",
         type=float,
         default=d.token_scope_idle_s,
-        help="a token's cache scope unused this long is removed (a bound token's longest life)",
+        help="a token's cache scope unused this long, while the cloud is reachable, is removed",
     )
 
 

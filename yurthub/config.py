@@ -196,7 +196,7 @@ class LimitSettings:
     token_scope_idle_s: float = 24 * 3600.0
     """A pod token's cache scope unused this long is removed. Kubelet refreshes projected tokens hourly and
     Kubernetes caps a bound token's lifetime at 24 h unless an operator raised it, so a scope idle a day
-    belongs to a token that no longer works."""
+    belongs to a token that no longer works. Counted only while the cloud is reachable (`server.sweep_once`)."""
     sweep_interval_s: float = 300.0
     """How often idle token scopes are looked for."""
 

@@ -66,7 +66,10 @@ class Hub:
         self.inflight: set[Callable[[], object]] = set()
         self.pending: set[asyncio.Future[Any]] = set()
         self.last_lists: collections.OrderedDict[object, bytes] = collections.OrderedDict()
-        """Digest of the last list stored per view, least recently used first; at most `max_list_digests`."""
+        """Digest of the last list stored per view, least recently used first; at most `max_list_digests`.
+        Cleared whenever the storage removed views (eviction, idle expiry): see `list_changed`."""
+        self._forgotten = store.forgotten()
+        """`store.forgotten()` when `last_lists` was last checked against it."""
         limits = settings.limits
         self.requests_budget = budget.Budget(limits.max_bytes_in_memory)
         """Request bodies and whole answers held in memory at once; past it, 429."""
@@ -185,7 +188,13 @@ class Hub:
         """False when this exact list was the last one stored for its view: nothing to write again.
 
         At most `max_list_digests` views are remembered; the least recently listed is forgotten first (its
-        next list is simply written again)."""
+        next list is simply written again). When the storage has removed views since the last call (eviction,
+        idle token scopes), every digest is forgotten: which views went is not known here, and a removed view
+        whose list the cloud keeps sending unchanged would otherwise never be stored again."""
+        forgotten = self.store.forgotten()
+        if forgotten != self._forgotten:
+            self._forgotten = forgotten
+            self.last_lists.clear()
         digest = hashlib.blake2b(body, digest_size=16).digest()
         if self.last_lists.get(key) == digest:
             self.last_lists.move_to_end(key)

@@ -78,7 +78,7 @@ async def _read(hub: Hub, request: web.Request, admitted: Admitted, accept: str)
     answer = None
     if cache.cacheable(info, hub.agents):
         answer = await hub.in_writer(cache.answer_read, hub.store, info, accept)
-    hub.metrics.cache_read(info.component, "hit" if answer else "miss")
+    hub.metrics.cache_read(info.component, "miss" if answer is None else "hit")  # a remembered 404 is a hit
     if answer is None:
         return replies.error(
             503,
@@ -103,7 +103,7 @@ async def _queue_event(hub: Hub, request: web.Request, info: requestinfo.Request
     )
     if answer is None:
         return replies.error(503, "cloud unreachable: the event update is queued for the cloud, but no copy is cached")
-    return replies.cached(answer, 200)
+    return replies.cached(answer)  # the cached event (200), or the cloud's 404 for one it deleted
 
 
 async def _hold_watch(hub: Hub, request: web.Request, info: requestinfo.RequestInfo, accept: str) -> web.StreamResponse:
@@ -138,7 +138,7 @@ async def _cached_node(hub: Hub, request: web.Request, info: requestinfo.Request
     answer = await hub.in_writer(cache.answer_read, hub.store, plain, request.headers.get("Accept", ""))
     if answer is None:
         return replies.error(503, f"cloud unreachable and node {info.name} is not cached")
-    return replies.cached(answer, 200)
+    return replies.cached(answer)  # the cached node (200), or the cloud's 404 for one it deleted
 
 
 def _put(hub: Hub, write: outbox.Write) -> None:

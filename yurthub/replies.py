@@ -17,10 +17,11 @@ def error(code: int, message: str, reason: str | None = None, headers: Mapping[s
     )
 
 
-def cached(answer: cache.Answer, code: int | None = None) -> web.Response:
-    """A response carrying cached bytes exactly, with their own content type."""
+def cached(answer: cache.Answer) -> web.Response:
+    """A response carrying cached bytes exactly, with their own status (200, 201 for a kept token, or the
+    cloud's 404 for an object it deleted) and content type."""
     return web.Response(
-        status=code or answer.status, body=answer.body, content_type=None, headers={"Content-Type": answer.content_type}
+        status=answer.status, body=answer.body, content_type=None, headers={"Content-Type": answer.content_type}
     )
 
 

@@ -92,10 +92,19 @@ def _pop(hub: proxy.Hub) -> None:
 
 
 async def sweep_once(hub: proxy.Hub, now: float | None = None) -> int:
-    """Remove the cache scopes of tokens unused for `token_scope_idle_s` (on the writer thread); how many."""
+    """Remove the cache scopes of tokens unused for `token_scope_idle_s` (on the writer thread); how many.
+
+    Only once the cloud has been reachable for `token_scope_idle_s` without a break: offline, kubelet keeps
+    handing pods the same cached token and a held watch makes no further request, so a scope stays in use
+    past its token's lifetime without leaving a trace, and after the cloud returns its pods need a moment to
+    call again. Idle time is therefore counted only while the cloud answers (none before its last return).
+    """
     idle_s = hub.settings.limits.token_scope_idle_s
+    now = time.time() if now is None else now
+    if not hub.servers.is_healthy or now - hub.servers.cloud_since < idle_s:
+        return 0
     try:
-        removed: int = await hub.in_writer(cache.expire_idle_scopes, hub.store, now or time.time(), idle_s)
+        removed: int = await hub.in_writer(cache.expire_idle_scopes, hub.store, now, idle_s)
     except errors.StorageError as exc:
         log.warning("cannot remove idle token scopes error=%s", exc)
         return 0
@@ -225,6 +234,11 @@ def _serve_app(hub: proxy.Hub, usage_cache: list[list[storage.Usage]], ids: iden
     return app
 
 
+ANY_PATH = r"/{tail:[\s\S]*}"
+"""Every path, a decoded newline (`%0a`) included: aiohttp routes on the decoded path and `.` stops at a
+newline, which would leave such a request to aiohttp's plain-text 404 instead of yurthub's 400 `Status`."""
+
+
 def _proxy_runner(hub: proxy.Hub) -> web.AppRunner:
     """The plain proxy port's app: every path goes through the routing policy."""
 
@@ -233,7 +247,7 @@ def _proxy_runner(hub: proxy.Hub) -> web.AppRunner:
 
     app = web.Application(client_max_size=hub.settings.limits.max_request_body)
     app[HUB] = hub
-    app.router.add_route("*", "/{tail:.*}", handler)
+    app.router.add_route("*", ANY_PATH, handler)
     return web.AppRunner(app, access_log=None, max_line_size=PARSER_LIMIT, max_field_size=PARSER_LIMIT)
 
 
@@ -245,7 +259,7 @@ def _door_runner(hub: proxy.Hub) -> web.AppRunner:
 
     app = web.Application(client_max_size=hub.settings.limits.max_door_request_body)
     app[HUB] = hub
-    app.router.add_route("*", "/{tail:.*}", door_handler)
+    app.router.add_route("*", ANY_PATH, door_handler)
     return web.AppRunner(app, access_log=None, max_line_size=PARSER_LIMIT, max_field_size=PARSER_LIMIT)
 
 

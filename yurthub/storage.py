@@ -13,6 +13,12 @@ Contract, for both implementations (`SqliteStorage` on disk, `MemoryStorage` bes
   field selector) the cloud said the object is gone: it is deleted in every encoding and tombstoned. From a
   selecting view it may only have stopped matching: deleted from that scope, not tombstoned. Objects in no
   view (only ever read by GET) are untouched by relists.
+- A list *older* than its view (both resourceVersions numbers, the list's lower: its body finished arriving
+  after watch events newer than its snapshot were stored) cannot replace the view: the view keeps its
+  resourceVersion and the members newer events gave it, gains nothing the list has that it lacks (removed
+  since, or tombstoned), and updates the members both hold. It only drops members whose stored copy is no
+  newer than the list and that the list lacks (gone by the list's snapshot, a deletion the view missed).
+  resourceVersions that do not compare as numbers keep the plain replacement.
 - `apply_events` applies a batch of watch events in order, in one transaction; DELETED follows the same
   rule as a relist (tombstone when the view is exhaustive).
 - An object's resourceVersion never goes backwards: an older write is ignored, and so is a write no newer
@@ -183,6 +189,14 @@ Ident = tuple[str, str]
 """(namespace, name) of an object."""
 
 
+def older_list_stale(held: dict[Ident, str | None], list_rv: str) -> list[Ident]:
+    """Of the members an older list lacks (`held`: member -> its stored copy's resourceVersion, None when no
+    copy is held), those it shows gone: a copy no newer than the list was in the cloud's hands when the list
+    was taken, so its absence there means it was deleted (or stopped matching) by then. A copy newer than the
+    list was written by an event after the list's snapshot and stays."""
+    return sorted(m for m, rv in held.items() if rv is None or newer_or_same(list_rv, rv))
+
+
 # --- in memory -----------------------------------------------------------------------------------
 
 
@@ -273,6 +287,9 @@ class MemoryStorage:
 
     def replace_list(self, key: ViewKey, listing: wire.ListBody) -> None:
         old = self._views.get(key)
+        if old is not None and not newer_or_same(listing.resource_version, old.rv):
+            self._merge_older(key, old, listing)
+            return
         live = {(o.namespace, o.name) for o in listing.items if self._put(key.scope, o)}
         self._views[key] = _MemView(
             listing.api_version,
@@ -292,6 +309,23 @@ class MemoryStorage:
                 self._drop(key.scope, ident, listing.resource_version)
         if old is None:
             self._evict(key)
+
+    def _merge_older(self, key: ViewKey, view: _MemView, listing: wire.ListBody) -> None:
+        """A list older than the view: only what it can still tell (see `older_list_stale`)."""
+        objects = self._objects.get(key.scope, {})
+        listed = {(o.namespace, o.name) for o in listing.items}
+        for o in listing.items:
+            if (o.namespace, o.name) in view.members:
+                self._put(key.scope, o)
+        held = {m: objects[m].resource_version if m in objects else None for m in view.members - listed}
+        for ident in older_list_stale(held, listing.resource_version):
+            view.members.discard(ident)
+            if key.exhaustive:
+                self._gone(key.scope.component, key.scope.gvr, ident, listing.resource_version)
+            else:
+                self._drop(key.scope, ident, listing.resource_version)
+        view.used = self._clock()
+        self._wrote(key.scope.component)
 
     def _evict(self, fresh: ViewKey) -> None:
         keys = [k for k in self._views if k.scope == fresh.scope and k != fresh]
@@ -688,8 +722,13 @@ class SqliteStorage:
     def replace_list(self, key: ViewKey, listing: wire.ListBody) -> None:
         s = key.scope
         with self._tx() as db:
-            live = self._put_rows(db, s, listing.items)
             view = self._view_id(db, key)
+            if view is not None:
+                (view_rv,) = db.execute("SELECT rv FROM views WHERE id=?", (view,)).fetchone()
+                if not newer_or_same(listing.resource_version, view_rv):
+                    self._merge_older(db, key, view, listing)
+                    return
+            live = self._put_rows(db, s, listing.items)
             header = (
                 listing.api_version,
                 listing.kind,
@@ -736,6 +775,31 @@ class SqliteStorage:
             if dropped and key.exhaustive:
                 self._trim(db, s.component, s.gvr)
             self._wrote(db, s.component)
+
+    def _merge_older(self, db: sqlite3.Connection, key: ViewKey, view: int, listing: wire.ListBody) -> None:
+        """A list older than the view: only what it can still tell (see `older_list_stale`)."""
+        s = key.scope
+        members = {(ns, n) for ns, n in db.execute("SELECT namespace, name FROM members WHERE view=?", (view,))}
+        self._put_rows(db, s, [o for o in listing.items if (o.namespace, o.name) in members])
+        missing = members - {(o.namespace, o.name) for o in listing.items}
+        held: dict[Ident, str | None] = dict.fromkeys(missing)
+        for ident in missing:
+            row = db.execute(
+                "SELECT rv FROM objects WHERE component=? AND encoding=? AND gvr=? AND namespace=? AND name=?",
+                (s.component, s.encoding.value, s.gvr, *ident),
+            ).fetchone()
+            held[ident] = str(row[0]) if row else None
+        stale = older_list_stale(held, listing.resource_version)
+        db.executemany("DELETE FROM members WHERE view=? AND namespace=? AND name=?", [(view, *m) for m in stale])
+        for ident in stale:
+            if key.exhaustive:
+                self._gone(db, s.component, s.gvr, ident, listing.resource_version)
+            else:
+                self._drop(db, s, ident, listing.resource_version)
+        if stale and key.exhaustive:
+            self._trim(db, s.component, s.gvr)
+        db.execute("UPDATE views SET used=? WHERE id=?", (self._clock(), view))
+        self._wrote(db, s.component)
 
     def _evict(self, db: sqlite3.Connection, fresh: ViewKey, fresh_id: int) -> None:
         """Keep at most `max_views_per_scope` views in the fresh view's scope: least recently used go first."""

@@ -98,7 +98,7 @@ def edge(kube: cluster.Cluster) -> cluster.Cluster:
         server=kube.plane.cloud_server,
         wheels=hubinstall.wheelhouse(),
         extra_args=HUB_ARGS,
-        identity_args=f"--join-token={kube.plane.bootstrap_token}",
+        identity_args=hubinstall.join_token_identity(kube.node, kube.plane.bootstrap_token),
     )
     hubinstall.wait_until_serving(kube.node)
     return kube

@@ -4,6 +4,7 @@ restart on the stored certificate, an expired certificate while the cloud is awa
 from __future__ import annotations
 
 import datetime
+import os
 import stat
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,17 @@ PATH = "/api/v1/namespaces/default/services/kubernetes"
 
 
 def join(cloud: cluster.Cluster, link: relay.Relay, root: Path, *extra: str) -> Hub:
+    """Start yurthub with the bootstrap token in an owner-only file, as an operator passes it."""
     assert cloud.plane is not None
-    token = f"--join-token={cloud.plane.bootstrap_token}"
+    token_file = root / "join-token"
+    if not token_file.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(token_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            os.write(fd, cloud.plane.bootstrap_token.encode() + b"\n")
+        finally:
+            os.close(fd)
+    token = f"--join-token-file={token_file}"
     return start_hub(cloud, link, root, token, f"--root-dir={root}", "--csr-poll-seconds=0.5", *extra)
 
 

@@ -201,6 +201,7 @@ REFUSED = [
     ("/api/v1//configmaps", 403, "an empty segment shifts every segment after it: one path, two readings"),
     ("/api/v1/namespaces/default/configmaps/x%0dforged=1", 404, "a control character would forge log lines"),
     ("/api/v1/namespaces/default/configmaps/x%00", 404, "a control character would forge log lines"),
+    ("/api/v1/namespaces/default/configmaps/x%0aforged=1", 404, "a newline would forge log lines"),
     ("/api/v1/namespaces/default/configmaps/%ff", 404, "two byte strings that are not UTF-8 would meet in one key"),
     ("/api/v1/namespaces/default/configmaps/" + "a" * 254, 404, "longer than any Kubernetes name can be"),
     ("/api/v1/watch", 500, "a path verb with nothing to watch: the apiserver fails to classify it too"),

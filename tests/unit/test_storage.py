@@ -238,6 +238,57 @@ def test_a_relist_keeps_an_object_written_after_the_list_was_taken(store: storag
     assert not store.is_deleted("kubelet", SCOPE.gvr, "ns", "a")
 
 
+# --- a list older than the view (its body finished after newer watch events were stored) -----------
+
+
+def test_an_older_list_keeps_members_newer_events_added_and_the_view_never_goes_back(store: storage.Storage) -> None:
+    listed(store, ALL, "10", fx.obj(ENC, "a", "5"))
+    store.apply_events(ALL, [wire.Event("ADDED", fx.obj(ENC, "b", "12"))])
+    listed(store, ALL, "11", fx.obj(ENC, "a", "5"))  # its snapshot was taken before b was made
+    assert names(store, ALL) == ["a", "b"]
+    assert store.read_view(ALL).resource_version == "12"  # type: ignore[union-attr]
+    store.apply_events(ALL, [wire.Event("ADDED", fx.obj(ENC, "c", "13"))])
+    assert names(store, ALL) == ["a", "b", "c"]  # no gap: the set the cloud had at 13
+    assert not store.is_deleted("kubelet", SCOPE.gvr, "ns", "b")
+
+
+def test_an_older_list_does_not_bring_back_what_newer_events_deleted(store: storage.Storage) -> None:
+    listed(store, ALL, "10", fx.obj(ENC, "a", "5"), fx.obj(ENC, "b", "6"))
+    store.apply_events(ALL, [wire.Event("DELETED", fx.obj(ENC, "b", "12"))])
+    listed(store, ALL, "11", fx.obj(ENC, "a", "5"), fx.obj(ENC, "b", "6"))
+    assert names(store, ALL) == ["a"]
+    assert store.get_object(SCOPE, "ns", "b") is None
+    assert store.is_deleted("kubelet", SCOPE.gvr, "ns", "b")
+    assert store.read_view(ALL).resource_version == "12"  # type: ignore[union-attr]
+
+
+def test_an_older_list_does_not_bring_back_what_left_a_selecting_view(store: storage.Storage) -> None:
+    listed(store, SELECTED, "10", fx.obj(ENC, "a", "5"), fx.obj(ENC, "b", "6"))
+    store.apply_events(SELECTED, [wire.Event("DELETED", fx.obj(ENC, "b", "12"))])  # no longer matches app=x
+    listed(store, SELECTED, "11", fx.obj(ENC, "a", "5"), fx.obj(ENC, "b", "6"))
+    assert names(store, SELECTED) == ["a"]
+    assert store.get_object(SCOPE, "ns", "b") is None
+
+
+def test_an_older_list_updates_members_and_drops_those_gone_before_it(store: storage.Storage) -> None:
+    listed(store, ALL, "10", fx.obj(ENC, "a", "5"), fx.obj(ENC, "b", "6"))
+    store.apply_events(ALL, [wire.Event("ADDED", fx.obj(ENC, "c", "20"))])
+    # the list at 15 says b was gone by then (a deletion the view missed) and has a newer a
+    listed(store, ALL, "15", fx.obj(ENC, "a", "14", "changed"))
+    assert names(store, ALL) == ["a", "c"]
+    assert store.get_object(SCOPE, "ns", "a") == fx.obj(ENC, "a", "14", "changed").body
+    assert store.is_deleted("kubelet", SCOPE.gvr, "ns", "b")
+    assert store.read_view(ALL).resource_version == "20"  # type: ignore[union-attr]
+
+
+def test_a_list_whose_resource_versions_do_not_compare_replaces_the_view(store: storage.Storage) -> None:
+    listed(store, ALL, "10", fx.obj(ENC, "a", "5"))
+    store.apply_events(ALL, [wire.Event("ADDED", fx.obj(ENC, "b", "12"))])
+    listed(store, ALL, "opaque", fx.obj(ENC, "a", "5"))
+    assert names(store, ALL) == ["a"]
+    assert store.read_view(ALL).resource_version == "opaque"  # type: ignore[union-attr]
+
+
 def test_delete_object_is_a_404_from_the_cloud(store: storage.Storage) -> None:
     store.put_object(SCOPE, fx.obj(ENC, "a", "5"))
     store.put_object(JSON_SCOPE, fx.obj(wire.Encoding.JSON, "a", "5"))

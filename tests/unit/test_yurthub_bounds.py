@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import yarl
 from aiohttp import web
 from prometheus_client import generate_latest
 
@@ -161,6 +162,26 @@ async def test_last_lists_keeps_the_most_recently_used_digests_up_to_its_cap(tmp
         assert len(hub.last_lists) == 100
         assert not hub.list_changed("kept", b"list")
         assert hub.list_changed(("view", 0), b"list")  # forgotten: written again, which is safe
+        hub.writer.shutdown(wait=True)
+    box.close()
+
+
+async def test_a_list_of_a_view_the_storage_removed_is_stored_again_though_unchanged(tmp_path: Path) -> None:
+    s = settings("http://127.0.0.1:1", tmp_path, config.LimitSettings())
+    box = outbox.Outbox(tmp_path / "outbox", 10)
+    store = storage.MemoryStorage(max_views_per_scope=1)
+    scope = storage.Scope("kubelet", wire.Encoding.JSON, "configmaps.v1.core")
+    first, second = storage.ViewKey(scope, "a"), storage.ViewKey(scope, "b")
+    body = _configmap_list(1)
+    async with aiohttp.ClientSession() as session:
+        hub = proxy.Hub(s, health.Servers(s.cloud), store, box, metrics.Metrics(), session, session)
+        assert hub.list_changed(first, body)
+        store.replace_list(first, wire.parse_list(wire.Encoding.JSON, body))
+        assert not hub.list_changed(first, body)  # the same bytes again: not written again
+        assert hub.list_changed(second, body)
+        store.replace_list(second, wire.parse_list(wire.Encoding.JSON, body))
+        assert store.read_view(first) is None  # evicted by the second view (one view per scope)
+        assert hub.list_changed(first, body)  # the same bytes as last time, but the view is gone: store it
         hub.writer.shutdown(wait=True)
     box.close()
 
@@ -357,3 +378,27 @@ async def test_a_list_past_the_node_wide_buffer_budget_is_relayed_whole_but_not_
     assert _view(node) is None
     assert node.hub.lists_budget.held == 0
     assert 'yurthub_overload_total{budget="lists"} 1.0' in generate_latest(node.hub.metrics.registry).decode()
+
+
+@pytest.mark.parametrize("app", ["plain", "door"])
+async def test_an_encoded_newline_in_the_path_is_yurthubs_400_status(node: Node, app: str) -> None:
+    # aiohttp decodes `%0a` before routing; a route that does not match a newline leaves aiohttp's own
+    # plain-text 404, which no Kubernetes client can parse, and yurthub never sees the request
+    runner = server._proxy_runner(node.hub) if app == "plain" else server._door_runner(node.hub)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)  # the door's routing without its TLS
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    headers = {"User-Agent": "kubelet/v1.34", "Authorization": "Bearer pod-token"}
+    path = "/api/v1/namespaces/default/configmaps/x%0aforged=1"
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(yarl.URL(f"http://127.0.0.1:{port}{path}", encoded=True), headers=headers) as resp,
+        ):
+            assert resp.status == 400
+            doc = json.loads(await resp.read())
+    finally:
+        await runner.cleanup()
+    assert (doc["kind"], doc["code"], doc["reason"]) == ("Status", 400, "BadRequest")
+    assert node.seen == []  # nothing reached the cloud
