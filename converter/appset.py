@@ -9,8 +9,10 @@ and a controller ownerReference to the YurtAppSet.
 
 Tweaks apply in list order: replicas, then container images (containers and initContainers), then all
 matching JSON patches as one RFC 6902 patch over the whole Deployment, `{{nodepool-name}}` in a value replaced
-by the pool's name. The patch applier is ours (`json_patch`, add/remove/replace only, which is all OpenYurt's
-schema allows): a dozen lines do not justify a new dependency.
+by the pool's name. Unlike OpenYurt, a patch may not change the Deployment's namespace, owner, name or the
+labels yurt-manager finds it by (`PatchError`, reported in the conditions): a YurtAppSet only ever yields
+Deployments in its own namespace, owned by it. The patch applier is ours (`json_patch`, add/remove/replace
+only, which is all OpenYurt's schema allows): a dozen lines do not justify a new dependency.
 
 Revisions differ from OpenYurt on purpose. OpenYurt stamps every workload with one hash of `spec.workload`,
 so any tweak rolls every pool. Here each pool's revision (`pool_revision`) is a hash of that pool's rendered
@@ -249,8 +251,36 @@ def render(yas: Obj, pool: Obj) -> Obj:
                     container["image"] = images[container["name"]]
     patches = [{**p, "value": _substitute(p.get("value"), pool_name)} for t in tweaks for p in t.get("patches") or []]
     if patches:
+        fixed = _fixed(deployment)
         deployment = json_patch(deployment, patches)
+        if _fixed(deployment) != fixed:
+            raise PatchError(
+                "a patch may not change the workload's kind, namespace, ownerReferences, or its "
+                f"{POOL_NAME_LABEL} / {REF_LABEL} labels and selector"
+            )
     return deployment
+
+
+def _fixed(deployment: Any) -> Any:
+    """What a tweak's patch must leave alone: where the Deployment lives, who owns it and how yurt-manager
+    finds it again (a patch that dropped the ownerReference would have a new Deployment made every pass)."""
+    if not isinstance(deployment, dict):
+        return None
+    meta = deployment.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    spec = deployment.get("spec") or {}
+    selector = (spec.get("selector") or {}).get("matchLabels") or {}
+    return (
+        deployment.get("apiVersion"),
+        deployment.get("kind"),
+        meta.get("namespace"),
+        meta.get("name"),
+        meta.get("generateName"),
+        meta.get("ownerReferences"),
+        labels.get(POOL_NAME_LABEL),
+        labels.get(REF_LABEL),
+        selector.get(POOL_NAME_LABEL),
+    )
 
 
 def pool_revision(rendered: Obj) -> str:

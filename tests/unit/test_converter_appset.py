@@ -323,3 +323,22 @@ def test_the_crd_is_shipped_and_yurt_manager_may_only_do_what_it_needs() -> None
     assert (
         plan.object_path(crd) == "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/yurtappsets.apps.openyurt.io"
     )
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        {"path": "/metadata/namespace", "operation": "replace", "value": "kube-system"},
+        {"path": "/metadata/ownerReferences", "operation": "remove"},
+        {"path": "/metadata/name", "operation": "add", "value": "fixed"},
+        {"path": "/metadata/labels/apps.openyurt.io~1ref-yurtappset", "operation": "replace", "value": "other"},
+        {"path": "/spec/selector/matchLabels/apps.openyurt.io~1pool-name", "operation": "remove"},
+        {"path": "/kind", "operation": "replace", "value": "DaemonSet"},
+    ],
+)
+def test_a_patch_may_not_move_the_workload_out_of_its_namespace_or_away_from_its_owner(op: Obj) -> None:
+    spec = yas()
+    spec["spec"]["workload"]["workloadTweaks"] = [tweak(patches=[op])]
+    with pytest.raises(appset.PatchError, match="may not change"):
+        appset.render(spec, POOLS[0])
+    assert [a.pool for a in appset.plan(spec, POOLS, []).actions] == ["beijing"]
