@@ -16,56 +16,17 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from converter import appset, components, names
-from testenv import cluster, kwokjobs, yurtmanager
+from testenv import cluster, kwokjobs, nodepools, yurtmanager
 from testenv.kubectl import wait_for
 
 Obj = dict[str, Any]
 NS = "shop"
 POOLS = {"hangzhou": "east", "shanghai": "east", "beijing": "north"}
-
-NODEPOOL_CRD: Obj = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "nodepools.apps.openyurt.io"},
-    "spec": {
-        "group": "apps.openyurt.io",
-        "names": {"kind": "NodePool", "listKind": "NodePoolList", "plural": "nodepools", "singular": "nodepool"},
-        "scope": "Cluster",
-        "versions": [
-            {
-                "name": "v1beta2",
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "schema": {
-                    "openAPIV3Schema": {
-                        "type": "object",
-                        "properties": {
-                            "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-                            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-                        },
-                    }
-                },
-            }
-        ],
-    },
-}
-"""OpenYurt's NodePool shape, only as far as these tests need it (the NodePool controller ships the real CRD)."""
-
-
-def nodepool(name: str, region: str) -> Obj:
-    return {
-        "apiVersion": "apps.openyurt.io/v1beta2",
-        "kind": "NodePool",
-        "metadata": {"name": name, "labels": {"region": region}},
-        "spec": {"type": "Edge"},
-    }
 
 
 def pool_node(name: str, pool: str, *, autonomous: bool) -> Obj:
@@ -133,11 +94,11 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster.Cluster]
         assert c.plane is not None
         jobs = kwokjobs.start(cluster.binaries(), c.plane.admin_kubeconfig, c.directory / "cloud", c.group)
         try:
-            c.kubectl.apply([NODEPOOL_CRD, *components.appset_objects()])
+            c.kubectl.apply([nodepools.CRD, *components.appset_objects()])
             for crd in ("nodepools.apps.openyurt.io", "yurtappsets.apps.openyurt.io"):
                 c.kubectl.run("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
             c.kubectl.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}])
-            c.kubectl.apply(nodepool(name, region) for name, region in POOLS.items())
+            c.kubectl.apply(nodepools.nodepool(name, region=region) for name, region in POOLS.items())
             c.kubectl.apply(
                 pool_node(f"{pool}-{i}", pool, autonomous=pool != "beijing") for pool in POOLS for i in range(2)
             )
@@ -316,7 +277,7 @@ def test_a_statefulset_template_is_refused_with_a_condition(
 
     def refused() -> bool:
         conditions = {c["type"]: c for c in status(cloud, "db").get("conditions") or []}
-        return conditions.get("AppDispatched", {}).get("reason") == "UnsupportedWorkload"
+        return bool(conditions.get("AppDispatched", {}).get("reason") == "UnsupportedWorkload")
 
     wait_for("db refused", refused, timeout=60)
     assert cloud.kubectl.get("deployments,statefulsets", "-n", NS, "-l", f"{appset.REF_LABEL}=db")["items"] == []
@@ -337,7 +298,7 @@ def test_attack_a_patch_cannot_put_a_deployment_in_another_namespace(
 
     def reported() -> bool:
         conditions = {c["type"]: c for c in status(cloud, "evil").get("conditions") or []}
-        return conditions.get("AppDispatched", {}).get("reason") == "CreateWorkloadError"
+        return bool(conditions.get("AppDispatched", {}).get("reason") == "CreateWorkloadError")
 
     wait_for("the patch refused in evil's status", reported, timeout=60)
     assert "may not change" in json.dumps(status(cloud, "evil")["conditions"])
