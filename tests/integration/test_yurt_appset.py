@@ -37,7 +37,7 @@ def pool_node(name: str, pool: str, *, autonomous: bool) -> Obj:
     return obj
 
 
-def web(image: str = "web:1", hangzhou_replicas: int = 2) -> Obj:
+def web(image: str = "web:1", hangzhou_replicas: int = 2, version: str = "1") -> Obj:
     return {
         "apiVersion": "apps.openyurt.io/v1beta1",
         "kind": "YurtAppSet",
@@ -53,7 +53,7 @@ def web(image: str = "web:1", hangzhou_replicas: int = 2) -> Obj:
                             "replicas": 1,
                             "selector": {"matchLabels": {"app": "web"}},
                             "template": {
-                                "metadata": {"labels": {"app": "web"}},
+                                "metadata": {"labels": {"app": "web"}, "annotations": {"version": version}},
                                 "spec": {
                                     "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists"}],
                                     "containers": [{"name": "web", "image": image}],
@@ -200,8 +200,10 @@ def test_a_tweak_changes_only_its_pools_deployment(cloud: cluster.Cluster, manag
 
 
 def test_a_template_change_rolls_every_pool(cloud: cluster.Cluster, manager: yurtmanager.HostManager) -> None:
+    """A change to the template rolls every pool whose Deployment it changes: the image change alone would
+    not touch hangzhou (its tweak sets its own image), the annotation change reaches every pool."""
     before = deployments(cloud)
-    cloud.kubectl.apply([web(image="web:2", hangzhou_replicas=3)])
+    cloud.kubectl.apply([web(image="web:2", hangzhou_replicas=3, version="2")])
 
     def rolled() -> bool:
         now = deployments(cloud)
@@ -330,7 +332,7 @@ def test_attack_a_deployment_that_only_carries_the_label_is_left_alone(
         },
     }
     cloud.kubectl.apply([squatter])
-    cloud.kubectl.apply([web(image="web:3", hangzhou_replicas=3)])  # a change, so a pass surely runs after it
+    cloud.kubectl.apply([web(image="web:3", hangzhou_replicas=3, version="3")])  # a pass surely runs after it
     wait_for("web settled on the new template", lambda: settled(cloud, 1), timeout=90)
     assert cloud.kubectl.get("deployment", "-n", NS, "squatter")["metadata"]["name"] == "squatter"
     assert status(cloud)["totalWorkloads"] == 1
