@@ -37,6 +37,20 @@ def pool_node(name: str, pool: str, *, autonomous: bool) -> Obj:
     return obj
 
 
+LOST: Obj = {
+    "apiVersion": "v1",
+    "kind": "Node",
+    "metadata": {
+        "name": "lost",
+        "labels": {appset.NODEPOOL_LABEL: "beijing", names.EDGE_WORKER_LABEL: "true"},
+        "annotations": {names.AUTONOMY_ANNOTATION: "true"},
+    },
+    "spec": {"taints": [{"key": "example.com/no-kubelet", "effect": "NoSchedule"}]},
+}
+"""A node nothing renews (no kubelet, not kwok's): from the cloud, exactly what a cut-off yurthub's node looks
+like; the taint keeps the pool's pods off it."""
+
+
 def web(image: str = "web:1", hangzhou_replicas: int = 2, version: str = "1") -> Obj:
     return {
         "apiVersion": "apps.openyurt.io/v1beta1",
@@ -102,6 +116,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster.Cluster]
             c.kubectl.apply(
                 pool_node(f"{pool}-{i}", pool, autonomous=pool != "beijing") for pool in POOLS for i in range(2)
             )
+            c.kubectl.apply([kwokjobs.node("outsider"), LOST])
             yield c
         finally:
             jobs.stop()
@@ -246,8 +261,8 @@ def test_yurtctl_get_pools_shows_each_site_and_its_yurtappsets(
 ) -> None:
     rows = {line.split()[0]: line.split() for line in yurtctl(cloud, "get", "pools").splitlines()[1:]}
     assert rows["hangzhou"] == ["hangzhou", "Edge", "2", "2", "0", "2", "0", "shop/web:ready"]
-    assert rows["beijing"] == ["beijing", "Edge", "2", "2", "0", "0", "0", "shop/web:ready"]
-    assert "<none>" in rows  # nodes outside any pool are counted too
+    assert rows["beijing"] == ["beijing", "Edge", "3", "2", "1", "1", "1", "shop/web:ready"]  # `lost` is offline
+    assert rows["<none>"][:3] == ["<none>", "-", "1"]  # the node in no pool
     lines = yurtctl(cloud, "get", "yurtappsets", "-n", NS).splitlines()
     assert lines[1].split()[:5] == [NS, "web", "3", "3", "3"] and lines[1].split()[-1] == "-"
 
