@@ -175,6 +175,8 @@ def test_a_yurtappset_makes_one_deployment_per_selected_pool_with_its_tweaks(
     wait_for("a ready Deployment in each of the 3 pools", lambda: settled(cloud, 3), timeout=90)
     made = deployments(cloud)
     assert sorted(made) == ["beijing", "hangzhou", "shanghai"]
+    raw = cloud.kubectl.get("deployments", "-n", NS, "-l", f"{appset.REF_LABEL}=web")["items"]
+    assert len(raw) == 3  # generateName made exactly one per pool, not one per pass
     for pool, d in made.items():
         assert d["metadata"]["name"].startswith(f"web-{pool}-")
         assert d["metadata"]["annotations"][appset.REF_POOL_ANNOTATION] == pool
