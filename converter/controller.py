@@ -15,6 +15,10 @@ renewal is younger than two thirds of the duration, counted on its own monotonic
 renewal was sent. So a replica that loses the Lease (another took it, or the apiserver stopped answering)
 stops writing, even in the middle of a pass, before a rival can take over.
 
+YurtAppSets (one Deployment per NodePool) are handled at the end of every pass by their own shell,
+`converter.appsetcontroller`, with informers of its own that wake the same loop and writes behind the same
+Lease check.
+
 For CSR decisions (`converter.csr`) each pass with pending requests also reads the names the
 kube-apiserver's serving certificate carries, from the TLS handshake itself (`apiserver_names`), so a node
 is never approved a certificate for one of them.
