@@ -80,7 +80,7 @@ def _crd(filename: str) -> Obj:
 
 def appset_objects() -> list[Obj]:
     """The YurtAppSet CustomResourceDefinition (package data, OpenYurt's v1beta1 schema)."""
-    return [copy.deepcopy(_crd("apps.openyurt.io_yurtappsets.yaml"))]
+    return [copy.deepcopy(_crd("yurtappsets.apps.openyurt.io.yaml"))]
 
 
 def manager_rbac(subject: Obj | None = None) -> list[Obj]:
