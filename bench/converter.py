@@ -1,7 +1,8 @@
 """How long `yurtctl convert` and `yurtctl revert` take on 100 nodes: the real node (a real Job: yurthub
 installed, kubelet restarted through it) plus 99 kwok edge nodes whose Job pods kwok runs and completes
 (`testenv.kwokjobs`), one kwok cloud node; 20 node Jobs at a time. Timed from the console script's start to
-its exit, one run (a run takes minutes; the machine is shared)."""
+its exit, one run (a run takes minutes; the machine is shared). Then, on a cluster of its own, the YurtAppSet
+figures (`bench.appset_bench`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 
+from bench import appset_bench
 from testenv import cluster, converterimage, kwokjobs
 from testenv.kubectl import node_ready, wait_for
 
@@ -63,4 +65,5 @@ def run() -> dict[str, object]:
         "convert_100_nodes_s": round(convert_s, 1),
         "revert_100_nodes_s": round(revert_s, 1),
         "target_s": 120,
+        "yurtappset": appset_bench.run(),
     }

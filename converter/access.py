@@ -7,7 +7,8 @@ Paths are the apiserver's own: a collection (``/api/v1/namespaces/kube-system/po
 ``/api/v1/pods``), an object (collection + ``/<name>``), or a subresource (object + ``/approval``).
 Contract, shared by both implementations:
 - `get` returns None for a missing object; `patch`, `replace` and `delete` raise `errors.NotFound`.
-- `create` raises `errors.Conflict` when the name is taken.
+- `create` raises `errors.Conflict` when the name is taken; a body with only `metadata.generateName` gets a
+  new name made from it.
 - `patch` is a JSON merge patch; `patch` and `replace` raise `errors.Conflict` when the body carries a
   ``metadata.resourceVersion`` that is not the stored one (optimistic concurrency).
 - `delete` of a missing object returns False instead of raising, so cleanup steps stay idempotent.
@@ -118,6 +119,7 @@ class MemoryApi:
         self._versions = itertools.count(self.FIRST + 1)
         self._last = self.FIRST
         self._history: list[tuple[int, str, tuple[str, str, str, str], Obj]] = []
+        self._generated = itertools.count(1)
 
     def _key(self, p: _Path) -> tuple[str, str, str, str]:
         return (p.prefix, p.namespace, p.resource, p.name)
@@ -163,11 +165,14 @@ class MemoryApi:
 
     def create(self, path: str, body: Obj) -> Obj:
         p = _parse(path)
-        name = body.get("metadata", {}).get("name", "")
+        obj = copy.deepcopy(body)
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):  # the apiserver adds 5 random characters
+            meta["name"] = f"{meta['generateName']}{next(self._generated):05x}"
+        name = meta.get("name", "")
         key = (p.prefix, p.namespace, p.resource, name)
         if key in self.objects:
             raise errors.Conflict(409, "AlreadyExists", f"{p.resource} {name!r} already exists")
-        obj = copy.deepcopy(body)
         if p.namespace:
             obj["metadata"]["namespace"] = p.namespace
         self.objects[key] = obj

@@ -14,7 +14,7 @@ import urllib.request
 
 import prometheus_client as prom
 
-from converter import controller, errors, helm, host, jointoken, kube, nodestep, plan, runner, serve
+from converter import appset, controller, errors, helm, host, jointoken, kube, nodestep, plan, runner, serve, sites
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ def build_yurtctl_parser() -> argparse.ArgumentParser:
             metavar="PATH",
             help="the tunnel chart (default: the one shipped with yurtctl)",
         )
+    _add_get_parser(sub)
     node = sub.add_parser("node", help="the node-side steps, run on the node itself (the Jobs run these)")
     node_sub = node.add_subparsers(dest="node_command", required=True)
     for action in ("convert", "revert"):
@@ -118,6 +119,45 @@ def build_yurtctl_parser() -> argparse.ArgumentParser:
         "--tunnel-ca-file", default=nodestep.TUNNEL_CA, help="the tunnel server's CA on this node"
     )
     return parser
+
+
+def _add_get_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    get = sub.add_parser("get", help="show the edge by site: pools, their nodes and their YurtAppSets")
+    get.add_argument("what", choices=("pools", "yurtappsets"), help="pools: one row per NodePool; yurtappsets")
+    get.add_argument("-n", "--namespace", default="", help="YurtAppSets of this namespace only (default: all)")
+
+
+def _get_main(args: argparse.Namespace) -> int:
+    """`yurtctl get`: read nodes, NodePools and YurtAppSets, print a table (a missing CRD: none of them)."""
+    kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG", "") or _default_kubeconfig()
+    try:
+        api = kube.KubeApi(kubeconfig)
+    except errors.ConverterError as exc:
+        print(f"yurtctl: {exc}", file=sys.stderr)
+        return 1
+
+    def listed(path: str) -> list[dict[str, object]]:
+        try:
+            return api.list(path)
+        except errors.NotFound:
+            return []
+
+    try:
+        yas_path = appset.YURTAPPSETS
+        if args.namespace:
+            yas_path = yas_path.replace("/yurtappsets", f"/namespaces/{args.namespace}/yurtappsets")
+        yases = listed(yas_path)
+        if args.what == "yurtappsets":
+            sys.stdout.write(sites.render_appsets(yases))
+        else:
+            rows = sites.pool_rows(listed("/api/v1/nodes"), listed(appset.NODEPOOLS), yases)
+            sys.stdout.write(sites.render_pools(rows))
+    except errors.ConverterError as exc:
+        print(f"yurtctl get {args.what}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        api.close()
+    return 0
 
 
 def _nodes(text: str) -> tuple[str, ...]:
@@ -227,6 +267,8 @@ def yurtctl_main(argv: list[str] | None = None) -> int:
     _logging(args.v if args.command != "node" else max(args.v, 1))
     if args.command == "node":
         return _node_main(args)
+    if args.command == "get":
+        return _get_main(args)
     tunnel_servers = _nodes(getattr(args, "tunnel_server_addr", ""))
     if getattr(args, "tunnel", False) and not tunnel_servers:
         print(

@@ -7,8 +7,13 @@ the cluster before and after) can tell ours from the cluster's own.
 from __future__ import annotations
 
 import base64
+import copy
+import functools
 import hashlib
+from importlib import resources
 from typing import Any
+
+import yaml
 
 Obj = dict[str, Any]
 NAMESPACE = "kube-system"
@@ -47,7 +52,35 @@ def manager_rules() -> list[Obj]:
             "verbs": ["approve"],
         },
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
+        *appset_rules(),
     ]
+
+
+def appset_rules() -> list[Obj]:
+    """What the YurtAppSet controller needs: read YurtAppSets and NodePools, write YurtAppSet status, and
+    manage Deployments (it writes only Deployments rendered from a YurtAppSet's template, in that
+    YurtAppSet's namespace, with a controller ownerReference to it: `converter.appset`)."""
+    return [
+        {"apiGroups": ["apps.openyurt.io"], "resources": ["yurtappsets"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["apps.openyurt.io"], "resources": ["yurtappsets/status"], "verbs": ["update", "patch"]},
+        {"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools"], "verbs": ["get", "list", "watch"]},
+        {
+            "apiGroups": ["apps"],
+            "resources": ["deployments"],
+            "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+        },
+    ]
+
+
+@functools.cache
+def _crd(filename: str) -> Obj:
+    loaded: Obj = yaml.safe_load(resources.files("converter").joinpath("crds", filename).read_text())
+    return loaded
+
+
+def appset_objects() -> list[Obj]:
+    """The YurtAppSet CustomResourceDefinition (package data, OpenYurt's v1beta1 schema)."""
+    return [copy.deepcopy(_crd("yurtappsets.apps.openyurt.io.yaml"))]
 
 
 def manager_rbac(subject: Obj | None = None) -> list[Obj]:

@@ -15,6 +15,10 @@ renewal is younger than two thirds of the duration, counted on its own monotonic
 renewal was sent. So a replica that loses the Lease (another took it, or the apiserver stopped answering)
 stops writing, even in the middle of a pass, before a rival can take over.
 
+YurtAppSets (one Deployment per NodePool) are handled at the end of every pass by their own shell,
+`converter.appsetcontroller`, with informers of its own that wake the same loop and writes behind the same
+Lease check.
+
 For CSR decisions (`converter.csr`) each pass with pending requests also reads the names the
 kube-apiserver's serving certificate carries, from the TLS handshake itself (`apiserver_names`), so a node
 is never approved a certificate for one of them.
@@ -34,7 +38,7 @@ from collections.abc import Callable
 import prometheus_client as prom
 from cryptography import x509
 
-from converter import access, csr, errors, informer, lease, tolerations
+from converter import access, appsetcontroller, csr, errors, informer, lease, tolerations
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +173,9 @@ class Manager:
         """Set by the informers on every change: a pass is due."""
         self.informers: dict[str, informer.Informer] = {}
         self._elected = -1e9
+        self.appsets = appsetcontroller.AppSets(
+            api, self._must_lead, self.wake.set, self.stopping, lambda r: self.metrics.lists.labels(r).inc
+        )
 
     @property
     def _lease_path(self) -> str:
@@ -247,6 +254,7 @@ class Manager:
             watched = informer.Informer(self.api, path, self.wake.set, self.stopping, listed=counter.inc)
             self.informers[path] = watched
             watched.start()
+        self.appsets.start_informers()
 
     def _read(self, path: str) -> list[access.Obj]:
         watched = self.informers.get(path)
@@ -257,10 +265,11 @@ class Manager:
         return watched.items()
 
     def sync(self) -> None:
-        """One pass: pods' tolerations, then certificate requests."""
+        """One pass: pods' tolerations, then certificate requests, then YurtAppSets."""
         nodes = {n["metadata"]["name"]: n for n in self._read(NODES)}
         self.sync_pods(nodes)
         self.sync_csrs(nodes)
+        self.appsets.sync()
         self.last_pass = time.monotonic()
         self.synced = True
         self.metrics.passes.inc()

@@ -108,7 +108,7 @@ class KubeApi:
             "timeoutSeconds": str(timeout_s),
             "allowWatchBookmarks": "true",
         }
-        watch = f"{path}?{urllib.parse.urlencode(query)}"
+        watch = f"{path}{'&' if '?' in path else '?'}{urllib.parse.urlencode(query)}"  # path may carry a selector
         resp = self._send("GET", watch, {"Accept": "application/json"}, None, (_TIMEOUT, timeout_s + 30))
         raw = resp.response
         try:

@@ -175,6 +175,7 @@ def _collection(obj: Obj) -> str:
         "ConfigMap": "configmaps",
         "Secret": "secrets",
         "Job": "jobs",
+        "CustomResourceDefinition": "customresourcedefinitions",
     }[obj["kind"]]
     ns = obj["metadata"].get("namespace")
     return f"{base}/namespaces/{ns}/{plural}" if ns else f"{base}/{plural}"
@@ -195,7 +196,11 @@ def _delete(obj: Obj) -> Change:
 
 
 def cloud_objects(image: str, replicas: int = 2) -> list[Obj]:
-    return [*components.manager_rbac(), components.manager_deployment(image, replicas=replicas)]
+    return [
+        *components.appset_objects(),
+        *components.manager_rbac(),
+        components.manager_deployment(image, replicas=replicas),
+    ]
 
 
 def node_states(record: Obj | None) -> dict[str, str]:

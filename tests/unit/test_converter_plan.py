@@ -68,7 +68,14 @@ def test_convert_plan_labels_every_node_and_runs_edge_nodes_only() -> None:
         "metadata": {"labels": {names.EDGE_WORKER_LABEL: "true"}, "annotations": {names.AUTONOMY_ANNOTATION: "true"}}
     }
     kinds = [c.body["kind"] for c in p.before if c.verb == "apply" and c.body]
-    assert kinds == ["ConfigMap", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"]
+    assert kinds == [
+        "ConfigMap",
+        "CustomResourceDefinition",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+    ]
 
 
 def test_a_resumed_convert_skips_converted_nodes() -> None:

@@ -1,0 +1,95 @@
+"""yurt-manager's YurtAppSet shell (`converter.appsetcontroller`) over the in-memory Api: what it writes, and
+that informers lagging behind its own writes never make it create a pool's Deployment twice."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from converter import access, appset, appsetcontroller, controller, informer
+
+Obj = dict[str, Any]
+NS = "shop"
+
+
+def seed(api: access.MemoryApi, pools: list[str]) -> None:
+    for name in pools:
+        api.create(appset.NODEPOOLS, {"metadata": {"name": name, "labels": {"site": "yes"}}, "spec": {"type": "Edge"}})
+    api.create(
+        f"/apis/apps.openyurt.io/v1beta1/namespaces/{NS}/yurtappsets",
+        {
+            "metadata": {"name": "web", "uid": "u1", "generation": 1},
+            "spec": {
+                "nodepoolSelector": {"matchLabels": {"site": "yes"}},
+                "workload": {
+                    "workloadTemplate": {
+                        "deploymentTemplate": {
+                            "spec": {
+                                "selector": {"matchLabels": {"app": "web"}},
+                                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": []}},
+                            }
+                        }
+                    }
+                },
+            },
+        },
+    )
+
+
+def deployments(api: access.MemoryApi) -> list[Obj]:
+    return api.list(f"/apis/apps/v1/namespaces/{NS}/deployments")
+
+
+def never_stops() -> None:
+    return None
+
+
+def test_a_pass_creates_one_deployment_per_pool_and_writes_the_status() -> None:
+    api = access.MemoryApi()
+    seed(api, ["a", "b"])
+    shell = appsetcontroller.AppSets(api, never_stops, lambda: None, threading.Event())
+    shell.sync()
+    made = deployments(api)
+    assert sorted(d["metadata"]["labels"][appset.POOL_NAME_LABEL] for d in made) == ["a", "b"]
+    assert all(
+        d["metadata"]["name"].startswith(f"web-{d['metadata']['labels'][appset.POOL_NAME_LABEL]}-") for d in made
+    )
+    yas = api.get(f"/apis/apps.openyurt.io/v1beta1/namespaces/{NS}/yurtappsets/web")
+    assert yas is not None and yas["status"]["totalWorkloads"] == 2
+    shell.sync()
+    assert len(deployments(api)) == 2
+
+
+def test_an_informer_that_has_not_seen_a_created_deployment_yet_does_not_cause_a_second_one() -> None:
+    api = access.MemoryApi()
+    seed(api, ["a", "b"])
+    stopping = threading.Event()
+    shell = appsetcontroller.AppSets(api, never_stops, lambda: None, stopping)
+    for path in appsetcontroller.PATHS:  # listed once, then never followed: a watch that lags behind
+        watched = informer.Informer(api, path, lambda: None, stopping)
+        watched.relist()
+        shell.informers[path] = watched
+    shell.sync()
+    shell.sync()
+    shell.sync()
+    assert len(deployments(api)) == 2
+
+
+def test_a_replica_that_does_not_lead_writes_nothing() -> None:
+    api = access.MemoryApi()
+    seed(api, ["a"])
+
+    def not_leading() -> None:
+        raise controller.NotLeading("the Lease is someone else's")
+
+    shell = appsetcontroller.AppSets(api, not_leading, lambda: None, threading.Event())
+    with pytest.raises(controller.NotLeading):
+        shell.sync()
+    assert deployments(api) == []
+
+
+def test_without_the_crds_a_pass_skips_yurtappsets() -> None:
+    shell = appsetcontroller.AppSets(access.MemoryApi(), never_stops, lambda: None, threading.Event())
+    shell.sync()  # nothing listed, nothing written, no error
