@@ -1,0 +1,210 @@
+"""The NodePool core as tables: join, leave, move, spec change, taints by key and effect, conflicts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from converter import access, nodepool
+
+NOW = "2026-11-29T08:00:00Z"
+
+
+def pool(name: str, kind: str = "Edge", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps.openyurt.io/v1beta2",
+        "kind": "NodePool",
+        "metadata": {"name": name},
+        "spec": {"type": kind, **spec},
+    }
+
+
+def node(
+    name: str, pool_name: str = "", *, edge: str | None = None, ready: bool = True, **extra: Any
+) -> dict[str, Any]:
+    labels = dict(extra.get("labels") or {})
+    if pool_name:
+        labels[nodepool.POOL_LABEL] = pool_name
+    if edge is not None:
+        labels[nodepool.EDGE_WORKER_LABEL] = edge
+    return {
+        "metadata": {
+            "name": name,
+            "labels": labels,
+            "annotations": dict(extra.get("annotations") or {}),
+            "resourceVersion": "7",
+        },
+        "spec": {"taints": list(extra.get("taints") or [])},
+        "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+def apply(n: dict[str, Any], pools: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The node after its patch, then checked to need no further one (the patch converges in one step)."""
+    patch = nodepool.node_patch(n, pools)
+    out = access.merge_patch(n, patch) if patch else n
+    assert nodepool.node_patch(out, pools) is None
+    return dict(out)
+
+
+SITE_A = pool(
+    "site-a",
+    labels={"site": "a", "zone": "north"},
+    annotations={"owner": "ops-a"},
+    taints=[{"key": "site", "value": "a", "effect": "NoSchedule"}],
+)
+SITE_B = pool("site-b", labels={"site": "b"}, taints=[{"key": "site", "value": "b", "effect": "NoSchedule"}])
+POOLS = {"site-a": SITE_A, "site-b": SITE_B}
+
+
+def test_a_node_joining_gets_the_pools_attributes_and_a_record_of_them() -> None:
+    out = apply(node("n1", "site-a"), POOLS)
+    assert out["metadata"]["labels"]["site"] == "a" and out["metadata"]["labels"]["zone"] == "north"
+    assert out["metadata"]["annotations"]["owner"] == "ops-a"
+    assert out["spec"]["taints"] == [{"key": "site", "value": "a", "effect": "NoSchedule"}]
+    recorded = json.loads(out["metadata"]["annotations"][nodepool.PREVIOUS])
+    assert recorded == {
+        "labels": {"site": "a", "zone": "north"},
+        "annotations": {"owner": "ops-a"},
+        "taints": [{"key": "site", "value": "a", "effect": "NoSchedule"}],
+    }
+
+
+def test_a_node_leaving_loses_exactly_what_the_pool_put_there() -> None:
+    own = {"key": "gpu", "value": "yes", "effect": "NoSchedule"}
+    joined = apply(node("n1", "site-a", labels={"mine": "1"}, taints=[own]), POOLS)
+    joined["metadata"]["labels"]["zone"] = "changed-by-someone"  # no longer the pool's value: theirs now
+    del joined["metadata"]["labels"][nodepool.POOL_LABEL]
+    left = apply(joined, POOLS)
+    labels = left["metadata"]["labels"]
+    assert labels == {"mine": "1", "zone": "changed-by-someone"}
+    assert "owner" not in left["metadata"]["annotations"] and nodepool.PREVIOUS not in left["metadata"]["annotations"]
+    assert left["spec"]["taints"] == [own]
+
+
+def test_a_node_moving_between_pools_swaps_attributes() -> None:
+    joined = apply(node("n1", "site-a"), POOLS)
+    joined["metadata"]["labels"][nodepool.POOL_LABEL] = "site-b"
+    moved = apply(joined, POOLS)
+    assert moved["metadata"]["labels"]["site"] == "b" and "zone" not in moved["metadata"]["labels"]
+    assert "owner" not in moved["metadata"]["annotations"]
+    assert moved["spec"]["taints"] == [{"key": "site", "value": "b", "effect": "NoSchedule"}]
+
+
+def test_a_spec_change_reaches_members_and_removed_entries_come_off() -> None:
+    joined = apply(node("n1", "site-a"), POOLS)
+    changed = pool(
+        "site-a",
+        labels={"site": "a2"},
+        taints=[{"key": "site", "value": "a", "effect": "NoExecute"}, {"key": "quiet", "effect": "PreferNoSchedule"}],
+    )
+    out = apply(joined, {"site-a": changed})
+    assert out["metadata"]["labels"] == {nodepool.POOL_LABEL: "site-a", "site": "a2"}
+    assert "owner" not in out["metadata"]["annotations"]
+    assert sorted((t["key"], t["effect"]) for t in out["spec"]["taints"]) == [
+        ("quiet", "PreferNoSchedule"),
+        ("site", "NoExecute"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("have", "want"),
+    [
+        # same key and effect, other value: the pool's value wins, the node's other fields stay
+        (
+            [{"key": "site", "value": "old", "effect": "NoSchedule", "timeAdded": "x"}],
+            [{"key": "site", "value": "a", "effect": "NoSchedule", "timeAdded": "x"}],
+        ),
+        # same key, other effect: a different taint, both stay
+        (
+            [{"key": "site", "value": "z", "effect": "NoExecute"}],
+            [
+                {"key": "site", "value": "z", "effect": "NoExecute"},
+                {"key": "site", "value": "a", "effect": "NoSchedule"},
+            ],
+        ),
+    ],
+)
+def test_taints_are_matched_by_key_and_effect(have: list[dict[str, str]], want: list[dict[str, str]]) -> None:
+    assert apply(node("n1", "site-a", taints=have), POOLS)["spec"]["taints"] == want
+
+
+def test_a_taint_patch_carries_the_resource_version() -> None:
+    patch = nodepool.node_patch(node("n1", "site-a"), POOLS)
+    assert patch is not None and patch["metadata"]["resourceVersion"] == "7"
+    labels_only = pool("site-a", labels={"x": "y"})
+    patch = nodepool.node_patch(node("n1", "site-a"), {"site-a": labels_only})
+    assert patch is not None and "resourceVersion" not in patch["metadata"]
+
+
+def test_a_node_in_no_pool_is_left_alone() -> None:
+    assert nodepool.node_patch(node("n1", labels={"site": "a"}), POOLS) is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "edge", "member"),
+    [
+        ("Cloud", "true", False),
+        ("Edge", "false", False),
+        ("Cloud", "false", True),
+        ("Edge", "true", True),
+        ("Edge", None, True),
+        ("Cloud", None, True),
+    ],
+)
+def test_a_node_contradicting_the_pool_type_is_refused(kind: str, edge: str | None, member: bool) -> None:
+    p = pool("p", kind, labels={"site": "p"})
+    n = node("n1", "p", edge=edge)
+    assert bool(nodepool.desired(n, {"p": p})) is member
+    st = nodepool.status(p, [n], NOW)
+    assert st["nodes"] == (["n1"] if member else [])
+    (cond,) = st["conditions"]
+    assert cond["type"] == nodepool.CONFORM
+    assert (cond["status"], cond["reason"]) == (("True", "AllNodesConform") if member else ("False", "TypeMismatch"))
+    if not member:
+        assert "n1" in cond["message"]
+        (problem,) = nodepool.problems([n], {"p": p})
+        assert problem.reason == "TypeMismatch" and "n1" in problem.message
+
+
+def test_a_refused_node_loses_what_it_had_from_the_pool() -> None:
+    p = pool("p", "Edge", labels={"site": "p"})
+    joined = apply(node("n1", "p", edge="true"), {"p": p})
+    joined["metadata"]["labels"][nodepool.EDGE_WORKER_LABEL] = "false"
+    assert apply(joined, {"p": p})["metadata"]["labels"] == {
+        nodepool.POOL_LABEL: "p",
+        nodepool.EDGE_WORKER_LABEL: "false",
+    }
+
+
+def test_a_label_naming_a_missing_pool_is_a_problem_and_strips_attributes() -> None:
+    joined = apply(node("n1", "site-a"), POOLS)
+    out = apply(joined, {"site-b": SITE_B})  # site-a deleted
+    assert "site" not in out["metadata"]["labels"] and out["spec"]["taints"] == []
+    (problem,) = nodepool.problems([out], {"site-b": SITE_B})
+    assert (problem.node, problem.pool, problem.reason) == ("n1", "site-a", "PoolNotFound")
+
+
+def test_status_counts_ready_members_sorted_and_keeps_foreign_fields() -> None:
+    p = pool("site-a")
+    p["status"] = {"leaderNum": 1, "conditions": [{"type": "LeaderReady", "status": "True"}]}
+    nodes = [node("n3", "site-a"), node("n1", "site-a", ready=False), node("n2", "site-b"), node("n0")]
+    st = nodepool.status(p, nodes, NOW)
+    assert (st["nodes"], st["readyNodeNum"], st["unreadyNodeNum"], st["leaderNum"]) == (["n1", "n3"], 1, 1, 1)
+    assert [c["type"] for c in st["conditions"]] == ["LeaderReady", nodepool.CONFORM]
+
+
+def test_status_patch_only_when_changed_and_transition_time_kept() -> None:
+    p = pool("site-a")
+    p["metadata"]["resourceVersion"] = "3"
+    nodes = [node("n1", "site-a")]
+    patch = nodepool.status_patch(p, nodes, NOW)
+    assert patch is not None and patch["metadata"]["resourceVersion"] == "3"
+    p["status"] = patch["status"]
+    assert nodepool.status_patch(p, nodes, "2026-11-29T09:00:00Z") is None
+    nodes.append(node("n2", "site-a"))
+    later = nodepool.status_patch(p, nodes, "2026-11-29T09:00:00Z")
+    assert later is not None and later["status"]["conditions"][0]["lastTransitionTime"] == NOW
+    assert nodepool.status_patch(pool("empty"), [], NOW) is not None  # a new pool gets its zeros once
