@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from importlib import resources
 from typing import Any
+
+import yaml
 
 Obj = dict[str, Any]
 NAMESPACE = "kube-system"
@@ -47,6 +50,7 @@ def manager_rules() -> list[Obj]:
             "verbs": ["approve"],
         },
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
+        *nodepool_manager_rules(),
     ]
 
 
@@ -203,3 +207,48 @@ def node_job(
             {"name": "join-token", "mountPath": JOIN_TOKEN_MOUNT, "readOnly": True}
         )
     return job
+
+
+NODEPOOL_CRD = "nodepools.apps.openyurt.io"
+HUB_NODEPOOLS = "yurt-hub-nodepools"
+"""ClusterRole and binding letting every node (group `system:nodes`) read NodePools, for servicetopology."""
+
+
+def nodepool_manager_rules() -> list[Obj]:
+    """yurt-manager keeps pools' attributes on their nodes, their status, and tells refusals as Events."""
+    return [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]},
+        {"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools/status"], "verbs": ["patch", "update"]},
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
+    ]
+
+
+def nodepool_crd() -> Obj:
+    """The NodePool CustomResourceDefinition shipped in the package."""
+    text = resources.files("converter").joinpath("crds", f"{NODEPOOL_CRD}.yaml").read_text()
+    crd: Obj = yaml.safe_load(text)
+    return crd
+
+
+def nodepool_objects() -> list[Obj]:
+    """What `yurtctl convert` installs for NodePools: the CRD, and read access to pools for every node
+    (yurthub's servicetopology reads its pool's members with the node's own identity)."""
+    return [
+        nodepool_crd(),
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": _meta(HUB_NODEPOOLS),
+            "rules": [
+                {"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools"], "verbs": ["get", "list", "watch"]}
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": _meta(HUB_NODEPOOLS),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": HUB_NODEPOOLS},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}],
+        },
+    ]

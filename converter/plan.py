@@ -16,7 +16,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from converter import components, helm, jointoken, names, nodestep, tolerations
+from converter import components, helm, jointoken, names, nodepool, nodestep, tolerations
 
 Obj = dict[str, Any]
 NS = components.NAMESPACE
@@ -175,6 +175,7 @@ def _collection(obj: Obj) -> str:
         "ConfigMap": "configmaps",
         "Secret": "secrets",
         "Job": "jobs",
+        "CustomResourceDefinition": "customresourcedefinitions",
     }[obj["kind"]]
     ns = obj["metadata"].get("namespace")
     return f"{base}/namespaces/{ns}/{plural}" if ns else f"{base}/{plural}"
@@ -195,7 +196,12 @@ def _delete(obj: Obj) -> Change:
 
 
 def cloud_objects(image: str, replicas: int = 2) -> list[Obj]:
-    return [*components.manager_rbac(), components.manager_deployment(image, replicas=replicas)]
+    """Installed in this order by convert, removed in the reverse order by revert."""
+    return [
+        *components.nodepool_objects(),
+        *components.manager_rbac(),
+        components.manager_deployment(image, replicas=replicas),
+    ]
 
 
 def node_states(record: Obj | None) -> dict[str, str]:
@@ -309,6 +315,19 @@ def convert_plan(opts: Options, nodes: list[Obj], record: Obj | None) -> Plan:
     )
 
 
+def pool_attributes_removed(nodes: list[Obj]) -> list[Change]:
+    """Revert, once yurt-manager and the NodePool CRD are gone: take off every node what its pool put there
+    (recorded in `nodepool.PREVIOUS`). The pool label itself is the operator's and stays."""
+    out = []
+    for n in nodes:
+        patch = nodepool.node_patch(n, {}) if nodepool.PREVIOUS in (n["metadata"].get("annotations") or {}) else None
+        if patch is not None:
+            out.append(
+                Change("patch", f"/api/v1/nodes/{_name(n)}", patch, f"Node {_name(n)}: NodePool attributes removed")
+            )
+    return out
+
+
 YURTHUB_CSR_LABEL = "app.kubernetes.io/managed-by=yurthub"
 """The label yurthub puts on the CertificateSigningRequests it makes."""
 
@@ -362,6 +381,7 @@ def revert_plan(
                 )
             )
     after += [_delete(o) for o in reversed(cloud_objects("-"))]
+    after += pool_attributes_removed(nodes)
     after.append(_delete(components.join_token_secret("")))  # left by a convert that did not complete
     lease = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{components.MANAGER}"
     after.append(Change("delete", lease, None, f"Lease {NS}/{components.MANAGER} (yurt-manager's leader election)"))

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from converter import access, nodepool
+from converter import access, components, nodepool, plan, runner
 
 NOW = "2026-11-29T08:00:00Z"
 
@@ -208,3 +208,65 @@ def test_status_patch_only_when_changed_and_transition_time_kept() -> None:
     later = nodepool.status_patch(p, nodes, "2026-11-29T09:00:00Z")
     assert later is not None and later["status"]["conditions"][0]["lastTransitionTime"] == NOW
     assert nodepool.status_patch(pool("empty"), [], NOW) is not None  # a new pool gets its zeros once
+
+
+def test_convert_installs_the_crd_and_the_nodes_read_access_and_revert_removes_them() -> None:
+    opts = plan.Options(cloud_nodes=("cloud-1",))
+    nodes = [node("cloud-1"), node("edge-1")]
+    p = plan.convert_plan(opts, nodes, None)
+    applied = {c.what: c for c in p.before if c.verb == "apply"}
+    crd = applied[f"CustomResourceDefinition {components.NODEPOOL_CRD}"]
+    assert crd.path == "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    assert crd.body is not None and crd.body["spec"]["group"] == "apps.openyurt.io"
+    assert [v["name"] for v in crd.body["spec"]["versions"] if v["storage"]] == ["v1beta2"]
+    binding = applied[f"ClusterRoleBinding {components.HUB_NODEPOOLS}"].body
+    assert binding is not None and binding["subjects"] == [
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}
+    ]
+    role = applied[f"ClusterRole {components.HUB_NODEPOOLS}"].body
+    assert role is not None and role["rules"] == [
+        {"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools"], "verbs": ["get", "list", "watch"]}
+    ]
+    order = list(applied)
+    assert order.index(f"CustomResourceDefinition {components.NODEPOOL_CRD}") < order.index(
+        "Deployment kube-system/yurt-manager"
+    )
+    deleted = [c.what for c in plan.revert_plan(nodes, [], {"data": {}}).after if c.verb == "delete"]
+    for what in (
+        f"CustomResourceDefinition {components.NODEPOOL_CRD}",
+        f"ClusterRole {components.HUB_NODEPOOLS}",
+        f"ClusterRoleBinding {components.HUB_NODEPOOLS}",
+    ):
+        assert what in deleted
+    assert deleted.index("Deployment kube-system/yurt-manager") < deleted.index(
+        f"CustomResourceDefinition {components.NODEPOOL_CRD}"
+    )
+
+
+def test_revert_takes_pool_attributes_off_the_nodes_even_when_they_changed_meanwhile() -> None:
+    api = access.MemoryApi()
+    member = apply(node("edge-1", "site-a", labels={"mine": "1"}), POOLS)
+    member["metadata"].pop("resourceVersion")
+    api.create("/api/v1/nodes", member)
+    api.create("/api/v1/nodes", node("edge-2", "site-a"))  # labelled, never applied: nothing to take off
+    changes = plan.pool_attributes_removed(api.list("/api/v1/nodes"))
+    assert [c.what for c in changes] == ["Node edge-1: NodePool attributes removed"]
+    api.patch(
+        "/api/v1/nodes/edge-1",
+        {"spec": {"taints": [*member["spec"]["taints"], {"key": "new", "effect": "NoSchedule"}]}},
+    )
+    runner.apply_change(api, changes[0])  # the planned patch's resourceVersion is stale: decided again
+    got = api.get("/api/v1/nodes/edge-1")
+    assert got is not None
+    assert got["metadata"]["labels"] == {nodepool.POOL_LABEL: "site-a", "mine": "1"}
+    assert got["metadata"]["annotations"] == {}
+    assert got["spec"]["taints"] == [{"key": "new", "effect": "NoSchedule"}]
+
+
+def test_the_crd_ships_in_the_package_and_manager_rbac_covers_pools() -> None:
+    crd = components.nodepool_crd()
+    assert crd["metadata"]["name"] == components.NODEPOOL_CRD
+    assert {v["name"] for v in crd["spec"]["versions"]} == {"v1beta2", "v1beta1", "v1alpha1"}
+    rules = components.manager_rules()
+    assert {"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools/status"], "verbs": ["patch", "update"]} in rules
+    assert {"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]} in rules
