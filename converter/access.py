@@ -164,10 +164,12 @@ class MemoryApi:
     def create(self, path: str, body: Obj) -> Obj:
         p = _parse(path)
         name = body.get("metadata", {}).get("name", "")
+        obj = copy.deepcopy(body)
+        if not name and obj.get("metadata", {}).get("generateName"):
+            name = obj["metadata"]["name"] = f"{obj['metadata']['generateName']}{self._last + 1:x}"
         key = (p.prefix, p.namespace, p.resource, name)
         if key in self.objects:
             raise errors.Conflict(409, "AlreadyExists", f"{p.resource} {name!r} already exists")
-        obj = copy.deepcopy(body)
         if p.namespace:
             obj["metadata"]["namespace"] = p.namespace
         self.objects[key] = obj

@@ -155,8 +155,9 @@ def node_patch(node: Obj, pools: Mapping[str, Obj]) -> Obj | None:
             continue
         if key in wanted:
             value = wanted.pop(key)
-            t = {**t, "value": value} if value else {k: v for k, v in t.items() if k != "value"}
-        taints.append(t)
+            taints.append({**t, "value": value} if value else {k: v for k, v in t.items() if k != "value"})
+        else:
+            taints.append(t)
     taints += [{"key": k, "effect": e, **({"value": v} if v else {})} for (k, e), v in sorted(wanted.items())]
     if taints != current:
         patch.setdefault("spec", {})["taints"] = taints

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import prometheus_client as prom
 import pytest
 
-from converter import access, components, nodepool, plan, runner
+from converter import access, components, controller, nodepool, plan, poolsync, runner
 
 NOW = "2026-11-29T08:00:00Z"
 
@@ -270,3 +271,58 @@ def test_the_crd_ships_in_the_package_and_manager_rbac_covers_pools() -> None:
     rules = components.manager_rules()
     assert {"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools/status"], "verbs": ["patch", "update"]} in rules
     assert {"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]} in rules
+
+
+def manager(api: access.Api, identity: str = "a") -> controller.Manager:
+    settings = controller.Settings(identity=identity, resync_s=0)
+    return controller.Manager(api, settings, controller.Metrics(prom.CollectorRegistry()))
+
+
+def test_a_manager_pass_applies_pools_to_nodes_sets_status_and_tells_a_refusal_once() -> None:
+    api = access.MemoryApi()
+    api.create(nodepool.COLLECTION, SITE_A)
+    api.create(nodepool.COLLECTION, pool("cloud", "Cloud"))
+    for n in (
+        node("n1", "site-a"),
+        node("n2", "site-a", ready=False),
+        node("c1", "cloud", edge="true"),
+        node("x", "ghost"),
+    ):
+        n["metadata"].pop("resourceVersion")
+        api.create(controller.NODES, n)
+    m = manager(api)
+    m.step()
+    got = api.get("/api/v1/nodes/n1")
+    assert got is not None and got["metadata"]["labels"]["site"] == "a"
+    assert got["spec"]["taints"] == [{"key": "site", "value": "a", "effect": "NoSchedule"}]
+    st = (api.get(f"{nodepool.COLLECTION}/site-a") or {})["status"]
+    assert (st["nodes"], st["readyNodeNum"], st["unreadyNodeNum"]) == (["n1", "n2"], 1, 1)
+    cloud = (api.get(f"{nodepool.COLLECTION}/cloud") or {})["status"]
+    assert cloud["nodes"] == [] and cloud["conditions"][0]["reason"] == "TypeMismatch"
+    told = sorted((e["involvedObject"]["name"], e["reason"]) for e in api.list(poolsync.EVENTS))
+    assert told == [("c1", "TypeMismatch"), ("x", "PoolNotFound")]
+
+    def versions() -> dict[tuple[str, ...], str]:
+        return {k: v["metadata"]["resourceVersion"] for k, v in api.objects.items() if k[2] != "leases"}
+
+    before = versions()
+    m.step()  # nothing changed: nothing written, nothing told again
+    assert versions() == before
+    api.patch("/api/v1/nodes/x", {"metadata": {"labels": {nodepool.POOL_LABEL: None}}})
+    m.step()
+    api.patch("/api/v1/nodes/x", {"metadata": {"labels": {nodepool.POOL_LABEL: "ghost"}}})
+    m.step()  # gone and back: told again
+    assert sorted(e["reason"] for e in api.list(poolsync.EVENTS)) == ["PoolNotFound", "PoolNotFound", "TypeMismatch"]
+
+
+def test_a_replica_that_lost_the_lease_writes_no_pool_change() -> None:
+    api = access.MemoryApi()
+    api.create(nodepool.COLLECTION, SITE_A)
+    n = node("n1", "site-a")
+    n["metadata"].pop("resourceVersion")
+    api.create(controller.NODES, n)
+    m = manager(api)
+    m.leading = False  # as after a lost renewal: acting() is False
+    with pytest.raises(controller.NotLeading):
+        m.sync_pools({"n1": api.get("/api/v1/nodes/n1") or {}})
+    assert "site" not in (api.get("/api/v1/nodes/n1") or {})["metadata"]["labels"]
