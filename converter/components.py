@@ -211,7 +211,8 @@ def node_job(
 
 NODEPOOL_CRD = "nodepools.apps.openyurt.io"
 HUB_NODEPOOLS = "yurt-hub-nodepools"
-"""ClusterRole and binding letting every node (group `system:nodes`) read NodePools, for servicetopology."""
+"""ClusterRole and binding letting every node (group `system:nodes`) get a NodePool by name, for servicetopology
+(not list or watch: a node need not enumerate every site's pool and members)."""
 
 
 def nodepool_manager_rules() -> list[Obj]:
@@ -240,9 +241,7 @@ def nodepool_objects() -> list[Obj]:
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
             "metadata": _meta(HUB_NODEPOOLS),
-            "rules": [
-                {"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools"], "verbs": ["get", "list", "watch"]}
-            ],
+            "rules": [{"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools"], "verbs": ["get"]}],
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",

@@ -15,6 +15,9 @@ renewal is younger than two thirds of the duration, counted on its own monotonic
 renewal was sent. So a replica that loses the Lease (another took it, or the apiserver stopped answering)
 stops writing, even in the middle of a pass, before a rival can take over.
 
+NodePools (`converter.poolsync`, deciding with the pure `converter.nodepool`) are kept in the same pass, once
+the NodePool CRD exists and its collection is listed: members' attributes, pools' status, refusals told.
+
 For CSR decisions (`converter.csr`) each pass with pending requests also reads the names the
 kube-apiserver's serving certificate carries, from the TLS handshake itself (`apiserver_names`), so a node
 is never approved a certificate for one of them.

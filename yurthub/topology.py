@@ -3,7 +3,7 @@
 yurthub asks the cloud itself, with the node's identity: its own Node (for its pool label), the pool's
 NodePool (`apps.openyurt.io/v1beta2`, whose `status.nodes` yurt-manager keeps: the members), and the Services
 (only the `openyurt.io/topologyKeys` annotations are kept). Stock Node authorization lets a node read Services
-and its own Node; `yurtctl convert` grants every node `get` on NodePools (ClusterRole `yurt-hub-nodepools`),
+and its own Node; `yurtctl convert` grants every node `get` (only) on NodePools (ClusterRole `yurt-hub-nodepools`),
 so pool topology needs nothing more. Only when no NodePool can be read (none by that name, or no such CRD
 or right, as before convert) does yurthub fall back to listing the nodes carrying the pool label, which
 needs `list` on nodes (README); without that either the pool is this node alone. Which source is used is

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from converter import components, nodepool
-from testenv import cluster, yurtmanager
-from testenv.kubectl import KubectlError, wait_for
+from testenv import cluster, kubeconfig, yurtmanager
+from testenv.kubectl import Kubectl, KubectlError, wait_for
 
 KWOK = 5
 N = [f"kwok-{i}" for i in range(KWOK)]
@@ -253,3 +253,35 @@ def test_a_node_contradicting_its_pools_type_is_refused_with_a_condition_and_an_
         ),
         timeout=60,
     )
+
+
+def test_a_node_gets_its_pool_by_name_and_can_neither_enumerate_pools_nor_rewrite_members(
+    cloud: cluster.Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The attack: a compromised node reading every site's pool and members, or forging a pool's members
+    (servicetopology on other nodes trusts `status.nodes`) or its attributes (they land on every member)."""
+    assert cloud.plane is not None
+    apply_yaml(cloud, SITE_A)
+    directory: Path = tmp_path_factory.mktemp("node-identity")
+    pair = cloud.plane.ca.issue(f"system:node:{N[2]}", organizations=("system:nodes",), client=True)
+    config = kubeconfig.write(
+        directory / "node.kubeconfig",
+        server=cloud.plane.server,
+        ca_pem=cloud.plane.ca.pair.cert_pem,
+        user=f"system:node:{N[2]}",
+        cert_pem=pair.cert_pem,
+        key_pem=pair.key_pem,
+    )
+    as_node = Kubectl(cloud.kubectl.binary, config)
+    assert as_node.get(f"nodepools.{nodepool.VERSION}.apps.openyurt.io", "site-a")["metadata"]["name"] == "site-a"
+    forged = json.dumps({"status": {"nodes": [N[2]]}})
+    for attempt in (
+        ("get", "nodepools"),
+        ("get", "nodepools", "--watch-only", "--request-timeout=5s"),
+        ("patch", "nodepool", "site-a", "--subresource=status", "--type=merge", "-p", forged),
+        ("patch", "nodepool", "site-a", "--type=merge", "-p", json.dumps({"spec": {"labels": {"x": "y"}}})),
+        ("delete", "nodepool", "site-a"),
+    ):
+        with pytest.raises(KubectlError, match="(?i)forbidden"):
+            as_node.run(*attempt)
+    assert pool(cloud, "site-a")["spec"]["labels"].get("x") is None
