@@ -282,6 +282,6 @@ def test_a_node_gets_its_pool_by_name_and_can_neither_enumerate_pools_nor_rewrit
         ("patch", "nodepool", "site-a", "--type=merge", "-p", json.dumps({"spec": {"labels": {"x": "y"}}})),
         ("delete", "nodepool", "site-a"),
     ):
-        with pytest.raises(KubectlError, match="(?i)forbidden"):
+        with pytest.raises(KubectlError, match=r"(?i)forbidden"):
             as_node.run(*attempt)
     assert pool(cloud, "site-a")["spec"]["labels"].get("x") is None
