@@ -8,6 +8,10 @@ changes, the node leaves, moves to another pool or its pool is deleted, exactly 
 taken off again: a label or annotation only while it still has the value the pool gave it (one changed since
 is somebody else's), a taint by key and effect. (OpenYurt leaves a departed node's attributes in place.)
 
+A pool's `spec.labels` and `spec.annotations` never set the membership label, `openyurt.io/is-edge-worker` or
+the record itself (`RESERVED`: ignored). A hostNetwork pool also labels its members
+`nodepool.openyurt.io/hostnetwork=true`, as OpenYurt's node webhook does.
+
 What cannot work is refused, not half done:
 - a node whose `openyurt.io/is-edge-worker` label contradicts its pool's type (`true` in a Cloud pool,
   `false` in an Edge pool) is not a member: it gets none of the pool's attributes, is not in `status.nodes`
@@ -36,6 +40,11 @@ POOL_LABEL = "apps.openyurt.io/nodepool"
 PREVIOUS = "nodepool.openyurt.io/previous-attributes"
 """Node annotation: JSON `{"labels":…, "annotations":…, "taints":…}` the pool last applied."""
 EDGE_WORKER_LABEL = "openyurt.io/is-edge-worker"
+HOSTNETWORK_LABEL = "nodepool.openyurt.io/hostnetwork"
+"""Node label "true" on the members of a pool with `spec.hostNetwork: true`."""
+RESERVED = frozenset({POOL_LABEL, EDGE_WORKER_LABEL, PREVIOUS})
+"""Keys a pool's `spec.labels`/`spec.annotations` cannot put on nodes: membership itself (a pool moving its
+members elsewhere), the edge-worker label its type is checked against, and yurt-manager's own record."""
 CONFORM = "NodesConform"
 """Pool condition type: True when every node labelled into the pool agrees with its type."""
 
@@ -76,10 +85,14 @@ def _strings(value: Any) -> dict[str, str]:
 
 
 def attributes_of(pool: Obj) -> Attributes:
+    """The pool's labels, annotations and taints, less the keys a pool may not set (`RESERVED`), plus
+    `HOSTNETWORK_LABEL=true` for a hostNetwork pool (as OpenYurt's node webhook sets it)."""
     spec = pool.get("spec") or {}
-    annotations = _strings(spec.get("annotations"))
-    annotations.pop(PREVIOUS, None)  # ours to write
-    return Attributes(_strings(spec.get("labels")), annotations, _taints(spec.get("taints") or []))
+    labels = {k: v for k, v in _strings(spec.get("labels")).items() if k not in RESERVED}
+    if spec.get("hostNetwork") is True:
+        labels[HOSTNETWORK_LABEL] = "true"
+    annotations = {k: v for k, v in _strings(spec.get("annotations")).items() if k not in RESERVED}
+    return Attributes(labels, annotations, _taints(spec.get("taints") or []))
 
 
 def previous_of(node: Obj) -> Attributes:

@@ -326,3 +326,21 @@ def test_a_replica_that_lost_the_lease_writes_no_pool_change() -> None:
     with pytest.raises(controller.NotLeading):
         m.sync_pools({"n1": api.get("/api/v1/nodes/n1") or {}})
     assert "site" not in (api.get("/api/v1/nodes/n1") or {})["metadata"]["labels"]
+
+
+def test_a_pool_cannot_set_membership_or_the_edge_worker_label_and_hostnetwork_is_labelled() -> None:
+    greedy = pool(
+        "p",
+        hostNetwork=True,
+        labels={nodepool.POOL_LABEL: "other", nodepool.EDGE_WORKER_LABEL: "false", "ok": "1"},
+        annotations={nodepool.PREVIOUS: "{}"},
+    )
+    out = apply(node("n1", "p", edge="true"), {"p": greedy})
+    assert out["metadata"]["labels"] == {
+        nodepool.POOL_LABEL: "p",
+        nodepool.EDGE_WORKER_LABEL: "true",
+        "ok": "1",
+        nodepool.HOSTNETWORK_LABEL: "true",
+    }
+    del out["metadata"]["labels"][nodepool.POOL_LABEL]
+    assert apply(out, {"p": greedy})["metadata"]["labels"] == {nodepool.EDGE_WORKER_LABEL: "true"}
