@@ -14,7 +14,8 @@ Filters (OpenYurt's names and semantics):
 - `servicetopology`: an EndpointSlice whose Service is annotated `openyurt.io/topologyKeys` keeps only the
   endpoints on this node (`kubernetes.io/hostname`) or on the nodes of this node's pool (`openyurt.io/nodepool`
   or `kubernetes.io/zone`; a node names its pool by a label, `apps.openyurt.io/nodepool` by default, and the
-  pool's members are its NodePool's `status.nodes`, see `topology`). Endpoints with no nodeName are dropped then. The Service annotations and the pool members are `Facts` the shell hands in.
+  pool's members are its NodePool's `status.nodes`, see `topology`). Endpoints with no nodeName are dropped
+  then. The Service annotations and the pool members are `Facts` the shell hands in.
 
 Bodies: filtered responses are JSON only (the proxy negotiates JSON upstream for exactly these requests, see
 `proxy`), so this module reads and writes JSON. Objects no filter changed keep their bytes; a list no filter
