@@ -204,6 +204,22 @@ def cloud_objects(image: str, replicas: int = 2) -> list[Obj]:
     ]
 
 
+def crd_paths() -> list[str]:
+    """The CustomResourceDefinitions convert installs, as paths."""
+    return [object_path(o) for o in cloud_objects("-") if o["kind"] == "CustomResourceDefinition"]
+
+
+def foreign_crds(existing: list[Obj | None]) -> list[str]:
+    """Preflight problems for CRDs convert would install that exist without our label (OpenYurt's own, say):
+    convert would overwrite them, and revert delete them with every object in them."""
+    return [
+        f"CustomResourceDefinition {_name(crd)} exists and was not installed by yurtctl: convert would replace "
+        "it and revert delete it with all its objects; remove it (or the tool that installed it) first"
+        for crd in existing
+        if crd is not None and not components.MANAGED_BY.items() <= (crd["metadata"].get("labels") or {}).items()
+    ]
+
+
 def node_states(record: Obj | None) -> dict[str, str]:
     data = (record or {}).get("data") or {}
     return {k.removeprefix("node."): v for k, v in data.items() if k.startswith("node.")}

@@ -384,6 +384,7 @@ def convert(
     record = api.get(plan.RECORD_PATH)
     version = api.get("/version") or {}
     problems = plan.preflight(opts, nodes, version, record)
+    problems += plan.foreign_crds([api.get(path) for path in plan.crd_paths()])
     if problems:
         out.write("yurtctl convert: preflight failed, nothing was changed:\n" + "".join(f"  - {p}\n" for p in problems))
         return 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
@@ -344,3 +345,22 @@ def test_a_pool_cannot_set_membership_or_the_edge_worker_label_and_hostnetwork_i
     }
     del out["metadata"]["labels"][nodepool.POOL_LABEL]
     assert apply(out, {"p": greedy})["metadata"]["labels"] == {nodepool.EDGE_WORKER_LABEL: "true"}
+
+
+def test_convert_refuses_a_nodepool_crd_it_did_not_install_and_resumes_over_its_own() -> None:
+    api = access.MemoryApi()
+    api.objects[("/version", "", "", "")] = {"major": "1", "minor": "34", "gitVersion": "v1.34.0"}
+    for name in ("cloud-1", "edge-1"):
+        api.create("/api/v1/nodes", node(name) | {"metadata": {"name": name}})
+    crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    api.create(crds, {"metadata": {"name": components.NODEPOOL_CRD, "labels": {"owner": "openyurt"}}})
+    before = {k: dict(v) for k, v in api.objects.items()}
+    out = io.StringIO()
+    opts = plan.Options(cloud_nodes=("cloud-1",), node_timeout_s=0.5)
+    assert runner.convert(api, opts, runner.RunSettings(identity="t", poll_s=0.1), out, dry_run=False) == 1
+    assert (
+        f"CustomResourceDefinition {components.NODEPOOL_CRD} exists and was not installed by yurtctl" in out.getvalue()
+    )
+    assert api.objects == before
+    api.patch(f"{crds}/{components.NODEPOOL_CRD}", {"metadata": {"labels": dict(components.MANAGED_BY)}})
+    assert plan.foreign_crds([api.get(p) for p in plan.crd_paths()]) == []  # ours (an earlier convert): fine
