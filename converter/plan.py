@@ -176,6 +176,8 @@ def _collection(obj: Obj) -> str:
         "Secret": "secrets",
         "Job": "jobs",
         "CustomResourceDefinition": "customresourcedefinitions",
+        "ValidatingAdmissionPolicy": "validatingadmissionpolicies",
+        "ValidatingAdmissionPolicyBinding": "validatingadmissionpolicybindings",
     }[obj["kind"]]
     ns = obj["metadata"].get("namespace")
     return f"{base}/namespaces/{ns}/{plural}" if ns else f"{base}/{plural}"
@@ -281,7 +283,17 @@ def edge_nodes(opts: Options, nodes: list[Obj]) -> list[str]:
     return sorted(_name(n) for n in nodes if _name(n) not in opts.cloud_nodes)
 
 
-def convert_plan(opts: Options, nodes: list[Obj], record: Obj | None) -> Plan:
+def minor_of(version: Obj) -> int:
+    """The minor version from `/version` (-1 when unreadable)."""
+    try:
+        return int(str(version.get("minor", "")).rstrip("+"))
+    except ValueError:
+        return -1
+
+
+def convert_plan(opts: Options, nodes: list[Obj], record: Obj | None, *, policies: bool = True) -> Plan:
+    """`policies`: the cluster serves admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy (1.30+);
+    without it those objects are left out."""
     edge = edge_nodes(opts, nodes)
     cloud = list(opts.cloud_nodes)
     autonomous = list(opts.autonomous_nodes) or edge
@@ -304,7 +316,11 @@ def convert_plan(opts: Options, nodes: list[Obj], record: Obj | None) -> Plan:
         if annotations:
             what += f", annotation {names.AUTONOMY_ANNOTATION}=true"
         before.append(Change("patch", f"/api/v1/nodes/{name}", patch, what))
-    before += [_apply(o) for o in cloud_objects(opts.image, opts.manager_replicas)]
+    before += [
+        _apply(o)
+        for o in cloud_objects(opts.image, opts.manager_replicas)
+        if policies or o["kind"] not in components.POLICY_KINDS
+    ]
     done = node_states(record)
     todo = [n for n in edge if done.get(n) != "converted"]
     skipped = [n for n in edge if done.get(n) == "converted"]

@@ -388,7 +388,7 @@ def convert(
     if problems:
         out.write("yurtctl convert: preflight failed, nothing was changed:\n" + "".join(f"  - {p}\n" for p in problems))
         return 1
-    p = plan.convert_plan(opts, nodes, record)
+    p = plan.convert_plan(opts, nodes, record, policies=plan.minor_of(version) >= components.POLICY_MINOR)
     args = node_args(opts)
     if dry_run:
         objects = charts.render(helm.values(opts.image, opts.tunnel_replicas)) if charts and opts.tunnel else []

@@ -285,3 +285,40 @@ def test_a_node_gets_its_pool_by_name_and_can_neither_enumerate_pools_nor_rewrit
         with pytest.raises(KubectlError, match=r"(?i)forbidden"):
             as_node.run(*attempt)
     assert pool(cloud, "site-a")["spec"]["labels"].get("x") is None
+
+
+def test_a_node_cannot_move_itself_into_a_pool_but_an_admin_can(
+    cloud: cluster.Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The attack: a compromised node labelling itself into another site's pool (it would get that pool's
+    workloads, pinned by the label, and a place in the members other nodes' servicetopology trusts)."""
+    assert cloud.plane is not None
+    name = N[2]
+    pair = cloud.plane.ca.issue(f"system:node:{name}", organizations=("system:nodes",), client=True)
+    config = kubeconfig.write(
+        tmp_path_factory.mktemp("self-label") / "node.kubeconfig",
+        server=cloud.plane.server,
+        ca_pem=cloud.plane.ca.pair.cert_pem,
+        user=f"system:node:{name}",
+        cert_pem=pair.cert_pem,
+        key_pem=pair.key_pem,
+    )
+    as_node = Kubectl(cloud.kubectl.binary, config)
+    before = node(cloud, name)["metadata"]["labels"].get(nodepool.POOL_LABEL)
+
+    def refused() -> bool:  # a new policy takes a moment to be enforced; an early success is undone
+        try:
+            as_node.run("label", "node", name, f"{nodepool.POOL_LABEL}=site-a", "--overwrite")
+        except KubectlError as exc:
+            return "cannot change its own NodePool membership" in str(exc)
+        join(cloud, name, before)
+        return False
+
+    wait_for("the membership policy to be enforced", refused, timeout=30)
+    for change in (f"{nodepool.POOL_LABEL}=site-a", f"{nodepool.POOL_LABEL}-"):
+        with pytest.raises(KubectlError, match="cannot change its own NodePool membership"):
+            as_node.run("label", "node", name, change, "--overwrite")
+    assert node(cloud, name)["metadata"]["labels"].get(nodepool.POOL_LABEL) == before
+    as_node.run("label", "node", name, "harmless=yes", "--overwrite")  # its other labels: as NodeRestriction says
+    join(cloud, name, "site-a")  # the administrator
+    assert node(cloud, name)["metadata"]["labels"][nodepool.POOL_LABEL] == "site-a"

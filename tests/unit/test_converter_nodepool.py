@@ -364,3 +364,18 @@ def test_convert_refuses_a_nodepool_crd_it_did_not_install_and_resumes_over_its_
     assert api.objects == before
     api.patch(f"{crds}/{components.NODEPOOL_CRD}", {"metadata": {"labels": dict(components.MANAGED_BY)}})
     assert plan.foreign_crds([api.get(p) for p in plan.crd_paths()]) == []  # ours (an earlier convert): fine
+
+
+def test_the_membership_policy_is_installed_from_1_30_and_removed_by_revert() -> None:
+    opts = plan.Options(cloud_nodes=("cloud-1",))
+    nodes = [node("cloud-1"), node("edge-1")]
+    kinds = {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+    applied = [c.body["kind"] for c in plan.convert_plan(opts, nodes, None).before if c.body and c.verb == "apply"]
+    assert kinds <= set(applied)
+    older = plan.convert_plan(opts, nodes, None, policies=False).before
+    assert not kinds & {c.body["kind"] for c in older if c.body and c.verb == "apply"}
+    deleted = [c.path for c in plan.revert_plan(nodes, [], {"data": {}}).after if c.verb == "delete"]
+    assert (
+        f"/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/{components.POOL_LABEL_POLICY}" in deleted
+    )
+    assert plan.minor_of({"minor": "29+"}) == 29 and plan.minor_of({}) == -1
