@@ -53,6 +53,7 @@ def manager_rules() -> list[Obj]:
         },
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
         *appset_rules(),
+        *nodepool_manager_rules(),
     ]
 
 
@@ -236,3 +237,107 @@ def node_job(
             {"name": "join-token", "mountPath": JOIN_TOKEN_MOUNT, "readOnly": True}
         )
     return job
+
+
+NODEPOOL_CRD = "nodepools.apps.openyurt.io"
+HUB_NODEPOOLS = "yurt-hub-nodepools"
+"""ClusterRole and binding letting every node (group `system:nodes`) get a NodePool by name, for servicetopology
+(not list or watch: a node need not enumerate every site's pool and members)."""
+
+
+def nodepool_manager_rules() -> list[Obj]:
+    """yurt-manager keeps pools' attributes on their nodes, their status, and tells refusals as Events."""
+    return [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]},
+        {"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools/status"], "verbs": ["patch", "update"]},
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
+    ]
+
+
+def nodepool_crd() -> Obj:
+    """The NodePool CustomResourceDefinition shipped in the package."""
+    text = resources.files("converter").joinpath("crds", f"{NODEPOOL_CRD}.yaml").read_text()
+    crd: Obj = yaml.safe_load(text)
+    return crd
+
+
+POOL_LABEL_POLICY = "yurt-nodepool-membership"
+"""ValidatingAdmissionPolicy (and binding) refusing a node's own change of its pool label."""
+POLICY_KINDS = frozenset({"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"})
+POLICY_MINOR = 30
+"""admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy is served from Kubernetes 1.30 on."""
+
+_POOL = "'apps.openyurt.io/nodepool'"
+_POOL_OF = (
+    "(has({o}.metadata.labels) && " + _POOL + " in {o}.metadata.labels ? {o}.metadata.labels[" + _POOL + "] : '')"
+)
+
+
+def nodepool_policy() -> list[Obj]:
+    """A node (user `system:node:*`) may not change its own `apps.openyurt.io/nodepool` label once registered:
+    joining a pool gives a node the pool's attributes, its workloads (pinned by that label) and a place in
+    the pool's `status.nodes`, so a compromised node must not pick its pool. Registration (create) may carry
+    it (`--node-labels`, as `yurtadm join --nodepool-name` does); admins change it as before. A CEL policy,
+    evaluated by the apiserver itself: no webhook to run or to fail open."""
+    same = f"{_POOL_OF.format(o='object')} == {_POOL_OF.format(o='oldObject')}"
+    return [
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": _meta(POOL_LABEL_POLICY),
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": [""],
+                            "apiVersions": ["v1"],
+                            "operations": ["UPDATE"],
+                            "resources": ["nodes", "nodes/status"],
+                        }
+                    ]
+                },
+                "matchConditions": [
+                    {"name": "by-a-node", "expression": "request.userInfo.username.startsWith('system:node:')"}
+                ],
+                "validations": [
+                    {
+                        "expression": same,
+                        "message": "a node cannot change its own NodePool membership (label "
+                        "apps.openyurt.io/nodepool); an administrator changes it",
+                        "reason": "Forbidden",
+                    }
+                ],
+            },
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": _meta(POOL_LABEL_POLICY),
+            "spec": {"policyName": POOL_LABEL_POLICY, "validationActions": ["Deny"]},
+        },
+    ]
+
+
+def nodepool_objects() -> list[Obj]:
+    """What `yurtctl convert` installs for NodePools: the CRD, read access to pools for every node
+    (yurthub's servicetopology reads its pool's members with the node's own identity), and the policy
+    keeping a node from choosing its pool (`nodepool_policy`; only on Kubernetes 1.30 and later)."""
+    return [
+        nodepool_crd(),
+        *nodepool_policy(),
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": _meta(HUB_NODEPOOLS),
+            "rules": [{"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools"], "verbs": ["get"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": _meta(HUB_NODEPOOLS),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": HUB_NODEPOOLS},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}],
+        },
+    ]

@@ -19,6 +19,9 @@ YurtAppSets (one Deployment per NodePool) are handled at the end of every pass b
 `converter.appsetcontroller`, with informers of its own that wake the same loop and writes behind the same
 Lease check.
 
+NodePools (`converter.poolsync`, deciding with the pure `converter.nodepool`) are kept in the same pass, once
+the NodePool CRD exists and its collection is listed: members' attributes, pools' status, refusals told.
+
 For CSR decisions (`converter.csr`) each pass with pending requests also reads the names the
 kube-apiserver's serving certificate carries, from the TLS handshake itself (`apiserver_names`), so a node
 is never approved a certificate for one of them.
@@ -38,7 +41,7 @@ from collections.abc import Callable
 import prometheus_client as prom
 from cryptography import x509
 
-from converter import access, appsetcontroller, csr, errors, informer, lease, tolerations
+from converter import access, appsetcontroller, csr, errors, informer, lease, poolsync, tolerations
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +138,12 @@ class Metrics:
         )
         self.errors = prom.Counter("yurt_manager_sync_errors_total", "passes that met an error", registry=registry)
         self.passes = prom.Counter("yurt_manager_sync_passes_total", "control-loop passes completed", registry=registry)
+        self.pools = prom.Counter(
+            "yurt_manager_nodepool_writes_total",
+            "NodePool writes (node attributes, pool status, refusal events) and refused writes, by what",
+            ["what"],
+            registry=registry,
+        )
         self.lists = prom.Counter(
             "yurt_manager_lists_total",
             "full lists of a collection by the informers (then they watch), by resource",
@@ -176,6 +185,7 @@ class Manager:
         self.appsets = appsetcontroller.AppSets(
             api, self._must_lead, self.wake.set, self.stopping, lambda r: self.metrics.lists.labels(r).inc
         )
+        self.pool_sync = poolsync.PoolSync(api, self._must_lead, lambda what: metrics.pools.labels(what).inc())
 
     @property
     def _lease_path(self) -> str:
@@ -249,7 +259,7 @@ class Manager:
             self.leading = False
 
     def start_informers(self) -> None:
-        for path in (NODES, PODS, CSRS):
+        for path in (NODES, PODS, CSRS, poolsync.POOLS):
             counter = self.metrics.lists.labels(path.rsplit("/", 1)[-1])
             watched = informer.Informer(self.api, path, self.wake.set, self.stopping, listed=counter.inc)
             self.informers[path] = watched
@@ -269,6 +279,7 @@ class Manager:
         nodes = {n["metadata"]["name"]: n for n in self._read(NODES)}
         self.sync_pods(nodes)
         self.sync_csrs(nodes)
+        self.sync_pools(nodes)
         self.appsets.sync()
         self.last_pass = time.monotonic()
         self.synced = True
@@ -300,6 +311,18 @@ class Manager:
                 pod["spec"]["nodeName"],
             )
             self.metrics.rewritten.labels(direction).inc()
+
+    def sync_pools(self, nodes: dict[str, access.Obj]) -> None:
+        """NodePools (`converter.poolsync`), once they are listed: without the CRD (no `yurtctl convert`) or
+        before the first list, the pass goes on without them."""
+        watched = self.informers.get(poolsync.POOLS)
+        if watched is not None and not watched.synced.is_set():
+            return
+        try:
+            pools = self._read(poolsync.POOLS)
+        except errors.NotFound:
+            return
+        self.pool_sync.sync(nodes, pools)
 
     def csr_context(self, nodes: dict[str, access.Obj]) -> csr.Context:
         addresses = {

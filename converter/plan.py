@@ -16,7 +16,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from converter import components, helm, jointoken, names, nodestep, tolerations
+from converter import components, helm, jointoken, names, nodepool, nodestep, tolerations
 
 Obj = dict[str, Any]
 NS = components.NAMESPACE
@@ -176,6 +176,8 @@ def _collection(obj: Obj) -> str:
         "Secret": "secrets",
         "Job": "jobs",
         "CustomResourceDefinition": "customresourcedefinitions",
+        "ValidatingAdmissionPolicy": "validatingadmissionpolicies",
+        "ValidatingAdmissionPolicyBinding": "validatingadmissionpolicybindings",
     }[obj["kind"]]
     ns = obj["metadata"].get("namespace")
     return f"{base}/namespaces/{ns}/{plural}" if ns else f"{base}/{plural}"
@@ -196,10 +198,28 @@ def _delete(obj: Obj) -> Change:
 
 
 def cloud_objects(image: str, replicas: int = 2) -> list[Obj]:
+    """Installed in this order by convert, removed in the reverse order by revert."""
     return [
+        *components.nodepool_objects(),
         *components.appset_objects(),
         *components.manager_rbac(),
         components.manager_deployment(image, replicas=replicas),
+    ]
+
+
+def crd_paths() -> list[str]:
+    """The CustomResourceDefinitions convert installs, as paths."""
+    return [object_path(o) for o in cloud_objects("-") if o["kind"] == "CustomResourceDefinition"]
+
+
+def foreign_crds(existing: list[Obj | None]) -> list[str]:
+    """Preflight problems for CRDs convert would install that exist without our label (OpenYurt's own, say):
+    convert would overwrite them, and revert delete them with every object in them."""
+    return [
+        f"CustomResourceDefinition {_name(crd)} exists and was not installed by yurtctl: convert would replace "
+        "it and revert delete it with all its objects; remove it (or the tool that installed it) first"
+        for crd in existing
+        if crd is not None and not components.MANAGED_BY.items() <= (crd["metadata"].get("labels") or {}).items()
     ]
 
 
@@ -264,7 +284,17 @@ def edge_nodes(opts: Options, nodes: list[Obj]) -> list[str]:
     return sorted(_name(n) for n in nodes if _name(n) not in opts.cloud_nodes)
 
 
-def convert_plan(opts: Options, nodes: list[Obj], record: Obj | None) -> Plan:
+def minor_of(version: Obj) -> int:
+    """The minor version from `/version` (-1 when unreadable)."""
+    try:
+        return int(str(version.get("minor", "")).rstrip("+"))
+    except ValueError:
+        return -1
+
+
+def convert_plan(opts: Options, nodes: list[Obj], record: Obj | None, *, policies: bool = True) -> Plan:
+    """`policies`: the cluster serves admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy (1.30+);
+    without it those objects are left out."""
     edge = edge_nodes(opts, nodes)
     cloud = list(opts.cloud_nodes)
     autonomous = list(opts.autonomous_nodes) or edge
@@ -287,7 +317,11 @@ def convert_plan(opts: Options, nodes: list[Obj], record: Obj | None) -> Plan:
         if annotations:
             what += f", annotation {names.AUTONOMY_ANNOTATION}=true"
         before.append(Change("patch", f"/api/v1/nodes/{name}", patch, what))
-    before += [_apply(o) for o in cloud_objects(opts.image, opts.manager_replicas)]
+    before += [
+        _apply(o)
+        for o in cloud_objects(opts.image, opts.manager_replicas)
+        if policies or o["kind"] not in components.POLICY_KINDS
+    ]
     done = node_states(record)
     todo = [n for n in edge if done.get(n) != "converted"]
     skipped = [n for n in edge if done.get(n) == "converted"]
@@ -312,6 +346,19 @@ def convert_plan(opts: Options, nodes: list[Obj], record: Obj | None) -> Plan:
         tunnel=opts.tunnel,
         join_token=bool(opts.join_token),
     )
+
+
+def pool_attributes_removed(nodes: list[Obj]) -> list[Change]:
+    """Revert, once yurt-manager and the NodePool CRD are gone: take off every node what its pool put there
+    (recorded in `nodepool.PREVIOUS`). The pool label itself is the operator's and stays."""
+    out = []
+    for n in nodes:
+        patch = nodepool.node_patch(n, {}) if nodepool.PREVIOUS in (n["metadata"].get("annotations") or {}) else None
+        if patch is not None:
+            out.append(
+                Change("patch", f"/api/v1/nodes/{_name(n)}", patch, f"Node {_name(n)}: NodePool attributes removed")
+            )
+    return out
 
 
 YURTHUB_CSR_LABEL = "app.kubernetes.io/managed-by=yurthub"
@@ -367,6 +414,7 @@ def revert_plan(
                 )
             )
     after += [_delete(o) for o in reversed(cloud_objects("-"))]
+    after += pool_attributes_removed(nodes)
     after.append(_delete(components.join_token_secret("")))  # left by a convert that did not complete
     lease = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{components.MANAGER}"
     after.append(Change("delete", lease, None, f"Lease {NS}/{components.MANAGER} (yurt-manager's leader election)"))

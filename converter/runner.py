@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from typing import TextIO
 
-from converter import access, components, errors, helm, lease, nodestep, plan, tolerations
+from converter import access, components, errors, helm, lease, nodepool, nodestep, plan, tolerations
 from converter.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -187,8 +187,32 @@ def apply_change(api: access.Api, change: plan.Change) -> None:
             api.patch(f"{change.path}/{change.body['metadata']['name']}", change.body)
     elif "/pods/" in change.path:
         _restore_pod(api, change.path)
+    elif change.path.startswith("/api/v1/nodes/") and nodepool.PREVIOUS in _annotations(change.body):
+        _strip_pool(api, change.path)
     else:
         api.patch(change.path, change.body)
+
+
+def _annotations(body: access.Obj) -> dict[str, object]:
+    return dict((body.get("metadata") or {}).get("annotations") or {})
+
+
+def _strip_pool(api: access.Api, path: str) -> None:
+    """Take a node's NodePool attributes off, deciding again from its current state (its taints are replaced
+    as a whole list, so a change meanwhile is a Conflict, and is decided again)."""
+    for _ in range(10):
+        node = api.get(path)
+        patch = nodepool.node_patch(node, {}) if node is not None else None
+        if patch is None:
+            return
+        try:
+            api.patch(path, patch)
+            return
+        except errors.NotFound:
+            return
+        except errors.Conflict:
+            continue
+    raise errors.ConverterError(f"{path}: kept changing while its NodePool attributes were being removed")
 
 
 def _restore_pod(api: access.Api, path: str) -> None:
@@ -360,10 +384,11 @@ def convert(
     record = api.get(plan.RECORD_PATH)
     version = api.get("/version") or {}
     problems = plan.preflight(opts, nodes, version, record)
+    problems += plan.foreign_crds([api.get(path) for path in plan.crd_paths()])
     if problems:
         out.write("yurtctl convert: preflight failed, nothing was changed:\n" + "".join(f"  - {p}\n" for p in problems))
         return 1
-    p = plan.convert_plan(opts, nodes, record)
+    p = plan.convert_plan(opts, nodes, record, policies=plan.minor_of(version) >= components.POLICY_MINOR)
     args = node_args(opts)
     if dry_run:
         objects = charts.render(helm.values(opts.image, opts.tunnel_replicas)) if charts and opts.tunnel else []

@@ -13,8 +13,9 @@ Filters (OpenYurt's names and semantics):
   own `kube-system/x-tunnel-server-internal-svc`) are dropped: they only make sense in the cloud.
 - `servicetopology`: an EndpointSlice whose Service is annotated `openyurt.io/topologyKeys` keeps only the
   endpoints on this node (`kubernetes.io/hostname`) or on the nodes of this node's pool (`openyurt.io/nodepool`
-  or `kubernetes.io/zone`; the pool is a node label, `apps.openyurt.io/nodepool` by default). Endpoints with
-  no nodeName are dropped then. The Service annotations and the pool members are `Facts` the shell hands in.
+  or `kubernetes.io/zone`; a node names its pool by a label, `apps.openyurt.io/nodepool` by default, and the
+  pool's members are its NodePool's `status.nodes`, see `topology`). Endpoints with no nodeName are dropped
+  then. The Service annotations and the pool members are `Facts` the shell hands in.
 
 Bodies: filtered responses are JSON only (the proxy negotiates JSON upstream for exactly these requests, see
 `proxy`), so this module reads and writes JSON. Objects no filter changed keep their bytes; a list no filter

@@ -1,10 +1,13 @@
 """Where `servicetopology` learns which Services ask for a topology and which nodes share this node's pool.
 
-yurthub asks the cloud itself, with the node's identity: its own Node (for its pool label), the nodes of
-that pool (a label selector, so a big cluster's other pools are never transferred), and the Services (only
-the `openyurt.io/topologyKeys` annotations are kept). Stock Node authorization lets a node read Services and
-its own Node but not list others; listing the pool needs a ClusterRole granting `list` on nodes to the node
-(README). Without it the pool is this node alone, and yurthub says so once in its log.
+yurthub asks the cloud itself, with the node's identity: its own Node (for its pool label), the pool's
+NodePool (`apps.openyurt.io/v1beta2`, whose `status.nodes` yurt-manager keeps: the members), and the Services
+(only the `openyurt.io/topologyKeys` annotations are kept). Stock Node authorization lets a node read Services
+and its own Node; `yurtctl convert` grants every node `get` (only) on NodePools (ClusterRole `yurt-hub-nodepools`),
+so pool topology needs nothing more. Only when no NodePool can be read (none by that name, or no such CRD
+or right, as before convert) does yurthub fall back to listing the nodes carrying the pool label, which
+needs `list` on nodes (README); without that either the pool is this node alone. Which source is used is
+logged once, when it changes.
 
 Asking directly, rather than reading what other components cached, means the answer never depends
 on which component listed what first (kube-proxy lists Services and EndpointSlices at the same moment) or on
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 TTL_S = 30.0
 BACKOFF_S = 1.0
 """Wait after a first failed refresh; it doubles with every failure in a row, up to `TTL_S`."""
+NODEPOOLS = "/apis/apps.openyurt.io/v1beta2/nodepools"
 SCOPE = storage.Scope("yurthub", wire.Encoding.JSON, "facts.servicetopology")
 Fetch = Callable[[str], Awaitable[bytes | None]]
 """GET a path from the cloud with the node's identity, as JSON; None when it could not be had."""
@@ -63,7 +67,8 @@ class FactsSource:
         self.facts: Facts | None = None
         self.fetched_at = float("-inf")
         self.lock = asyncio.Lock()
-        self.pool_warned = False
+        self.pool_source = ""
+        """Where the pool's members came from last: "nodepool", "labels" or "node-only" (logged on change)."""
 
     async def get(self) -> Facts | None:
         """Fresh facts if the cloud gives them, else the last known ones (from memory or the cache)."""
@@ -104,17 +109,7 @@ class FactsSource:
         try:
             labels = json.loads(node).get("metadata", {}).get("labels") or {}
             pool = labels.get(self.pool_label, "")
-            members: frozenset[str] = frozenset()
-            if pool:
-                selector = quote(f"{self.pool_label}={pool}", safe="")
-                nodes = await self.fetch(f"/api/v1/nodes?labelSelector={selector}")
-                if nodes is not None:
-                    members = frozenset(i["metadata"]["name"] for i in json.loads(nodes).get("items") or [])
-                elif not self.pool_warned:
-                    self.pool_warned = True
-                    log.warning("cannot list the nodes of pool=%s: servicetopology keeps this node only", pool)
-                # else: not allowed to list nodes (stock Node authorization lets a node read only its own):
-                # the pool shrinks to this node, the narrowest reading of "keep traffic in the pool".
+            members = await self.pool_members(pool) if pool else frozenset()
             topology = {}
             for item in json.loads(services).get("items") or []:
                 meta = item.get("metadata") or {}
@@ -125,3 +120,30 @@ class FactsSource:
             log.warning("cannot read topology facts from the cloud error=%s", exc)
             return None
         return Facts(self.node_name, members | {self.node_name} if pool else frozenset(), topology)
+
+    async def pool_members(self, pool: str) -> frozenset[str]:
+        """The pool's members: the NodePool's `status.nodes`, else the nodes labelled into it, else none."""
+        members: frozenset[str] = frozenset()
+        source = "node-only"
+        body = await self.fetch(f"{NODEPOOLS}/{quote(pool, safe='')}")
+        if body is not None:
+            members, source = (
+                frozenset(str(n) for n in (json.loads(body).get("status") or {}).get("nodes") or []),
+                "nodepool",
+            )
+        else:
+            selector = quote(f"{self.pool_label}={pool}", safe="")
+            nodes = await self.fetch(f"/api/v1/nodes?labelSelector={selector}")
+            if nodes is not None:
+                members = frozenset(i["metadata"]["name"] for i in json.loads(nodes).get("items") or [])
+                source = "labels"
+        if source != self.pool_source:
+            self.pool_source = source
+            if source == "node-only":
+                log.warning(
+                    "cannot read NodePool %s nor list the nodes of that pool: servicetopology keeps this node only",
+                    pool,
+                )
+            else:
+                log.info("servicetopology reads pool=%s members from source=%s", pool, source)
+        return members

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from converter import components
 from testenv import cluster, controlplane, relay
 from testenv.kubectl import wait_for
 from tests.integration.conftest import NODE, Hub, start_hub, stop_hub, wait_cloud
@@ -96,27 +97,37 @@ def endpoint_slice(service_name: str, nodes: list[str]) -> dict[str, Any]:
 
 
 def cluster_objects(cloud: cluster.Cluster) -> None:
-    """Two pools (ours: yurt-test and yurt-near; another: yurt-far) and Services for every filter."""
+    """Two pools (ours: yurt-test and yurt-near; another: yurt-far) and Services for every filter.
+
+    The pool is a NodePool, read with stock Node authorization plus what `yurtctl convert` installs (the CRD
+    and `get` on NodePools for every node); nodes may not list nodes. Its `status.nodes` is set here as
+    yurt-manager would. `yurt-stray` carries pool-a's label but is not in `status.nodes`: the NodePool,
+    not the label, decides."""
     cloud.kubectl.run("label", "node", NODE, f"{POOL}=pool-a", "--overwrite")
+    cloud.kubectl.apply(components.nodepool_objects())
+    cloud.kubectl.run("wait", "--for=condition=Established", f"crd/{components.NODEPOOL_CRD}", "--timeout=60s")
     cloud.kubectl.apply(
         [
-            {  # what servicetopology needs beyond Node authorization: the nodes of its pool (README)
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRole",
-                "metadata": {"name": "yurthub-pool-nodes"},
-                "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]}],
-            },
             {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRoleBinding",
-                "metadata": {"name": "yurthub-pool-nodes"},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": "yurthub-pool-nodes",
-                },
-                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}],
-            },
+                "apiVersion": "apps.openyurt.io/v1beta2",
+                "kind": "NodePool",
+                "metadata": {"name": "pool-a"},
+                "spec": {"type": "Edge"},
+            }
+        ]
+    )
+    cloud.kubectl.run(
+        "patch",
+        "nodepool",
+        "pool-a",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"nodes": [NODE, "yurt-near"], "readyNodeNum": 2, "unreadyNodeNum": 0}}),
+    )
+    cloud.kubectl.apply(
+        [
+            node("yurt-stray", "pool-a"),
             node("yurt-near", "pool-a"),
             node("yurt-far", "pool-b"),
             service("lb-discard", annotations={"svc.openyurt.io/discard": "true"}, lb=True),
@@ -126,7 +137,7 @@ def cluster_objects(cloud: cluster.Cluster) -> None:
             service("in-pool", annotations={"openyurt.io/topologyKeys": "openyurt.io/nodepool"}),
             service("anywhere"),
             endpoint_slice("on-node", [NODE, "yurt-near", "yurt-far"]),
-            endpoint_slice("in-pool", [NODE, "yurt-near", "yurt-far"]),
+            endpoint_slice("in-pool", [NODE, "yurt-near", "yurt-far", "yurt-stray"]),
             endpoint_slice("anywhere", [NODE, "yurt-near", "yurt-far"]),
         ]
     )
