@@ -131,6 +131,19 @@ def _limit_flags(parser: argparse.ArgumentParser) -> None:
         "--max-views-per-scope", type=int, default=d.max_views_per_scope, help="cached list views per scope"
     )
     group.add_argument(
+        "--max-inflight-pod",
+        type=int,
+        default=d.max_inflight_pod,
+        help="non-watch requests from the HTTPS door in flight at once (429 with Retry-After past it)",
+    )
+    group.add_argument(
+        "--max-inflight-other",
+        type=int,
+        default=d.max_inflight_other,
+        help="non-watch plain-port requests that are not a node component's in flight at once (429 past it); "
+        "node components (cache agents without their own token) are never limited",
+    )
+    group.add_argument(
         "--token-scope-idle-seconds",
         type=float,
         default=d.token_scope_idle_s,
@@ -258,6 +271,8 @@ def _limit_settings(args: argparse.Namespace) -> config.LimitSettings:
         "--max-list-digests": args.max_list_digests,
         "--max-views-per-scope": args.max_views_per_scope,
         "--token-scope-idle-seconds": args.token_scope_idle_seconds,
+        "--max-inflight-pod": args.max_inflight_pod,
+        "--max-inflight-other": args.max_inflight_other,
     }
     for flag, value in values.items():
         if value <= 0:
@@ -271,6 +286,8 @@ def _limit_settings(args: argparse.Namespace) -> config.LimitSettings:
         max_list_digests=args.max_list_digests,
         max_views_per_scope=args.max_views_per_scope,
         token_scope_idle_s=args.token_scope_idle_seconds,
+        max_inflight_pod=args.max_inflight_pod,
+        max_inflight_other=args.max_inflight_other,
     )
 
 
@@ -413,6 +430,14 @@ def status_main(argv: list[str]) -> int:
             f"{held['lists']}/{caps['lists']} bytes (lists for the cache); "
             f"list digests {limits['listDigests']}/{limits['listDigestsCap']}"
         )
+        inflight = limits.get("inflight")
+        if inflight:
+            print(
+                "in flight (non-watch): "
+                + ", ".join(
+                    f"{cls} {n}/{inflight['caps'].get(cls) or 'unlimited'}" for cls, n in inflight["now"].items()
+                )
+            )
     box = report["outbox"]
     print(f"outbox: {box['depth']}/{box['capacity']} waiting, {box['dropped']} dropped")
     for w in box["oldest"]:

@@ -199,6 +199,16 @@ class LimitSettings:
     belongs to a token that no longer works. Counted only while the cloud is reachable (`server.sweep_once`)."""
     sweep_interval_s: float = 300.0
     """How often idle token scopes are looked for."""
+    max_inflight_pod: int = 32
+    """Non-watch requests in flight at once from the HTTPS door (pods), past it 429 with `Retry-After`
+    (`fairness`). A node runs a few dozen pods and few of them talk to the API more than now and then; 32 lets
+    every ordinary pod through while a flood from a few pods cannot occupy yurthub's two cores and the cloud
+    connection the node's own components need."""
+    max_inflight_other: int = 16
+    """Non-watch requests in flight at once on the plain port from clients that are not cache agents (or carry
+    their own token). Such local processes are rare on an edge node (an operator's kubectl, a monitoring
+    agent); 16 is room for them, and keeps a rogue local process from crowding out kubelet. Node components
+    (cache agents without their own token) are never limited."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import logging
 from collections.abc import Callable
@@ -21,7 +22,20 @@ from typing import Any
 
 import aiohttp
 
-from yurthub import budget, config, errors, filters, health, metrics, outbox, requestinfo, storage, topology, wire
+from yurthub import (
+    budget,
+    config,
+    errors,
+    fairness,
+    filters,
+    health,
+    metrics,
+    outbox,
+    requestinfo,
+    storage,
+    topology,
+    wire,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +52,8 @@ class Admitted:
     body: bytes
     held: budget.Hold
     """Bytes of the node-wide `requests` budget this request holds (its body, then whole answers)."""
+    seat: fairness.Seat
+    """Its place among its class's requests in flight (`fairness`); released when `proxy.handle` ends."""
 
 
 class Hub:
@@ -75,6 +91,10 @@ class Hub:
         """Request bodies and whole answers held in memory at once; past it, 429."""
         self.lists_budget = budget.Budget(limits.max_list_buffer_bytes)
         """List bodies buffered for the cache, from the first byte read until written; past it, not cached."""
+        self.seats = fairness.Seats({"node": None, "pod": limits.max_inflight_pod, "other": limits.max_inflight_other})
+        """Non-watch requests in flight per class (`fairness`); past a class's limit, 429."""
+        for cls in fairness.CLASSES:
+            stats.inflight.labels(cls).set_function(functools.partial(self.seats.count, cls))
         self.outbox_depth = 0
         """The outbox's length as last read on the writer thread (the event loop never asks the disk)."""
         self.cache_writable = True

@@ -174,6 +174,18 @@ class Metrics:
             ["budget"],
             registry=r,
         )
+        self.inflight = Gauge(
+            "yurthub_inflight_requests",
+            "Non-watch requests in flight, by class (node: cache agents; pod: the HTTPS door; other)",
+            ["class"],
+            registry=r,
+        )
+        self.refused = Counter(
+            "yurthub_inflight_refused_total",
+            "Requests answered 429 because their class had its limit of requests in flight",
+            ["class"],
+            registry=r,
+        )
         self.bounded = Gauge(
             "yurthub_bounded_entries",
             "Entries of the bounded tables (list digests, cache views, token scopes, tombstones, objects)",

@@ -3,7 +3,9 @@
 handle(request)
   ├── admit: refuse over-long headers (431), two Authorization headers or a path no client sends (400), a
   │          door request without a token (401), a filtered request that does not take JSON (406), a body
-  │          too big (413) or one the node-wide memory budget has no room for (429 with Retry-After)
+  │          too big (413) or one the node-wide memory budget has no room for (429 with Retry-After), or a
+  │          non-watch request past its class's limit in flight (429 with Retry-After, `fairness`: the
+  │          node's own components are never limited, pods and other local clients are)
   ├── cloud healthy → `remote.forward`: stream the response back byte for byte, tee cacheable ones into the
   │                   cache. A connection failure marks the server down and falls through to the cache; a
   │                   server that is connected but silent past the request timeout gets this one request a
@@ -28,7 +30,7 @@ import dataclasses
 
 from aiohttp import web
 
-from yurthub import budget, cache, errors, local, remote, replies, requestinfo, wire
+from yurthub import budget, cache, errors, fairness, local, remote, replies, requestinfo, wire
 from yurthub.hub import Admitted, Hub
 
 __all__ = ["MAX_HEADER", "Hub", "handle"]
@@ -65,6 +67,7 @@ async def handle(hub: Hub, request: web.Request, *, door: bool = False) -> web.S
         return await local.serve(hub, request, admitted)
     finally:
         admitted.held.release()
+        admitted.seat.release()
 
 
 def _credentials(values: list[str]) -> str:
@@ -113,16 +116,22 @@ async def admit(hub: Hub, request: web.Request, *, door: bool) -> Admitted | web
     limit = limits.max_door_request_body if door else limits.max_request_body
     if request.content_length is not None and request.content_length > limit:
         return replies.error(413, f"request body of {request.content_length} bytes exceeds {limit}")
+    cls = fairness.classify(door=door, component=info.component, agents=hub.agents, own_credentials=bool(auths))
+    seat = fairness.uncounted(cls) if info.verb == "watch" else hub.seats.take(cls)
+    if seat is None:
+        return _busy(hub, info, cls)
     held = hub.requests_budget.hold()
     try:
         body = await _read_body(hub, request, info, limit, held)
     except BaseException:
         held.release()  # a client gone mid-body must not keep its bytes counted
+        seat.release()
         raise
     if isinstance(body, web.Response):
         held.release()
+        seat.release()
         return body
-    return Admitted(info, names, body, held)
+    return Admitted(info, names, body, held, seat)
 
 
 async def _read_body(
@@ -151,3 +160,17 @@ def _overloaded(hub: Hub, info: requestinfo.RequestInfo) -> web.Response:
     hub.metrics.overloaded.labels("requests").inc()
     hub.metrics.request(info.component, info.verb, info.resource, "refused")
     return replies.overloaded("request bodies", hub.settings.limits.retry_after_s)
+
+
+def _busy(hub: Hub, info: requestinfo.RequestInfo, cls: fairness.Class) -> web.Response:
+    """429 at once, before any body is read or the cloud is asked: a class's flood stays with its senders."""
+    hub.metrics.refused.labels(cls).inc()
+    hub.metrics.request(info.component, info.verb, info.resource, "refused")
+    retry = hub.settings.limits.retry_after_s
+    return replies.error(
+        429,
+        f"yurthub has as many {cls} requests in flight as it allows ({hub.seats.limits[cls]}); the node's own "
+        f"components go first: retry in {retry}s",
+        "TooManyRequests",
+        {"Retry-After": str(retry)},
+    )

@@ -175,6 +175,7 @@ def status_report(hub: proxy.Hub, usage: list[storage.Usage], ids: identity.Iden
                 "requests": hub.settings.limits.max_bytes_in_memory,
                 "lists": hub.settings.limits.max_list_buffer_bytes,
             },
+            "inflight": {"now": dict(hub.seats.inflight), "caps": dict(hub.seats.limits)},
         },
         "outbox": {
             "depth": len(hub.outbox),
