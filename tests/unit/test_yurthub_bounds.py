@@ -5,10 +5,11 @@ made-up resources). No socket beyond 127.0.0.1, no mocks of yurthub's own code."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import string
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -64,13 +65,21 @@ def answers() -> dict[str, tuple[bytes, str]]:
 
 
 @pytest.fixture
+def gate() -> asyncio.Event:
+    """The cloud holds every request whose path ends in `/stall` until this is set."""
+    return asyncio.Event()
+
+
+@pytest.fixture
 async def node(
-    tmp_path: Path, limits: config.LimitSettings, answers: dict[str, tuple[bytes, str]]
+    tmp_path: Path, limits: config.LimitSettings, answers: dict[str, tuple[bytes, str]], gate: asyncio.Event
 ) -> AsyncIterator[Node]:
     seen: list[bytes] = []
 
     async def cloud_answer(request: web.Request) -> web.Response:
         seen.append(await request.read())
+        if request.path.endswith("/stall"):
+            await gate.wait()
         key = request.path + ("?watch" if "watch" in request.query else "")
         if key in answers:
             body, ctype = answers[key]
@@ -93,6 +102,7 @@ async def node(
         try:
             yield Node(hub, f"http://127.0.0.1:{port}", seen)
         finally:
+            gate.set()
             await runner.cleanup()
             await cloud_runner.cleanup()
             hub.writer.shutdown(wait=True)
@@ -402,3 +412,81 @@ async def test_an_encoded_newline_in_the_path_is_yurthubs_400_status(node: Node,
         await runner.cleanup()
     assert (doc["kind"], doc["code"], doc["reason"]) == ("Status", 400, "BadRequest")
     assert node.seen == []  # nothing reached the cloud
+
+
+STALL = "/api/v1/namespaces/default/configmaps/stall"
+OTHER = {"User-Agent": "curl/8.0"}
+KUBELET = {"User-Agent": "kubelet/v1.34"}
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met in 10 s")
+
+
+@pytest.mark.parametrize("limits", [config.LimitSettings(max_inflight_other=1)])
+async def test_past_the_other_limit_429_at_once_while_kubelet_is_answered(node: Node, gate: asyncio.Event) -> None:
+    async def held() -> None:
+        async with session.get(node.url + STALL, headers=OTHER) as resp:
+            assert resp.status == 404  # once the cloud lets it go
+
+    async with aiohttp.ClientSession() as session:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(held(), name="held-other-request")
+            await until(lambda: node.hub.seats.inflight["other"] == 1)
+            seen = len(node.seen)
+            path = node.url + "/api/v1/namespaces/default/configmaps/a"
+            async with session.post(path, data=b"x" * 1000, headers=OTHER) as resp:
+                assert resp.status == 429
+                assert resp.headers["Retry-After"] == "1"
+                doc = json.loads(await resp.read())
+                assert (doc["kind"], doc["reason"], doc["code"]) == ("Status", "TooManyRequests", 429)
+                assert "other" in doc["message"]
+            # kubelet with a token of its own is not the node: refused too
+            async with session.get(path, headers={**KUBELET, "Authorization": "Bearer pod-token"}) as resp:
+                assert resp.status == 429
+            assert len(node.seen) == seen  # neither reached the cloud
+            for _ in range(5):  # the node's own component is answered (the cloud's 404), never refused
+                async with session.get(path, headers=KUBELET) as resp:
+                    assert resp.status == 404
+            # a watch takes no seat
+            async with session.get(path.rsplit("/", 1)[0] + "?watch=1", headers=OTHER) as resp:
+                assert resp.status == 404
+            text = generate_latest(node.hub.metrics.registry).decode()
+            assert 'yurthub_inflight_refused_total{class="other"} 2.0' in text
+            assert 'yurthub_inflight_requests{class="other"} 1.0' in text
+            gate.set()
+        await until(lambda: node.hub.seats.inflight["other"] == 0)
+        async with session.get(path, headers=OTHER) as resp:
+            assert resp.status == 404
+    assert node.hub.seats.inflight == {"node": 0, "pod": 0, "other": 0}
+
+
+@pytest.mark.parametrize("limits", [config.LimitSettings(max_inflight_other=1)])
+async def test_a_client_gone_mid_body_gives_its_seat_back(node: Node) -> None:
+    never = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"x" * 100
+        await never.wait()
+
+    async def post() -> None:
+        async with aiohttp.ClientSession() as session:
+            await session.post(node.url + "/api/v1/namespaces/default/configmaps", data=body(), headers=OTHER)
+
+    with contextlib.suppress(asyncio.CancelledError):
+        async with asyncio.TaskGroup() as group:
+            sender = group.create_task(post(), name="body-sender")
+            await until(lambda: node.hub.seats.inflight["other"] == 1)
+            sender.cancel()  # the client goes away mid-body
+    # the client's connection is closed: yurthub's body read fails and the seat comes back
+    await until(lambda: node.hub.seats.inflight["other"] == 0)
+    assert node.hub.requests_budget.held == 0
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(node.url + "/api/v1/namespaces/default/configmaps/a", headers=OTHER) as resp,
+    ):
+        assert resp.status == 404
