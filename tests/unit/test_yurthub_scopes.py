@@ -10,10 +10,10 @@ import aiohttp
 import pytest
 from prometheus_client import generate_latest
 
-from tests.unit.test_yurthub_bounds import CONFIGMAPS, Node, _configmap_list, answers, limits, node, settings
+from tests.unit.test_yurthub_bounds import CONFIGMAPS, Node, _configmap_list, answers, gate, limits, node, settings
 from yurthub import cache, config, health, metrics, outbox, proxy, server, storage, wire
 
-__all__ = ["answers", "limits", "node"]  # fixtures used here
+__all__ = ["answers", "gate", "limits", "node"]  # fixtures used here
 
 
 async def test_token_scopes_unused_for_a_tokens_lifetime_are_swept(tmp_path: Path) -> None:
