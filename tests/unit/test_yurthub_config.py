@@ -135,3 +135,10 @@ def test_a_token_on_the_command_line_is_recognised_for_the_warning() -> None:
     assert cli.token_on_command_line([*BASE, f"--join-token={TOKEN}"])
     assert cli.token_on_command_line([*BASE, "--join-token", TOKEN])
     assert not cli.token_on_command_line([*BASE, "--join-token-file=/etc/yurthub/join-token"])
+
+
+def test_inflight_limits_come_from_flags_and_must_be_positive() -> None:
+    limits = cli.settings_from_args(cli.parse_args([*BASE, "--max-inflight-pod=3", "--max-inflight-other=1"])).limits
+    assert (limits.max_inflight_pod, limits.max_inflight_other) == (3, 1)
+    with pytest.raises(config.ConfigError, match="--max-inflight-other"):
+        cli.settings_from_args(cli.parse_args([*BASE, "--max-inflight-other=0"]))
