@@ -5,6 +5,8 @@
 - A request on the plain port that carries its own token is cached under that token's scope: offline, a
   plain request naming the same component does not read what the token fetched.
 - A body past the node-wide memory budget gets 429 with `Retry-After`.
+- With the `other` class at its limit in flight (one request stalled by the webhook), another `other` request
+  gets 429 with `Retry-After` at once while kubelet's requests are answered.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ def call(
     body: bytes | None = None,
     token: str | None = None,
     timeout: float = 20,
+    agent: str = KUBELET,
 ) -> tuple[int, dict[str, str], bytes]:
-    headers = {"Accept": "application/json", "User-Agent": KUBELET, "Content-Type": "application/json"}
+    headers = {"Accept": "application/json", "User-Agent": agent, "Content-Type": "application/json"}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, data=body, method=method, headers=headers)
@@ -234,3 +237,46 @@ def test_a_body_past_the_memory_budget_gets_429_with_retry_after(
         assert call(hub.proxy + configmaps + "/big")[0] == 404  # it never reached the cloud
     finally:
         stop_hub(hub)
+
+
+def test_past_the_other_limit_a_second_request_gets_429_while_kubelet_is_answered(
+    cloud: cluster.Cluster, link: relay.Relay, tmp_path: Path, slow_webhook: threading.Event
+) -> None:
+    hub = start_hub(cloud, link, tmp_path / "hub", "--max-inflight-other=1", "--request-timeout-seconds=30")
+    configmaps = f"/api/v1/namespaces/{NS}/configmaps"
+    other = "monitoring-agent/1.0"
+    slow: list[int] = []
+
+    def stalled() -> None:
+        slow.append(
+            call(hub.proxy + configmaps, method="POST", body=configmap("held", {"slow": "yes"}), agent=other)[0]
+        )
+
+    holder = threading.Thread(target=stalled, daemon=True)
+    try:
+        wait_for("the cloud", lambda: call(hub.proxy + configmaps)[0] == 200, timeout=30)
+        holder.start()
+        wait_for(
+            "the stalled request to hold the other class's only seat",
+            lambda: hub.status()["limits"]["inflight"]["now"]["other"] == 1,
+            timeout=20,
+            interval=0.1,
+        )
+        code, headers, body = call(hub.proxy + configmaps + "/held", agent=other)
+        doc = json.loads(body)
+        assert (code, headers.get("Retry-After"), doc["kind"], doc["reason"]) == (
+            429,
+            "1",
+            "Status",
+            "TooManyRequests",
+        ), body
+        code, _, body = call(hub.proxy + configmaps)  # kubelet, no token of its own: the node's class
+        assert code == 200, body
+        code, _, _ = call(hub.proxy + f"/api/v1/nodes/{NODE}")
+        assert code == 200
+        assert holder.is_alive()  # the slow one is still held: kubelet went past it
+    finally:
+        slow_webhook.set()
+        holder.join(30)
+        stop_hub(hub)
+    assert slow == [201]
