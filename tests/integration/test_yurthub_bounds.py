@@ -272,8 +272,8 @@ def test_past_the_other_limit_a_second_request_gets_429_while_kubelet_is_answere
         ), body
         code, _, body = call(hub.proxy + configmaps)  # kubelet, no token of its own: the node's class
         assert code == 200, body
-        code, _, _ = call(hub.proxy + f"/api/v1/nodes/{NODE}")
-        assert code == 200
+        code, _, body = call(hub.proxy + f"/api/v1/nodes/{NODE}")
+        assert code in (200, 404), body  # the cloud's answer (this Node may not be registered), not a 429
         assert holder.is_alive()  # the slow one is still held: kubelet went past it
     finally:
         slow_webhook.set()
