@@ -490,3 +490,37 @@ async def test_a_client_gone_mid_body_gives_its_seat_back(node: Node) -> None:
         session.get(node.url + "/api/v1/namespaces/default/configmaps/a", headers=OTHER) as resp,
     ):
         assert resp.status == 404
+
+
+@pytest.mark.parametrize("limits", [config.LimitSettings(max_inflight_pod=1, max_inflight_other=1)])
+async def test_past_the_pod_limit_the_door_gets_429_while_the_plain_port_is_served(
+    node: Node, gate: asyncio.Event
+) -> None:
+    runner = server._door_runner(node.hub)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)  # the door's routing without its TLS
+    await site.start()
+    door_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    pod = {"User-Agent": "kubelet/v1.34", "Authorization": "Bearer pod-token"}  # a pod may say it is kubelet
+    path = "/api/v1/namespaces/default/configmaps/a"
+
+    async def held() -> None:
+        async with session.get(door_url + STALL, headers=pod) as resp:
+            assert resp.status == 404
+
+    try:
+        async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as group:
+            group.create_task(held(), name="held-pod-request")
+            await until(lambda: node.hub.seats.inflight["pod"] == 1)
+            async with session.get(door_url + path, headers=pod) as resp:
+                assert resp.status == 429
+                assert json.loads(await resp.read())["reason"] == "TooManyRequests"
+            async with session.get(node.url + path, headers=KUBELET) as resp:
+                assert resp.status == 404  # the node's component: the cloud's answer
+            async with session.get(node.url + path, headers=OTHER) as resp:
+                assert resp.status == 404  # the other class has its own seats
+            gate.set()
+    finally:
+        await runner.cleanup()
+    assert 'yurthub_inflight_refused_total{class="pod"} 1.0' in generate_latest(node.hub.metrics.registry).decode()
+    assert node.hub.seats.inflight == {"node": 0, "pod": 0, "other": 0}
