@@ -31,22 +31,27 @@ def test_a_nodes_addresses_and_edge_label() -> None:
     assert nodes.node_of({"metadata": {"name": "c"}}, "openyurt.io/is-edge-worker") == ("c", nodes.Node((), False))
 
 
-def test_a_kubeconfig_with_embedded_credentials(tmp_path: Path) -> None:
-    ca = pki.CertificateAuthority("kubeconfig-test")
-    client = ca.issue("someone", client=True)
+def write_embedded_kubeconfig(path: Path, ca: pki.CertificateAuthority, client: pki.KeyPair, server: str) -> None:
+    """A kubeconfig carrying the CA, the client certificate and its key as embedded data."""
 
     def b64(data: bytes) -> str:
         return base64.b64encode(data).decode()
 
-    path = tmp_path / "config"
     path.write_text(
         "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
         "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
-        "clusters: [{name: k, cluster: {server: 'https://10.0.0.1:6443/', "
+        f"clusters: [{{name: k, cluster: {{server: '{server}', "
         f"certificate-authority-data: {b64(ca.pair.cert_pem)}}}}}]\n"
         f"users: [{{name: u, user: {{client-certificate-data: {b64(client.cert_pem)}, "
         f"client-key-data: {b64(client.key_pem)}}}}}]\n"
     )
+
+
+def test_a_kubeconfig_with_embedded_credentials(tmp_path: Path) -> None:
+    ca = pki.CertificateAuthority("kubeconfig-test")
+    client = ca.issue("someone", client=True)
+    path = tmp_path / "config"
+    write_embedded_kubeconfig(path, ca, client, "https://10.0.0.1:6443/")
     access = nodes.load_access(str(path))
     assert access is not None and access.server == "https://10.0.0.1:6443" and access.headers() == {}
 
@@ -56,18 +61,8 @@ def test_a_kubeconfig_client_key_never_touches_a_file_system(tmp_path: Path, mon
     is loaded from an anonymous memory file: no file is created anywhere."""
     ca = pki.CertificateAuthority("kubeconfig-test")
     client = ca.issue("someone", client=True)
-
-    def b64(data: bytes) -> str:
-        return base64.b64encode(data).decode()
-
     path = tmp_path / "config"
-    path.write_text(
-        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
-        "clusters: [{name: k, cluster: {server: 'https://api:6443', "
-        f"certificate-authority-data: {b64(ca.pair.cert_pem)}}}}}]\n"
-        f"users: [{{name: u, user: {{client-certificate-data: {b64(client.cert_pem)}, "
-        f"client-key-data: {b64(client.key_pem)}}}}}]\n"
-    )
+    write_embedded_kubeconfig(path, ca, client, "https://api:6443")
     not_a_directory = tmp_path / "not-a-directory"
     not_a_directory.write_bytes(b"")
     monkeypatch.setattr(tempfile, "tempdir", str(not_a_directory))  # any temporary file would fail here
