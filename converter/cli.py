@@ -14,7 +14,21 @@ import urllib.request
 
 import prometheus_client as prom
 
-from converter import appset, controller, errors, helm, host, jointoken, kube, nodestep, plan, runner, serve, sites
+from converter import (
+    appset,
+    controller,
+    endpointwebhook,
+    errors,
+    helm,
+    host,
+    jointoken,
+    kube,
+    nodestep,
+    plan,
+    runner,
+    serve,
+    sites,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +48,13 @@ def build_yurtctl_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument(
         "--manager-replicas", type=int, default=2, help="yurt-manager replicas (0: you run it elsewhere)"
+    )
+    convert.add_argument(
+        "--manager-webhook-url",
+        default="",
+        metavar="URL",
+        help="https://host:port where the apiserver reaches a yurt-manager run outside the cluster (with "
+        "--manager-replicas=0), for its endpoint webhook (default: the yurt-manager-webhook Service)",
     )
     convert.add_argument(
         "--join-token-file",
@@ -235,6 +256,29 @@ def build_manager_parser() -> argparse.ArgumentParser:
     )
     loop.add_argument("--cluster-domain", default="cluster.local", help="for the kubernetes Service's DNS name")
     loop.add_argument("--v", type=int, default=1, help="log verbosity: 0 warnings, 1 info, 2 debug")
+    hook = parser.add_argument_group("endpoint webhook (pods of autonomous nodes stay in their Services)")
+    hook.add_argument(
+        "--webhook-port",
+        type=int,
+        default=0,
+        help="HTTPS port of the endpoint webhook (0: not served; in-cluster 10273)",
+    )
+    hook.add_argument(
+        "--webhook-bind-address",
+        default="0.0.0.0",  # noqa: S104 - the apiserver reaches the pod IP through the Service
+        help="address the webhook listens on",
+    )
+    hook.add_argument(
+        "--webhook-names",
+        default="yurt-manager-webhook.kube-system.svc",
+        help="comma-separated names and addresses the apiserver reaches the webhook by, put in its serving "
+        "certificate (default: %(default)s)",
+    )
+    hook.add_argument(
+        "--webhook-secret",
+        default="kube-system/yurt-manager-webhook-certs",
+        help="namespace/name of the Secret holding the webhook's CA and certificate (made by yurtctl convert)",
+    )
     certs = parser.add_argument_group("certificate approval")
     certs.add_argument(
         "--hub-door-addresses",
@@ -292,6 +336,7 @@ def yurtctl_main(argv: list[str] | None = None) -> int:
         hub_args=args.hub_args,
         node_timeout_s=args.node_timeout,
         manager_replicas=getattr(args, "manager_replicas", 2),
+        manager_webhook_url=getattr(args, "manager_webhook_url", ""),
         tunnel_servers=tunnel_servers,
         tunnel_server_name=getattr(args, "tunnel_server_name", helm.SERVER_NAME),
         tunnel_replicas=getattr(args, "tunnel_server_replicas", 2),
@@ -353,11 +398,27 @@ def manager_main(argv: list[str] | None = None) -> int:
         reserved_names=_nodes(args.reserved_names),
     )
     registry = prom.CollectorRegistry()
+    metrics = controller.Metrics(registry)
+    webhook: endpointwebhook.Webhook | None = None
+    if args.webhook_port:
+        namespace, _, secret = args.webhook_secret.rpartition("/")
+        webhook = endpointwebhook.Webhook(
+            api,
+            endpointwebhook.Settings(
+                host=args.webhook_bind_address,
+                port=args.webhook_port,
+                names=_nodes(args.webhook_names),
+                namespace=namespace or "kube-system",
+                secret=secret,
+            ),
+            lambda r, n: metrics.admitted.labels(r, "kept" if n else "unchanged").inc(),
+        )
     manager = controller.Manager(
         api,
         settings,
-        controller.Metrics(registry),
+        metrics,
         served_names=lambda: controller.apiserver_names(api.server, api.ca_file),
+        webhook=webhook,
     )
     try:
         server = serve.start(

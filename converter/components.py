@@ -15,11 +15,21 @@ from typing import Any
 
 import yaml
 
+from converter import continuity
+
 Obj = dict[str, Any]
 NAMESPACE = "kube-system"
 MANAGER = "yurt-manager"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "yurtctl"}
 HEALTH_PORT = 10272
+WEBHOOK_PORT = 10273
+"""yurt-manager's HTTPS port for the endpoint admission webhook (`converter.endpointwebhook`)."""
+ENDPOINT_WEBHOOK = "yurt-manager-endpoints"
+"""The MutatingWebhookConfiguration keeping endpoints of pods on autonomous nodes ready."""
+WEBHOOK_SERVICE = "yurt-manager-webhook"
+"""The Service in front of yurt-manager's webhook port."""
+WEBHOOK_SECRET = "yurt-manager-webhook-certs"  # noqa: S105 - a Secret's name, not a secret
+"""The Secret holding the webhook's CA and serving certificate, filled by yurt-manager (`converter.servingcert`)."""
 
 
 def _meta(name: str, namespace: str | None = None) -> Obj:
@@ -52,9 +62,115 @@ def manager_rules() -> list[Obj]:
             "verbs": ["approve"],
         },
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
+        *endpoint_rules(),
         *appset_rules(),
         *nodepool_manager_rules(),
     ]
+
+
+def endpoint_rules() -> list[Obj]:
+    """What keeping endpoints needs: read and update EndpointSlices and Endpoints (to let go of what it kept
+    once autonomy lapses: `converter.continuitysync`), its own certificate Secret and webhook configuration
+    by name (get and update only: `yurtctl convert` creates both, so yurt-manager may create no Secret)."""
+    return [
+        {
+            "apiGroups": ["discovery.k8s.io"],
+            "resources": ["endpointslices"],
+            "verbs": ["get", "list", "watch", "update"],
+        },
+        {"apiGroups": [""], "resources": ["endpoints"], "verbs": ["get", "list", "watch", "update"]},
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [WEBHOOK_SECRET], "verbs": ["get", "update"]},
+        {
+            "apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["mutatingwebhookconfigurations"],
+            "resourceNames": [ENDPOINT_WEBHOOK],
+            "verbs": ["get", "update"],
+        },
+    ]
+
+
+def _webhook(name: str, path: str, resource: str, group: str, version: str, managed: dict[str, str], url: str) -> Obj:
+    client: Obj = (
+        {"url": f"{url.rstrip('/')}{path}"}
+        if url
+        else {"service": {"namespace": NAMESPACE, "name": WEBHOOK_SERVICE, "path": path, "port": 443}}
+    )
+    return {
+        "name": name,
+        "clientConfig": client,
+        "rules": [
+            {
+                "apiGroups": [group],
+                "apiVersions": [version],
+                "operations": ["CREATE", "UPDATE"],
+                "resources": [resource],
+                "scope": "Namespaced",
+            }
+        ],
+        "objectSelector": {"matchLabels": dict(managed)},
+        "admissionReviewVersions": ["v1"],
+        "sideEffects": "None",
+        "failurePolicy": "Ignore",
+        "matchPolicy": "Equivalent",
+        "reinvocationPolicy": "Never",
+        "timeoutSeconds": 3,
+    }
+
+
+def endpoint_webhook_objects(url: str = "") -> list[Obj]:
+    """The endpoint webhook: the (empty) Secret yurt-manager keeps its certificate in, the Service in front of
+    its port, and the MutatingWebhookConfiguration (caBundle written by yurt-manager). Only the objects the
+    stock controllers manage are sent (their labels), on create and update; `failurePolicy: Ignore`, so a
+    yurt-manager that is down leaves the stock behaviour. `url`: where the apiserver reaches a yurt-manager
+    that runs outside the cluster (beside the control plane); empty: through the Service."""
+    return [
+        {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(WEBHOOK_SECRET, NAMESPACE), "type": "Opaque"},
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _meta(WEBHOOK_SERVICE, NAMESPACE),
+            "spec": {
+                "selector": {"app": MANAGER},
+                "ports": [{"name": "webhook", "port": 443, "targetPort": WEBHOOK_PORT, "protocol": "TCP"}],
+            },
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": _meta(ENDPOINT_WEBHOOK),
+            "webhooks": [
+                _webhook(
+                    "endpointslices.yurt-manager.yurt-edge.io",
+                    "/mutate-endpointslices",
+                    "endpointslices",
+                    "discovery.k8s.io",
+                    "v1",
+                    continuity.SLICE_MANAGED_BY,
+                    url,
+                ),
+                _webhook(
+                    "endpoints.yurt-manager.yurt-edge.io",
+                    "/mutate-endpoints",
+                    "endpoints",
+                    "",
+                    "v1",
+                    continuity.ENDPOINTS_MANAGED,
+                    url,
+                ),
+            ],
+        },
+    ]
+
+
+def with_ca_bundle(config: Obj, ca_pem: bytes) -> Obj | None:
+    """`config` with `ca_pem` as every webhook's caBundle, or None when it already is."""
+    bundle = base64.b64encode(ca_pem).decode()
+    if all((w.get("clientConfig") or {}).get("caBundle") == bundle for w in config.get("webhooks") or []):
+        return None
+    out = copy.deepcopy(config)
+    for w in out.get("webhooks") or []:
+        w.setdefault("clientConfig", {})["caBundle"] = bundle
+    return out
 
 
 def appset_rules() -> list[Obj]:
@@ -125,8 +241,15 @@ def manager_deployment(image: str, *, replicas: int = 2) -> Obj:
                             "name": MANAGER,
                             "image": image,
                             "imagePullPolicy": "IfNotPresent",
-                            "command": ["yurt-manager", f"--health-port={HEALTH_PORT}"],
-                            "ports": [{"name": "health", "containerPort": HEALTH_PORT}],
+                            "command": [
+                                "yurt-manager",
+                                f"--health-port={HEALTH_PORT}",
+                                f"--webhook-port={WEBHOOK_PORT}",
+                            ],
+                            "ports": [
+                                {"name": "health", "containerPort": HEALTH_PORT},
+                                {"name": "webhook", "containerPort": WEBHOOK_PORT},
+                            ],
                             "livenessProbe": {
                                 "httpGet": {"path": "/healthz", "port": HEALTH_PORT},
                                 "periodSeconds": 10,

@@ -22,6 +22,11 @@ Lease check.
 NodePools (`converter.poolsync`, deciding with the pure `converter.nodepool`) are kept in the same pass, once
 the NodePool CRD exists and its collection is listed: members' attributes, pools' status, refusals told.
 
+Endpoints of pods on autonomous, unreachable nodes (issue "Service continuity"): every replica serves the
+admission webhook (`converter.endpointwebhook`, deciding from these informer copies); the leader's pass
+(`converter.continuitysync`, last in the pass) lets go of what is no longer kept, makes good a write the
+webhook missed, and writes the webhook's CA into its configuration.
+
 For CSR decisions (`converter.csr`) each pass with pending requests also reads the names the
 kube-apiserver's serving certificate carries, from the TLS handshake itself (`apiserver_names`), so a node
 is never approved a certificate for one of them.
@@ -41,7 +46,18 @@ from collections.abc import Callable
 import prometheus_client as prom
 from cryptography import x509
 
-from converter import access, appsetcontroller, csr, errors, informer, lease, poolsync, tolerations
+from converter import (
+    access,
+    appsetcontroller,
+    continuitysync,
+    csr,
+    endpointwebhook,
+    errors,
+    informer,
+    lease,
+    poolsync,
+    tolerations,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +160,18 @@ class Metrics:
             ["what"],
             registry=registry,
         )
+        self.endpoints = prom.Counter(
+            "yurt_manager_endpoint_writes_total",
+            "EndpointSlices and Endpoints written by the pass (kept ready or let go) and caBundle writes, by what",
+            ["what"],
+            registry=registry,
+        )
+        self.admitted = prom.Counter(
+            "yurt_manager_endpoint_reviews_total",
+            "admission reviews answered by the endpoint webhook, by resource and outcome (kept, unchanged)",
+            ["resource", "outcome"],
+            registry=registry,
+        )
         self.lists = prom.Counter(
             "yurt_manager_lists_total",
             "full lists of a collection by the informers (then they watch), by resource",
@@ -161,9 +189,11 @@ class Manager:
         settings: Settings,
         metrics: Metrics,
         served_names: Callable[[], frozenset[str]] = frozenset,
+        webhook: endpointwebhook.Webhook | None = None,
     ) -> None:
         """`served_names`: the names in the apiserver's serving certificate (`apiserver_names` of the
-        apiserver this replica talks to; nothing for an in-memory Api)."""
+        apiserver this replica talks to; nothing for an in-memory Api). `webhook`: the endpoint webhook to
+        serve (every replica serves it; only the leader writes its caBundle and endpoints)."""
         self.api = api
         self.settings = settings
         self.metrics = metrics
@@ -186,6 +216,14 @@ class Manager:
             api, self._must_lead, self.wake.set, self.stopping, lambda r: self.metrics.lists.labels(r).inc
         )
         self.pool_sync = poolsync.PoolSync(api, self._must_lead, lambda what: metrics.pools.labels(what).inc())
+        self.webhook = webhook
+        self.endpoint_sync = continuitysync.EndpointSync(
+            api,
+            self._must_lead,
+            self.read,
+            lambda what: metrics.endpoints.labels(what).inc(),
+            webhook.ca if webhook is not None else lambda: None,
+        )
 
     @property
     def _lease_path(self) -> str:
@@ -265,6 +303,12 @@ class Manager:
             self.informers[path] = watched
             watched.start()
         self.appsets.start_informers()
+        self.endpoint_sync.start_informers(self.wake.set, self.stopping, lambda r: self.metrics.lists.labels(r).inc)
+
+    def read(self, path: str) -> list[access.Obj]:
+        """A collection from its informer copy (or listed, without informers); `errors.Unreachable` before
+        its first list."""
+        return self._read(path)
 
     def _read(self, path: str) -> list[access.Obj]:
         watched = self.informers.get(path)
@@ -275,12 +319,14 @@ class Manager:
         return watched.items()
 
     def sync(self) -> None:
-        """One pass: pods' tolerations, then certificate requests, then YurtAppSets."""
+        """One pass: pods' tolerations, certificate requests, NodePools, YurtAppSets, then endpoints of pods on
+        unreachable autonomous nodes (`converter.continuitysync`)."""
         nodes = {n["metadata"]["name"]: n for n in self._read(NODES)}
         self.sync_pods(nodes)
         self.sync_csrs(nodes)
         self.sync_pools(nodes)
         self.appsets.sync()
+        self.endpoint_sync.sync(nodes)
         self.last_pass = time.monotonic()
         self.synced = True
         self.metrics.passes.inc()
@@ -409,9 +455,13 @@ class Manager:
         self.start_elector()
         if self.settings.watch:
             self.start_informers()
+        if self.webhook is not None:
+            self.webhook.start(self.stopping, endpointwebhook.ReadFacts(self.read))
         while not self.stopping.is_set():
             self.step()
             self.wake.wait(self.settings.resync_s)
             self.wake.clear()
             self.stopping.wait(MIN_GAP_S)
+        if self.webhook is not None:
+            self.webhook.stop()
         self.release()

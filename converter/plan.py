@@ -43,6 +43,9 @@ class Options:
     """How long one node's Job may take."""
     manager_replicas: int = 2
     """yurt-manager replicas in the Deployment (0 where it runs elsewhere, e.g. beside the control plane)."""
+    manager_webhook_url: str = ""
+    """Where the apiserver reaches yurt-manager's endpoint webhook when it runs outside the cluster
+    (`https://host:port`); empty: through the Service `components.WEBHOOK_SERVICE`."""
     tunnel_servers: tuple[str, ...] = ()
     """With the tunnel: the server addresses (host:port) edge nodes' agents dial; empty: no tunnel."""
     tunnel_server_name: str = helm.SERVER_NAME
@@ -174,6 +177,8 @@ def _collection(obj: Obj) -> str:
         "Deployment": "deployments",
         "ConfigMap": "configmaps",
         "Secret": "secrets",
+        "Service": "services",
+        "MutatingWebhookConfiguration": "mutatingwebhookconfigurations",
         "Job": "jobs",
         "CustomResourceDefinition": "customresourcedefinitions",
         "ValidatingAdmissionPolicy": "validatingadmissionpolicies",
@@ -197,13 +202,15 @@ def _delete(obj: Obj) -> Change:
     return Change("delete", object_path(obj), None, f"{obj['kind']} {ns + '/' if ns else ''}{_name(obj)}")
 
 
-def cloud_objects(image: str, replicas: int = 2) -> list[Obj]:
-    """Installed in this order by convert, removed in the reverse order by revert."""
+def cloud_objects(image: str, replicas: int = 2, webhook_url: str = "") -> list[Obj]:
+    """Installed in this order by convert, removed in the reverse order by revert (so the endpoint webhook's
+    configuration goes first, before the yurt-manager that answers it)."""
     return [
         *components.nodepool_objects(),
         *components.appset_objects(),
         *components.manager_rbac(),
         components.manager_deployment(image, replicas=replicas),
+        *components.endpoint_webhook_objects(webhook_url),
     ]
 
 
@@ -319,7 +326,7 @@ def convert_plan(opts: Options, nodes: list[Obj], record: Obj | None, *, policie
         before.append(Change("patch", f"/api/v1/nodes/{name}", patch, what))
     before += [
         _apply(o)
-        for o in cloud_objects(opts.image, opts.manager_replicas)
+        for o in cloud_objects(opts.image, opts.manager_replicas, opts.manager_webhook_url)
         if policies or o["kind"] not in components.POLICY_KINDS
     ]
     done = node_states(record)

@@ -68,7 +68,15 @@ def test_convert_plan_labels_every_node_and_runs_edge_nodes_only() -> None:
         "metadata": {"labels": {names.EDGE_WORKER_LABEL: "true"}, "annotations": {names.AUTONOMY_ANNOTATION: "true"}}
     }
     kinds = [c.body["kind"] for c in p.before if c.verb == "apply" and c.body and "yurt-manager" in c.what]
-    assert kinds == ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"]
+    assert kinds == [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "Secret",
+        "Service",
+        "MutatingWebhookConfiguration",
+    ]
 
 
 def test_a_resumed_convert_skips_converted_nodes() -> None:
@@ -200,7 +208,11 @@ def test_the_join_token_reaches_the_node_jobs_through_a_secret_never_through_the
         assert volume["secret"]["secretName"] == components.JOIN_TOKEN_SECRET
         assert volume["secret"]["defaultMode"] == 0o400
         assert all("env" not in c for c in pod["containers"])
-    secret = [c for c in p.before if c.body is not None and c.body.get("kind") == "Secret"]
+    secret = [
+        c
+        for c in p.before
+        if c.body is not None and c.body.get("kind") == "Secret" and _name(c.body) == components.JOIN_TOKEN_SECRET
+    ]
     assert len(secret) == 1 and base64.b64decode(secret[0].body["data"]["token"]).decode() == TOKEN  # type: ignore[index]
     assert f"/api/v1/namespaces/kube-system/secrets/{components.JOIN_TOKEN_SECRET}" in [
         c.path for c in p.after if c.verb == "delete"
@@ -212,7 +224,12 @@ def test_the_join_token_reaches_the_node_jobs_through_a_secret_never_through_the
     # without a token nothing is mounted and no Secret is made
     bare = plan.convert_plan(OPTS, NODES, None)
     assert "join-token" not in json.dumps(bare.job("edge-1", OPTS.image, runner.node_args(OPTS)))
-    assert not [c for c in bare.before + bare.after if "secrets" in c.path]
+    assert not [
+        c
+        for c in bare.before + bare.after
+        if components.JOIN_TOKEN_SECRET in c.path
+        or (c.body is not None and _name(c.body) == components.JOIN_TOKEN_SECRET)
+    ]
 
 
 def test_a_join_token_in_the_hub_args_is_refused_before_anything_changes() -> None:
@@ -255,3 +272,7 @@ def test_yurtctl_convert_refuses_a_bad_join_token_file_before_touching_the_clust
     os.write(fd, TOKEN.encode() + b"\n")
     os.close(fd)
     assert jointoken.read(str(good)) == TOKEN
+
+
+def _name(obj: dict[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
