@@ -10,6 +10,7 @@ import base64
 import copy
 import functools
 import hashlib
+import json
 from importlib import resources
 from typing import Any
 
@@ -89,7 +90,7 @@ def endpoint_rules() -> list[Obj]:
     ]
 
 
-def _webhook(name: str, path: str, resource: str, group: str, version: str, managed: dict[str, str], url: str) -> Obj:
+def _webhook(name: str, path: str, resource: str, group: str, version: str, url: str) -> Obj:
     client: Obj = (
         {"url": f"{url.rstrip('/')}{path}"}
         if url
@@ -107,7 +108,6 @@ def _webhook(name: str, path: str, resource: str, group: str, version: str, mana
                 "scope": "Namespaced",
             }
         ],
-        "objectSelector": {"matchLabels": dict(managed)},
         "admissionReviewVersions": ["v1"],
         "sideEffects": "None",
         "failurePolicy": "Ignore",
@@ -120,9 +120,11 @@ def _webhook(name: str, path: str, resource: str, group: str, version: str, mana
 def endpoint_webhook_objects(url: str = "") -> list[Obj]:
     """The endpoint webhook: the (empty) Secret yurt-manager keeps its certificate in, the Service in front of
     its port, and the MutatingWebhookConfiguration (caBundle written by yurt-manager). Only the objects the
-    stock controllers manage are sent (their labels), on create and update; `failurePolicy: Ignore`, so a
-    yurt-manager that is down leaves the stock behaviour. `url`: where the apiserver reaches a yurt-manager
-    that runs outside the cluster (beside the control plane); empty: through the Service."""
+    stock controllers write are sent, on create and update: EndpointSlices by the EndpointSlice controller's
+    label, Endpoints by their writer (a match condition: they carry no label of their own).
+    `failurePolicy: Ignore`, so a yurt-manager that is down leaves the stock behaviour. `url`: where the
+    apiserver reaches a yurt-manager that runs outside the cluster (beside the control plane); empty: through
+    the Service."""
     return [
         {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(WEBHOOK_SECRET, NAMESPACE), "type": "Opaque"},
         {
@@ -145,18 +147,19 @@ def endpoint_webhook_objects(url: str = "") -> list[Obj]:
                     "endpointslices",
                     "discovery.k8s.io",
                     "v1",
-                    continuity.SLICE_MANAGED_BY,
                     url,
-                ),
-                _webhook(
-                    "endpoints.yurt-manager.yurt-edge.io",
-                    "/mutate-endpoints",
-                    "endpoints",
-                    "",
-                    "v1",
-                    continuity.ENDPOINTS_MANAGED,
-                    url,
-                ),
+                )
+                | {"objectSelector": {"matchLabels": dict(continuity.SLICE_MANAGED_BY)}},
+                _webhook("endpoints.yurt-manager.yurt-edge.io", "/mutate-endpoints", "endpoints", "", "v1", url)
+                | {
+                    "matchConditions": [
+                        {
+                            "name": "by-the-endpoints-controller",
+                            "expression": "request.userInfo.username in "
+                            + json.dumps(list(continuity.ENDPOINTS_WRITERS)).replace('"', "'"),
+                        }
+                    ]
+                },
             ],
         },
     ]

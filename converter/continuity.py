@@ -45,9 +45,14 @@ PodKey = tuple[str, str]
 SLICE_MANAGED_BY = {"endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}
 """The label the EndpointSlice controller puts on the slices it manages (mirrored and hand-made slices are
 not ours to change)."""
-ENDPOINTS_MANAGED = {"endpointslice.kubernetes.io/skip-mirror": "true"}
-"""The label the Endpoints controller puts on the Endpoints it manages (so the mirroring controller skips
-them); hand-made Endpoints do not carry it."""
+ENDPOINTS_WRITERS = (
+    "system:serviceaccount:kube-system:endpoint-controller",
+    "system:kube-controller-manager",
+)
+"""Who writes the Endpoints controller's Endpoints (its own service account with
+`--use-service-account-credentials`, the controller-manager's identity without). Those Endpoints carry no
+label of their own (they copy the Service's), so the webhook is narrowed by writer, and the pass by Service:
+only Endpoints of a Service with a selector are the controller's."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,8 +9,9 @@ happen. Two things need a writer of their own, and this pass is it:
   good here: kept endpoints are written ready.
 Both are decided by `continuity.reconcile_slice` / `reconcile_endpoints` and written under the object's
 resourceVersion (a Conflict is decided again next pass), after `must_lead()`. Only objects the stock
-controllers manage (`continuity.SLICE_MANAGED_BY`, `continuity.ENDPOINTS_MANAGED`) with an endpoint on an
-unreachable node are looked at, and a Service that publishes not-ready addresses is left as it is.
+controllers manage (slices by `continuity.SLICE_MANAGED_BY`; Endpoints of a Service with a selector) with an
+endpoint on an unreachable node are looked at, and a Service that publishes not-ready addresses is left as it
+is.
 
 It also writes the webhook's CA into the MutatingWebhookConfiguration `yurtctl convert` installed (its
 `caBundle`), when it differs, at most every `CA_CHECK_S`.
@@ -93,8 +94,6 @@ class EndpointSync:
             )
         for endpoints in self._objects(ENDPOINTS):
             meta = endpoints.get("metadata") or {}
-            if not continuity.ENDPOINTS_MANAGED.items() <= (meta.get("labels") or {}).items():
-                continue
             if not any(t.node in unreachable for *_, t in continuity.endpoints_targets(endpoints)):
                 continue
             self._reconcile(
@@ -117,6 +116,8 @@ class EndpointSync:
         meta = obj["metadata"]
         namespace, name = str(meta.get("namespace", "")), str(meta["name"])
         svc = self.api.get(f"/api/v1/namespaces/{namespace}/services/{service}") if service else None
+        if collection == ENDPOINTS and not (svc or {}).get("spec", {}).get("selector"):
+            return  # Endpoints of a Service without a selector are someone else's
         if svc is not None and (svc.get("spec") or {}).get("publishNotReadyAddresses"):
             want = decide(obj, nodes, pods, now, publish_not_ready=True)
             if want is None:

@@ -1,5 +1,10 @@
 """yurt-manager started on the host from its console script, the way an operator runs it by hand: with a
-kubeconfig of its own, bound only to the ClusterRole `yurtctl convert` installs for it."""
+kubeconfig of its own, bound only to the ClusterRole `yurtctl convert` installs for it.
+
+Its endpoint webhook, when asked for (`webhook_port`), listens on 127.0.0.1: the kube-apiserver runs on the
+same host, so the webhook configuration names it by URL (`webhook_url`, what `yurtctl convert
+--manager-webhook-url` writes for a yurt-manager run beside the control plane), and its serving certificate
+carries 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -73,7 +78,12 @@ def own_kubeconfig(plane: controlplane.ControlPlane, directory: Path) -> Path:
     )
 
 
-def start(config: Path, directory: Path, identity: str, *extra: str) -> HostManager:
+def webhook_url(port: int) -> str:
+    """Where the kube-apiserver on this host reaches a yurt-manager webhook started with `webhook_port=port`."""
+    return f"https://127.0.0.1:{port}"
+
+
+def start(config: Path, directory: Path, identity: str, *extra: str, webhook_port: int = 0) -> HostManager:
     binary = shutil.which("yurt-manager", path=os.path.dirname(sys.executable))
     if binary is None:
         raise RuntimeError("the yurt-manager console script is not installed next to this Python")
@@ -86,6 +96,11 @@ def start(config: Path, directory: Path, identity: str, *extra: str) -> HostMana
         f"--identity={identity}",
         "--health-bind-address=127.0.0.1",
         f"--health-port={port}",
+        *(
+            [f"--webhook-port={webhook_port}", "--webhook-bind-address=127.0.0.1", "--webhook-names=127.0.0.1"]
+            if webhook_port
+            else []
+        ),
         *extra,
     ]
     proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT)

@@ -202,7 +202,7 @@ def endpoints_obj(ready: list[Obj], not_ready: list[Obj]) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "Endpoints",
-        "metadata": {"name": "web", "namespace": "shop", "labels": dict(continuity.ENDPOINTS_MANAGED)},
+        "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}},
         "subsets": [subset],
     }
 

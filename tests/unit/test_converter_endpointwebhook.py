@@ -233,14 +233,17 @@ def test_only_the_leader_writes_and_the_ca_bundle_lands_in_our_configuration() -
 
 def test_the_webhook_configuration_is_narrow_and_fails_open() -> None:
     config = next(o for o in components.endpoint_webhook_objects() if o["kind"] == "MutatingWebhookConfiguration")
-    selectors = []
     for w in config["webhooks"]:
         assert w["failurePolicy"] == "Ignore" and w["sideEffects"] == "None" and w["timeoutSeconds"] <= 5
         assert w["admissionReviewVersions"] == ["v1"]
         assert [r["operations"] for r in w["rules"]] == [["CREATE", "UPDATE"]]
         assert w["clientConfig"]["service"]["name"] == components.WEBHOOK_SERVICE
-        selectors.append(w["objectSelector"]["matchLabels"])
-    assert selectors == [continuity.SLICE_MANAGED_BY, continuity.ENDPOINTS_MANAGED]
+    slices, endpoints = config["webhooks"]
+    assert slices["objectSelector"]["matchLabels"] == continuity.SLICE_MANAGED_BY
+    assert endpoints["matchConditions"][0]["expression"] == (
+        "request.userInfo.username in "
+        "['system:serviceaccount:kube-system:endpoint-controller', 'system:kube-controller-manager']"
+    )
     by_url = next(o for o in components.endpoint_webhook_objects("https://10.0.0.1:10273") if "webhooks" in o)
     assert by_url["webhooks"][0]["clientConfig"] == {"url": "https://10.0.0.1:10273/mutate-endpointslices"}
     secret_rules = [r for r in components.manager_rules() if "secrets" in r["resources"]]
