@@ -142,10 +142,12 @@ def endpoints_ready(admin: kube.KubeApi) -> set[str]:
     return {str(a.get("nodeName")) for s in got.get("subsets") or [] for a in s.get("addresses") or []}
 
 
-def reviews_kept(manager: yurtmanager.HostManager) -> float:
+def reviews_kept(manager: yurtmanager.HostManager, resource: str = "") -> float:
+    """Reviews the webhook answered with a patch (of `resource`, or of both)."""
     total = 0.0
     for line in manager.get("/metrics")[1].splitlines():
-        if line.startswith("yurt_manager_endpoint_reviews_total{") and 'outcome="kept"' in line:
+        kept = line.startswith("yurt_manager_endpoint_reviews_total{") and 'outcome="kept"' in line
+        if kept and (f'resource="{resource}"' in line or not resource):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -215,7 +217,8 @@ def test_an_unreachable_autonomous_nodes_pod_stays_in_its_service_and_a_plain_no
     got = readiness(admin)
     assert got[AUTO] is True and got[TIMED] is True, got
     wait_for("the Endpoints to agree", lambda: endpoints_ready(admin) == {AUTO, TIMED}, timeout=60)
-    assert reviews_kept(manager) >= 1  # the apiserver called the webhook and took its patch
+    # the apiserver called the webhook for both kinds and took its patches
+    assert reviews_kept(manager, "endpointslices") >= 1 and reviews_kept(manager, "endpoints") >= 1
 
     # attack: a slice (labelled as the controller's, so the webhook sees it) naming the autonomous pod with
     # an address that is not the pod's is not made ready; nor is the plain node's pod by a forged review
