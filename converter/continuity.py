@@ -25,7 +25,9 @@ not have written itself.
 Two uses: `admit_slice` / `admit_endpoints` only ever turn not-ready into ready (the admission webhook, on
 the controllers' own writes); `reconcile_slice` / `reconcile_endpoints` decide both ways for yurt-manager's
 pass: ready for what must be kept (a write the webhook missed), and back to what the stock controllers would
-write (not ready) once autonomy lapses or is turned off, since nothing else makes them write again.
+write (not ready, not serving) for a ready endpoint whose node is still not Ready, whose pod's Ready condition
+is not True and which is no longer kept (autonomy lapsed or turned off), since nothing else makes them write
+again. Terminating endpoints are never changed.
 """
 
 from __future__ import annotations
