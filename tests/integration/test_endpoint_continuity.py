@@ -286,3 +286,23 @@ def direct_review(port: int, ca: bytes, obj: Obj) -> Obj:
     with urllib.request.urlopen(req, context=ssl.create_default_context(cadata=ca.decode()), timeout=10) as resp:
         answer: Obj = json.loads(resp.read())
         return answer
+
+
+def test_a_stopped_yurt_manager_blocks_nothing(admin: kube.KubeApi, manager: yurtmanager.HostManager) -> None:
+    """failurePolicy Ignore: with yurt-manager down, the controllers' writes go through unchanged."""
+    manager.stop()
+    admin.create(
+        f"/api/v1/namespaces/{NS}/services",
+        {
+            "metadata": {"name": "after"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 81, "protocol": "TCP"}]},
+        },
+    )
+
+    def written() -> bool:
+        slices = admin.list(SLICES, labels="kubernetes.io/service-name=after")
+        return bool(slices) and len(slices[0].get("endpoints") or []) == len(IPS)
+
+    wait_for("the new Service's EndpointSlice, written without the webhook", written, timeout=60)
+    endpoints = admin.list(SLICES, labels="kubernetes.io/service-name=after")[0]["endpoints"]
+    assert all(ep["conditions"]["ready"] is False for ep in endpoints)  # stock: every pod is marked not ready
