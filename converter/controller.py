@@ -456,7 +456,7 @@ class Manager:
         if self.settings.watch:
             self.start_informers()
         if self.webhook is not None:
-            self.webhook.start(self.stopping, endpointwebhook.ReadFacts(self.read))
+            self.webhook.start(self.stopping, endpointwebhook.ReadFacts(self.read, self.api.get))
         while not self.stopping.is_set():
             self.step()
             self.wake.wait(self.settings.resync_s)

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from converter import access, continuity, errors, servingcert
+from converter import access, continuity, errors, servingcert, tolerations
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +53,25 @@ PODS = "/api/v1/pods"
 class Facts(Protocol):
     def nodes(self) -> Mapping[str, access.Obj]: ...
     def pods_on(self, nodes: set[str]) -> Mapping[continuity.PodKey, access.Obj]: ...
+    def node(self, name: str) -> access.Obj | None:
+        """The Node as the apiserver holds it right now (not a copy that may be a moment behind)."""
+        ...
 
 
 class ReadFacts:
-    """Facts from a `read(path)` that lists a collection (yurt-manager's informer copies when it watches)."""
+    """Facts from a `read(path)` that lists a collection (yurt-manager's informer copies when it watches) and
+    a `get(path)` that reads one object from the apiserver."""
 
-    def __init__(self, read: Callable[[str], list[access.Obj]]) -> None:
+    def __init__(
+        self, read: Callable[[str], list[access.Obj]], get: Callable[[str], access.Obj | None] | None = None
+    ) -> None:
         self.read = read
+        self.get = get
+
+    def node(self, name: str) -> access.Obj | None:
+        if self.get is None:
+            return self.nodes().get(name)
+        return self.get(f"{NODES}/{name}")
 
     def nodes(self) -> Mapping[str, access.Obj]:
         return {str(n["metadata"]["name"]): n for n in self.read(NODES)}
@@ -73,14 +85,27 @@ class ReadFacts:
 
 
 def decide(resource: str, obj: access.Obj, facts: Facts, now: float) -> list[access.Obj]:
-    """The JSON Patch for an admitted EndpointSlice (`resource` "endpointslices") or Endpoints."""
+    """The JSON Patch for an admitted EndpointSlice (`resource` "endpointslices") or Endpoints.
+
+    Nodes come from the copies, except an autonomous node the copy shows Ready while one of its endpoints is
+    not ready: that node is read again from the apiserver, since the lifecycle controller writes the node
+    before it marks the pods, and a copy a moment behind must not let the pod go."""
     if resource == "endpointslices":
-        targets = [t for _, t in continuity.slice_targets(obj)]
+        endpoints = obj.get("endpoints") or []
+        targets = [
+            t for i, t in continuity.slice_targets(obj) if (endpoints[i].get("conditions") or {}).get("ready") is False
+        ]
     else:
-        targets = [t for *_, t in continuity.endpoints_targets(obj)]
+        targets = [t for _, field, _, t in continuity.endpoints_targets(obj) if field == "notReadyAddresses"]
     if not targets:
         return []
-    nodes = facts.nodes()
+    nodes = dict(facts.nodes())
+    for name in sorted({t.node for t in targets}):
+        cached = nodes.get(name)
+        if tolerations.autonomy_of(cached) is not None and not continuity.unreachable(cached):
+            fresh = facts.node(name)
+            if fresh is not None:
+                nodes[name] = fresh
     keeping = continuity.candidate_nodes(targets, nodes, now)
     if not keeping:
         return []
@@ -197,7 +222,7 @@ class Webhook:
         """`admitted(resource, changes)` is called after each review answered."""
         self.api = api
         self.settings = settings
-        self.facts: Facts = ReadFacts(api.list)
+        self.facts: Facts = ReadFacts(api.list, api.get)
         self.admitted = admitted
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2

@@ -270,3 +270,19 @@ def test_convert_installs_the_webhook_objects_and_revert_deletes_every_one() -> 
     assert hook["webhooks"][1]["clientConfig"] == {"url": "https://10.0.0.1:10273/mutate-endpoints"}
     deleted = {c.path for c in plan.revert_plan(nodes, [], None).after if c.verb == "delete"}
     assert {plan.object_path(o) for o in components.endpoint_webhook_objects()} <= deleted
+
+
+def test_a_copy_that_still_shows_the_node_ready_is_checked_against_the_apiserver() -> None:
+    """The lifecycle controller writes the node before it marks the pods: a copy a moment behind must not let
+    the pod go."""
+    fresh = cluster()
+    behind = cluster()
+    behind.replace("/api/v1/nodes/edge-1", node(ready="True"))
+    slice_ = a_slice(endpoint(False))
+    now = NOW  # the fixtures' node went unreachable a minute before NOW
+    assert endpointwebhook.decide("endpointslices", slice_, endpointwebhook.ReadFacts(behind.list), now) == []
+    kept = endpointwebhook.decide("endpointslices", slice_, endpointwebhook.ReadFacts(behind.list, fresh.get), now)
+    assert [op["path"] for op in kept] == ["/endpoints/0/conditions"]
+    # a plain node is never read again: nothing to keep there whatever its state
+    plain = cluster(autonomous=False)
+    assert endpointwebhook.decide("endpointslices", slice_, endpointwebhook.ReadFacts(plain.list, fresh.get), now) == []
