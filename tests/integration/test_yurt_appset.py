@@ -108,7 +108,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster.Cluster]
         assert c.plane is not None
         jobs = kwokjobs.start(cluster.binaries(), c.plane.admin_kubeconfig, c.directory / "cloud", c.group)
         try:
-            c.kubectl.apply([nodepools.CRD, *components.appset_objects()])
+            c.kubectl.apply([components.nodepool_crd(), *components.appset_objects()])
             for crd in ("nodepools.apps.openyurt.io", "yurtappsets.apps.openyurt.io"):
                 c.kubectl.run("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
             c.kubectl.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}])
