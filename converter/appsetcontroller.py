@@ -2,7 +2,9 @@
 
 `Manager` (in `converter.controller`) owns one `AppSets` and calls `sync` at the end of every pass. What is
 comes from three informers (YurtAppSets, NodePools, and only the Deployments labelled
-`apps.openyurt.io/ref-yurtappset`), whose changes wake the Manager's loop like its own informers do. Every
+`apps.openyurt.io/ref-yurtappset`), whose changes wake the Manager's loop like its own informers do; the
+NodePool informer is the one the Manager's pool pass reads (`make_informers`), so NodePools are listed and
+watched once. Every
 write is preceded by `must_lead()` (the Manager's Lease check), so a replica that lost the Lease stops
 before its next write.
 
@@ -21,7 +23,7 @@ import datetime
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from converter import access, appset, errors, informer
 
@@ -53,11 +55,22 @@ class AppSets:
         self._created: dict[str, tuple[float, access.Obj]] = {}
         """namespace/name → (monotonic time, object) of Deployments created and not yet seen by the informer."""
 
-    def start_informers(self) -> None:
+    def make_informers(self, shared: Mapping[str, informer.Informer]) -> list[informer.Informer]:
+        """Informers for `PATHS`, not started: one from `shared` where it already watches that collection (the
+        NodePools, which yurt-manager's pool pass watches too), else a new one. Returns only the new ones,
+        for the caller to start."""
+        made = []
         for path in PATHS:
-            resource = path.split("?", 1)[0].rsplit("/", 1)[-1]
-            watched = informer.Informer(self.api, path, self.changed, self.stopping, listed=self.listed(resource))
+            watched = shared.get(path)
+            if watched is None:
+                resource = path.split("?", 1)[0].rsplit("/", 1)[-1]
+                watched = informer.Informer(self.api, path, self.changed, self.stopping, listed=self.listed(resource))
+                made.append(watched)
             self.informers[path] = watched
+        return made
+
+    def start_informers(self) -> None:
+        for watched in self.make_informers({}):
             watched.start()
 
     def _read(self, path: str) -> list[access.Obj] | None:

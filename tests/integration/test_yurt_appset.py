@@ -199,6 +199,8 @@ def test_a_yurtappset_makes_one_deployment_per_selected_pool_with_its_tweaks(
     }
     conditions = {c["type"]: c["status"] for c in st["conditions"]}
     assert conditions == dict.fromkeys(["PoolFound", "AppDispatched", "AppDeleted", "AppUpdated", "AppReady"], "True")
+    # the pool pass and the YurtAppSets read one NodePool informer: one list, then one watch
+    assert 'yurt_manager_lists_total{resource="nodepools"} 1.0' in manager.get("/metrics")[1]
 
 
 def test_a_tweak_changes_only_its_pools_deployment(cloud: cluster.Cluster, manager: yurtmanager.HostManager) -> None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import prometheus_client as prom
 import pytest
 
-from converter import access, appset, appsetcontroller, controller, informer
+from converter import access, appset, appsetcontroller, controller, informer, poolsync
 
 Obj = dict[str, Any]
 NS = "shop"
@@ -93,3 +94,21 @@ def test_a_replica_that_does_not_lead_writes_nothing() -> None:
 def test_without_the_crds_a_pass_skips_yurtappsets() -> None:
     shell = appsetcontroller.AppSets(access.MemoryApi(), never_stops, lambda: None, threading.Event())
     shell.sync()  # nothing listed, nothing written, no error
+
+
+def test_yurt_manager_lists_and_watches_nodepools_once_for_both_the_pool_pass_and_the_yurtappsets() -> None:
+    api = access.MemoryApi()
+    seed(api, ["a", "b"])
+    registry = prom.CollectorRegistry()
+    m = controller.Manager(api, controller.Settings(identity="a", leader_elect=False), controller.Metrics(registry))
+    made = m.make_informers()
+    assert [w.path for w in made].count(appset.NODEPOOLS) == 1
+    assert len({w.path for w in made}) == len(made), "one informer per collection"
+    assert m.appsets.informers[appset.NODEPOOLS] is m.informers[poolsync.POOLS]
+    for watched in made:
+        watched.relist()
+    assert registry.get_sample_value("yurt_manager_lists_total", {"resource": "nodepools"}) == 1
+    m.sync()  # both passes read the one copy: the pool pass writes the pools' status, the shell the Deployments
+    assert len(deployments(api)) == 2
+    pool = api.get(f"{appset.NODEPOOLS}/a")
+    assert pool is not None and pool["status"]["nodes"] == []
