@@ -322,3 +322,33 @@ def test_a_node_cannot_move_itself_into_a_pool_but_an_admin_can(
     as_node.run("label", "node", name, "harmless=yes", "--overwrite")  # its other labels: as NodeRestriction says
     join(cloud, name, "site-a")  # the administrator
     assert node(cloud, name)["metadata"]["labels"][nodepool.POOL_LABEL] == "site-a"
+
+
+def test_a_pool_with_members_cannot_be_deleted_until_they_leave(
+    cloud: cluster.Cluster, manager: yurtmanager.HostManager
+) -> None:
+    """Deleting a pool whose nodes still carry its label would strand them (their workloads are pinned by the
+    label, their topology is the pool's): refused, naming the members, by everyone, the administrator too."""
+    name = N[2]
+    apply_yaml(cloud, SITE_A)
+    join(cloud, name, "site-a")
+    wait_for("the member in site-a's status", lambda: name in (status_of(cloud, "site-a")[0] or []), timeout=60)
+
+    def refused() -> bool:  # a new policy takes a moment to be enforced; an early success is undone
+        try:
+            cloud.kubectl.run("delete", "nodepool", "site-a", "--wait=false")
+        except KubectlError as exc:
+            return f"NodePool site-a still has member nodes ({name})" in str(exc)
+        apply_yaml(cloud, SITE_A)
+        wait_for("the member back in site-a", lambda: name in (status_of(cloud, "site-a")[0] or []), timeout=60)
+        return False
+
+    wait_for("the in-use policy to be enforced", refused, timeout=60)
+    with pytest.raises(KubectlError, match=r"(?s)still has member nodes.*remove their label apps.openyurt.io/nodepool"):
+        cloud.kubectl.run("delete", f"nodepools.v1beta1.{nodepool.GROUP}", "site-a")  # any served version
+    assert pool(cloud, "site-a")["metadata"]["name"] == "site-a"
+    join(cloud, name, None)
+    wait_for("site-a empty", lambda: status_of(cloud, "site-a")[0] == [], timeout=60)
+    cloud.kubectl.run("delete", "nodepool", "site-a")
+    with pytest.raises(KubectlError, match="NotFound"):
+        pool(cloud, "site-a")
