@@ -52,6 +52,9 @@ class AppSets:
         self.stopping = stopping
         self.listed = listed
         self.informers: dict[str, informer.Informer] = {}
+        self.told: dict[str, set[tuple[str, str]]] = {}
+        """YurtAppSet uid → the Warning Events (reason, message) already told and still true: each is told
+        once, and again only after it went away and came back, not on every pass."""
         self._created: dict[str, tuple[float, access.Obj]] = {}
         """namespace/name → (monotonic time, object) of Deployments created and not yet seen by the informer."""
 
@@ -98,6 +101,40 @@ class AppSets:
         deployments = self._deployments(listed)
         for yas in yases:
             self.sync_one(yas, pools, deployments)
+        self.told = {uid: told for uid, told in self.told.items() if uid in {_uid(y) for y in yases}}
+
+    def tell(
+        self, yas: access.Obj, result: appset.Plan, failed: dict[str, str], done: list[tuple[str, str, str]], now: str
+    ) -> None:
+        """Events about the YurtAppSet: Normal for each Deployment written, Warning for each refusal not told
+        yet. An Event that cannot be written is logged and dropped: Events are best effort."""
+        told = self.told.setdefault(_uid(yas), set())
+        warnings = set(appset.warnings(result, failed))
+        events: list[tuple[tuple[str, str] | None, access.Obj]] = [
+            (
+                None,
+                appset.event(yas, "Normal", appset.EVENT_REASONS[verb], f"Deployment {d} of pool {pool} {verb}d", now),
+            )
+            for verb, pool, d in done
+        ]
+        events += [((r, m), appset.event(yas, "Warning", r, m, now)) for r, m in sorted(warnings - told)]
+        told &= warnings
+        ns = yas["metadata"].get("namespace", "default")
+        for warning, body in events:
+            self.must_lead()
+            try:
+                self.api.create(f"/api/v1/namespaces/{ns}/events", body)
+            except errors.ConverterError as exc:
+                log.warning(
+                    "yurtappset event refused yas=%s/%s reason=%s error=%s",
+                    ns,
+                    body["involvedObject"]["name"],
+                    body["reason"],
+                    exc,
+                )
+                continue
+            if warning is not None:
+                told.add(warning)
 
     def sync_one(self, yas: access.Obj, pools: list[access.Obj], deployments: list[access.Obj]) -> None:
         meta = yas["metadata"]
@@ -106,6 +143,8 @@ class AppSets:
         ns, name = meta.get("namespace", "default"), meta["name"]
         result = appset.plan(yas, pools, deployments)
         failed: dict[str, str] = {}
+        done: list[tuple[str, str, str]] = []
+        """(verb, pool, Deployment name) of every write that succeeded."""
         collection = f"/apis/apps/v1/namespaces/{ns}/deployments"
         after = list(deployments)
         for action in result.actions:
@@ -116,24 +155,28 @@ class AppSets:
                     self._created[_key(made)] = (time.monotonic(), made)
                     after.append(made)
                     log.info("yurtappset workload created yas=%s/%s pool=%s name=%s", ns, name, action.pool, _n(made))
+                    done.append((action.verb, action.pool, _n(made)))
                 elif action.verb == "update" and action.body is not None:
                     made = self.api.replace(f"{collection}/{action.name}", action.body)
                     after = [made if _key(d) == _key(made) else d for d in after]
                     log.info(
                         "yurtappset workload updated yas=%s/%s pool=%s name=%s", ns, name, action.pool, action.name
                     )
+                    done.append((action.verb, action.pool, action.name))
                 else:
                     self.api.delete(f"{collection}/{action.name}")
                     after = [d for d in after if _key(d) != f"{ns}/{action.name}"]
                     log.info(
                         "yurtappset workload deleted yas=%s/%s pool=%s name=%s", ns, name, action.pool, action.name
                     )
+                    done.append((action.verb, action.pool, action.name))
             except (errors.Conflict, errors.NotFound):
                 continue  # changed or gone meanwhile: decided again next pass
             except errors.ConverterError as exc:
                 log.warning("yurtappset %s refused yas=%s/%s pool=%s error=%s", action.verb, ns, name, action.pool, exc)
                 failed.setdefault(action.verb, f"pool {action.pool}: {exc}")
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.tell(yas, result, failed, done, now)
         new = appset.status(yas, pools, after, result, failed, now)
         if new == (yas.get("status") or {}):
             return
@@ -147,6 +190,11 @@ class AppSets:
             return
         except errors.ConverterError as exc:
             log.warning("yurtappset status refused yas=%s/%s error=%s", ns, name, exc)
+
+
+def _uid(yas: access.Obj) -> str:
+    meta = yas.get("metadata") or {}
+    return str(meta.get("uid") or f"{meta.get('namespace', '')}/{meta.get('name', '')}")
 
 
 def _n(obj: access.Obj) -> str:

@@ -112,3 +112,55 @@ def test_yurt_manager_lists_and_watches_nodepools_once_for_both_the_pool_pass_an
     assert len(deployments(api)) == 2
     pool = api.get(f"{appset.NODEPOOLS}/a")
     assert pool is not None and pool["status"]["nodes"] == []
+
+
+def events(api: access.MemoryApi) -> list[tuple[str, str, str]]:
+    """(type, reason, message) of the Events about YurtAppSet `web`, as `kubectl describe` selects them."""
+    return sorted(
+        (e["type"], e["reason"], e["message"])
+        for e in api.list(f"/api/v1/namespaces/{NS}/events")
+        if e["involvedObject"]
+        == {
+            "apiVersion": "apps.openyurt.io/v1beta1",
+            "kind": "YurtAppSet",
+            "name": "web",
+            "namespace": NS,
+            "uid": "u1",
+        }
+    )
+
+
+def test_each_deployment_written_is_an_event_on_the_yurtappset() -> None:
+    api = access.MemoryApi()
+    seed(api, ["a", "b"])
+    shell = appsetcontroller.AppSets(api, never_stops, lambda: None, threading.Event())
+    shell.sync()
+    made = {d["metadata"]["labels"][appset.POOL_NAME_LABEL]: d["metadata"]["name"] for d in deployments(api)}
+    created = [("Normal", "WorkloadCreated", f"Deployment {made[p]} of pool {p} created") for p in ("a", "b")]
+    assert events(api) == created
+    shell.sync()
+    assert events(api) == created, "nothing written, nothing told"
+    path = f"/apis/apps.openyurt.io/v1beta1/namespaces/{NS}/yurtappsets/web"
+    api.patch(path, {"spec": {"pools": ["a"], "nodepoolSelector": None}})  # b no longer selected
+    shell.sync()
+    assert ("Normal", "WorkloadDeleted", f"Deployment {made['b']} of pool b deleted") in events(api)
+
+
+def test_a_refusal_is_told_once_as_a_warning_and_again_only_when_it_comes_back() -> None:
+    api = access.MemoryApi()
+    seed(api, ["a"])
+    path = f"/apis/apps.openyurt.io/v1beta1/namespaces/{NS}/yurtappsets/web"
+    stateful = {"spec": {"workload": {"workloadTemplate": {"statefulSetTemplate": {"spec": {}}}}}}
+    api.patch(path, stateful)
+    shell = appsetcontroller.AppSets(api, never_stops, lambda: None, threading.Event())
+    for _ in range(3):
+        shell.sync()
+    warning = ("Warning", "UnsupportedWorkload", appset.template_problem(api.get(path) or {})[1])  # type: ignore[index]
+    assert events(api) == [warning]
+    api.patch(path, {"spec": {"workload": {"workloadTemplate": {"statefulSetTemplate": None}}}})
+    shell.sync()
+    assert [e[1] for e in events(api)] == ["WorkloadCreated", "UnsupportedWorkload"]
+    api.patch(path, stateful)
+    shell.sync()
+    shell.sync()
+    assert [e[1] for e in events(api)] == ["WorkloadCreated", "UnsupportedWorkload", "UnsupportedWorkload"]
