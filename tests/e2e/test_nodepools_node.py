@@ -179,11 +179,29 @@ def endpoint_nodes(slices: dict[str, Any]) -> list[str]:
     return sorted(e.get("nodeName", "") for s in slices.get("items") or [] for e in s.get("endpoints") or [])
 
 
-def via_hub(kube: cluster.Cluster, path: str, agent: str) -> tuple[int, str]:
-    """GET `path` from yurthub on the node (its plain port), as the component `agent` names."""
+PROXY_SA = "pools-kube-proxy"
+"""kube-proxy's identity for the test (a ServiceAccount bound to the stock `system:node-proxier`): kube-proxy
+reads EndpointSlices with its own credentials, which yurthub forwards, not the node's."""
+LAST: dict[str, object] = {}
+"""What the node got last, for the failure message."""
+
+
+def proxy_token(kube: cluster.Cluster) -> str:
+    kube.kubectl.run("create", "serviceaccount", PROXY_SA, "-n", "kube-system")
+    kube.kubectl.run(
+        "create", "clusterrolebinding", PROXY_SA, "--clusterrole=system:node-proxier",
+        f"--serviceaccount=kube-system:{PROXY_SA}",
+    )  # fmt: skip
+    return kube.kubectl.run("create", "token", PROXY_SA, "-n", "kube-system", "--duration=2h").strip()
+
+
+def via_hub(kube: cluster.Cluster, path: str, agent: str, token: str = "") -> tuple[int, str]:
+    """GET `path` from yurthub on the node (its plain port), as the component `agent` names, with `token`
+    (none: yurthub's own identity)."""
+    headers = {"User-Agent": agent} | ({"Authorization": f"Bearer {token}"} if token else {})
     script = (
         "import urllib.request as u,urllib.error as e\n"
-        f"r=u.Request('http://127.0.0.1:10261{path}',headers={{'User-Agent':{agent!r}}})\n"
+        f"r=u.Request('http://127.0.0.1:10261{path}',headers={headers!r})\n"
         "try:\n c=u.urlopen(r,timeout=20);print(c.status);print(c.read().decode())\n"
         "except e.HTTPError as x:\n print(x.code);print(x.read().decode())\n"
     )
@@ -192,10 +210,18 @@ def via_hub(kube: cluster.Cluster, path: str, agent: str) -> tuple[int, str]:
     return (int(code) if code.strip().isdigit() else 0), body
 
 
-def node_sees(kube: cluster.Cluster) -> list[str] | None:
+def node_sees(kube: cluster.Cluster, token: str) -> list[str] | None:
     """The nodes of the `web` endpoints kube-proxy on the real node gets through yurthub (None: no answer)."""
-    code, body = via_hub(kube, SLICES, KUBE_PROXY)
+    code, body = via_hub(kube, SLICES, KUBE_PROXY, token)
+    LAST.update(code=code, body=body[:2000])
     return endpoint_nodes(json.loads(body)) if code == 200 else None
+
+
+def sees_only(kube: cluster.Cluster, token: str, want: list[str], what: str) -> None:
+    try:
+        wait_for(what, lambda: node_sees(kube, token) == want, timeout=90)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; last answer {LAST}; yurthub:\n{kube.node.journal('yurthub', 60)}") from exc
 
 
 def hub_reachable(kube: cluster.Cluster) -> bool:
@@ -282,17 +308,18 @@ def test_servicetopology_on_the_real_node_gives_only_its_pools_endpoints_online_
     assert len(set(everywhere)) >= 3, "endpoints in more than one pool, or the filter proves nothing"
     site_a = sorted(n for n in everywhere if n in POOLS["site-a"])
     assert site_a == sorted(POOLS["site-a"])
-    wait_for("kube-proxy on the node to get site-a's endpoints only", lambda: node_sees(kube) == site_a, timeout=90)
+    token = proxy_token(kube)
+    sees_only(kube, token, site_a, "kube-proxy on the node to get site-a's endpoints only")
     journal = kube.node.journal("yurthub", lines=2000)
     assert "members from source=nodepool" in journal, journal[-3000:]
     # a component nobody filters for gets everything: the filter, not the slice, made the difference
-    code, body = via_hub(kube, SLICES, "kubectl/v1.34.0")
-    assert code == 200 and endpoint_nodes(json.loads(body)) == everywhere
+    code, body = via_hub(kube, SLICES, "kubectl/v1.34.0", token)
+    assert code == 200 and endpoint_nodes(json.loads(body)) == everywhere, (code, body[:2000])
 
     kube.node.cut_link()
     try:
         wait_for("yurthub to see the cloud gone", lambda: not hub_reachable(kube), timeout=30)
-        assert node_sees(kube) == site_a, "offline, from the cache, still only the pool's endpoints"
+        sees_only(kube, token, site_a, "offline, from the cache, still only the pool's endpoints")
     finally:
         kube.node.restore_link()
     wait_for("yurthub to see the cloud again", lambda: hub_reachable(kube), timeout=60)
@@ -304,6 +331,8 @@ def test_revert_leaves_the_cluster_and_the_node_as_convert_found_them(env: Env) 
     # the administrator takes the pools apart: the YurtAppSet and Service go, the nodes leave their pools
     kube.kubectl.run("delete", "yurtappset", "web", "--wait=true", timeout=120)
     kube.kubectl.run("delete", "service", "web")
+    kube.kubectl.run("delete", "clusterrolebinding", PROXY_SA)
+    kube.kubectl.run("delete", "serviceaccount", PROXY_SA, "-n", "kube-system")
     kube.kubectl.run("delete", "node", EDGE_KWOK, "--wait=true", timeout=60)
     for node in [EDGE, *CLOUD]:
         kube.kubectl.run("label", "node", node, f"{nodepool.POOL_LABEL}-")
