@@ -2,9 +2,9 @@
 `edge-1` and one simulated edge node make pool `site-a`, simulated cloud nodes make `site-b` and `site-c`;
 yurt-manager (on the host, bound only to its ClusterRole) keeps the pools; a YurtAppSet puts a real pod on
 the real node and simulated pods on the others; yurthub's `servicetopology` on the real node, reading its
-NodePool with the node's own identity, gives the node's components (kube-proxy's User-Agent) only the
-endpoints of its pool, online and, the link cut, from its cache; revert leaves the cluster and the node as
-convert found them.
+NodePool with the node's own identity, gives the node's components (kube-proxy's User-Agent and its own
+ServiceAccount token) only the endpoints of its pool, online and, the link cut, from its cache; revert leaves
+the cluster and the node as convert found them.
 
 The simulated nodes are kwok's (`testenv.nodepools.start_kwok`: their pods get a pod IP and are Ready, so the
 EndpointSlice controller lists them). The cloud pools' nodes exist before convert (`--cloud-nodes`); the
