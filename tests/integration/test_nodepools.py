@@ -352,3 +352,17 @@ def test_a_pool_with_members_cannot_be_deleted_until_they_leave(
     cloud.kubectl.run("delete", "nodepool", "site-a")
     with pytest.raises(KubectlError, match="NotFound"):
         pool(cloud, "site-a")
+
+
+def test_removing_the_crd_as_revert_does_is_not_held_up_by_pools_with_members(
+    cloud: cluster.Cluster, manager: yurtmanager.HostManager
+) -> None:
+    """The in-use policy guards deleting one pool; `yurtctl revert` deletes the CRD, and with it every pool,
+    members or not (the apiserver deletes a CRD's objects without admission)."""
+    apply_yaml(cloud, SITE_A)
+    join(cloud, N[2], "site-a")
+    wait_for("a member in site-a's status", lambda: N[2] in (status_of(cloud, "site-a")[0] or []), timeout=60)
+    with pytest.raises(KubectlError, match="still has member nodes"):
+        cloud.kubectl.run("delete", "nodepool", "site-a")
+    cloud.kubectl.run("delete", "crd", components.NODEPOOL_CRD, "--wait=true", timeout=120)
+    assert components.NODEPOOL_CRD not in cloud.kubectl.run("get", "crd", "-o", "name")
