@@ -84,7 +84,7 @@ def run() -> dict[str, object]:
         manager = None
         try:
             kc = kube_cluster.kubectl
-            kc.apply([nodepools.CRD, *components.appset_objects()])
+            kc.apply([components.nodepool_crd(), *components.appset_objects()])
             for crd in ("nodepools.apps.openyurt.io", "yurtappsets.apps.openyurt.io"):
                 kc.run("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
             kc.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}])

@@ -490,3 +490,47 @@ def status(yas: Obj, pools: list[Obj], deployments: list[Obj], result: Plan, fai
         "totalWorkloads": total,
         "poolStatus": per_pool,
     }
+
+
+# --- events --------------------------------------------------------------------------------------------------
+
+EVENT_REASONS = {"create": "WorkloadCreated", "update": "WorkloadUpdated", "delete": "WorkloadDeleted"}
+"""Normal Event reason for each write of a pool's Deployment."""
+FAILED_REASONS = {"create": "CreateWorkloadError", "update": "UpdateWorkloadError", "delete": "DeleteWorkloadError"}
+"""Warning Event reason for each write that was refused (the same reasons as the conditions)."""
+RENDER_REASON = "RenderWorkloadError"
+"""Warning Event reason for a pool whose Deployment could not be rendered (a tweak's patch that does not apply)."""
+
+
+def warnings(result: Plan, failed: dict[str, str]) -> list[tuple[str, str]]:
+    """(reason, message) of every Warning Event a pass has to tell: the template problem, each pool that could
+    not be rendered, each refused write."""
+    out = [] if result.problem is None else [result.problem]
+    out += [(RENDER_REASON, f"pool {pool}: {message}") for pool, message in sorted(result.errors.items())]
+    out += [(FAILED_REASONS[verb], message) for verb, message in sorted(failed.items())]
+    return out
+
+
+def event(yas: Obj, kind: Literal["Normal", "Warning"], reason: str, message: str, now: str) -> Obj:
+    """A core/v1 Event about the YurtAppSet (`kubectl describe yurtappset` lists it), from yurt-manager."""
+    meta = yas["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta.get("namespace", "default")},
+        "involvedObject": {
+            "apiVersion": f"{GROUP}/v1beta1",
+            "kind": "YurtAppSet",
+            "name": meta["name"],
+            "namespace": meta.get("namespace", "default"),
+            "uid": meta.get("uid", ""),
+        },
+        "reason": reason,
+        "message": message[:1024],
+        "type": kind,
+        "source": {"component": "yurt-manager"},
+        "reportingComponent": "yurt-manager",
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }

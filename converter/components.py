@@ -446,13 +446,61 @@ def nodepool_policy() -> list[Obj]:
     ]
 
 
+POOL_IN_USE_POLICY = "yurt-nodepool-in-use"
+"""ValidatingAdmissionPolicy (and binding) refusing to delete a NodePool that still has member nodes."""
+_MEMBERS = "oldObject.status.nodes"
+
+
+def nodepool_in_use_policy() -> list[Obj]:
+    """A NodePool whose `status.nodes` is not empty cannot be deleted, by anyone: its members would keep the
+    pool's label (so its workloads, pinned by that label, stay unschedulable or stranded) and lose the pool's
+    topology, with nothing to say why. The message names the members; take them out of the pool (remove
+    their `apps.openyurt.io/nodepool` label), let yurt-manager empty the status, then delete. Removing the
+    CRD (`yurtctl revert`) deletes pools without admission, so it is not held up by this."""
+    empty = f"!has(oldObject.status) || !has({_MEMBERS}) || size({_MEMBERS}) == 0"
+    message = (
+        "'NodePool ' + oldObject.metadata.name + ' still has member nodes (' + "
+        f"{_MEMBERS}.join(', ') + '): remove their label apps.openyurt.io/nodepool first, then delete it "
+        "once its status lists no nodes'"
+    )
+    return [
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": _meta(POOL_IN_USE_POLICY),
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": ["apps.openyurt.io"],
+                            "apiVersions": ["*"],
+                            "operations": ["DELETE"],
+                            "resources": ["nodepools"],
+                        }
+                    ]
+                },
+                "validations": [{"expression": empty, "messageExpression": message, "reason": "Forbidden"}],
+            },
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": _meta(POOL_IN_USE_POLICY),
+            "spec": {"policyName": POOL_IN_USE_POLICY, "validationActions": ["Deny"]},
+        },
+    ]
+
+
 def nodepool_objects() -> list[Obj]:
     """What `yurtctl convert` installs for NodePools: the CRD, read access to pools for every node
     (yurthub's servicetopology reads its pool's members with the node's own identity), and the policy
-    keeping a node from choosing its pool (`nodepool_policy`; only on Kubernetes 1.30 and later)."""
+    keeping a node from choosing its pool (`nodepool_policy`) and the one keeping a pool with members from
+    being deleted (`nodepool_in_use_policy`); the policies only on Kubernetes 1.30 and later."""
     return [
         nodepool_crd(),
         *nodepool_policy(),
+        *nodepool_in_use_policy(),
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",

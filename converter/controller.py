@@ -296,13 +296,17 @@ class Manager:
                 log.warning("lease release failed error=%s", exc)
             self.leading = False
 
-    def start_informers(self) -> None:
+    def make_informers(self) -> list[informer.Informer]:
+        """Every informer of this replica, not started: one per collection, the NodePools' shared by the pool
+        pass and the YurtAppSet shell."""
         for path in (NODES, PODS, CSRS, poolsync.POOLS):
             counter = self.metrics.lists.labels(path.rsplit("/", 1)[-1])
-            watched = informer.Informer(self.api, path, self.wake.set, self.stopping, listed=counter.inc)
-            self.informers[path] = watched
+            self.informers[path] = informer.Informer(self.api, path, self.wake.set, self.stopping, listed=counter.inc)
+        return [*self.informers.values(), *self.appsets.make_informers(self.informers)]
+
+    def start_informers(self) -> None:
+        for watched in self.make_informers():
             watched.start()
-        self.appsets.start_informers()
         self.endpoint_sync.start_informers(self.wake.set, self.stopping, lambda r: self.metrics.lists.labels(r).inc)
 
     def read(self, path: str) -> list[access.Obj]:

@@ -322,3 +322,47 @@ def test_a_node_cannot_move_itself_into_a_pool_but_an_admin_can(
     as_node.run("label", "node", name, "harmless=yes", "--overwrite")  # its other labels: as NodeRestriction says
     join(cloud, name, "site-a")  # the administrator
     assert node(cloud, name)["metadata"]["labels"][nodepool.POOL_LABEL] == "site-a"
+
+
+def test_a_pool_with_members_cannot_be_deleted_until_they_leave(
+    cloud: cluster.Cluster, manager: yurtmanager.HostManager
+) -> None:
+    """Deleting a pool whose nodes still carry its label would strand them (their workloads are pinned by the
+    label, their topology is the pool's): refused, naming the members, by everyone, the administrator too."""
+    name = N[2]
+    apply_yaml(cloud, SITE_A)
+    join(cloud, name, "site-a")
+    wait_for("the member in site-a's status", lambda: name in (status_of(cloud, "site-a")[0] or []), timeout=60)
+
+    def refused() -> bool:  # a new policy takes a moment to be enforced; an early success is undone
+        try:
+            cloud.kubectl.run("delete", "nodepool", "site-a", "--wait=false")
+        except KubectlError as exc:
+            return f"NodePool site-a still has member nodes ({name})" in str(exc)
+        apply_yaml(cloud, SITE_A)
+        wait_for("the member back in site-a", lambda: name in (status_of(cloud, "site-a")[0] or []), timeout=60)
+        return False
+
+    wait_for("the in-use policy to be enforced", refused, timeout=60)
+    with pytest.raises(KubectlError, match=r"(?s)still has member nodes.*remove their label apps.openyurt.io/nodepool"):
+        cloud.kubectl.run("delete", f"nodepools.v1beta1.{nodepool.GROUP}", "site-a")  # any served version
+    assert pool(cloud, "site-a")["metadata"]["name"] == "site-a"
+    join(cloud, name, None)
+    wait_for("site-a empty", lambda: status_of(cloud, "site-a")[0] == [], timeout=60)
+    cloud.kubectl.run("delete", "nodepool", "site-a")
+    with pytest.raises(KubectlError, match="NotFound"):
+        pool(cloud, "site-a")
+
+
+def test_removing_the_crd_as_revert_does_is_not_held_up_by_pools_with_members(
+    cloud: cluster.Cluster, manager: yurtmanager.HostManager
+) -> None:
+    """The in-use policy guards deleting one pool; `yurtctl revert` deletes the CRD, and with it every pool,
+    members or not (the apiserver deletes a CRD's objects without admission)."""
+    apply_yaml(cloud, SITE_A)
+    join(cloud, N[2], "site-a")
+    wait_for("a member in site-a's status", lambda: N[2] in (status_of(cloud, "site-a")[0] or []), timeout=60)
+    with pytest.raises(KubectlError, match="still has member nodes"):
+        cloud.kubectl.run("delete", "nodepool", "site-a")
+    cloud.kubectl.run("delete", "crd", components.NODEPOOL_CRD, "--wait=true", timeout=120)
+    assert components.NODEPOOL_CRD not in cloud.kubectl.run("get", "crd", "-o", "name")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -108,7 +109,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster.Cluster]
         assert c.plane is not None
         jobs = kwokjobs.start(cluster.binaries(), c.plane.admin_kubeconfig, c.directory / "cloud", c.group)
         try:
-            c.kubectl.apply([nodepools.CRD, *components.appset_objects()])
+            c.kubectl.apply([components.nodepool_crd(), *components.appset_objects()])
             for crd in ("nodepools.apps.openyurt.io", "yurtappsets.apps.openyurt.io"):
                 c.kubectl.run("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
             c.kubectl.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}])
@@ -199,6 +200,13 @@ def test_a_yurtappset_makes_one_deployment_per_selected_pool_with_its_tweaks(
     }
     conditions = {c["type"]: c["status"] for c in st["conditions"]}
     assert conditions == dict.fromkeys(["PoolFound", "AppDispatched", "AppDeleted", "AppUpdated", "AppReady"], "True")
+    described = cloud.kubectl.run("describe", "yurtappset", "-n", NS, "web")
+    for pool in POOLS:  # each Deployment written is an Event on the YurtAppSet
+        assert re.search(
+            rf"Normal\s+WorkloadCreated\s+.*Deployment web-{pool}-\S+ of pool {pool} created", described
+        ), described
+    # the pool pass and the YurtAppSets read one NodePool informer: one list, then one watch
+    assert 'yurt_manager_lists_total{resource="nodepools"} 1.0' in manager.get("/metrics")[1]
 
 
 def test_a_tweak_changes_only_its_pools_deployment(cloud: cluster.Cluster, manager: yurtmanager.HostManager) -> None:
@@ -299,6 +307,9 @@ def test_a_statefulset_template_is_refused_with_a_condition(
         return bool(conditions.get("AppDispatched", {}).get("reason") == "UnsupportedWorkload")
 
     wait_for("db refused", refused, timeout=60)
+    described = cloud.kubectl.run("describe", "yurtappset", "-n", NS, "db")
+    assert re.search(r"Warning\s+UnsupportedWorkload\s+.*statefulSetTemplate is not supported", described), described
+    assert len(re.findall(r"Warning\s+UnsupportedWorkload", described)) == 1, "told once, not on every pass"
     assert cloud.kubectl.get("deployments,statefulsets", "-n", NS, "-l", f"{appset.REF_LABEL}=db")["items"] == []
 
 

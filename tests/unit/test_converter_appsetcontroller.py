@@ -6,9 +6,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import prometheus_client as prom
 import pytest
 
-from converter import access, appset, appsetcontroller, controller, informer
+from converter import access, appset, appsetcontroller, controller, informer, poolsync
 
 Obj = dict[str, Any]
 NS = "shop"
@@ -93,3 +94,73 @@ def test_a_replica_that_does_not_lead_writes_nothing() -> None:
 def test_without_the_crds_a_pass_skips_yurtappsets() -> None:
     shell = appsetcontroller.AppSets(access.MemoryApi(), never_stops, lambda: None, threading.Event())
     shell.sync()  # nothing listed, nothing written, no error
+
+
+def test_yurt_manager_lists_and_watches_nodepools_once_for_both_the_pool_pass_and_the_yurtappsets() -> None:
+    api = access.MemoryApi()
+    seed(api, ["a", "b"])
+    registry = prom.CollectorRegistry()
+    m = controller.Manager(api, controller.Settings(identity="a", leader_elect=False), controller.Metrics(registry))
+    made = m.make_informers()
+    assert [w.path for w in made].count(appset.NODEPOOLS) == 1
+    assert len({w.path for w in made}) == len(made), "one informer per collection"
+    assert m.appsets.informers[appset.NODEPOOLS] is m.informers[poolsync.POOLS]
+    for watched in made:
+        watched.relist()
+    assert registry.get_sample_value("yurt_manager_lists_total", {"resource": "nodepools"}) == 1
+    m.sync()  # both passes read the one copy: the pool pass writes the pools' status, the shell the Deployments
+    assert len(deployments(api)) == 2
+    pool = api.get(f"{appset.NODEPOOLS}/a")
+    assert pool is not None and pool["status"]["nodes"] == []
+
+
+def events(api: access.MemoryApi) -> list[tuple[str, str, str]]:
+    """(type, reason, message) of the Events about YurtAppSet `web`, as `kubectl describe` selects them."""
+    return sorted(
+        (e["type"], e["reason"], e["message"])
+        for e in api.list(f"/api/v1/namespaces/{NS}/events")
+        if e["involvedObject"]
+        == {
+            "apiVersion": "apps.openyurt.io/v1beta1",
+            "kind": "YurtAppSet",
+            "name": "web",
+            "namespace": NS,
+            "uid": "u1",
+        }
+    )
+
+
+def test_each_deployment_written_is_an_event_on_the_yurtappset() -> None:
+    api = access.MemoryApi()
+    seed(api, ["a", "b"])
+    shell = appsetcontroller.AppSets(api, never_stops, lambda: None, threading.Event())
+    shell.sync()
+    made = {d["metadata"]["labels"][appset.POOL_NAME_LABEL]: d["metadata"]["name"] for d in deployments(api)}
+    created = [("Normal", "WorkloadCreated", f"Deployment {made[p]} of pool {p} created") for p in ("a", "b")]
+    assert events(api) == created
+    shell.sync()
+    assert events(api) == created, "nothing written, nothing told"
+    path = f"/apis/apps.openyurt.io/v1beta1/namespaces/{NS}/yurtappsets/web"
+    api.patch(path, {"spec": {"pools": ["a"], "nodepoolSelector": None}})  # b no longer selected
+    shell.sync()
+    assert ("Normal", "WorkloadDeleted", f"Deployment {made['b']} of pool b deleted") in events(api)
+
+
+def test_a_refusal_is_told_once_as_a_warning_and_again_only_when_it_comes_back() -> None:
+    api = access.MemoryApi()
+    seed(api, ["a"])
+    path = f"/apis/apps.openyurt.io/v1beta1/namespaces/{NS}/yurtappsets/web"
+    stateful = {"spec": {"workload": {"workloadTemplate": {"statefulSetTemplate": {"spec": {}}}}}}
+    api.patch(path, stateful)
+    shell = appsetcontroller.AppSets(api, never_stops, lambda: None, threading.Event())
+    for _ in range(3):
+        shell.sync()
+    warning = ("Warning", "UnsupportedWorkload", appset.template_problem(api.get(path) or {})[1])  # type: ignore[index]
+    assert events(api) == [warning]
+    api.patch(path, {"spec": {"workload": {"workloadTemplate": {"statefulSetTemplate": None}}}})
+    shell.sync()
+    assert [e[1] for e in events(api)] == ["WorkloadCreated", "UnsupportedWorkload"]
+    api.patch(path, stateful)
+    shell.sync()
+    shell.sync()
+    assert [e[1] for e in events(api)] == ["WorkloadCreated", "UnsupportedWorkload", "UnsupportedWorkload"]

@@ -375,7 +375,6 @@ def test_the_membership_policy_is_installed_from_1_30_and_removed_by_revert() ->
     older = plan.convert_plan(opts, nodes, None, policies=False).before
     assert not kinds & {c.body["kind"] for c in older if c.body and c.verb == "apply"}
     deleted = [c.path for c in plan.revert_plan(nodes, [], {"data": {}}).after if c.verb == "delete"]
-    assert (
-        f"/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/{components.POOL_LABEL_POLICY}" in deleted
-    )
+    for policy in (components.POOL_LABEL_POLICY, components.POOL_IN_USE_POLICY):
+        assert f"/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/{policy}" in deleted
     assert plan.minor_of({"minor": "29+"}) == 29 and plan.minor_of({}) == -1
