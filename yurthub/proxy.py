@@ -99,7 +99,7 @@ async def admit(hub: Hub, request: web.Request, *, door: bool) -> Admitted | web
     except errors.BadRequest as exc:
         hub.metrics.request("", request.method.lower(), "", "refused")
         return replies.error(400, str(exc))
-    names = () if door else hub.filter_names(info)  # by the User-Agent, whatever credentials the client sends
+    names = hub.door_names(info) if door else hub.filter_names(info)  # by the User-Agent, whatever credentials
     credentials = _credentials(auths)
     if door and not (credentials and auths[0].lower().startswith("bearer ")):
         hub.metrics.request("", info.verb, info.resource, "refused")
