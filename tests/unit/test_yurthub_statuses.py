@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from yurthub import config, filters, health, metrics, outbox, proxy, server, status, storage
+from yurthub import config, filters, health, metrics, outbox, proxy, server, status, storage, wire
 
 NODE = "edge-1"
 UID = "uid-web-1"
@@ -302,8 +302,9 @@ async def test_the_latest_status_is_delivered_against_the_clouds_pod_after_a_con
     last = node.cloud.patches[-1]
     assert last["metadata"] == {"uid": UID, "resourceVersion": "5000"}
     assert last["status"]["podIPs"] == [{"ip": "10.0.0.9"}, {"ip": "10.0.0.5", "$patch": "delete"}]
-    code, cached = await node.call("GET", POD_PATH, KUBELET)  # online now: the cloud's answer
-    assert code == 200
+    scope = storage.Scope("kubelet", wire.Encoding.JSON, "pods.v1.core")
+    cached = await node.hub.in_writer(node.hub.store.get_object, scope, "shop", "web-1")
+    assert json.loads(cached)["metadata"]["resourceVersion"] == "9001"  # the cloud's answer replaced ours
 
 
 @pytest.mark.parametrize("gone", ["deleted", "recreated"])
