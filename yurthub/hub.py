@@ -1,8 +1,9 @@
 """The request path's shared state: built once by `server`, handed to `proxy`, `remote` and `local`.
 
 A `Hub` owns the cloud sessions, the cache and its single writer thread, the outbox, the metrics, the
-response-filter rules and the memory budgets. It does no routing itself: `proxy.handle` decides, `remote`
-forwards and relays, `local` answers from the cache.
+response-filter rules (and the requests negotiated as JSON without a filter, `AS_JSON`), the memory budgets
+and the offline watches being held (`held`, told of what the node rewrites offline). It does no routing
+itself: `proxy.handle` decides, `remote` forwards and relays, `local` answers from the cache.
 
 Bounded: `requests` (bytes of request bodies and whole answers held at once), `lists` (list bodies buffered
 for the cache, until written), `last_lists` (least recently used digests go first), pending cache writes.

@@ -320,3 +320,21 @@ async def test_a_status_for_a_pod_gone_from_the_cloud_is_dropped_not_resurrected
         node.cut()
         code, answer = await node.call("GET", POD_PATH, KUBELET)  # offline: the deletion is remembered
         assert (code, answer["reason"]) == (404, "NotFound")
+
+
+async def test_a_pod_token_on_the_door_cannot_patch_a_pod_status_offline(node: Node) -> None:
+    runner = server._door_runner(node.hub)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)  # the door's routing, without its TLS
+    await site.start()
+    door = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    try:
+        node.cut()
+        headers = {**KUBELET, **SMP, "Authorization": "Bearer pod-token"}  # a pod may say it is kubelet
+        async with node.session.patch(door + POD_PATH + "/status", headers=headers, data=new_ip_patch("10.6.6.6")) as r:
+            assert r.status == 503
+            assert json.loads(await r.read())["kind"] == "Status"
+    finally:
+        await runner.cleanup()
+    assert (await node.call("GET", POD_PATH, KUBELET))[1]["status"]["podIP"] == "10.0.0.5"
+    assert await node.queued() == []
