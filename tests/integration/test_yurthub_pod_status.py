@@ -68,7 +68,7 @@ def service(name: str) -> dict[str, Any]:
 def kubelet(hub: Hub, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, str, dict[str, Any]]:
     data = json.dumps(body).encode() if body is not None else None
     code, ctype, raw = call(hub.proxy + path, method=method, accept=PB, body=data, content_type=SMP, agent=KUBELET)
-    return code, ctype, json.loads(raw)
+    return code, ctype, json.loads(raw) if ctype.startswith("application/json") else {"protobuf": raw}
 
 
 def running(uid: str, ip: str, old: str | None = None) -> dict[str, Any]:
