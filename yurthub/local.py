@@ -18,7 +18,7 @@ import random
 from aiohttp import web
 
 from yurthub import cache, errors, outbox, replies, requestinfo, statuses, wire
-from yurthub.hub import Admitted, HeldWatch, Hub
+from yurthub.hub import AS_JSON, Admitted, HeldWatch, Hub
 
 DEFAULT_WATCH_TIMEOUT_S = 1800
 
@@ -26,7 +26,9 @@ DEFAULT_WATCH_TIMEOUT_S = 1800
 async def serve(hub: Hub, request: web.Request, admitted: Admitted) -> web.StreamResponse:
     info, body, names = admitted.info, admitted.body, admitted.names
     component, outcome = info.component, "refused"
-    accept = wire.JSON if names else request.headers.get("Accept", "")  # filtered answers are kept as JSON only
+    accept = request.headers.get("Accept", "")
+    if names:  # filtered answers are kept as JSON only; the unfiltered JSON ones (`AS_JSON`) prefer it
+        accept = wire.JSON if set(names) - {AS_JSON} else f"{wire.JSON},{accept}"
     try:
         if not info.is_resource:
             return replies.error(503, f"cloud unreachable: {info.path} is not served from the cache")

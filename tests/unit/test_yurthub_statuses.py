@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.unit import wirefixtures
 from yurthub import config, filters, health, metrics, outbox, proxy, server, status, storage, wire
 
 NODE = "edge-1"
@@ -338,3 +339,20 @@ async def test_a_pod_token_on_the_door_cannot_patch_a_pod_status_offline(node: N
         await runner.cleanup()
     assert (await node.call("GET", POD_PATH, KUBELET))[1]["status"]["podIP"] == "10.0.0.5"
     assert await node.queued() == []
+
+
+async def test_kubelets_pods_cached_as_protobuf_before_an_upgrade_still_answer_offline(node: Node) -> None:
+    """A cache from before kubelet's pods were negotiated as JSON holds them in protobuf only: offline they
+    are still kubelet's answer (it accepts both), not a 503."""
+    pb = wirefixtures.obj(wire.Encoding.PROTOBUF, "old-1", "7", namespace="shop")
+    body = wire.build_list(wire.Encoding.PROTOBUF, "v1", "PodList", "7", False, [pb.body])
+    key = storage.ViewKey(
+        storage.Scope("kubelet", wire.Encoding.PROTOBUF, "pods.v1.core"), "", "", "spec.nodeName=other"
+    )
+    await node.hub.in_writer(node.hub.store.replace_list, key, wire.parse_list(wire.Encoding.PROTOBUF, body))
+    node.cut()
+    headers = {**KUBELET, "Accept": "application/vnd.kubernetes.protobuf,application/json"}
+    async with node.session.get(node.url + PODS_PATH + "?fieldSelector=spec.nodeName%3Dother", headers=headers) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"] == wire.PROTOBUF
+        assert await r.read() == body
