@@ -119,13 +119,13 @@ async def _hold_watch(hub: Hub, request: web.Request, info: requestinfo.RequestI
     encoding = next(iter(cache.accepted(accept)), wire.Encoding.JSON)
     response = web.StreamResponse(status=200)
     response.headers["Content-Type"] = wire.content_type(encoding, watch=True)
-    await response.prepare(request)
     timeout = info.timeout_seconds or DEFAULT_WATCH_TIMEOUT_S * random.uniform(1, 2)  # noqa: S311 - jitter
     back = hub.cloud_back
     held = HeldWatch(cache.view_key(info, encoding)) if encoding is wire.Encoding.JSON else None
     if held is not None:
-        hub.held.add(held)
+        hub.held.add(held)  # before the client sees the answer start: nothing changed after that is missed
     try:
+        await response.prepare(request)
         with contextlib.suppress(asyncio.TimeoutError):
             async with asyncio.timeout(timeout):
                 while not await _next_event(back, held, response):

@@ -11,7 +11,10 @@ same name while the node was cut off does not get the old pod's status.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -101,6 +104,16 @@ def proxy_addresses(hub: Hub, name: str) -> list[str]:
     return [a for s in own for e in s.get("endpoints") or [] for a in e["addresses"]]
 
 
+def first_watch_event(hub: Hub, path: str, agent: str, started: threading.Event) -> dict[str, Any]:
+    """Open a watch through yurthub, say when its answer started (yurthub holds it from then on), and
+    return its first event (read on a worker thread by the caller)."""
+    request = urllib.request.Request(hub.proxy + path, headers={"Accept": "application/json", "User-Agent": agent})
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        started.set()
+        event: dict[str, Any] = json.loads(resp.readline())
+        return event
+
+
 def online_pod(cloud: cluster.Cluster, hub: Hub, name: str, ip: str) -> str:
     """The pod running at `ip` as the cloud sees it, its Service's slice listing it; and cached through
     yurthub (kubelet's list of its pods, kube-proxy's list of slices). Returns its uid."""
@@ -124,7 +137,14 @@ def test_an_offline_status_patch_is_served_offline_and_reaches_the_cloud(
     wait_cloud(hub, reachable=False)
 
     path = f"/api/v1/namespaces/{NS}/pods/web"
-    code, ctype, answer = kubelet(hub, "PATCH", path + "/status", running(uid, "10.244.0.9", old="10.244.0.5"))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        started = threading.Event()
+        watch = pool.submit(first_watch_event, hub, SLICES + "?watch=1", PROXY, started)  # kube-proxy's, held
+        assert started.wait(20)
+        code, ctype, answer = kubelet(hub, "PATCH", path + "/status", running(uid, "10.244.0.9", old="10.244.0.5"))
+        event = watch.result(timeout=30)
+    assert event["type"] == "MODIFIED"
+    assert [a for e in event["object"]["endpoints"] for a in e["addresses"]] == ["10.244.0.9"]
     assert (code, ctype) == (200, "application/json")
     assert answer["status"]["podIPs"] == [{"ip": "10.244.0.9"}]
     code, _, cached = kubelet(hub, "GET", path)
