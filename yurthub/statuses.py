@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -73,18 +74,25 @@ def _status_path(namespace: str, name: str) -> str:
 
 
 def apply_offline(
-    store: storage.Storage, node: str, info: requestinfo.RequestInfo, body: bytes, content_type: str
-) -> tuple[int, bytes, list[Changed], outbox.Write | None]:
-    """On the writer thread: patch the cached pod, store it and the endpoints it changes.
+    store: storage.Storage,
+    queue: Callable[[outbox.Write], None],
+    node: str,
+    info: requestinfo.RequestInfo,
+    body: bytes,
+    content_type: str,
+) -> tuple[int, bytes, list[Changed]]:
+    """On the writer thread: patch the cached pod, queue its status, store it and the endpoints it changes.
 
-    Returns the answer (code and JSON body: the pod, or a Status), the objects changed, and the outbox
-    write to queue (None when nothing changed: the apiserver answers a no-op patch with the object as is).
+    Returns the answer (code and JSON body: the pod, or a Status) and the objects changed. The status is
+    queued before the cache is written: a crash in between leaves the cache as it was, and kubelet, seeing
+    the old status, sends its patch again (a cache showing a status that is not queued would never send it).
+    A patch that changes nothing queues nothing: the apiserver answers a no-op patch with the object as is.
     """
     scope = storage.Scope(info.component, wire.Encoding.JSON, PODS)
     cached = store.get_object(scope, info.namespace, info.name)
     if cached is None:
         if store.is_deleted(info.component, PODS, info.namespace, info.name):
-            return 404, _status(404, f'pods "{info.name}" not found', "NotFound"), [], None
+            return 404, _status(404, f'pods "{info.name}" not found', "NotFound"), []
         raise errors.PatchRefused(
             503, "ServiceUnavailable", f"cloud unreachable and pod {info.namespace}/{info.name} is not cached as JSON"
         )
@@ -94,27 +102,21 @@ def apply_offline(
         message = (
             f"{who} can only update pod status for pods with spec.nodeName set to itself (answered from the cache)"  # noqa: S608 - the NodeRestriction message, not SQL
         )
-        return 403, _status(403, message, "Forbidden"), [], None
+        return 403, _status(403, message, "Forbidden"), []
     try:
         patched = podstatus.patch_status(pod, body, content_type)
     except errors.PatchConflict as exc:
-        return 409, _status(409, str(exc), "Conflict"), [], None
+        return 409, _status(409, str(exc), "Conflict"), []
     if patched.get("status") == pod.get("status"):
-        return 200, cached, [], None
+        return 200, cached, []
     meta = patched["metadata"]
     new = _dump(patched)
+    key = f"pods/{info.namespace}/{info.name}"
+    queue(outbox.Write("PATCH", _status_path(info.namespace, info.name), wire.JSON, new, info.component, key))
     store.put_object(scope, wire.Obj(info.namespace, info.name, meta["resourceVersion"], new))
     changed = [Changed(scope, info.namespace, info.name, new)]
     changed += rewrite_endpoints(store, node, {(info.namespace, info.name): patched})
-    write = outbox.Write(
-        "PATCH",
-        _status_path(info.namespace, info.name),
-        wire.JSON,
-        new,
-        info.component,
-        f"pods/{info.namespace}/{info.name}",
-    )
-    return 200, new, changed, write
+    return 200, new, changed
 
 
 def rewrite_endpoints(store: storage.Storage, node: str, pods: dict[endpoints.PodKey, dict[str, Any]]) -> list[Changed]:
@@ -133,7 +135,10 @@ def rewrite_endpoints(store: storage.Storage, node: str, pods: dict[endpoints.Po
             if new is None:
                 continue
             meta = new.setdefault("metadata", {})
-            meta["resourceVersion"] = podstatus.next_version(str(meta.get("resourceVersion", "")))
+            rv = str(meta.get("resourceVersion", ""))
+            if not rv.isdigit():
+                continue  # no version after it to give the rewrite: left as the cloud sent it
+            meta["resourceVersion"] = podstatus.next_version(rv)
             out = _dump(new)
             namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
             store.put_object(scope, wire.Obj(namespace, name, meta["resourceVersion"], out))
@@ -158,11 +163,9 @@ async def offline_patch(hub: Hub, request: web.Request, info: requestinfo.Reques
     if podstatus.media_type(content_type) == podstatus.APPLY:
         return replies.error(503, "cloud unreachable: server-side apply of a pod status cannot be honoured offline")
     try:
-        code, answer, changed, write = await hub.in_writer(
-            apply_offline, hub.store, hub.settings.node_name, info, body, content_type
+        code, answer, changed = await hub.in_writer(
+            apply_offline, hub.store, functools.partial(_queue, hub), hub.settings.node_name, info, body, content_type
         )
-        if write is not None:
-            await hub.in_writer(_queue, hub, write)
     except errors.PatchRefused as exc:
         return replies.error(exc.code, str(exc), exc.reason)
     await publish(hub, changed)
