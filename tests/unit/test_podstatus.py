@@ -6,6 +6,7 @@ patch types, the preconditions, and the delivery patch built against the cloud's
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -267,3 +268,18 @@ def test_next_version_sorts_after_and_refuses_what_is_not_a_number() -> None:
     assert podstatus.next_version("99") == "100"
     with pytest.raises(errors.PatchRefused):
         podstatus.next_version("abc")
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "kubelet_status_patches.json"
+"""Made by `fixtures/statuspatches` (Go, k8s.io/apimachinery and k8s.io/api v0.34.12): for each case the
+patch kubelet's status manager sends (`CreateTwoWayMergePatch` from `{"status": old}` to
+`{"metadata":{"uid"}, "status": new}` over v1.Pod, as `PatchPodStatus` does) and the pod the apiserver makes
+of it (`StrategicMergePatch` over v1.Pod)."""
+CAPTURED = json.loads(FIXTURES.read_text())
+
+
+@pytest.mark.parametrize("captured", CAPTURED, ids=[c["case"] for c in CAPTURED])
+def test_kubelets_real_patches_give_the_apiservers_pod(captured: dict[str, Any]) -> None:
+    out = podstatus.patch_status(captured["original"], json.dumps(captured["patch"]).encode(), podstatus.STRATEGIC)
+    assert out["status"] == captured["result"]["status"]
+    assert out["metadata"]["resourceVersion"] == "4712"
