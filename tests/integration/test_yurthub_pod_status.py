@@ -28,6 +28,7 @@ from tests.integration.test_yurthub_proxy import KUBELET, PB, call
 
 NS = "pod-status"
 PROXY = "kube-proxy/v1.34.12 (linux/amd64) kubernetes/test"
+COREDNS = "CoreDNS/1.12.0 git_commit:51e11f1 (linux/amd64)"
 SMP = "application/strategic-merge-patch+json"
 SLICES = f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices"
 MY_PODS = f"/api/v1/pods?fieldSelector=spec.nodeName%3D{NODE}"
@@ -114,6 +115,14 @@ def first_watch_event(hub: Hub, path: str, agent: str, started: threading.Event)
         return event
 
 
+def endpoints_addresses(hub: Hub, name: str) -> list[str]:
+    """The v1 Endpoints of a Service as a JSON client (CoreDNS's User-Agent) reads them through yurthub."""
+    code, _, raw = call(hub.proxy + f"/api/v1/namespaces/{NS}/endpoints", agent=COREDNS)
+    assert code == 200
+    own = [e for e in json.loads(raw)["items"] if e["metadata"]["name"] == name]
+    return [a["ip"] for e in own for s in e.get("subsets") or [] for a in s.get("addresses") or []]
+
+
 def online_pod(cloud: cluster.Cluster, hub: Hub, name: str, ip: str) -> str:
     """The pod running at `ip` as the cloud sees it, its Service's slice listing it; and cached through
     yurthub (kubelet's list of its pods, kube-proxy's list of slices). Returns its uid."""
@@ -126,6 +135,7 @@ def online_pod(cloud: cluster.Cluster, hub: Hub, name: str, ip: str) -> str:
     assert code == 200 and ctype.startswith("application/json")  # kubelet's pods are negotiated as JSON
     assert name in [p["metadata"]["name"] for p in pods["items"]]
     assert proxy_addresses(hub, name) == [ip]
+    wait_for(f"the Endpoints of {name} to list {ip}", lambda: endpoints_addresses(hub, name) == [ip], timeout=60)
     return uid
 
 
@@ -150,6 +160,7 @@ def test_an_offline_status_patch_is_served_offline_and_reaches_the_cloud(
     code, _, cached = kubelet(hub, "GET", path)
     assert code == 200 and cached == answer
     assert proxy_addresses(hub, "web") == ["10.244.0.9"]  # kube-proxy's slice follows the pod
+    assert endpoints_addresses(hub, "web") == ["10.244.0.9"]  # and so do the v1 Endpoints
     assert hub.status()["outbox"]["depth"] == 1
 
     link.restore()
