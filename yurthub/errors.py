@@ -7,7 +7,9 @@ YurthubError
 ├── StorageError          the disk cache failed (full disk, corruption); online serving goes on
 ├── Unreachable           a cloud server could not be reached for a forwarded request: the cache answers instead
 ├── CloudTimeout          a reachable cloud server did not answer one request in time: that request gets 504
-└── Unfilterable          a response its filters cannot be applied to: the client gets an error, never the raw body
+├── Unfilterable          a response its filters cannot be applied to: the client gets an error, never the raw body
+├── PatchRefused          an offline patch the apiserver would refuse too (415, 400, 422): its code and reason
+└── PatchConflict         an offline patch whose uid or resourceVersion precondition fails (409)
 """
 
 from __future__ import annotations
@@ -39,3 +41,16 @@ class CloudTimeout(YurthubError):
 
 class Unfilterable(YurthubError):
     """A response (or a filter's input, e.g. topology facts) that its filters cannot work with: fail closed."""
+
+
+class PatchRefused(YurthubError):
+    """A patch yurthub applies offline that kube-apiserver would refuse: the code and reason it would answer."""
+
+    def __init__(self, code: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+
+
+class PatchConflict(YurthubError):
+    """An offline patch whose preconditions (uid, resourceVersion) do not hold for the cached object: 409."""

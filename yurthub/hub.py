@@ -1,8 +1,9 @@
 """The request path's shared state: built once by `server`, handed to `proxy`, `remote` and `local`.
 
 A `Hub` owns the cloud sessions, the cache and its single writer thread, the outbox, the metrics, the
-response-filter rules and the memory budgets. It does no routing itself: `proxy.handle` decides, `remote`
-forwards and relays, `local` answers from the cache.
+response-filter rules (and the requests negotiated as JSON without a filter, `AS_JSON`), the memory budgets
+and the offline watches being held (`held`, told of what the node rewrites offline). It does no routing
+itself: `proxy.handle` decides, `remote` forwards and relays, `local` answers from the cache.
 
 Bounded: `requests` (bytes of request bodies and whole answers held at once), `lists` (list bodies buffered
 for the cache, until written), `last_lists` (least recently used digests go first), pending cache writes.
@@ -40,6 +41,22 @@ from yurthub import (
 log = logging.getLogger(__name__)
 
 MAX_PENDING_WRITES = 256
+
+
+AS_JSON = "as-json"
+"""Not a filter: the name that makes a read go upstream as JSON, with no filter built for it (the bytes pass
+as the cloud sent them): kubelet's pods and, on the HTTPS door, endpoint slices and endpoints, so what the
+node rewrites offline (`statuses`) is cached in the one encoding it can be rewritten in."""
+_DOOR_AS_JSON = frozenset({("discovery.k8s.io", "endpointslices"), ("", "endpoints")})
+
+
+@dataclasses.dataclass(eq=False)
+class HeldWatch:
+    """An offline watch held open by `local`: told of objects the node changes offline in its view."""
+
+    key: storage.ViewKey
+    events: asyncio.Queue[bytes] = dataclasses.field(default_factory=asyncio.Queue)
+    """Whole watch event lines (JSON, newline-terminated), to write in order."""
 
 
 @dataclasses.dataclass
@@ -103,6 +120,8 @@ class Hub:
         self.cloud_back = asyncio.Event()
         self.filter_rules = filters.index(dict(settings.filters.rules)) if settings.filters.enabled else {}
         self.door = (settings.door.address, settings.door.port) if settings.door.enabled else None
+        self.held: set[HeldWatch] = set()
+        """Offline JSON watches being held (`local`), told of offline rewrites (`statuses`)."""
         self.facts = topology.FactsSource(
             settings.node_name, settings.filters.nodepool_label, store, self.fetch_json, self.in_writer
         )
@@ -110,7 +129,26 @@ class Hub:
     def filter_names(self, info: requestinfo.RequestInfo) -> tuple[str, ...]:
         """The filters this request's response goes through (`masterservice` only while the door is open)."""
         names = filters.names_for(self.filter_rules, info)
-        return tuple(n for n in names if n != filters.MASTER_SERVICE or self.door is not None)
+        names = tuple(n for n in names if n != filters.MASTER_SERVICE or self.door is not None)
+        if (
+            info.component == "kubelet"
+            and info.resource == "pods"
+            and not info.group
+            and not info.subresource
+            and info.verb in filters.FILTERED_VERBS
+        ):
+            names += (AS_JSON,)
+        return names
+
+    def door_names(self, info: requestinfo.RequestInfo) -> tuple[str, ...]:
+        """A door request's only "filter": JSON for the endpoints a pod (CoreDNS) reads (see `AS_JSON`)."""
+        if (
+            info.verb in filters.FILTERED_VERBS
+            and not info.subresource
+            and (info.group, info.resource) in _DOOR_AS_JSON
+        ):
+            return (AS_JSON,)
+        return ()
 
     async def chain(self, info: requestinfo.RequestInfo, names: tuple[str, ...]) -> filters.Chain:
         """The filters for `names`; raises `errors.Unfilterable` when one of them lacks its input (no topology

@@ -1,9 +1,11 @@
 """Offline: answer a request from the cache while no cloud server is healthy.
 
-GET and LIST come from the cache in the client's encoding; a WATCH is held open, silent, until the cloud
-returns; kubelet's Lease renewals and node status are answered here; Events go to the outbox; everything
-else is a 503 `Status` that says why. An answer read whole from the cache counts against the node-wide
-`requests` memory budget until it is sent (429 when there is no room).
+GET and LIST come from the cache in the client's encoding; a WATCH is held open until the cloud returns,
+silent but for MODIFIED events of objects the node rewrote offline (JSON watches only, see `statuses`);
+kubelet's Lease renewals and node status are answered here, and its pod status patches applied to the
+cache and queued (`statuses`); Events go to the outbox; everything else is a 503 `Status` that says why.
+An answer read whole from the cache counts against the node-wide `requests` memory budget until it is sent
+(429 when there is no room).
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import random
 
 from aiohttp import web
 
-from yurthub import cache, errors, outbox, replies, requestinfo, wire
-from yurthub.hub import Admitted, Hub
+from yurthub import cache, errors, outbox, replies, requestinfo, statuses, wire
+from yurthub.hub import AS_JSON, Admitted, HeldWatch, Hub
 
 DEFAULT_WATCH_TIMEOUT_S = 1800
 
@@ -24,7 +26,9 @@ DEFAULT_WATCH_TIMEOUT_S = 1800
 async def serve(hub: Hub, request: web.Request, admitted: Admitted) -> web.StreamResponse:
     info, body, names = admitted.info, admitted.body, admitted.names
     component, outcome = info.component, "refused"
-    accept = wire.JSON if names else request.headers.get("Accept", "")  # filtered answers are kept as JSON only
+    accept = request.headers.get("Accept", "")
+    if names:  # filtered answers are kept as JSON only; the unfiltered JSON ones (`AS_JSON`) prefer it
+        accept = wire.JSON if set(names) - {AS_JSON} else f"{wire.JSON},{accept}"
     try:
         if not info.is_resource:
             return replies.error(503, f"cloud unreachable: {info.path} is not served from the cache")
@@ -46,6 +50,9 @@ async def serve(hub: Hub, request: web.Request, admitted: Admitted) -> web.Strea
         if info.resource == "nodes" and info.subresource == "status" and info.component == "kubelet":
             outcome = "local"
             return await _cached_node(hub, request, info)
+        if statuses.is_offline_status_patch(info):
+            outcome = "local"
+            return await statuses.offline_patch(hub, request, info, body)
         if info.resource == "events" and info.verb in ("create", "patch"):
             outcome = "queued"
             return await _queue_event(hub, request, info, body)
@@ -107,20 +114,51 @@ async def _queue_event(hub: Hub, request: web.Request, info: requestinfo.Request
 
 
 async def _hold_watch(hub: Hub, request: web.Request, info: requestinfo.RequestInfo, accept: str) -> web.StreamResponse:
-    """An offline watch: open, silent, ended cleanly when the cloud returns or its timeout passes."""
+    """An offline watch: open, ended cleanly when the cloud returns or its timeout passes. A JSON watch gets
+    a MODIFIED event for each object of its view the node rewrites offline (`statuses.publish`)."""
     encoding = next(iter(cache.accepted(accept)), wire.Encoding.JSON)
     response = web.StreamResponse(status=200)
     response.headers["Content-Type"] = wire.content_type(encoding, watch=True)
-    await response.prepare(request)
     timeout = info.timeout_seconds or DEFAULT_WATCH_TIMEOUT_S * random.uniform(1, 2)  # noqa: S311 - jitter
     back = hub.cloud_back
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(back.wait(), timeout)
-        # Spread reconnects over a few seconds so every client does not hit the cloud at once.
-        await asyncio.sleep(random.uniform(0, 2))  # noqa: S311 - jitter, not security
+    held = HeldWatch(cache.view_key(info, encoding)) if encoding is wire.Encoding.JSON else None
+    if held is not None:
+        hub.held.add(held)  # before the client sees the answer start: nothing changed after that is missed
+    try:
+        await response.prepare(request)
+        with contextlib.suppress(asyncio.TimeoutError):
+            async with asyncio.timeout(timeout):
+                while not await _next_event(back, held, response):
+                    pass
+                # Spread reconnects over a few seconds so every client does not hit the cloud at once.
+                await asyncio.sleep(random.uniform(0, 2))  # noqa: S311 - jitter, not security
+    finally:
+        if held is not None:
+            hub.held.discard(held)
     with contextlib.suppress(ConnectionResetError):
         await response.write_eof()
     return response
+
+
+async def _next_event(back: asyncio.Event, held: HeldWatch | None, response: web.StreamResponse) -> bool:
+    """Wait for the cloud's return (True) or write the next offline event (False); a client gone is True."""
+    if held is None:
+        await back.wait()
+        return True
+    returned = asyncio.ensure_future(back.wait())
+    event = asyncio.ensure_future(held.events.get())
+    try:
+        done, _ = await asyncio.wait({returned, event}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        returned.cancel()
+        event.cancel()
+    if event in done and not event.cancelled():
+        try:
+            await response.write(event.result())
+        except ConnectionResetError:
+            return True
+        return False
+    return True
 
 
 async def _echo_and_keep(

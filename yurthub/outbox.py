@@ -2,6 +2,11 @@
 
 A bounded deque (diskcache, SQLite with `synchronous=FULL`, so a 201 given to kubelet survives a power
 cut). When it is full the oldest entry is dropped and counted, never the newest.
+
+A write with a `key` (a pod's status: `pods/NS/NAME`) is the latest state of one object, not a step: putting
+another with the same key removes the older one in the same transaction and queues the new one at the end,
+so the outbox holds one status per pod however often kubelet reports offline. Such writes are delivered by
+`statuses.deliver` (against the cloud's current object), the others as they are.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ class Write:
     content_type: str
     body: bytes
     component: str
+    key: str = ""
+    """Non-empty for a write that replaces any queued one with the same key (the latest status of a pod)."""
 
 
 class Outbox:
@@ -39,6 +46,10 @@ class Outbox:
     def put(self, write: Write) -> None:
         """Append durably; past capacity the oldest entry goes, and the count of dropped ones is kept too."""
         with self._cache.transact():
+            if write.key:
+                stale = [e for e in self._deque if e.get("key", "") == write.key]
+                for entry in stale:
+                    self._deque.remove(entry)
             self._deque.append(dataclasses.asdict(write))
             while len(self._deque) > self.capacity:
                 self._deque.popleft()

@@ -21,7 +21,9 @@ Cache scope: a request's component (its User-Agent) unless it carries its own cr
 
 Filtered requests (`filters`: a component's services/endpointslices get, list and watch, chosen by the
 User-Agent) are fetched and answered as JSON, filtered before the cache sees them; offline they are
-answered from that JSON. The shared state lives in `hub.Hub`.
+answered from that JSON. kubelet's pods, and endpoint slices and endpoints on the door, are negotiated as
+JSON the same way with no filter (`hub.AS_JSON`): what the node rewrites offline must be JSON. The shared
+state lives in `hub.Hub`.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ async def admit(hub: Hub, request: web.Request, *, door: bool) -> Admitted | web
     except errors.BadRequest as exc:
         hub.metrics.request("", request.method.lower(), "", "refused")
         return replies.error(400, str(exc))
-    names = () if door else hub.filter_names(info)  # by the User-Agent, whatever credentials the client sends
+    names = hub.door_names(info) if door else hub.filter_names(info)  # by the User-Agent, whatever credentials
     credentials = _credentials(auths)
     if door and not (credentials and auths[0].lower().startswith("bearer ")):
         hub.metrics.request("", info.verb, info.resource, "refused")

@@ -24,7 +24,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from yurthub import cache, config, door, errors, health, identity, metrics, outbox, proxy, storage
+from yurthub import cache, config, door, errors, health, identity, metrics, outbox, proxy, statuses, storage
 
 log = logging.getLogger(__name__)
 HUB = web.AppKey("hub", proxy.Hub)
@@ -61,6 +61,13 @@ async def deliver_once(hub: proxy.Hub) -> int:
         server = hub.servers.pick()
         if write is None or server is None:
             break
+        if write.key:  # a pod's latest status: delivered against the cloud's current pod (`statuses`)
+            if not await statuses.deliver(hub, server, write):
+                break
+            await hub.in_writer(_pop, hub)
+            hub.metrics.outbox_delivered.inc()
+            sent += 1
+            continue
         try:
             async with asyncio.timeout(hub.settings.cloud.request_timeout_s):
                 async with hub.node_session.request(

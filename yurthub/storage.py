@@ -163,6 +163,8 @@ class Storage(Protocol):
     def drop_idle(self, prefix: str, before: float) -> int: ...
     def counts(self) -> Counts: ...
     def usage(self) -> list[Usage]: ...
+    def scope_objects(self, scope: Scope) -> list[bytes]: ...
+    def is_member(self, key: ViewKey, namespace: str, name: str) -> bool: ...
 
 
 def rv_number(rv: str) -> int | None:
@@ -427,6 +429,16 @@ class MemoryStorage:
             for s, objs in sorted(self._objects.items(), key=lambda kv: (kv[0].component, kv[0].gvr))
             if objs
         ]
+
+    def scope_objects(self, scope: Scope) -> list[bytes]:
+        """Every object body one scope holds (offline endpoint rewrites look through a component's slices)."""
+        self._read(scope.component)
+        return [o.body for _, o in sorted(self._objects.get(scope, {}).items())]
+
+    def is_member(self, key: ViewKey, namespace: str, name: str) -> bool:
+        """Whether the view lists this object (a held watch of that view is told when it changes offline)."""
+        view = self._views.get(key)
+        return view is not None and (namespace, name) in view.members
 
 
 # --- SQLite on disk ------------------------------------------------------------------------------
@@ -969,3 +981,32 @@ class SqliteStorage:
             (),
         )
         return [Usage(str(c), str(g), str(e), int(n), int(b or 0)) for c, g, e, n, b in rows]
+
+    def scope_objects(self, scope: Scope) -> list[bytes]:
+        """Every object body one scope holds (offline endpoint rewrites look through a component's slices)."""
+        self._read(scope.component)
+        rows = self._query(
+            "SELECT body FROM objects WHERE component=? AND encoding=? AND gvr=? ORDER BY namespace, name",
+            (scope.component, scope.encoding.value, scope.gvr),
+        )
+        return [bytes(r[0]) for r in rows]
+
+    def is_member(self, key: ViewKey, namespace: str, name: str) -> bool:
+        """Whether the view lists this object (a held watch of that view is told when it changes offline)."""
+        s = key.scope
+        return bool(
+            self._query(
+                "SELECT 1 FROM members m JOIN views v ON v.id = m.view WHERE v.component=? AND v.encoding=? AND "
+                "v.gvr=? AND v.namespace=? AND v.label=? AND v.field=? AND m.namespace=? AND m.name=?",
+                (
+                    s.component,
+                    s.encoding.value,
+                    s.gvr,
+                    key.namespace,
+                    key.label_selector,
+                    key.field_selector,
+                    namespace,
+                    name,
+                ),
+            )
+        )

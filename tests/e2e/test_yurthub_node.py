@@ -126,8 +126,10 @@ def test_online_the_node_works_through_yurthub(edge: cluster.Cluster) -> None:
     edge.kubectl.run("delete", "pod", "ephemeral", "--wait=true", timeout=90)
     wait_for("the ephemeral pod to leave the node", lambda: "ephemeral" not in containers_on_node(edge), timeout=60)
     entries = {(e["component"], e["gvr"], e["encoding"]) for e in hub_status(edge)["cache"]["entries"]}
-    for gvr in ("pods.v1.core", "nodes.v1.core", "configmaps.v1.core", "secrets.v1.core", "services.v1.core"):
+    for gvr in ("nodes.v1.core", "configmaps.v1.core", "secrets.v1.core", "services.v1.core"):
         assert ("kubelet", gvr, "protobuf") in entries, entries  # kubelet speaks protobuf, kept as such
+    # except its pods: read as JSON, the one encoding an offline status patch can be applied to
+    assert ("kubelet", "pods.v1.core", "json") in entries, entries
 
 
 def test_offline_the_node_keeps_its_pods_through_restarts_and_converges_when_back(edge: cluster.Cluster) -> None:

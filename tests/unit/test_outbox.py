@@ -34,3 +34,26 @@ def test_when_full_the_oldest_is_dropped_and_counted(tmp_path: Path) -> None:
     assert box.dropped == 2
     box.close()
     assert outbox.Outbox(tmp_path, capacity=3).dropped == 2
+
+
+def status_write(pod: str, body: bytes) -> outbox.Write:
+    path = f"/api/v1/namespaces/default/pods/{pod}/status"
+    return outbox.Write("PATCH", path, "application/json", body, "kubelet", f"pods/default/{pod}")
+
+
+def test_a_pods_newer_status_replaces_its_older_one_and_survives_a_restart(tmp_path: Path) -> None:
+    box = outbox.Outbox(tmp_path, capacity=10)
+    box.put(status_write("a", b"a1"))
+    box.put(write(0))
+    box.put(status_write("b", b"b1"))
+    box.put(status_write("a", b"a2"))  # the latest status of `a`: the older one goes, this one queues last
+    assert [w.body for w in box.entries()] == [b"e0", b"b1", b"a2"]
+    box.close()
+    again = outbox.Outbox(tmp_path, capacity=10)
+    assert [(w.body, w.key) for w in again.entries()] == [
+        (b"e0", ""),
+        (b"b1", "pods/default/b"),
+        (b"a2", "pods/default/a"),
+    ]
+    assert again.dropped == 0
+    again.close()
