@@ -55,13 +55,16 @@ def cacheable(info: RequestInfo, agents: frozenset[str]) -> bool:
     )
 
 
-def token_scope(token: str) -> str:
+def token_scope(token: str, filtered: tuple[str, ...] = ()) -> str:
     """The cache component of one bearer token: a hash, so the token itself is never stored.
 
     Only requests carrying that very token read what is kept there; a pod whose token was rotated starts
-    with an empty scope (what the old token saw is not handed to the new one).
+    with an empty scope (what the old token saw is not handed to the new one). Filters are chosen by the
+    User-Agent, so one token sent as kube-proxy (filtered) and as something else (unfiltered) gets one
+    scope per filter chain: offline, a filtered client never gets the unfiltered list, nor the other way.
     """
-    return TOKEN_SCOPE + hashlib.sha256(token.encode()).hexdigest()[:40]
+    material = token if not filtered else token + "\0" + ",".join(filtered)
+    return TOKEN_SCOPE + hashlib.sha256(material.encode()).hexdigest()[:40]
 
 
 def is_token_scope(component: str) -> bool:

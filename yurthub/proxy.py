@@ -33,7 +33,7 @@ import dataclasses
 from aiohttp import web
 
 from yurthub import budget, cache, errors, fairness, local, remote, replies, requestinfo, wire
-from yurthub.hub import Admitted, Hub
+from yurthub.hub import AS_JSON, Admitted, Hub
 
 __all__ = ["MAX_HEADER", "Hub", "handle"]
 """`Hub` is named here too: the rest of yurthub knows the request path as `proxy`."""
@@ -107,7 +107,8 @@ async def admit(hub: Hub, request: web.Request, *, door: bool) -> Admitted | web
         hub.metrics.request("", info.verb, info.resource, "refused")
         return replies.error(401, "the HTTPS door of yurthub needs the pod's own bearer token", "Unauthorized")
     if credentials:
-        info = dataclasses.replace(info, component=cache.token_scope(credentials))
+        filtered = tuple(n for n in names if n != AS_JSON)  # JSON alone changes no bytes: no own scope
+        info = dataclasses.replace(info, component=cache.token_scope(credentials, filtered))
     if names and wire.Encoding.JSON not in cache.accepted(request.headers.get("Accept", "")):
         return replies.error(
             406,

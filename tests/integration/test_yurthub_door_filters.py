@@ -288,6 +288,55 @@ def test_servicetopology_limits_endpoints_to_the_node_or_its_pool(
         wait_cloud(fhub, reachable=True)
 
 
+def with_token(hub: Hub, path: str, agent: str, token: str) -> dict[str, Any]:
+    request = urllib.request.Request(
+        hub.proxy + path,
+        headers={"Accept": "application/json", "User-Agent": agent, "Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(request, timeout=15) as resp:
+        assert resp.status == 200
+        doc: dict[str, Any] = json.loads(resp.read())
+        return doc
+
+
+def test_one_token_read_as_kube_proxy_and_as_another_client_keeps_each_answer_offline(
+    fhub: Hub, cloud: cluster.Cluster, link: relay.Relay
+) -> None:
+    """Filters go by User-Agent, the cache scope of a request with its own token by that token: one token used
+    both ways must not share one cached list, or offline the last fetched answer (unfiltered, here) would be
+    served to kube-proxy."""
+    cloud.kubectl.apply(
+        [
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "proxier", "namespace": "default"}},
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": "test-proxier"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "system:node-proxier",
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": "proxier", "namespace": "default"}],
+            },
+            endpoint_slice("on-node", [NODE, "yurt-near", "yurt-far"]),
+        ]
+    )
+    token = cloud.kubectl.run("create", "token", "proxier", "-n", "default", "--duration=1h").strip()
+    check_topology(by_name(with_token(fhub, SLICES, PROXY, token)))
+    unfiltered = by_name(with_token(fhub, SLICES, "kubectl/v1", token))
+    assert len(endpoint_nodes(unfiltered["default/on-node-manual"])) == 3
+    link.cut()
+    try:
+        wait_cloud(fhub, reachable=False)
+        check_topology(by_name(with_token(fhub, SLICES, PROXY, token)))
+        offline = by_name(with_token(fhub, SLICES, "kubectl/v1", token))
+        assert len(endpoint_nodes(offline["default/on-node-manual"])) == 3
+    finally:
+        link.restore()
+        wait_cloud(fhub, reachable=True)
+
+
 # --- the HTTPS door for pods -------------------------------------------------------------------------
 
 
