@@ -58,6 +58,31 @@ build() {  # build NAME VERSION DIR PACKAGE [LDFLAGS]
     mv "$work/$name" "$bin/$name"
 }
 
+# OpenYurt replaces k8s.io/kubernetes with github.com/kubernetes/kubernetes v1.34.0: the same tree published
+# under its GitHub path, whose go.mod still says k8s.io/kubernetes. The checksum database has no record of that
+# path (it answers 404 for it: a module whose go.mod names another path is only usable as a replacement, and
+# the database never logged it), so its hash in hack/anchors/openyurt/go.sum was recorded on first download
+# (GONOSUMDB=github.com/kubernetes/kubernetes for that module alone) and is not verified by the database.
+# What is verified instead, before the first build: its files are byte for byte those of
+# k8s.io/kubernetes v1.34.0, which the checksum database does know.
+verify_kubernetes_replacement() {
+    local replaced official
+    replaced=$(cd "$here/anchors/openyurt" && go mod download -json k8s.io/kubernetes | dir_of)  # the replacement
+    official=$(cd "$work" && GOFLAGS= go mod download -json k8s.io/kubernetes@v1.34.0 | dir_of)
+    if [ -z "$replaced" ] || [ -z "$official" ]; then
+        echo "build-anchors: could not download both Kubernetes trees to compare them" >&2
+        exit 1
+    fi
+    if ! diff -r -q "$replaced" "$official" >&2; then
+        echo "build-anchors: github.com/kubernetes/kubernetes v1.34.0 differs from k8s.io/kubernetes v1.34.0" >&2
+        exit 1
+    fi
+}
+
+dir_of() {  # the "Dir" of `go mod download -json` on stdin
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
+}
+
 for w in "${wanted[@]}"; do
     case "$w" in
         konnectivity)
@@ -65,6 +90,7 @@ for w in "${wanted[@]}"; do
             build proxy-agent "$KONNECTIVITY_VERSION" konnectivity sigs.k8s.io/apiserver-network-proxy/cmd/agent
             ;;
         openyurt)
+            [ -x "$bin/yurthub" ] || verify_kubernetes_replacement
             build yurthub "$OPENYURT_VERSION" openyurt github.com/openyurtio/openyurt/cmd/yurthub \
                 "-X github.com/openyurtio/openyurt/pkg/projectinfo.gitVersion=$OPENYURT_VERSION"
             ;;
