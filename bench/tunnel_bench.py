@@ -541,6 +541,7 @@ def run() -> dict[str, object]:
         into[system].setdefault(figure, []).append(value)
 
     skipped: dict[str, str] = {}
+    load_before = os.getloadavg()
     try:
         with tempfile.TemporaryDirectory() as tmp, _targets() as ports:
             directory = Path(tmp)
@@ -589,7 +590,12 @@ def run() -> dict[str, object]:
             early = {OURS: ours.early, KONNECTIVITY: theirs.early}
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    return _report(raw, extra, early, skipped)
+    report = _report(raw, extra, early, skipped)
+    report["load_average_1m"] = {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)}
+    report["commit"] = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], check=True, cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    return report
 
 
 TARGETS: dict[str, tuple[str, float]] = {
