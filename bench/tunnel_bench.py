@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 import os
 import resource
+import shutil
 import socket
 import socketserver
 import statistics
@@ -282,9 +283,16 @@ class Konnectivity:
     name = KONNECTIVITY
 
     def __init__(self, bin_dir: Path, ca: pki.CertificateAuthority, certs: tunnelhost.Certs, directory: Path) -> None:
-        self.bin = bin_dir
         self.certs, self.directory = certs, directory
-        directory.mkdir(parents=True, exist_ok=True)
+        self.bin = directory / "bin"
+        self.bin.mkdir(parents=True, exist_ok=True)
+        # Run them from this run's directory, not the cache: a test cluster starting meanwhile (another worktree's)
+        # clears every process running a binary from the cache as a leftover of a crashed run.
+        for name in ("proxy-server", "proxy-agent"):
+            try:
+                os.link(bin_dir / name, self.bin / name)
+            except OSError:
+                shutil.copy2(bin_dir / name, self.bin / name)
         self.agent_cert, self.agent_key = ca.issue("konnectivity-agent", client=True).write(directory, "agent")
         self.early = 0
         self.ports = _Ports()
