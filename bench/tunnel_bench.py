@@ -121,6 +121,10 @@ class Dialed:
     """Target bytes that came in the same reads as the response head."""
 
 
+class ServerExited(RuntimeError):
+    """A server of the run went away while being measured (on a shared machine, something else may signal it)."""
+
+
 class Tunnel(Protocol):
     name: str
     early: int
@@ -363,9 +367,12 @@ class Konnectivity:
                     f"agents-{self._count}.log",
                 )
             )
-        wait_for(
-            "konnectivity's agents", lambda: self.backends() == len(self._agents), timeout=120 + count, interval=0.5
-        )
+
+        def connected() -> bool:
+            self._server_alive()
+            return self.backends() == len(self._agents)
+
+        wait_for("konnectivity's agents", connected, timeout=120 + count, interval=0.5)
 
     def backends(self) -> int:
         """Agents the server holds a ready connection from (its own metric)."""
@@ -396,16 +403,24 @@ class Konnectivity:
         return statistics.median(_rss_kib(p.pid) for p in self._agents) / 1024
 
     def stop(self) -> None:
-        for proc in [*self._agents, *([self._server] if self._server else [])]:
+        """Stop every process at once: an agent whose server is gone may take its time over SIGTERM."""
+        procs = [*self._agents, *([self._server] if self._server else [])]
+        for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
-        for proc in [*self._agents, *([self._server] if self._server else [])]:
+        deadline = time.monotonic() + 10
+        for proc in procs:
             try:
-                proc.wait(10)
+                proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
         self._agents, self._server = [], None
+
+    def _server_alive(self) -> None:
+        if self._server is not None and self._server.poll() is not None:
+            log = (self.directory / f"server-{self._count}.log").read_text(errors="replace")
+            raise ServerExited(f"konnectivity's server exited ({self._server.returncode}): {log[-1500:]}")
 
     def idle_agents(self, count: int) -> dict[str, float]:
         self.start_server()
@@ -414,6 +429,7 @@ class Konnectivity:
             before = _rss_kib(self.server_pid())
             self.start_agents(count)
             time.sleep(SETTLE_S)
+            self._server_alive()
             after = _rss_kib(self.server_pid())
             return {
                 "idle_agent_kb": (after - before) * 1.024 / count,
@@ -538,6 +554,30 @@ def _targets() -> Iterator[tuple[int, int]]:
             s.server_close()
 
 
+Keep = Callable[..., None]
+
+
+def _stream_figures(
+    order: list[Ours | Konnectivity], ports: tuple[int, int], keep: Keep, raw: dict[str, dict[str, list[float]]]
+) -> None:
+    """One repetition of every stream figure, each taken for both tunnels back to back in `order`."""
+    keep("direct", "one_stream_mb_s", one_stream_mb_s(None, ports[0]))
+    for tunnel in order:
+        keep(tunnel.name, "one_stream_mb_s", one_stream_mb_s(tunnel, ports[0]))
+    direct = echo_ms(None, ports[1])
+    keep("direct", "echo_p50_ms", statistics.median(direct))
+    for tunnel in order:
+        samples = echo_ms(tunnel, ports[1])
+        keep(tunnel.name, "echo_added_p50_ms", statistics.median(samples) - statistics.median(direct))
+        keep(tunnel.name, "echo_added_p99_ms", _p(samples, 0.99) - _p(direct, 0.99))
+    for tunnel in order:
+        keep(tunnel.name, "fifty_streams_mb_s", many_streams_mb_s(tunnel, ports[0]))
+    for tunnel in order:
+        stalled = with_one_stalled_mb_s(tunnel, ports[0])
+        keep(tunnel.name, "fifty_streams_one_stalled_mb_s", stalled)
+        keep(tunnel.name, "fairness", stalled / raw[tunnel.name]["fifty_streams_mb_s"][-1])
+
+
 def run() -> dict[str, object]:
     bin_dir = anchor_bin()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -549,6 +589,7 @@ def run() -> dict[str, object]:
         into[system].setdefault(figure, []).append(value)
 
     skipped: dict[str, str] = {}
+    retried: list[str] = []
     load_before = os.getloadavg()
     try:
         with tempfile.TemporaryDirectory() as tmp, _targets() as ports:
@@ -562,21 +603,7 @@ def run() -> dict[str, object]:
                 for tunnel in order:
                     tunnel.start(ports)
                 try:
-                    keep("direct", "one_stream_mb_s", one_stream_mb_s(None, ports[0]))
-                    for tunnel in order:
-                        keep(tunnel.name, "one_stream_mb_s", one_stream_mb_s(tunnel, ports[0]))
-                    direct = echo_ms(None, ports[1])
-                    keep("direct", "echo_p50_ms", statistics.median(direct))
-                    for tunnel in order:
-                        samples = echo_ms(tunnel, ports[1])
-                        keep(tunnel.name, "echo_added_p50_ms", statistics.median(samples) - statistics.median(direct))
-                        keep(tunnel.name, "echo_added_p99_ms", _p(samples, 0.99) - _p(direct, 0.99))
-                    for tunnel in order:
-                        keep(tunnel.name, "fifty_streams_mb_s", many_streams_mb_s(tunnel, ports[0]))
-                    for tunnel in order:
-                        stalled = with_one_stalled_mb_s(tunnel, ports[0])
-                        keep(tunnel.name, "fifty_streams_one_stalled_mb_s", stalled)
-                        keep(tunnel.name, "fairness", stalled / raw[tunnel.name]["fifty_streams_mb_s"][-1])
+                    _stream_figures(order, ports, keep, raw)
                 finally:
                     for tunnel in order:
                         tunnel.stop()
@@ -591,7 +618,11 @@ def run() -> dict[str, object]:
                                     f" (measured per agent at {min(IDLE_AGENTS)}); not started on this machine"
                                 )
                                 continue
-                        result = tunnel.idle_agents(count)
+                        try:
+                            result = tunnel.idle_agents(count)
+                        except ServerExited as exc:  # once: measure again on a fresh server, and say so
+                            retried.append(f"{tunnel.name} idle agents {count}, repetition {rep + 1}: {exc}"[:400])
+                            result = tunnel.idle_agents(count)
                         keep(tunnel.name, f"idle_agent_kb_{count}", result.pop("idle_agent_kb"))
                         for key, value in result.items():
                             keep(tunnel.name, f"{key}_{count}", value, extra)
@@ -599,6 +630,7 @@ def run() -> dict[str, object]:
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     report = _report(raw, extra, early, skipped)
+    report["remeasured_after_a_server_exited"] = retried
     report["load_average_1m"] = {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)}
     report["commit"] = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], check=True, cwd=ROOT, capture_output=True, text=True
