@@ -60,8 +60,8 @@ build() {  # build NAME VERSION DIR PACKAGE [LDFLAGS]
 
 # OpenYurt replaces k8s.io/kubernetes with github.com/kubernetes/kubernetes v1.34.0: the same tree published
 # under its GitHub path, whose go.mod still says k8s.io/kubernetes. The checksum database has no record of that
-# path (it answers 404 for it: a module whose go.mod names another path is only usable as a replacement, and
-# the database never logged it), so its hash in hack/anchors/openyurt/go.sum was recorded on first download
+# module (its lookup answers 404; presumably because a module whose go.mod names another path can only be used
+# as a replacement, so no ordinary `go get` ever had it logged), so its hash in hack/anchors/openyurt/go.sum was recorded on first download
 # (GONOSUMDB=github.com/kubernetes/kubernetes for that module alone) and is not verified by the database.
 # What is verified instead, before the first build: its files are byte for byte those of
 # k8s.io/kubernetes v1.34.0, which the checksum database does know.
