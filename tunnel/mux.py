@@ -8,6 +8,11 @@ paused `kubectl logs -f`) therefore stops at its window, its data waits in the s
 no head-of-line blocking. Half-close (FIN) ends one direction only.
 
 The side that dials out (the agent) opens odd stream ids, the other side even ones, so both may open.
+
+Windows: the protocol starts every stream's window at `frames.INITIAL_WINDOW` in both directions. A receiver
+that wants more in flight (`window`, default `RECEIVE_WINDOW`) grants the difference with one WINDOW frame as
+the stream starts (after its OPEN, or after its ACCEPT), so a peer that grants nothing extra (an older one)
+still gets exactly the window it expects. One stream then holds at most `window` bytes at its receiver.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ from tunnel import errors, frames
 from tunnel.frames import Frame, Kind
 
 MAX_WINDOW = 2**31 - 1
+RECEIVE_WINDOW = 1024 * 1024
+"""Bytes this side lets each stream's sender have in flight. bench/tunnel_bench.py measured one stream at about
+1.4 times the throughput of a 256 KiB window: the three processes of the path (agent, server, reader) take turns
+on the cores, and a window that outlasts a turn keeps the others busy."""
 
 
 class State(enum.Enum):
@@ -92,7 +101,9 @@ class _Stream:
 
 
 class Mux:
-    def __init__(self, *, dials_out: bool, max_streams: int = 1024, window: int = frames.INITIAL_WINDOW) -> None:
+    def __init__(self, *, dials_out: bool, max_streams: int = 1024, window: int = RECEIVE_WINDOW) -> None:
+        if not frames.INITIAL_WINDOW <= window <= MAX_WINDOW:
+            raise errors.UsageError(f"a receive window must be {frames.INITIAL_WINDOW} to {MAX_WINDOW} bytes")
         self._streams: dict[int, _Stream] = {}
         self._next_id = 1 if dials_out else 2
         self._peer_parity = 0 if dials_out else 1
@@ -132,14 +143,16 @@ class Mux:
         if not 0 < len(encoded) <= frames.MAX_TARGET:
             raise errors.UsageError(f"target {target!r} is not 1 to {frames.MAX_TARGET} bytes")
         stream, self._next_id = self._next_id, self._next_id + 2
-        self._streams[stream] = _Stream(stream, State.OPENING, send_window=self._window, recv_window=self._window)
+        s = self._streams[stream] = _Stream(stream, State.OPENING)
         self._emit(Frame(Kind.OPEN, stream, encoded))
+        self._grant_extra(s)
         return stream
 
     def accept(self, stream: int) -> None:
         s = self._get(stream, State.INCOMING)
         s.state = State.OPEN
         self._emit(Frame(Kind.ACCEPT, stream))
+        self._grant_extra(s)
         self._flush(s)
 
     def refuse(self, stream: int, reason: str) -> None:
@@ -241,7 +254,7 @@ class Mux:
         if len(self._streams) >= self._max_streams:
             self._emit(Frame(Kind.REFUSE, stream, b"too many streams on this tunnel"))
             return
-        self._streams[stream] = _Stream(stream, State.INCOMING, send_window=self._window, recv_window=self._window)
+        self._streams[stream] = _Stream(stream, State.INCOMING)
         self._events.append(StreamOpened(stream, target))
 
     def _data(self, s: _Stream, data: bytes) -> None:
@@ -283,6 +296,13 @@ class Mux:
             s.fin_sent = True
             self._emit(Frame(Kind.FIN, s.id))
             self._retire_if_done(s)
+
+    def _grant_extra(self, s: _Stream) -> None:
+        """Raise the peer's window for `s` from the protocol's initial one to ours."""
+        extra = self._window - frames.INITIAL_WINDOW
+        if extra > 0:
+            s.recv_window += extra
+            self._emit(frames.window(s.id, extra))
 
     def _retire_if_done(self, s: _Stream) -> None:
         if s.fin_sent and s.fin_received:

@@ -46,9 +46,11 @@ from tunnel.metrics import Live, ServerMetrics
 log = logging.getLogger(__name__)
 HEAD_TIMEOUT_S = 10.0
 TLS_READ_BUFFER = 16 * 1024
-"""asyncio gives every TLS connection a read buffer of `SSLProtocol.max_size` (256 KiB), allocated and zeroed up
-front: 2,000 idle agents would pin 500 MB for nothing. A read returns at most one TLS record (16 KiB), so a buffer
-that size costs no throughput (bench/tunnel_bench.py measures both)."""
+"""asyncio's own loop gives every TLS connection a read buffer of `SSLProtocol.max_size` (256 KiB), allocated and
+zeroed up front: 2,000 idle agents would pin 500 MB for nothing. A read returns at most one TLS record (16 KiB), so
+a buffer that size costs no throughput. The commands run the server on uvloop (tunnel.cli), whose TLS buffer is
+allocated without being written, so an idle agent's pages of it are never resident; this setting then matters
+only to a server run on asyncio's own loop (bench/tunnel_bench.py measures the memory per idle agent)."""
 
 
 def node_from_certificate(peercert: dict[str, Any] | None) -> str | None:

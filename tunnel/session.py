@@ -166,7 +166,7 @@ class Session:
         name: str,
         on_open: OnOpen | None = None,
         max_streams: int = 1024,
-        window: int = frames.INITIAL_WINDOW,
+        window: int = mux.RECEIVE_WINDOW,
         max_queued_bytes: int = MAX_QUEUED_BYTES,
         pings_per_s: float = PINGS_PER_S,
         stall_s: float = 15.0,

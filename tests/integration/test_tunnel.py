@@ -52,9 +52,25 @@ class _Firehose(socketserver.BaseRequestHandler):
             return
 
 
+GREETING = b"220 edge-service ready\r\n"
+
+
+class _Greeter(socketserver.BaseRequestHandler):
+    """Speaks first, as SSH or SMTP do: its greeting is on the wire as soon as the agent has dialled it."""
+
+    def handle(self) -> None:
+        with contextlib.suppress(OSError):
+            self.request.sendall(GREETING)
+            self.request.recv(1)  # hold the connection until the client goes
+
+
 @pytest.fixture(scope="module")
 def targets() -> Iterator[dict[str, int]]:
-    servers = {"echo": tunnelhost.target(_Echo), "firehose": tunnelhost.target(_Firehose)}
+    servers = {
+        "echo": tunnelhost.target(_Echo),
+        "firehose": tunnelhost.target(_Firehose),
+        "greeter": tunnelhost.target(_Greeter),
+    }
     yield {name: s.server_address[1] for name, s in servers.items()}
     for s in servers.values():
         s.shutdown()
@@ -126,6 +142,13 @@ def dial(
     server: tunnelhost.Server, certs: tunnelhost.Certs, target: str, *, uds: bool = False
 ) -> tuple[socket.socket, bytes, bytes]:
     """CONNECT as kube-apiserver does; (socket, response head, bytes that followed the head)."""
+    sock = send_connect(server, certs, target, uds=uds)
+    head, rest = _read_head(sock)
+    return sock, head, rest
+
+
+def send_connect(server: tunnelhost.Server, certs: tunnelhost.Certs, target: str, *, uds: bool) -> socket.socket:
+    """A socket to the server that has sent the CONNECT request and read nothing yet."""
     if uds:
         assert server.uds is not None
         sock = socket.socket(socket.AF_UNIX)
@@ -135,8 +158,7 @@ def dial(
         sock = _client_tls(certs).wrap_socket(raw, server_hostname="127.0.0.1")
     sock.settimeout(20)
     sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-    head, rest = _read_head(sock)
-    return sock, head, rest
+    return sock
 
 
 def test_connect_over_tls_carries_bytes_both_ways_after_a_bare_200(
@@ -154,6 +176,27 @@ def test_connect_over_tls_carries_bytes_both_ways_after_a_bare_200(
             received += sock.recv(1 << 20)
         sender.join()
         assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+
+
+@pytest.mark.parametrize("uds", [False, True], ids=["tls", "uds"])
+def test_a_target_that_speaks_first_is_heard_only_after_the_200(
+    agent: tunnelhost.Running,
+    server: tunnelhost.Server,
+    certs: tunnelhost.Certs,
+    targets: dict[str, int],
+    uds: bool,
+) -> None:
+    # kube-apiserver reads the CONNECT answer first: a target byte before the 200 breaks that answer. The
+    # greeting is ready at the agent before the server has answered, so the tunnel must hold it until then.
+    expected = b"HTTP/1.1 200 Connection established\r\n\r\n" + GREETING
+    for _ in range(20):
+        with send_connect(server, certs, f"{NODE}:{targets['greeter']}", uds=uds) as sock:
+            received = b""
+            while len(received) < len(expected):
+                chunk = sock.recv(len(expected) - len(received))
+                assert chunk, received
+                received += chunk
+            assert received == expected
 
 
 def test_half_close_passes_through_both_ways(

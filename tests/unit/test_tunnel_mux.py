@@ -71,7 +71,7 @@ def test_a_stalled_reader_holds_back_only_its_own_stream() -> None:
     agent.accept(stalled)
     agent.accept(busy)
     pump(server, agent)
-    payload = b"x" * (4 * frames.INITIAL_WINDOW)
+    payload = b"x" * (4 * mux.RECEIVE_WINDOW)
     agent.send(stalled, payload)
     agent.send(busy, payload)
     total = b""
@@ -83,15 +83,54 @@ def test_a_stalled_reader_holds_back_only_its_own_stream() -> None:
         if len(total) == len(payload):
             break
     assert total == payload
-    assert agent.buffered(stalled) == len(payload) - frames.INITIAL_WINDOW  # parked at the sender, not on the wire
+    assert agent.buffered(stalled) == len(payload) - mux.RECEIVE_WINDOW  # parked at the sender, not on the wire
 
 
 def test_overrunning_the_window_is_a_protocol_error() -> None:
     _server, agent, s = connected()
     evil = frames.Frame(frames.Kind.DATA, s, b"x" * frames.MAX_PAYLOAD).encode()
     with pytest.raises(errors.ProtocolError):
-        for _ in range(frames.INITIAL_WINDOW // frames.MAX_PAYLOAD + 1):
+        for _ in range(mux.RECEIVE_WINDOW // frames.MAX_PAYLOAD + 1):
             agent.receive(evil)
+
+
+def _in_flight_before_any_read(sender: mux.Mux, receiver: mux.Mux) -> int:
+    """Open a stream from `sender` (the server side) to `receiver`, have the receiver send as much as it may,
+    and count what the sender gets while it reads nothing."""
+    stream = sender.open("a:1")
+    pump(sender, receiver)
+    receiver.accept(stream)
+    pump(sender, receiver)
+    receiver.send(stream, b"x" * (8 * mux.RECEIVE_WINDOW))
+    seen, _ = pump(sender, receiver)
+    return len(received(seen, stream))
+
+
+def test_a_receiver_grants_its_larger_window_as_the_stream_starts() -> None:
+    # A receiver with the default window lets a peer that starts from the protocol's initial window send it all.
+    peer = mux.Mux(dials_out=True, window=frames.INITIAL_WINDOW)
+    assert _in_flight_before_any_read(mux.Mux(dials_out=False), peer) == mux.RECEIVE_WINDOW
+    # The other way round: an accepting receiver grants it after its ACCEPT.
+    opener = mux.Mux(dials_out=False, window=frames.INITIAL_WINDOW)
+    agent = mux.Mux(dials_out=True)
+    stream = opener.open("a:1")
+    pump(opener, agent)
+    agent.accept(stream)
+    pump(opener, agent)
+    opener.send(stream, b"y" * (8 * mux.RECEIVE_WINDOW))
+    _, seen = pump(opener, agent)
+    assert len(received(seen, stream)) == mux.RECEIVE_WINDOW
+
+
+def test_a_peer_that_grants_nothing_extra_gets_only_the_protocols_initial_window() -> None:
+    # An older peer assumes the initial window and grants no more: sending past it would be its protocol error.
+    older = mux.Mux(dials_out=False, window=frames.INITIAL_WINDOW)
+    assert _in_flight_before_any_read(older, mux.Mux(dials_out=True)) == frames.INITIAL_WINDOW
+
+
+def test_a_window_below_the_protocols_initial_one_is_a_usage_error() -> None:
+    with pytest.raises(errors.UsageError):
+        mux.Mux(dials_out=True, window=frames.INITIAL_WINDOW - 1)
 
 
 def test_frames_for_streams_never_opened_are_protocol_errors_but_late_ones_are_ignored() -> None:
