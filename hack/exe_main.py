@@ -53,11 +53,11 @@ def program(argv: list[str]) -> tuple[Callable[[list[str]], int] | None, list[st
 
 def run(argv: list[str]) -> int:
     if argv[1:] == ["--version"]:
-        print(version())
+        sys.stdout.write(version() + "\n")
         return 0
     main, args, name = program(argv)
     if main is None:
-        print(name, file=sys.stderr)
+        sys.stderr.write(name + "\n")
         return 2
     sys.argv = [name, *args]
     return main(args)
