@@ -71,6 +71,7 @@ def tunnel_prep(tmp_path_factory: pytest.TempPathFactory) -> TunnelPrep:
 @pytest.fixture(scope="module")
 def cluster_settings(tunnel_prep: TunnelPrep) -> cluster.Settings:
     return cluster.Settings(
+        node_python=False,  # the node needs nothing: the Job installs yurt-edge's self-contained executable
         kwok_nodes=len(CLOUD),
         not_ready_toleration_s=TOLERATION_S,
         unreachable_toleration_s=TOLERATION_S,
@@ -236,6 +237,11 @@ def test_convert_puts_the_edge_node_behind_yurthub_and_labels_the_nodes(env: Env
     assert labels == {EDGE: "true"} | dict.fromkeys(CLOUD, "false")
     assert hubinstall.kubelet_requests_forwarded(kube.node) > 0
     assert kube.node.run(["systemctl", "is-active", "yurthub.service"]).stdout.strip() == "active"
+    # no python3 on this node: yurthub runs from the executable the Job installed
+    assert kube.node.run(["sh", "-c", "command -v python3"], check=False).returncode != 0
+    pid = kube.node.run(["systemctl", "show", "-P", "MainPID", "yurthub.service"]).stdout.strip()
+    exe = kube.node.run(["readlink", f"/proc/{pid}/exe"]).stdout.strip()
+    assert exe == "/opt/yurt-edge/lib/yurt-edge/yurt-edge"
     assert kube.kubectl.get("deployment", "-n", "kube-system", "yurt-manager")["spec"]["replicas"] == 0
     assert kube.kubectl.get("jobs", "-n", "kube-system")["items"] == []
     wait_for("the edge node Ready through yurthub", lambda: node_ready(kube.kubectl.get("node", EDGE)), timeout=60)
