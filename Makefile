@@ -22,13 +22,10 @@ check: setup
 test: check
 	@$(PY) -m pytest $(PYTEST_ARGS) tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure" >&2; fi; \
-	$(MAKE) --no-print-directory unit-pythons || [ $$rc -ne 0 ] || rc=1; exit $$rc
+	hack/extra-pythons.sh unit $(PYTEST_ARGS) || [ $$rc -ne 0 ] || rc=1; exit $$rc
 
 unit-pythons: setup
-	@rc=0; for py in $$(hack/extra-pythons.sh list); do \
-		echo "make: the unit tier under $$($$py -c 'import sys; print(sys.version.split()[0])')" >&2; \
-		$$py -m pytest -q $(PYTEST_ARGS) tests/unit || rc=1; \
-	done; exit $$rc
+	@hack/extra-pythons.sh unit $(PYTEST_ARGS)
 
 # yurt-edge's wheel and its self-contained executable (hack/build-exe.sh: reproducible, cached outside the
 # repository by the hash of the sources); prints the version and both sha256 sums, the directory last.

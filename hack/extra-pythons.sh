@@ -3,7 +3,9 @@
 # extras, so `make test` runs the unit tier under each of them. Skipped when a venv's stamp matches
 # setup.cfg and pyproject.toml, like .venv.
 #
-# Usage: hack/extra-pythons.sh [list]    `list` prints one venv python per line and changes nothing
+# Usage: hack/extra-pythons.sh              make the venvs that are missing or stale
+#        hack/extra-pythons.sh list         print one venv python per line, change nothing
+#        hack/extra-pythons.sh unit [ARGS]  run the unit tier (pytest ARGS tests/unit) under each; fails if any fails
 # Env:   EXTRA_PYTHONS (default "3.12 3.13"; empty: none). An interpreter is found as `python3.X` on PATH
 #        (when it runs: a pyenv shim of a version that is not selected does not) or in pyenv's versions.
 set -euo pipefail
@@ -32,6 +34,17 @@ if [ "${1:-}" = list ]; then
         echo ".venv-$v/bin/python"
     done
     exit 0
+fi
+
+if [ "${1:-}" = unit ]; then
+    shift
+    rc=0
+    for v in $versions; do
+        py=.venv-$v/bin/python
+        echo "extra-pythons: the unit tier under $("$py" -c 'import sys; print(sys.version.split()[0])')" >&2
+        "$py" -m pytest -q "$@" tests/unit || rc=1
+    done
+    exit "$rc"
 fi
 
 want=$(cat setup.cfg pyproject.toml | sha256sum | cut -c1-16)
