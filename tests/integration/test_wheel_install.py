@@ -71,4 +71,11 @@ def test_the_executable_serves_a_list_and_says_what_it_is(
     for name in ("yurt-tunnel-agent", "yurtctl"):
         helped = subprocess.run([str(build.program(name)), "--help"], stdout=subprocess.PIPE, text=True, check=True)
         assert helped.stdout.startswith(f"usage: {name}")
+    # called by its own name, the first argument names the program; nothing else runs anything
+    exe = build.tree / "lib" / "yurt-edge" / "yurt-edge"
+    helped = subprocess.run([str(exe), "yurt-manager", "--help"], stdout=subprocess.PIPE, text=True, check=True)
+    assert helped.stdout.startswith("usage: yurt-manager")
+    unknown = subprocess.run([str(exe), "sh"], capture_output=True, text=True, check=False)
+    assert (unknown.returncode, unknown.stdout) == (2, "")
+    assert unknown.stderr.startswith("usage: yurt-edge PROGRAM")
     serves_a_list(cloud, link, tmp_path / "hub", build.program("yurthub"))
