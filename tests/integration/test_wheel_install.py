@@ -79,3 +79,18 @@ def test_the_executable_serves_a_list_and_says_what_it_is(
     assert (unknown.returncode, unknown.stdout) == (2, "")
     assert unknown.stderr.startswith("usage: yurt-edge PROGRAM")
     serves_a_list(cloud, link, tmp_path / "hub", build.program("yurthub"))
+
+
+def test_the_executable_imports_only_what_it_carries(tmp_path: Path) -> None:
+    """A local user's PYTHONPATH or working directory cannot put their code into the root service."""
+    fake = tmp_path / "yurthub"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "cli.py").write_text('raise SystemExit("planted module imported")\n')
+    build = exebuild.build()
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path), "PYTHONHOME": str(tmp_path)}
+    out = subprocess.run(
+        [str(build.program("yurthub")), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+    )
+    assert (out.returncode, out.stderr) == (0, "")
+    assert out.stdout.startswith("usage: yurthub")
