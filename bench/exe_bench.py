@@ -2,7 +2,7 @@
 virtualenv, measured in the same run.
 
 - start-up: wall time and peak resident memory of `yurthub --help` (imports the whole yurthub CLI, runs
-  nothing), median of REPEATS runs each, alternating, each process's own figures (wait4);
+  nothing), median of REPEATS runs each, alternating, each process's own figures (GNU time);
 - a running yurthub against the real control plane (no node; the cluster from testenv): time from exec to
   its status endpoint answering, resident memory once serving and after LISTS LISTs of kube-system's
   ConfigMaps through it (keep-alive, as kubelet), and those LISTs' p50 / p99;
@@ -35,16 +35,22 @@ def _tree_mb(path: Path) -> float:
     return round(total / 1e6, 1)
 
 
+TIME = "/usr/bin/time"
+"""GNU time (Debian's `time`): a small parent, so the child's peak RSS is its own. Measured from this Python
+directly, a child's peak would count this process's pages from before its exec."""
+
+
 def _once(argv: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one run of `argv`, from the kernel's own accounting of that child."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    """Wall seconds and peak RSS (MB) of one run of `argv`, from the kernel's accounting of that child."""
+    if not os.access(TIME, os.X_OK):
+        raise RuntimeError(f"{TIME} is needed (apt-get install time)")
+    proc = subprocess.run(
+        [TIME, "-f", "%e %M", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False
+    )
     if proc.returncode != 0:
-        raise RuntimeError(f"{argv} exited {proc.returncode}")
-    return elapsed, usage.ru_maxrss / 1024
+        raise RuntimeError(f"{argv} exited {proc.returncode}: {proc.stderr[-500:]}")
+    elapsed, peak_kb = proc.stderr.split()[-2:]
+    return float(elapsed), int(peak_kb) / 1024
 
 
 def _rss_mb(pid: int) -> float:

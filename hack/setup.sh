@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(debootstrap busybox-static iptables iproute2 util-linux file ca-certificates binutils)
+APT_PACKAGES=(debootstrap busybox-static iptables iproute2 util-linux file ca-certificates binutils time)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
