@@ -17,6 +17,10 @@ state=/var/lib/yurt-edge/convert
 bundle=/opt/yurt-edge-node
 target=/host/opt/yurt-edge
 mkdir -p "/host$state"
+if [ -f "$target/pyvenv.cfg" ] && [ ! -x "$target/bin/yurtctl" ]; then
+    echo "yurt-node-entry: /opt/yurt-edge is a virtualenv without yurt-edge: pip install yurt-edge into it, or remove it so the Job installs the executable" >&2
+    exit 3
+fi
 if [ ! -f "$target/pyvenv.cfg" ]; then
     if [ ! -e "$target" ]; then
         touch "/host$state/created-install"
