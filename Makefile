@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PRODUCT := yurthub tunnel converter
 PYTEST_ARGS ?=
 
-.PHONY: setup check test unit e2e demo bench clean-cluster
+.PHONY: setup check test unit unit-pythons dist e2e demo bench clean-cluster
 
 setup:
 	@hack/setup.sh
@@ -16,11 +16,21 @@ check: setup
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-# Every check, then every test tier in one pytest run (one summary line). pytest's exit code 5 means it
+# Every check, then every test tier in one pytest run (one summary line), then the unit tier under each
+# extra supported Python (hack/extra-pythons.sh: .venv-3.12, .venv-3.13). pytest's exit code 5 means it
 # collected nothing: say so loudly rather than let it pass for an ordinary failure.
 test: check
 	@$(PY) -m pytest $(PYTEST_ARGS) tests; rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure" >&2; fi; exit $$rc
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure" >&2; fi; \
+	hack/extra-pythons.sh unit $(PYTEST_ARGS) || [ $$rc -ne 0 ] || rc=1; exit $$rc
+
+unit-pythons: setup
+	@hack/extra-pythons.sh unit $(PYTEST_ARGS)
+
+# yurt-edge's wheel and its self-contained executable (hack/build-exe.sh: reproducible, cached outside the
+# repository by the hash of the sources); prints the version and both sha256 sums, the directory last.
+dist:
+	@hack/build-exe.sh
 
 unit: setup
 	$(PY) -m pytest $(PYTEST_ARGS) tests/unit

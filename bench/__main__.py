@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench import converter, machine, testenv_start, tunnel_bench, yurthub_bench
+from bench import converter, exe_bench, machine, testenv_start, tunnel_bench, yurthub_bench
 
 RESULTS = Path(__file__).with_name("results")
 BENCHMARKS = {
@@ -14,6 +14,7 @@ BENCHMARKS = {
     "yurthub": yurthub_bench.run,
     "tunnel": tunnel_bench.run,
     "converter": converter.run,
+    "packaging": exe_bench.run,
 }
 
 

@@ -3,7 +3,8 @@
 Convert, each step idempotent so a re-run after any interruption finishes the job:
 1. preflight, before anything on the node changes: the kubeadm layout (`kubeadm-flags.env` with
    `KUBELET_KUBEADM_ARGS`, `kubelet.conf` naming the apiserver, the kubelet's client certificate),
-   /opt/yurt-edge/bin/yurthub installed, and the loopback ports yurthub (and the tunnel agent) will listen
+   /opt/yurt-edge/bin/yurthub installed (the self-contained executable the Job's entry script installs, or an
+   operator's virtualenv), and the loopback ports yurthub (and the tunnel agent) will listen
    on free (unless our own services from an earlier run hold them);
 2. yurthub as a systemd service (`/etc/systemd/system/yurthub.service`, `/etc/yurthub/yurthub.env`),
    started and answering `/v1/healthz`; with `--join-token-file` the bootstrap token is installed as
@@ -22,8 +23,9 @@ If a step does not succeed within the timeout, the node is rolled back (revert b
 
 Revert stops and removes the tunnel agent when it is there, restores `kubeadm-flags.env` byte for byte from
 the backup, restarts kubelet and waits for its health, then stops and removes yurthub, its files and state,
-and the virtualenv when convert created it (`STATE_DIR/created-venv`, written by the Job's entry script
-before it creates /opt/yurt-edge).
+and /opt/yurt-edge when convert created it (`STATE_DIR/created-install`, written by the Job's entry script
+before it installs the executable there; `created-venv`, from earlier versions that made a virtualenv),
+last of all, since the running `yurtctl` may be the one it removes.
 """
 
 from __future__ import annotations
@@ -52,7 +54,10 @@ VENV = "/opt/yurt-edge"
 HUB_STATE = "/var/lib/yurthub"
 STATE_DIR = "/var/lib/yurt-edge/convert"
 BACKUP = f"{STATE_DIR}/kubeadm-flags.env"
+CREATED_INSTALL = f"{STATE_DIR}/created-install"
+"""Left by the Job's entry script when it created /opt/yurt-edge (the self-contained executable)."""
 CREATED_VENV = f"{STATE_DIR}/created-venv"
+"""The same, left by earlier versions of the entry script, which made a virtualenv there."""
 REDIRECT = f" --kubeconfig={HUB_KUBECONFIG} --bootstrap-kubeconfig="
 HEALTHZ = "http://127.0.0.1:10267/v1/healthz"
 METRICS = "http://127.0.0.1:10267/metrics"
@@ -75,7 +80,8 @@ HOST_FILES = {
     ENV_FILE: "written (yurthub arguments)",
     HUB_KUBECONFIG: "written (kubelet's kubeconfig through yurthub)",
     FLAGS_ENV: f"backed up to {BACKUP}, then `{REDIRECT.strip()}` appended",
-    VENV: "created from the image's wheels when missing (removed on revert only if convert created it)",
+    VENV: "the image's self-contained executable, installed when missing or older (removed on revert only if "
+    "convert created it; an operator's virtualenv there is used as it is)",
     HUB_STATE: "yurthub's cache (removed on revert)",
     STATE_DIR: "convert's backup and state (removed on revert)",
 }
@@ -188,7 +194,10 @@ def preflight(host: Host, settings: Settings | None = None) -> str:
     if not host.exists(KUBELET_CERT):
         raise errors.PreflightFailed(f"kubelet client certificate {KUBELET_CERT} not found")
     if not host.exists(f"{VENV}/bin/yurthub"):
-        raise errors.PreflightFailed(f"{VENV}/bin/yurthub not installed (pip install yurt-edge into {VENV})")
+        raise errors.PreflightFailed(
+            f"{VENV}/bin/yurthub not installed (unpack yurt-edge's executable into {VENV}, or pip install "
+            f"yurt-edge into a virtualenv there)"
+        )
     taken = busy_ports(host, settings) if settings is not None else []
     if taken:
         raise errors.PreflightFailed(f"ports already in use by something else: {', '.join(taken)}")
@@ -383,7 +392,8 @@ def revert(host: Host, fetch: Fetch, settings: Settings) -> None:
     remove_agent(host)
     restore_kubelet(host, fetch, settings)
     remove_hub(host)
-    if host.exists(CREATED_VENV):
-        host.remove(VENV)
+    created = host.exists(CREATED_INSTALL) or host.exists(CREATED_VENV)
     host.remove(STATE_DIR)
     log.info("node reverted node=%s", settings.node)
+    if created:
+        host.remove(VENV)

@@ -5,6 +5,8 @@
 #
 # Usage: hack/node-rootfs.sh            prints the rootfs directory on its last line
 # Env:   YURT_EDGE_CACHE (default ~/.cache/yurt-edge)
+#        NODE_PYTHON=no: the same root without python3 (a node that needs no Python: the converter
+#        installs yurt-edge's self-contained executable there)
 set -euo pipefail
 
 SUITE=bookworm
@@ -14,6 +16,14 @@ PACKAGES=(
     iproute2 iptables conntrack ethtool kmod procps util-linux mount ca-certificates socat
     python3 python3-venv
 )
+
+if [ "${NODE_PYTHON:-yes}" = no ]; then
+    kept=()
+    for pkg in "${PACKAGES[@]}"; do
+        case $pkg in python3*) ;; *) kept+=("$pkg") ;; esac
+    done
+    PACKAGES=("${kept[@]}")
+fi
 
 cache=${YURT_EDGE_CACHE:-$HOME/.cache/yurt-edge}
 key=$(printf '%s\n' "$SUITE" "${PACKAGES[@]}" | sha256sum | cut -c1-12)
@@ -51,6 +61,10 @@ done
 rm -f "$root.tmp/etc/systemd/system/multi-user.target.wants/containerd.service"
 apt_clean() { rm -rf "$root.tmp/var/cache/apt/archives/"*.deb "$root.tmp/var/lib/apt/lists/"*; }
 apt_clean
+if [ "${NODE_PYTHON:-yes}" = no ] && ls "$root.tmp"/usr/bin/python3* >/dev/null 2>&1; then
+    echo "node-rootfs: python3 came in as a dependency; this root was meant to have none" >&2
+    exit 1
+fi
 touch "$root.tmp/.complete"
 mv "$root.tmp" "$root"
 echo "$root"

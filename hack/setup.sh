@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Install what `make demo` and `make test` need on a fresh Debian machine, skipping what is already there:
-# Debian packages, the virtualenv with yurt-edge and its test extras, the reference Kubernetes binaries and
-# the node's Debian root (both cached outside the repository).
+# Debian packages, the virtualenv with yurt-edge and its test extras (and one per extra supported Python,
+# hack/extra-pythons.sh), the reference Kubernetes binaries and the node's Debian root (both cached outside
+# the repository).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(debootstrap busybox-static iptables iproute2 util-linux file ca-certificates)
+APT_PACKAGES=(debootstrap busybox-static iptables iproute2 util-linux file ca-certificates binutils time)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -28,5 +29,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 
+hack/extra-pythons.sh
 hack/build-binaries.sh >/dev/null
 hack/node-rootfs.sh >/dev/null

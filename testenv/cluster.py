@@ -34,9 +34,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("YURT_EDGE_CACHE", Path.home() / ".cache" / "yurt-edge"))
 
 
-def _script_output(script: str) -> Path:
+def _script_output(script: str, env: dict[str, str] | None = None) -> Path:
     """Run a hack/ script that prints a cached directory on its last line (building it if needed)."""
-    proc = subprocess.run([str(REPO / "hack" / script)], stdout=subprocess.PIPE, text=True, check=True)
+    proc = subprocess.run(
+        [str(REPO / "hack" / script)], stdout=subprocess.PIPE, text=True, check=True, env={**os.environ, **(env or {})}
+    )
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
@@ -44,8 +46,9 @@ def binaries() -> Path:
     return _script_output("build-binaries.sh")
 
 
-def rootfs() -> Path:
-    return _script_output("node-rootfs.sh")
+def rootfs(python: bool = True) -> Path:
+    """The node's Debian root; without python3 when `python` is False (yurt-edge then runs from its executable)."""
+    return _script_output("node-rootfs.sh", None if python else {"NODE_PYTHON": "no"})
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -61,6 +64,8 @@ class Settings:
     egress_selector_config: str | None = None
     extra_apiserver_args: tuple[str, ...] = ()
     extra_controller_manager_args: tuple[str, ...] = ()
+    node_python: bool = True
+    """Whether the real node's root has python3 (False: a node that needs no Python, as the converter allows)."""
 
 
 def _take_lock(path: Path) -> IO[str]:
@@ -115,7 +120,7 @@ class Cluster:
 
     def _start(self) -> None:
         bins = binaries()
-        root = rootfs() if self.settings.real_node else None
+        root = rootfs(self.settings.node_python) if self.settings.real_node else None
         archives = images.build(cache_dir() / "images") if self.settings.real_node else []
         self.group.create()
         self.plane = controlplane.ControlPlane.start(

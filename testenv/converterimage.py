@@ -1,7 +1,7 @@
 """The image of yurtctl's node Jobs for the tests, packed locally as an OCI archive (no registry): Debian's
-busybox-static (sh, cp, mkdir, nsenter) plus yurt-edge's wheels and the entry script, the same contents a
-user's build of images/converter/Containerfile gives the Job (that one also carries Python, for yurt-manager,
-which the tests run on the host instead)."""
+busybox-static (sh, cp, mkdir, nsenter) plus yurt-edge's self-contained executable (hack/build-exe.sh) at
+/opt/yurt-edge-node and the entry script, the same contents a user's build of images/converter/Containerfile
+gives the Job (that one also carries Python, for yurt-manager, which the tests run on the host instead)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,18 @@ import io
 import tarfile
 from pathlib import Path
 
-from testenv import cluster, hubinstall, images
+from testenv import cluster, exebuild, images
 from testenv.node import Node
 
 IMAGE = "localhost/yurt-edge/converter:test"
 ENTRY = cluster.REPO / "images" / "converter" / "yurt-node-entry.sh"
 
 
-def _layer(base: bytes, wheels: Path) -> bytes:
+BUNDLE = "opt/yurt-edge-node"
+"""Where the image carries the executable's tree (the entry script copies it to the node's /opt/yurt-edge)."""
+
+
+def _layer(base: bytes, tree: Path) -> bytes:
     buf = io.BytesIO()
     with (
         tarfile.open(fileobj=io.BytesIO(base)) as src,
@@ -25,29 +29,38 @@ def _layer(base: bytes, wheels: Path) -> bytes:
     ):
         for member in src.getmembers():
             out.addfile(member, src.extractfile(member) if member.isfile() else None)
-        for directory in ("opt", "opt/yurt-edge", "opt/yurt-edge/wheels", "usr", "usr/local", "usr/local/bin", "host"):
+        for directory in ("opt", BUNDLE, "usr", "usr/local", "usr/local/bin", "host"):
             info = tarfile.TarInfo(directory)
             info.type, info.mode = tarfile.DIRTYPE, 0o755
             out.addfile(info)
-        files = [(f"opt/yurt-edge/wheels/{w.name}", w.read_bytes(), 0o644) for w in sorted(wheels.glob("*.whl"))]
-        files.append(("usr/local/bin/yurt-node-entry", ENTRY.read_bytes(), 0o755))
-        for name, data, mode in files:
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), mode
-            out.addfile(info, io.BytesIO(data))
+        for path in sorted(tree.rglob("*")):
+            info = tarfile.TarInfo(f"{BUNDLE}/{path.relative_to(tree)}")
+            if path.is_symlink():
+                info.type, info.linkname, info.mode = tarfile.SYMTYPE, str(path.readlink()), 0o777
+                out.addfile(info)
+            elif path.is_dir():
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                out.addfile(info)
+            else:
+                data = path.read_bytes()
+                info.size, info.mode = len(data), path.stat().st_mode & 0o755
+                out.addfile(info, io.BytesIO(data))
+        data = ENTRY.read_bytes()
+        info = tarfile.TarInfo("usr/local/bin/yurt-node-entry")
+        info.size, info.mode = len(data), 0o755
+        out.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
 
 def build(directory: Path) -> Path:
-    """The archive (rebuilt when the wheels or the entry script change)."""
-    wheels = hubinstall.wheelhouse()
+    """The archive (rebuilt when the executable's build or the entry script change)."""
+    exe = exebuild.build()
     digest = hashlib.sha256(ENTRY.read_bytes())
-    for w in sorted(wheels.glob("*.whl")):
-        digest.update(w.name.encode() + hashlib.sha256(w.read_bytes()).digest())
+    digest.update(exe.directory.name.encode())
     path = directory / f"converter-{digest.hexdigest()[:12]}.tar"
     if not path.exists():
         directory.mkdir(parents=True, exist_ok=True)
-        layer = _layer(images.busybox_layer(images._busybox()), wheels)
+        layer = _layer(images.busybox_layer(images._busybox()), exe.tree)
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(images.oci_archive(IMAGE, layer, entrypoint=[], cmd=["/bin/sh"]))
         tmp.rename(path)

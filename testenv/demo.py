@@ -119,7 +119,7 @@ def _convert(
 ) -> yurtmanager.HostManager:
     if kube.plane is None:
         raise RuntimeError("no control plane")
-    say("packing the image of yurtctl's node Jobs (busybox and yurt-edge's wheels) into the node's containerd")
+    say("packing the image of yurtctl's node Jobs (busybox and yurt-edge's executable) into the node's containerd")
     converterimage.load(kube.node, converterimage.build(cluster.cache_dir() / "images"))
     say("the operator's part: the tunnel's certificate as a Secret, yurt-manager beside the control plane")
     values = edgeconvert.prepare(kube, certs, workdir)

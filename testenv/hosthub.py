@@ -45,16 +45,19 @@ class HostHub:
             self.proc.wait()
 
 
-def start(plane: controlplane.ControlPlane, server: str, node: str, directory: Path, *extra: str) -> HostHub:
-    """Run `yurthub` for `node` (a node client certificate from the cluster CA) against `server`."""
+def start(
+    plane: controlplane.ControlPlane, server: str, node: str, directory: Path, *extra: str, program: str = ""
+) -> HostHub:
+    """Run `yurthub` for `node` (a node client certificate from the cluster CA) against `server`: the console
+    script beside this Python, or `program` (another install's, the self-contained executable)."""
     directory.mkdir(parents=True, exist_ok=True)
     cert, key = plane.ca.issue(f"system:node:{node}", organizations=("system:nodes",), client=True).write(
         directory, "node"
     )
     proxy_port, serve_port = controlplane.free_port(), controlplane.free_port()
     log = directory / "yurthub.log"
-    yurthub = shutil.which("yurthub", path=os.path.dirname(sys.executable))
-    if yurthub is None:
+    yurthub = program or shutil.which("yurthub", path=os.path.dirname(sys.executable))
+    if not yurthub:
         raise RuntimeError("the yurthub console script is not installed next to this Python")
     argv = [
         yurthub,

@@ -141,13 +141,9 @@ def wait_until_serving(node: Node) -> None:
 
 
 def kubelet_requests_forwarded(node: Node) -> float:
-    """How many of kubelet's requests yurthub on `node` forwarded to the cloud (from its metrics)."""
-    page = node.run(
-        [
-            "python3",
-            "-c",
-            "import urllib.request as u;print(u.urlopen('http://127.0.0.1:10267/metrics').read().decode())",
-        ]
-    ).stdout
+    """How many of kubelet's requests yurthub on `node` forwarded to the cloud (from its metrics; read with
+    socat, which every test node has, since a node may have no python3)."""
+    request = "GET /metrics HTTP/1.0\\r\\nHost: 127.0.0.1\\r\\n\\r\\n"
+    page = node.run(["sh", "-c", f"printf '{request}' | socat -t 10 - TCP:127.0.0.1:10267"]).stdout
     pattern = r'^yurthub_requests_total\{component="kubelet",[^}]*outcome="forwarded"[^}]*\} (\S+)'
     return sum(float(m) for m in re.findall(pattern, page, re.M))

@@ -876,10 +876,10 @@ class SqliteStorage:
     def delete_object(self, component: str, gvr: str, namespace: str, name: str, rv: str = "") -> None:
         with self._tx() as db:
             holds = db.execute(
-                "SELECT EXISTS (SELECT 1 FROM objects WHERE component=?1 AND gvr=?2) "
-                "OR EXISTS (SELECT 1 FROM views WHERE component=?1 AND gvr=?2) "
-                "OR EXISTS (SELECT 1 FROM tombstones WHERE component=?1 AND gvr=?2)",
-                (component, gvr),
+                "SELECT EXISTS (SELECT 1 FROM objects WHERE component=:component AND gvr=:gvr) "
+                "OR EXISTS (SELECT 1 FROM views WHERE component=:component AND gvr=:gvr) "
+                "OR EXISTS (SELECT 1 FROM tombstones WHERE component=:component AND gvr=:gvr)",
+                {"component": component, "gvr": gvr},
             ).fetchone()[0]
             if not holds:
                 return

@@ -2,17 +2,49 @@
 # yurt-node-entry convert|revert [yurtctl node flags...]
 #
 # Entry point of yurtctl's per-node Jobs. The container runs with hostPID, privileged, and the node's root
-# file system mounted at /host. It hands the node the wheels this image carries, then runs
-# `yurtctl node <action>` in the node's own namespaces (nsenter into PID 1), with the node's own python3:
-# yurthub must run from the node's disk as a systemd service, independent of any container, so that it
-# keeps serving while the cloud is gone and across reboots. A virtualenv it creates is marked so that
-# revert removes it again.
+# file system mounted at /host. It installs the self-contained executable this image carries
+# (/opt/yurt-edge-node: bin/yurthub, bin/yurt-tunnel-agent, bin/yurtctl... and lib/yurt-edge, its own Python
+# and every dependency) as the node's /opt/yurt-edge, then runs `yurtctl node <action>` from there in the
+# node's own namespaces (nsenter into PID 1): yurthub runs from the node's disk as a systemd service,
+# independent of any container, so that it keeps serving while the cloud is gone and across reboots. The
+# node needs no Python. An /opt/yurt-edge this script creates is marked (created-install) so that revert
+# removes it again; a virtualenv an operator made there (pip install yurt-edge, pyvenv.cfg) is used as it is,
+# never replaced nor removed.
 set -eu
 action=$1
 shift
 state=/var/lib/yurt-edge/convert
-mkdir -p "/host$state/wheels"
-cp /opt/yurt-edge/wheels/*.whl "/host$state/wheels/"
+bundle=/opt/yurt-edge-node
+target=/host/opt/yurt-edge
+mkdir -p "/host$state"
+if [ -f "$target/pyvenv.cfg" ] && [ ! -x "$target/bin/yurtctl" ]; then
+    echo "yurt-node-entry: /opt/yurt-edge is a virtualenv without yurt-edge: pip install yurt-edge into it, or remove it so the Job installs the executable" >&2
+    exit 3
+fi
+if [ ! -f "$target/pyvenv.cfg" ]; then
+    if [ ! -e "$target" ]; then
+        touch "/host$state/created-install"
+    fi
+    if [ "$action" = convert ] || [ ! -x "$target/bin/yurtctl" ]; then
+        # A complete copy beside the old one, then two renames: the services keep the files they opened.
+        rm -rf "$target.new" "$target.old"
+        mkdir -p "$target.new"
+        cp -a "$bundle/." "$target.new/"
+        changed=yes
+        if [ -e "$target" ]; then
+            if cmp -s "$target/lib/yurt-edge/yurt-edge" "$target.new/lib/yurt-edge/yurt-edge"; then
+                changed=no
+            fi
+            mv "$target" "$target.old"
+        fi
+        mv "$target.new" "$target"
+        rm -rf "$target.old"
+        # A running service of an older build would read its modules from the new files: restart it.
+        if [ "$changed" = yes ]; then
+            nsenter -t 1 -m -u -i -n -p -- systemctl try-restart yurthub.service yurt-tunnel-agent.service || true
+        fi
+    fi
+fi
 # With the tunnel, the Job mounts the tunnel server's CA here; the node step installs it for the agent.
 if [ -f /etc/yurt-edge/tunnel-ca/ca.crt ]; then
     cp /etc/yurt-edge/tunnel-ca/ca.crt "/host$state/tunnel-ca.crt"
@@ -24,21 +56,6 @@ if [ -f /etc/yurt-edge/join-token/token ]; then
     (umask 077 && rm -f "$token" && cp /etc/yurt-edge/join-token/token "$token")
 fi
 rc=0
-nsenter -t 1 -m -u -i -n -p -- /bin/sh -euc '
-state=$1 action=$2
-shift 2
-if [ ! -x /opt/yurt-edge/bin/yurtctl ]; then
-    if ! command -v python3 >/dev/null 2>&1; then
-        echo "yurt-node-entry: this node has no python3; yurthub needs Python 3.11 with venv (Debian 12: apt-get install python3 python3-venv)" >&2
-        exit 3
-    fi
-    [ -e /opt/yurt-edge ] || touch "$state/created-venv"
-    python3 -m venv /opt/yurt-edge
-    /opt/yurt-edge/bin/pip install -q --no-index --find-links "$state/wheels" yurt-edge
-elif [ "$action" = convert ]; then
-    /opt/yurt-edge/bin/pip install -q --no-index --find-links "$state/wheels" --upgrade yurt-edge
-fi
-exec /opt/yurt-edge/bin/yurtctl node "$action" "$@"
-' yurt-node-entry "$state" "$action" "$@" || rc=$?
+nsenter -t 1 -m -u -i -n -p -- /opt/yurt-edge/bin/yurtctl node "$action" "$@" || rc=$?
 rm -f "$token"
 exit "$rc"

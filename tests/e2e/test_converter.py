@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import datetime
 import functools
+import json
 import os
 import re
 import shutil
@@ -71,6 +72,7 @@ def tunnel_prep(tmp_path_factory: pytest.TempPathFactory) -> TunnelPrep:
 @pytest.fixture(scope="module")
 def cluster_settings(tunnel_prep: TunnelPrep) -> cluster.Settings:
     return cluster.Settings(
+        node_python=False,  # the node needs nothing: the Job installs yurt-edge's self-contained executable
         kwok_nodes=len(CLOUD),
         not_ready_toleration_s=TOLERATION_S,
         unreachable_toleration_s=TOLERATION_S,
@@ -236,6 +238,11 @@ def test_convert_puts_the_edge_node_behind_yurthub_and_labels_the_nodes(env: Env
     assert labels == {EDGE: "true"} | dict.fromkeys(CLOUD, "false")
     assert hubinstall.kubelet_requests_forwarded(kube.node) > 0
     assert kube.node.run(["systemctl", "is-active", "yurthub.service"]).stdout.strip() == "active"
+    # no python3 on this node: yurthub runs from the executable the Job installed
+    assert kube.node.run(["sh", "-c", "command -v python3"], check=False).returncode != 0
+    pid = kube.node.run(["systemctl", "show", "-P", "MainPID", "yurthub.service"]).stdout.strip()
+    exe = kube.node.run(["readlink", f"/proc/{pid}/exe"]).stdout.strip()
+    assert exe == "/opt/yurt-edge/lib/yurt-edge/yurt-edge"
     assert kube.kubectl.get("deployment", "-n", "kube-system", "yurt-manager")["spec"]["replicas"] == 0
     assert kube.kubectl.get("jobs", "-n", "kube-system")["items"] == []
     wait_for("the edge node Ready through yurthub", lambda: node_ready(kube.kubectl.get("node", EDGE)), timeout=60)
@@ -313,6 +320,23 @@ def tainted_for(kube: cluster.Cluster, node: str) -> float:
     return (datetime.datetime.now(datetime.UTC) - min(added)).total_seconds()
 
 
+def cloud_reachable(kube: cluster.Cluster) -> bool:
+    cloud = hubinstall.yurthub_status(kube.node)["cloud"]
+    assert isinstance(cloud, dict)
+    return bool(cloud["reachable"])
+
+
+def running_on_node(kube: cluster.Cluster, pod_name: str) -> bool:
+    """Whether containerd on the node runs the `main` container of `pod_name` (asked on the node, offline too)."""
+    tasks = kube.node.run(["ctr", "-n", "k8s.io", "tasks", "ls"]).stdout.splitlines()[1:]
+    for cid in [line.split()[0] for line in tasks if line.split()[-1] == "RUNNING"]:
+        info = json.loads(kube.node.run(["ctr", "-n", "k8s.io", "containers", "info", cid]).stdout)
+        labels = info.get("Labels") or {}
+        if labels.get("io.kubernetes.container.name") == "main" and labels.get("io.kubernetes.pod.name") == pod_name:
+            return True
+    return False
+
+
 def test_an_autonomous_node_keeps_its_pods_through_an_outage_while_a_plain_node_loses_them(env: Env) -> None:
     kube = env.kube
     assert kube.plane is not None and kube.kwok is not None
@@ -343,6 +367,15 @@ def test_an_autonomous_node_keeps_its_pods_through_an_outage_while_a_plain_node_
     )
     for name in ("edge-app", "stock-app"):
         assert not evicted(kube, name), f"{name} on the autonomous node was evicted"
+
+    # rebooted while cut off: yurthub and the agent start again from the executable on the node's disk (the
+    # node has no python3), and kubelet runs the edge pod again from yurthub's cache
+    kube.node.reboot()
+    hubinstall.wait_until_serving(kube.node)
+    for unit in ("yurthub.service", "yurt-tunnel-agent.service"):
+        assert kube.node.run(["systemctl", "is-active", unit]).stdout.strip() == "active"
+    wait_for("yurthub to see the cloud gone", lambda: not cloud_reachable(kube), timeout=30)
+    wait_for("the edge pod to run again on the rebooted node", lambda: running_on_node(kube, "edge-app"), timeout=180)
 
     kube.node.restore_link()
     wait_for(f"{EDGE} Ready again", functools.partial(ready, kube, EDGE), timeout=120)

@@ -84,6 +84,28 @@ def test_revert_restores_the_node_byte_for_byte() -> None:
     assert host.files == FILES  # the venv was there before convert: kept
 
 
+EXE = {
+    f"{nodestep.VENV}/lib/yurt-edge/yurt-edge": "ELF",
+    f"{nodestep.VENV}/lib/yurt-edge/_internal/libpython3.11.so.1.0": "ELF",
+}
+
+
+def test_revert_removes_the_executable_the_job_installed() -> None:
+    node = Node()
+    host = MemoryHost({**FILES, **EXE, nodestep.CREATED_INSTALL: ""}, node.run)
+    nodestep.convert(host, node.fetch, SETTINGS)
+    nodestep.revert(host, node.fetch, SETTINGS)
+    assert host.files == {k: v for k, v in FILES.items() if not k.startswith(nodestep.VENV)}
+
+
+def test_revert_keeps_an_install_that_was_there_before_convert() -> None:
+    node = Node()
+    host = MemoryHost({**FILES, **EXE}, node.run)
+    nodestep.convert(host, node.fetch, SETTINGS)
+    nodestep.revert(host, node.fetch, SETTINGS)
+    assert host.files == {**FILES, **EXE}
+
+
 def test_revert_without_a_backup_strips_only_our_flags() -> None:
     redirected = nodestep.redirected(FLAGS)
     host = MemoryHost({**FILES, nodestep.FLAGS_ENV: redirected})
