@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what `make demo` and `make test` need on a fresh Debian machine, skipping what is already there:
-# Debian packages, the virtualenv with yurt-edge and its test extras, the reference Kubernetes binaries and
-# the node's Debian root (both cached outside the repository).
+# Debian packages, the virtualenv with yurt-edge and its test extras, the reference Kubernetes binaries (and
+# CoreDNS) and the node's Debian root (both cached outside the repository).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,4 +29,5 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 
 hack/build-binaries.sh >/dev/null
+hack/build-binaries.sh coredns >/dev/null
 hack/node-rootfs.sh >/dev/null
