@@ -47,6 +47,8 @@ IPTABLES_COMMANDS = (
     "ip6tables-restore",
 )
 """The commands kube-proxy runs; each is a link to where the root's `/etc/alternatives` entry points."""
+_LAYOUT = b"services-1"
+"""Part of the services images' cache key: change it when the way they are packed changes."""
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _SKIPPED = ("usr/share/", "usr/lib/x86_64-linux-gnu/gconv/", "etc/", "var/", "usr/libexec/")
 
@@ -109,7 +111,15 @@ def _blob(blobs: dict[str, bytes], data: bytes) -> tuple[str, int]:
     return digest, len(data)
 
 
-def oci_archive(name: str, layer: bytes, *, entrypoint: list[str], cmd: list[str], path_env: str = "/bin") -> bytes:
+def oci_archive(
+    name: str,
+    layer: bytes,
+    *,
+    entrypoint: list[str],
+    cmd: list[str],
+    path_env: str = "/bin",
+    made_from: str = "busybox-static",
+) -> bytes:
     """A whole OCI image layout as one tar, naming the image `name` for containerd."""
     blobs: dict[str, bytes] = {}
     layer_digest, layer_size = _blob(blobs, layer)
@@ -118,7 +128,7 @@ def oci_archive(name: str, layer: bytes, *, entrypoint: list[str], cmd: list[str
         "os": "linux",
         "config": {"Entrypoint": entrypoint, "Cmd": cmd, "Env": [f"PATH={path_env}"], "WorkingDir": "/"},
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
-        "history": [{"created_by": "yurt-edge testenv: busybox-static"}],
+        "history": [{"created_by": f"yurt-edge testenv: {made_from}"}],
     }
     config_digest, config_size = _blob(blobs, json.dumps(config, sort_keys=True).encode())
     manifest = {
@@ -232,8 +242,8 @@ def build_services(directory: Path, *, kube_proxy: Path, coredns: Path, rootfs: 
     """Write the kube-proxy and CoreDNS archives into `directory`, keyed by their inputs (the binaries'
     bytes and the node root's name, which is keyed by its package list), reusing them when unchanged."""
     directory.mkdir(parents=True, exist_ok=True)
-    proxy_key = hashlib.sha256(kube_proxy.read_bytes() + rootfs.name.encode()).hexdigest()[:12]
-    dns_key = hashlib.sha256(coredns.read_bytes()).hexdigest()[:12]
+    proxy_key = hashlib.sha256(_LAYOUT + kube_proxy.read_bytes() + rootfs.name.encode()).hexdigest()[:12]
+    dns_key = hashlib.sha256(_LAYOUT + coredns.read_bytes()).hexdigest()[:12]
     proxy_path = directory / f"kube-proxy-{proxy_key}.tar"
     dns_path = directory / f"coredns-{dns_key}.tar"
     common = ("etc", "tmp", "run", "proc", "sys", "dev", "var/lib")
@@ -249,7 +259,9 @@ def build_services(directory: Path, *, kube_proxy: Path, coredns: Path, rootfs: 
         )
     if not dns_path.exists():
         layer = files_layer({"coredns": _binary(coredns)}, (*common, "etc/coredns"))
-        _write_archive(dns_path, oci_archive(COREDNS_IMAGE, layer, entrypoint=["/coredns"], cmd=[]))
+        _write_archive(
+            dns_path, oci_archive(COREDNS_IMAGE, layer, entrypoint=["/coredns"], cmd=[], made_from="CoreDNS")
+        )
     return [proxy_path, dns_path]
 
 
