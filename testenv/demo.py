@@ -200,6 +200,7 @@ def _offline_tour(kube: cluster.Cluster, node: str, pod: dict) -> None:  # type:
     wait_for(
         "the web pods back in their Service", lambda: webshop.web_endpoints_ready_in_cloud(kube, node) == 2, timeout=120
     )
+    wait_for("kube-proxy to send web and kube-dns to their pods", lambda: webshop.served_on_node(kube), timeout=60)
     _fetches(kube, "after the outage", time.time(), 5)
     after = _pod(kube)
     same = "same" if after["metadata"]["uid"] == pod["metadata"]["uid"] else "a NEW"

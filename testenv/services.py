@@ -295,6 +295,13 @@ def has_rules_for(kube: Cluster, service_port: str) -> bool:
     return any(service_port in line and "-j KUBE-SVC-" in line for line in rules.splitlines())
 
 
+def endpoints_in_rules(kube: Cluster, service_port: str) -> int:
+    """How many endpoints kube-proxy's iptables rules on the node send `namespace/name:port` to."""
+    rules = kube.node.run(["iptables-save", "-t", "nat"], check=False).stdout
+    marker = f'"{service_port} -> '
+    return sum(1 for line in rules.splitlines() if line.startswith("-A KUBE-SVC-") and marker in line)
+
+
 def ready_replicas(kube: Cluster, namespace: str, deployment: str) -> int:
     status = kube.kubectl.get("deployment", deployment, "-n", namespace).get("status", {})
     return int(status.get("readyReplicas", 0))

@@ -25,7 +25,7 @@ from typing import Any
 from testenv import images
 from testenv.cluster import Cluster
 from testenv.kubectl import wait_for
-from testenv.services import has_rules_for, ready_replicas
+from testenv.services import endpoints_in_rules, has_rules_for, ready_replicas
 
 NS = "shop"
 WEB_NAME = f"web.{NS}.svc.cluster.local"
@@ -188,6 +188,11 @@ def web_endpoints_ready_in_cloud(kube: Cluster, node: str) -> int:
         for e in s.get("endpoints") or []
         if (e.get("conditions") or {}).get("ready", True) and e.get("nodeName") == node
     )
+
+
+def served_on_node(kube: Cluster) -> bool:
+    """Whether kube-proxy on the node sends web and kube-dns to both their pods."""
+    return all(endpoints_in_rules(kube, port) == 2 for port in (f"{NS}/web:http", "kube-system/kube-dns:dns"))
 
 
 def deploy(kube: Cluster, node: str) -> str:

@@ -112,6 +112,11 @@ def test_through_a_cut_link_every_fetch_still_answers(shop: Shop) -> None:
         lambda: webshop.web_endpoints_ready_in_cloud(kube, NODE) == 2,
         timeout=90,
     )
+    wait_for(
+        "kube-proxy on the node to send web and kube-dns to both their pods",
+        lambda: webshop.served_on_node(kube),
+        timeout=60,
+    )
     settled = time.time()
     log.info(
         "service continuity: outage=%.0fs failed_seconds_during=%d failed_seconds_catching_up=%d catching_up=%.0fs",
