@@ -157,7 +157,7 @@ def _revert(kube: cluster.Cluster, manager: yurtmanager.HostManager) -> None:
 
 
 def _services(kube: cluster.Cluster, node: str) -> None:
-    say("kube-proxy (kubeadm's DaemonSet, iptables mode, its kubeconfig at yurthub with its own token) and")
+    say("kube-proxy (kubeadm's DaemonSet, iptables mode, its kubeconfig at yurthub's door with its own token) and")
     say("CoreDNS (kubeadm's Deployment, in-cluster config through yurthub's door with its own token)")
     services.install(kube, node)
     say(f"a web Service (2 busybox httpd pods) and a client pod on {node} fetching")

@@ -3,9 +3,10 @@ yurthub: kube-proxy and CoreDNS, and the HTTPS door of yurthub that CoreDNS reac
 
 - kube-proxy: kubeadm's DaemonSet (hostNetwork, privileged, its own `kube-system/kube-proxy` ServiceAccount
   bound to `system:node-proxier`), iptables mode, the image carrying Debian's iptables (`images`). Its
-  kubeconfig (kubeadm's `kube-proxy` ConfigMap, key `kubeconfig.conf`) points at yurthub's plain port with the
-  pod's own service-account token, so yurthub forwards that token, caches what it fetched under it and
-  applies kube-proxy's filters (the `kubernetes` EndpointSlice at the door, cloud-only Services dropped).
+  kubeconfig (kubeadm's `kube-proxy` ConfigMap, key `kubeconfig.conf`: the pod's service-account token and
+  CA) points at yurthub's HTTPS door instead of the cloud, where OpenYurt's `inclusterconfig` filter sends it
+  too. Not the plain port: client-go sends a kubeconfig's credentials only over TLS, so there kube-proxy would
+  be the node (whose RBAC has no EndpointSlices), measured.
 - CoreDNS: kubeadm's Deployment (2 replicas), RBAC (`system:coredns`), ConfigMap and `kube-dns` Service at
   `controlplane.CLUSTER_DNS`, the address kubelet's clusterDNS names (`cluster.Settings(services=True)`). It
   has no kubeconfig: in-cluster config, so `KUBERNETES_SERVICE_HOST/PORT`, which kubelet derives from the
@@ -31,8 +32,8 @@ PKI = "/var/lib/yurthub/pki"
 DOOR_ARGS = f"--secure-cert-file={PKI}/yurthub-server.crt --secure-key-file={PKI}/yurthub-server.key"
 """yurthub flags that open its HTTPS door with the certificate `door_certificate` wrote."""
 API_NAMES = ("kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local")
-YURTHUB_PLAIN = "http://127.0.0.1:10261"
 SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path, not a secret
+SA_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 RBAC = "rbac.authorization.k8s.io"
 
 COREFILE = """.:53 {
@@ -87,7 +88,7 @@ def _account(name: str) -> dict[str, Any]:
 
 
 def kube_proxy_objects(cluster_cidr: str) -> list[dict[str, Any]]:
-    """kubeadm's kube-proxy addon, its kubeconfig pointing at yurthub's plain port with the pod's own token."""
+    """kubeadm's kube-proxy addon, its kubeconfig pointing at yurthub's HTTPS door with the pod's own token."""
     config = {
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
         "kind": "KubeProxyConfiguration",
@@ -101,7 +102,9 @@ def kube_proxy_objects(cluster_cidr: str) -> list[dict[str, Any]]:
     kubeconfig = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "yurthub", "cluster": {"server": YURTHUB_PLAIN}}],
+        "clusters": [
+            {"name": "yurthub", "cluster": {"server": f"https://{DOOR_IP}:{DOOR_PORT}", "certificate-authority": SA_CA}}
+        ],
         "users": [{"name": "kube-proxy", "user": {"tokenFile": SA_TOKEN}}],
         "contexts": [{"name": "default", "context": {"cluster": "yurthub", "user": "kube-proxy"}}],
         "current-context": "default",

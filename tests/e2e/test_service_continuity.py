@@ -1,7 +1,7 @@
 """An edge application keeps answering by its Service name through an outage (issue 14, end to end).
 
 One cluster for the module, its real node behind yurthub with the HTTPS door open, kube-proxy (kubeadm's
-DaemonSet, iptables mode, kubeconfig at yurthub's plain port with its own token) and CoreDNS (kubeadm's
+DaemonSet, iptables mode, kubeconfig at yurthub's HTTPS door with its own token) and CoreDNS (kubeadm's
 Deployment, in-cluster config through the door with its own token) on it (`testenv.services`). In namespace
 `shop`: a Deployment of 2 busybox httpd pods behind Service `web`, and a client pod on the same node that
 fetches `http://web.shop.svc.cluster.local/` and `http://<ClusterIP>/` in turn, about once a second, and
@@ -67,16 +67,16 @@ def shop(kube: cluster.Cluster) -> Iterator[Shop]:
 
 
 def test_the_consumers_reach_the_api_through_yurthub(shop: Shop) -> None:
-    """kube-proxy talks to yurthub's plain port; CoreDNS's in-cluster config names the door."""
+    """kube-proxy's kubeconfig and CoreDNS's in-cluster config both lead to yurthub's door."""
     node = shop.kube.node
+    door = f"{services.DOOR_IP}:{services.DOOR_PORT}"
     sockets = node.run(["ss", "-tnpH", "state", "established"]).stdout
-    assert any('"kube-proxy"' in line and "127.0.0.1:10261" in line for line in sockets.splitlines()), sockets
+    assert any('"kube-proxy"' in line and door in line for line in sockets.splitlines()), sockets
     pids = node.run(["pgrep", "-x", "coredns"]).stdout.split()
     assert len(pids) == 2, pids
-    door = f"KUBERNETES_SERVICE_HOST={services.DOOR_IP}"
     for pid in pids:
         environ = node.run(["cat", f"/proc/{pid}/environ"]).stdout.split("\0")
-        assert door in environ, environ
+        assert f"KUBERNETES_SERVICE_HOST={services.DOOR_IP}" in environ, environ
 
 
 def test_online_every_fetch_answers_by_name_and_by_cluster_ip(shop: Shop) -> None:
