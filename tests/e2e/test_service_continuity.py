@@ -127,3 +127,71 @@ def test_through_a_cut_link_every_fetch_still_answers(shop: Shop) -> None:
     )
     after = wait_for_rounds(kube, settled, 10)
     assert failures(after) == [], after
+
+
+def pids(kube: cluster.Cluster, name: str) -> set[str]:
+    return set(kube.node.run(["pgrep", "-x", name], check=False).stdout.split())
+
+
+def node_get(kube: cluster.Cluster, url: str) -> str:
+    """GET `url` from inside the node (its network namespace), or "" when it does not answer 200."""
+    script = f"import urllib.request as u;print(u.urlopen('{url}', timeout=2).read().decode())"
+    out = kube.node.run(["python3", "-c", script], check=False)
+    return out.stdout if out.returncode == 0 else ""
+
+
+def kube_proxy_last_sync(kube: cluster.Cluster) -> float:
+    """When kube-proxy last wrote its rules (its own metric, on the node's loopback), or 0."""
+    metric = "kubeproxy_sync_proxy_rules_last_timestamp_seconds"
+    lines = node_get(kube, "http://127.0.0.1:10249/metrics").splitlines()
+    return max((float(line.split()[-1]) for line in lines if line.startswith(metric)), default=0.0)
+
+
+def test_offline_kube_proxy_and_coredns_start_again_from_yurthubs_cache(shop: Shop) -> None:
+    """Both consumers crash while the node is cut off; kubelet starts them again, they list and watch through
+    the door from yurthub's cache (their own tokens' scope), kube-proxy rewrites its rules, CoreDNS becomes ready
+    again, and the Service answers by name and ClusterIP."""
+    kube = shop.kube
+    dns_ips = [
+        p["status"]["podIP"] for p in kube.kubectl.get("pods", "-n", "kube-system", "-l", "k8s-app=kube-dns")["items"]
+    ]
+    assert len(dns_ips) == 2
+    kube.node.cut_link()
+    try:
+        wait_for(
+            "yurthub to see the cloud gone",
+            lambda: not hubinstall.yurthub_status(kube.node)["cloud"]["reachable"],  # type: ignore[index]
+            timeout=30,
+        )
+        before = pids(kube, "kube-proxy") | pids(kube, "coredns")
+        crashed = time.time()
+        kube.node.run(["pkill", "-KILL", "-x", "kube-proxy"])
+        kube.node.run(["pkill", "-KILL", "-x", "coredns"])
+        wait_for(
+            "kubelet to start kube-proxy and both CoreDNS again",
+            lambda: len(pids(kube, "kube-proxy") - before) == 1 and len(pids(kube, "coredns") - before) == 2,
+            timeout=90,
+        )
+        wait_for("kube-proxy to write its rules again", lambda: kube_proxy_last_sync(kube) > crashed, timeout=90)
+        wait_for(
+            "both CoreDNS ready again (their informers synced from the cache)",
+            lambda: all(node_get(kube, f"http://{ip}:8181/ready") for ip in dns_ips),
+            timeout=90,
+        )
+        back = time.time()
+        after = wait_for_rounds(kube, back, 10)
+        assert kube.node.link_is_up() is False, "the answers came while the node was still cut off"
+        log.info(
+            "offline restart of kube-proxy and CoreDNS: failed_seconds=%d until_back=%.0fs",
+            failed_seconds(rounds_since(kube, crashed), crashed, back),
+            back - crashed,
+        )
+        assert failures(after) == [], after
+    finally:
+        kube.node.restore_link()
+    wait_for("the node to be Ready again", lambda: node_ready(kube.kubectl.get("node", NODE)), timeout=90)
+    wait_for(
+        "kube-proxy on the node to send web and kube-dns to both their pods",
+        lambda: webshop.served_on_node(kube),
+        timeout=120,
+    )
