@@ -216,8 +216,12 @@ def _pod(kube: cluster.Cluster) -> dict:  # type: ignore[type-arg]
 
 
 def _running_on_node(kube: cluster.Cluster) -> bool:
-    tasks = kube.node.run(["ctr", "-n", "k8s.io", "tasks", "ls"], check=False).stdout.splitlines()[1:]
-    return sum(1 for line in tasks if line.split()[-1] == "RUNNING") >= 2  # the pod's sandbox and container
+    """Whether the demo pod's sandbox and container run (the only pod in `default`; the node runs others)."""
+    ctr = ["ctr", "-n", "k8s.io"]
+    mine = kube.node.run([*ctr, "containers", "ls", "-q", 'labels."io.kubernetes.pod.namespace"==default'], check=False)
+    tasks = kube.node.run([*ctr, "tasks", "ls"], check=False).stdout.splitlines()[1:]
+    running = {line.split()[0] for line in tasks if line.split()[-1] == "RUNNING"}
+    return len(running & set(mine.stdout.split())) >= 2
 
 
 def _phase(kube: cluster.Cluster) -> str:
