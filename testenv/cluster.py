@@ -62,7 +62,8 @@ class Settings:
     services: bool = False
     """Make the real node ready for Services as kubeadm does: kube-proxy's and CoreDNS's images in its
     containerd and kubelet's clusterDNS at the `kube-dns` address (`controlplane.CLUSTER_DNS`). `services.install`
-    then deploys them. Off by default: the images add a few seconds to every node boot."""
+    then deploys them. Off by default, so other tests' pods keep the node's resolv.conf; the start time is the
+    same either way (11-16 s here with the images cached, within the noise)."""
     node_monitor_grace_s: int = 12
     not_ready_toleration_s: int = 300
     unreachable_toleration_s: int = 300
