@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install what `make demo` and `make test` need on a fresh Debian machine, skipping what is already there:
 # Debian packages, the virtualenv with yurt-edge and its test extras (and one per extra supported Python,
-# hack/extra-pythons.sh), the reference Kubernetes binaries and the node's Debian root (both cached outside
-# the repository).
+# hack/extra-pythons.sh), the reference Kubernetes binaries (and CoreDNS) and the node's Debian root (both
+# cached outside the repository).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,4 +31,5 @@ fi
 
 hack/extra-pythons.sh
 hack/build-binaries.sh >/dev/null
+hack/build-binaries.sh coredns >/dev/null
 hack/node-rootfs.sh >/dev/null

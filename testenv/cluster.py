@@ -34,10 +34,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("YURT_EDGE_CACHE", Path.home() / ".cache" / "yurt-edge"))
 
 
-def _script_output(script: str, env: dict[str, str] | None = None) -> Path:
+def _script_output(script: str, *args: str, env: dict[str, str] | None = None) -> Path:
     """Run a hack/ script that prints a cached directory on its last line (building it if needed)."""
     proc = subprocess.run(
-        [str(REPO / "hack" / script)], stdout=subprocess.PIPE, text=True, check=True, env={**os.environ, **(env or {})}
+        [str(REPO / "hack" / script), *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+        env={**os.environ, **(env or {})},
     )
     return Path(proc.stdout.strip().splitlines()[-1])
 
@@ -48,7 +52,11 @@ def binaries() -> Path:
 
 def rootfs(python: bool = True) -> Path:
     """The node's Debian root; without python3 when `python` is False (yurt-edge then runs from its executable)."""
-    return _script_output("node-rootfs.sh", None if python else {"NODE_PYTHON": "no"})
+    return _script_output("node-rootfs.sh", env=None if python else {"NODE_PYTHON": "no"})
+
+
+def coredns_binaries() -> Path:
+    return _script_output("build-binaries.sh", "coredns")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -58,6 +66,11 @@ class Settings:
     kwok_nodes: int = 0
     """How many simulated nodes kwok keeps Ready."""
     node: node_mod.NodeSettings = dataclasses.field(default_factory=node_mod.NodeSettings)
+    services: bool = False
+    """Make the real node ready for Services as kubeadm does: kube-proxy's and CoreDNS's images in its
+    containerd and kubelet's clusterDNS at the `kube-dns` address (`controlplane.CLUSTER_DNS`). `services.install`
+    then deploys them. Off by default, so other tests' pods keep the node's resolv.conf; the start time is the
+    same either way (11-16 s here with the images cached, within the noise)."""
     node_monitor_grace_s: int = 12
     not_ready_toleration_s: int = 300
     unreachable_toleration_s: int = 300
@@ -122,6 +135,15 @@ class Cluster:
         bins = binaries()
         root = rootfs(self.settings.node_python) if self.settings.real_node else None
         archives = images.build(cache_dir() / "images") if self.settings.real_node else []
+        node_settings = self.settings.node
+        if self.settings.services and root is not None:
+            archives += images.build_services(
+                cache_dir() / "images",
+                kube_proxy=bins / "kube-proxy",
+                coredns=coredns_binaries() / "coredns",
+                rootfs=root,
+            )
+            node_settings = dataclasses.replace(node_settings, cluster_dns=controlplane.CLUSTER_DNS)
         self.group.create()
         self.plane = controlplane.ControlPlane.start(
             controlplane.ControlPlaneSettings(
@@ -150,7 +172,7 @@ class Cluster:
                 token=self.plane.bootstrap_token,
             )
             self._node = node_mod.Node.boot(
-                self.settings.node,
+                node_settings,
                 rootfs=root,
                 bins=bins,
                 image_archives=archives,

@@ -23,12 +23,16 @@ from typing import Any
 from testenv import cgroups, kubeconfig, pki, process
 from testenv.kubectl import Kubectl, wait_for
 
+SERVICE_CIDR = "10.215.0.0/24"
+CLUSTER_DNS = "10.215.0.10"
+"""The `kube-system/kube-dns` Service's address: the tenth of the Service range, as kubeadm picks it."""
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ControlPlaneSettings:
     advertise_address: str
     """The apiserver's address on the cloud side of the node's link; also in its serving certificate."""
-    service_cidr: str = "10.215.0.0/24"
+    service_cidr: str = SERVICE_CIDR
     """ClusterIP range; its first address is the `kubernetes` Service."""
     node_monitor_grace_s: int = 12
     """How long the node lifecycle controller waits for a node's heartbeat before marking it NotReady."""

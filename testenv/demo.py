@@ -1,7 +1,8 @@
 """`make demo`: a stock Kubernetes cluster (the real node plus kwok nodes) turned into an edge cluster with
 one `yurtctl convert --tunnel`; the edge node then put behind NAT and still reached through the tunnel; the
-node going through yurthub, surviving a cut link, kubelet restart and a power cycle while cut off, then
-converging; `yurtctl revert` back to the stock cluster; and a clean teardown.
+node going through yurthub, kube-proxy and CoreDNS on it (kubeadm's way) and a web Service answering a client
+on the node by name before, during and after a cut link; the node surviving a kubelet restart and a power
+cycle while cut off, then converging; `yurtctl revert` back to the stock cluster; and a clean teardown.
 
 Prints each step and what it saw, so a newcomer can follow what yurt-edge's test cluster is made of.
 """
@@ -25,13 +26,15 @@ from testenv import (
     images,
     leftovers,
     pki,
+    services,
     tunnelhost,
+    webshop,
     yurtmanager,
 )
 from testenv.kubectl import KubectlError, node_ready, wait_for
 
 APP = "demo-hello"
-HUB_ARGS = "--heartbeat-interval-seconds=2 --heartbeat-timeout-seconds=2"
+HUB_ARGS = "--heartbeat-interval-seconds=2 --heartbeat-timeout-seconds=2 " + services.DOOR_ARGS
 
 
 def say(message: str) -> None:
@@ -45,7 +48,10 @@ def main() -> int:
     connect_port = controlplane.free_port()
     node_settings = dataclasses.replace(cluster.Settings().node, reachable_from_cloud=False)
     settings = cluster.Settings(
-        kwok_nodes=5, node=node_settings, egress_selector_config=tunnelhost.egress_selector(certs, connect_port)
+        kwok_nodes=5,
+        node=node_settings,
+        services=True,
+        egress_selector_config=tunnelhost.egress_selector(certs, connect_port),
     )
     say("building or finding the reference binaries and the node's Debian root (cached after the first run)")
     started = time.monotonic()
@@ -91,6 +97,7 @@ def main() -> int:
         say("kubectl logs now goes through the tunnel edge-1's agent dialled out:")
         wait_for("logs through the tunnel", lambda: bool(_logs(kube, pod)), timeout=60)
         print(_logs(kube, pod), flush=True)
+        _services(kube, node)
         _offline_tour(kube, node, pod)
         say("the tunnel server's view (`yurt-tunnel-server status`):")
         print(json.dumps(server.status()["agents"], indent=2), flush=True)
@@ -121,7 +128,9 @@ def _convert(
         raise RuntimeError("no control plane")
     say("packing the image of yurtctl's node Jobs (busybox and yurt-edge's executable) into the node's containerd")
     converterimage.load(kube.node, converterimage.build(cluster.cache_dir() / "images"))
-    say("the operator's part: the tunnel's certificate as a Secret, yurt-manager beside the control plane")
+    say("the operator's part: the tunnel's certificate as a Secret, yurt-manager beside the control plane,")
+    say("and a serving certificate for yurthub's HTTPS door, through which pods reach the API")
+    services.door_certificate(kube)
     values = edgeconvert.prepare(kube, certs, workdir)
     manager = yurtmanager.start(yurtmanager.own_kubeconfig(kube.plane, workdir), workdir, "demo-manager")
     cloud = [f"kwok-{i}" for i in range(kube.settings.kwok_nodes)]
@@ -147,12 +156,35 @@ def _revert(kube: cluster.Cluster, manager: yurtmanager.HostManager) -> None:
     print(kube.kubectl.run("get", "nodes", "-L", "openyurt.io/is-edge-worker"), flush=True)
 
 
+def _services(kube: cluster.Cluster, node: str) -> None:
+    say("kube-proxy (kubeadm's DaemonSet, iptables mode, its kubeconfig at yurthub's door with its own token) and")
+    say("CoreDNS (kubeadm's Deployment, in-cluster config through yurthub's door with its own token)")
+    services.install(kube, node)
+    say(f"a web Service (2 busybox httpd pods) and a client pod on {node} fetching")
+    say(f"http://{webshop.WEB_NAME}/ and the ClusterIP once a second")
+    webshop.deploy(kube, node)
+    _fetches(kube, "online", time.time(), 5)
+
+
+def _fetches(kube: cluster.Cluster, when: str, start: float, count: int) -> None:
+    """Print the client's next `count` rounds from `start` (read from kubelet's log files on the node)."""
+    rounds = webshop.wait_for_rounds(kube, start, count, timeout=180)
+    answered = sum(r.by_name for r in rounds)
+    say(f"{when}: {answered} of {len(rounds)} fetches answered by name, {sum(r.by_ip for r in rounds)} by ClusterIP:")
+    for r in rounds:
+        stamp = time.strftime("%H:%M:%S", time.localtime(r.at))
+        print(f"    {stamp} by name {'ok' if r.by_name else 'FAILED'}, by ClusterIP {'ok' if r.by_ip else 'FAILED'}")
+
+
 def _offline_tour(kube: cluster.Cluster, node: str, pod: dict) -> None:  # type: ignore[type-arg]
     say(f"cutting {node}'s link to the cloud")
     kube.node.cut_link()
     cut = time.monotonic()
+    cut_at = time.time()
     wait_for("NotReady", lambda: not node_ready(kube.kubectl.get("node", node)), timeout=60)
     say(f"the control plane marked {node} NotReady after {time.monotonic() - cut:.0f}s")
+    say("offline, the Service still answers: CoreDNS and kube-proxy read their Services from yurthub's cache")
+    _fetches(kube, "offline", max(cut_at, time.time() - 2), 10)
     say(f"offline: restarting kubelet on {node}; yurthub answers it from the cache")
     kube.node.run(["systemctl", "restart", "kubelet"])
     time.sleep(15)
@@ -165,6 +197,11 @@ def _offline_tour(kube: cluster.Cluster, node: str, pod: dict) -> None:  # type:
     say("restoring the link")
     kube.node.restore_link()
     wait_for("Ready", lambda: node_ready(kube.kubectl.get("node", node)), timeout=60)
+    wait_for(
+        "the web pods back in their Service", lambda: webshop.web_endpoints_ready_in_cloud(kube, node) == 2, timeout=120
+    )
+    wait_for("kube-proxy to send web and kube-dns to their pods", lambda: webshop.served_on_node(kube), timeout=60)
+    _fetches(kube, "after the outage", time.time(), 5)
     after = _pod(kube)
     same = "same" if after["metadata"]["uid"] == pod["metadata"]["uid"] else "a NEW"
     say(f"{node} is Ready again; {same} pod {after['metadata']['name']}; the restarted container's log,")
@@ -179,8 +216,12 @@ def _pod(kube: cluster.Cluster) -> dict:  # type: ignore[type-arg]
 
 
 def _running_on_node(kube: cluster.Cluster) -> bool:
-    tasks = kube.node.run(["ctr", "-n", "k8s.io", "tasks", "ls"], check=False).stdout.splitlines()[1:]
-    return sum(1 for line in tasks if line.split()[-1] == "RUNNING") >= 2  # the pod's sandbox and container
+    """Whether the demo pod's sandbox and container run (the only pod in `default`; the node runs others)."""
+    ctr = ["ctr", "-n", "k8s.io"]
+    mine = kube.node.run([*ctr, "containers", "ls", "-q", 'labels."io.kubernetes.pod.namespace"==default'], check=False)
+    tasks = kube.node.run([*ctr, "tasks", "ls"], check=False).stdout.splitlines()[1:]
+    running = {line.split()[0] for line in tasks if line.split()[-1] == "RUNNING"}
+    return len(running & set(mine.stdout.split())) >= 2
 
 
 def _phase(kube: cluster.Cluster) -> str:

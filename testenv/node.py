@@ -45,6 +45,9 @@ class NodeSettings:
     """kubelet's node Lease duration; it renews every quarter of it."""
     reachable_from_cloud: bool = True
     """False: the cloud cannot open connections to the node (as behind NAT); the node can still dial out."""
+    cluster_dns: str = ""
+    """The cluster DNS Service's address kubelet writes into pods' resolv.conf (kubelet's `clusterDNS`, with
+    `clusterDomain: cluster.local`), as kubeadm configures it; empty: pods get the node's resolv.conf."""
     kubelet_through_yurthub: bool = False
     """True: kubelet talks to yurthub (127.0.0.1:10261) from its first start and has no bootstrap kubeconfig
     of its own, so the node joins only once yurthub is installed and has got a certificate."""
@@ -67,7 +70,7 @@ def _link_or_copy(source: Path, root: Path, path: str) -> None:
 
 
 def _kubelet_config(settings: NodeSettings) -> dict[str, object]:
-    return {
+    config: dict[str, object] = {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
         "authentication": {
@@ -90,6 +93,10 @@ def _kubelet_config(settings: NodeSettings) -> dict[str, object]:
         "imageGCLowThresholdPercent": 99,
         "serializeImagePulls": False,
     }
+    if settings.cluster_dns:
+        config["clusterDNS"] = [settings.cluster_dns]
+        config["clusterDomain"] = "cluster.local"
+    return config
 
 
 def _files(settings: NodeSettings, *, ca_pem: bytes, bootstrap_kubeconfig: str) -> dict[str, str]:
