@@ -141,7 +141,7 @@ class Hub:
         return names
 
     def door_names(self, info: requestinfo.RequestInfo) -> tuple[str, ...]:
-        """A door request's only "filter": JSON for the endpoints a pod (CoreDNS) reads (see `AS_JSON`)."""
+        """What the door adds to a request's filters: JSON for the endpoints a pod (CoreDNS) reads (see `AS_JSON`)."""
         if (
             info.verb in filters.FILTERED_VERBS
             and not info.subresource

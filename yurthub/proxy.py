@@ -101,7 +101,11 @@ async def admit(hub: Hub, request: web.Request, *, door: bool) -> Admitted | web
     except errors.BadRequest as exc:
         hub.metrics.request("", request.method.lower(), "", "refused")
         return replies.error(400, str(exc))
-    names = hub.door_names(info) if door else hub.filter_names(info)  # by the User-Agent, whatever credentials
+    # Filters go by the User-Agent, on both ports and whatever credentials (kube-proxy and CoreDNS reach the
+    # door with their own tokens); a filter only hides or points endpoints at this node, never adds access.
+    names = hub.filter_names(info)
+    if door:
+        names += tuple(n for n in hub.door_names(info) if n not in names)
     credentials = _credentials(auths)
     if door and not (credentials and auths[0].lower().startswith("bearer ")):
         hub.metrics.request("", info.verb, info.resource, "refused")

@@ -299,8 +299,8 @@ def with_token(hub: Hub, path: str, agent: str, token: str) -> dict[str, Any]:
         return doc
 
 
-def test_one_token_read_as_kube_proxy_and_as_another_client_keeps_each_answer_offline(
-    fhub: Hub, cloud: cluster.Cluster, link: relay.Relay
+def test_one_token_read_as_kube_proxy_and_as_another_client_keeps_each_answer_offline_on_both_ports(
+    fhub: Hub, cloud: cluster.Cluster, link: relay.Relay, door_port: int
 ) -> None:
     """Filters go by User-Agent, the cache scope of a request with its own token by that token: one token used
     both ways must not share one cached list, or offline the last fetched answer (unfiltered, here) would be
@@ -324,12 +324,20 @@ def test_one_token_read_as_kube_proxy_and_as_another_client_keeps_each_answer_of
     )
     token = cloud.kubectl.run("create", "token", "proxier", "-n", "default", "--duration=1h").strip()
     check_topology(by_name(with_token(fhub, SLICES, PROXY, token)))
+
+    def door(agent: str) -> dict[str, dict[str, Any]]:
+        code, _, body = through_door(cloud, door_port, SLICES, token, agent=agent)
+        assert code == 200, body[:300]
+        return by_name(json.loads(body))
+
+    check_topology(door(PROXY))  # kube-proxy with its own token on the door: filtered as on the plain port
     unfiltered = by_name(with_token(fhub, SLICES, "kubectl/v1", token))
     assert len(endpoint_nodes(unfiltered["default/on-node-manual"])) == 3
     link.cut()
     try:
         wait_cloud(fhub, reachable=False)
         check_topology(by_name(with_token(fhub, SLICES, PROXY, token)))
+        check_topology(door(PROXY))
         offline = by_name(with_token(fhub, SLICES, "kubectl/v1", token))
         assert len(endpoint_nodes(offline["default/on-node-manual"])) == 3
     finally:
@@ -393,9 +401,14 @@ def team(cloud: cluster.Cluster) -> None:
 
 
 def through_door(
-    cloud: cluster.Cluster, door_port: int, path: str, token: str | None, accept: str = "application/json"
+    cloud: cluster.Cluster,
+    door_port: int,
+    path: str,
+    token: str | None,
+    accept: str = "application/json",
+    agent: str = "app/1.0",
 ) -> tuple[int, str, bytes]:
-    headers = {"Accept": accept, "User-Agent": "app/1.0"}
+    headers = {"Accept": accept, "User-Agent": agent}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(f"https://127.0.0.1:{door_port}{path}", headers=headers)
