@@ -524,3 +524,60 @@ async def test_past_the_pod_limit_the_door_gets_429_while_the_plain_port_is_serv
         await runner.cleanup()
     assert 'yurthub_inflight_refused_total{class="pod"} 1.0' in generate_latest(node.hub.metrics.registry).decode()
     assert node.hub.seats.inflight == {"node": 0, "pod": 0, "other": 0}
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json", b"\x8c\x01garbage"),
+        ("application/merge-patch+json; charset=utf-8", b"  <xml/>"),
+        ("application/strategic-merge-patch+json", b"\x00{}"),
+        (wire.PROTOBUF, b'{"kind":"ConfigMap"}'),
+    ],
+)
+async def test_a_body_that_is_not_what_its_content_type_says_is_refused_before_it_is_read(
+    node: Node, content_type: str, body: bytes
+) -> None:
+    never = asyncio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield body
+        # the rest is held back until the answer came (a bound only so that code that waits for the whole
+        # body forwards it and fails the assertions below instead of hanging)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(never.wait(), 10)
+        yield b"{}"
+
+    url = node.url + "/api/v1/namespaces/default/configmaps"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, data=chunks(), headers={"Content-Type": content_type, **OTHER}) as resp:
+            assert resp.status == 400
+            doc = json.loads(await resp.read())
+            assert (doc["kind"], doc["reason"]) == ("Status", "BadRequest")
+            assert "Content-Type" in doc["message"]
+        never.set()
+    assert node.seen == []
+    assert node.hub.requests_budget.held == 0
+    assert node.hub.seats.inflight["other"] == 0
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json", b' \n{"kind":"ConfigMap"}'),
+        ("application/json-patch+json", b'[{"op":"remove","path":"/a"}]'),
+        (wire.PROTOBUF, wire.MAGIC + b"\x0a\x00"),
+        ("application/apply-patch+yaml", b"\x8cnot checked: YAML is the cloud's to judge"),
+        ("application/json", b"   "),
+    ],
+)
+async def test_a_body_that_may_be_what_its_content_type_says_is_forwarded(
+    node: Node, content_type: str, body: bytes
+) -> None:
+    url = node.url + "/api/v1/namespaces/default/configmaps"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=body, headers={"Content-Type": content_type}) as resp,
+    ):
+        assert resp.status == 404  # the cloud's answer
+    assert node.seen == [body]
