@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
 import string
 from collections.abc import AsyncIterator, Callable
@@ -581,3 +582,34 @@ async def test_a_body_that_may_be_what_its_content_type_says_is_forwarded(
     ):
         assert resp.status == 404  # the cloud's answer
     assert node.seen == [body]
+
+
+@pytest.mark.parametrize("after_a_good_request", [False, True], ids=["first", "kept-alive"])
+@pytest.mark.parametrize("method", [b"FOO", b"G\x01T"])
+async def test_a_request_with_a_method_aiohttp_cannot_parse_gets_a_status_and_one_short_log_line(
+    node: Node, caplog: pytest.LogCaptureFixture, method: bytes, after_a_good_request: bool
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    server._Connection.logged_at = float("-inf")
+    port = int(node.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        if after_a_good_request:
+            writer.write(b"GET /api/v1/namespaces/default/pods/a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 404")
+            length = int(
+                next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")).split(b":")[1]
+            )
+            await reader.readexactly(length)
+        writer.write(method + b" /api/v1/namespaces/default/pods HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await reader.read()  # the connection is closed after the answer
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 405") or head.startswith(b"HTTP/1.0 405")
+    doc = json.loads(body)
+    assert (doc["kind"], doc["reason"], doc["code"]) == ("Status", "MethodNotAllowed", 405)
+    assert [r for r in caplog.records if r.exc_info] == []
+    about = [r for r in caplog.records if "parse" in r.getMessage() or "Error handling" in r.getMessage()]
+    assert len(about) == 1 and "\n" not in about[0].getMessage()
