@@ -83,22 +83,26 @@ async def test_serve_builds_its_tls_contexts_off_the_event_loop(tmp_path: Path) 
     feeder = PipeFeeder(pipe, ca.pair.cert_pem, asyncio.get_running_loop())
     feeder.thread.start()
     stop = asyncio.Event()
-    serving = asyncio.create_task(server.serve(s, stop), name="yurthub")
-    try:
+
+    async def until_serving() -> None:
         async with aiohttp.ClientSession() as session:
             url = f"http://127.0.0.1:{s.listen.serve_port}/v1/healthz"
             for _ in range(int(BOUND_S * 10)):
                 with contextlib.suppress(aiohttp.ClientConnectionError, TimeoutError):
                     async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                        print("healthz", resp.status, flush=True)
                         if resp.status == 200:
-                            break
+                            return
                 await asyncio.sleep(0.1)  # polling a port that has no other way to say it is listening
-            else:
-                raise AssertionError("yurthub did not start serving")
+        raise AssertionError("yurthub did not start serving")
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(server.serve(s, stop), name="yurthub")
+            try:
+                await until_serving()
+            finally:
+                stop.set()
     finally:
-        stop.set()
-        await serving
         feeder.stopping.set()
         feeder.thread.join(BOUND_S)
     assert feeder.loop_free_while_blocked is True
