@@ -29,6 +29,7 @@ from yurthub import (
     fairness,
     filters,
     health,
+    memory,
     metrics,
     outbox,
     requestinfo,
@@ -164,8 +165,11 @@ class Hub:
         Writes run one at a time in the order queued, so a list and the watch events after it apply in
         order. Past `MAX_PENDING_WRITES` queued writes the caller waits for the oldest (backpressure instead
         of unbounded memory). A failure is counted and logged, never raised to the client. `held` (the
-        bytes buffered for this write) is released once the write is done, whatever its outcome.
+        bytes buffered for this write) is released once the write is done, whatever its outcome; after a
+        write of at least `memory.TRIM_AFTER` bytes the writer gives the freed heap back (`memory`).
         """
+        if held is not None and held.size >= memory.TRIM_AFTER:
+            fn = memory.then_give_back(fn)  # a big body leaves freed pages behind: give them back after
         try:
             while len(self.pending) >= MAX_PENDING_WRITES:
                 await asyncio.wait(set(self.pending), return_when=asyncio.FIRST_COMPLETED)

@@ -697,7 +697,7 @@ class SqliteStorage:
         if len(live) == 1:
             db.execute(_UPSERT, self._row(scope, live[0]))
         else:
-            db.executemany(_UPSERT, [self._row(scope, o) for o in live])
+            db.executemany(_UPSERT, (self._row(scope, o) for o in live))  # one row tuple at a time
         cleared = [(scope.component, scope.gvr, o.namespace, o.name) for o in live if (o.namespace, o.name) in tombs]
         if cleared:
             db.executemany("DELETE FROM tombstones WHERE component=? AND gvr=? AND namespace=? AND name=?", cleared)
@@ -790,7 +790,7 @@ class SqliteStorage:
                 db.execute("DELETE FROM members WHERE view=?", (view,))
             db.executemany(
                 "INSERT OR IGNORE INTO members (view, namespace, name) VALUES (?, ?, ?)",
-                [(view, o.namespace, o.name) for o in live],
+                ((view, o.namespace, o.name) for o in live),
             )
             if not old_view:
                 self._evict(db, key, view)  # after the new members are in: what they list stays
