@@ -17,6 +17,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -432,8 +433,16 @@ async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None)
             box.close()
 
 
+SWITCH_INTERVAL_S = 0.001
+"""How long a thread holding the GIL may keep the event loop waiting for it (Python's default is 5 ms). The
+cache writer thread parses lists and watch events in Python; under a flood of cacheable lists the loop
+asked for the GIL many times per request and waited up to 5 ms each time, which showed as tens of
+milliseconds on a kubelet's GET. The loop is the latency-critical thread; the writer can afford the switches."""
+
+
 def run(settings: config.HubSettings) -> int:
     memory.settle()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
     async def main() -> None:
         stop = asyncio.Event()
