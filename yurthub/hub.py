@@ -208,18 +208,24 @@ class Hub:
         self.closing.add(task)
         task.add_done_callback(self.closing.discard)
 
-    def list_changed(self, key: object, body: bytes) -> bool:
+    @staticmethod
+    def digest(body: bytes) -> bytes:
+        """What `list_changed` compares; hashing releases the GIL, so a caller can run it in a thread."""
+        return hashlib.blake2b(body, digest_size=16).digest()
+
+    def list_changed(self, key: object, body: bytes, digest: bytes | None = None) -> bool:
         """False when this exact list was the last one stored for its view: nothing to write again.
 
         At most `max_list_digests` views are remembered; the least recently listed is forgotten first (its
         next list is simply written again). When the storage has removed views since the last call (eviction,
         idle token scopes), every digest is forgotten: which views went is not known here, and a removed view
-        whose list the cloud keeps sending unchanged would otherwise never be stored again."""
+        whose list the cloud keeps sending unchanged would otherwise never be stored again. `digest`, when
+        given, is `digest(body)` computed already (in a thread: a list of megabytes takes milliseconds)."""
         forgotten = self.store.forgotten()
         if forgotten != self._forgotten:
             self._forgotten = forgotten
             self.last_lists.clear()
-        digest = hashlib.blake2b(body, digest_size=16).digest()
+        digest = self.digest(body) if digest is None else digest
         if self.last_lists.get(key) == digest:
             self.last_lists.move_to_end(key)
             return False
