@@ -17,7 +17,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import aiohttp
 from aiohttp import http_exceptions, web, web_protocol
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from yurthub import cache, config, door, errors, health, identity, memory, metrics, outbox, proxy, replies, storage
+from yurthub import cache, config, door, errors, health, identity, metrics, outbox, proxy, replies, storage
 
 log = logging.getLogger(__name__)
 HUB = web.AppKey("hub", proxy.Hub)
@@ -433,17 +432,7 @@ async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None)
             box.close()
 
 
-SWITCH_INTERVAL_S = 0.001
-"""How long a thread holding the GIL may keep the event loop waiting for it (Python's default is 5 ms). The
-cache writer thread parses lists and watch events in Python; under a flood of cacheable lists the loop
-asked for the GIL many times per request and waited up to 5 ms each time, which showed as tens of
-milliseconds on a kubelet's GET. The loop is the latency-critical thread; the writer can afford the switches."""
-
-
 def run(settings: config.HubSettings) -> int:
-    memory.settle()
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
-
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
