@@ -24,7 +24,7 @@ import aiohttp
 from aiohttp import http_exceptions, web, web_protocol
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from yurthub import cache, config, door, errors, health, identity, metrics, outbox, proxy, replies, storage
+from yurthub import cache, config, door, errors, health, identity, memory, metrics, outbox, proxy, replies, storage
 
 log = logging.getLogger(__name__)
 HUB = web.AppKey("hub", proxy.Hub)
@@ -433,6 +433,8 @@ async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None)
 
 
 def run(settings: config.HubSettings) -> int:
+    memory.settle()
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
