@@ -30,6 +30,7 @@ from yurthub import (
     fairness,
     filters,
     health,
+    memory,
     metrics,
     outbox,
     requestinfo,
@@ -202,8 +203,11 @@ class Hub:
         Writes run one at a time in the order queued, so a list and the watch events after it apply in
         order. Past `MAX_PENDING_WRITES` queued writes the caller waits for the oldest (backpressure instead
         of unbounded memory). A failure is counted and logged, never raised to the client. `held` (the
-        bytes buffered for this write) is released once the write is done, whatever its outcome.
+        bytes buffered for this write) is released once the write is done, whatever its outcome; after a
+        write of at least `memory.TRIM_AFTER` bytes the writer gives the freed heap back (`memory`).
         """
+        if held is not None and held.size >= memory.TRIM_AFTER:
+            fn = memory.then_give_back(fn)  # a big body leaves freed pages behind: give them back after
         try:
             while len(self.pending) >= MAX_PENDING_WRITES:
                 await asyncio.wait(set(self.pending), return_when=asyncio.FIRST_COMPLETED)
@@ -242,18 +246,24 @@ class Hub:
         self.closing.add(task)
         task.add_done_callback(self.closing.discard)
 
-    def list_changed(self, key: object, body: bytes) -> bool:
+    @staticmethod
+    def digest(body: bytes) -> bytes:
+        """What `list_changed` compares; hashing releases the GIL, so a caller can run it in a thread."""
+        return hashlib.blake2b(body, digest_size=16).digest()
+
+    def list_changed(self, key: object, body: bytes, digest: bytes | None = None) -> bool:
         """False when this exact list was the last one stored for its view: nothing to write again.
 
         At most `max_list_digests` views are remembered; the least recently listed is forgotten first (its
         next list is simply written again). When the storage has removed views since the last call (eviction,
         idle token scopes), every digest is forgotten: which views went is not known here, and a removed view
-        whose list the cloud keeps sending unchanged would otherwise never be stored again."""
+        whose list the cloud keeps sending unchanged would otherwise never be stored again. `digest`, when
+        given, is `digest(body)` computed already (in a thread: a list of megabytes takes milliseconds)."""
         forgotten = self.store.forgotten()
         if forgotten != self._forgotten:
             self._forgotten = forgotten
             self.last_lists.clear()
-        digest = hashlib.blake2b(body, digest_size=16).digest()
+        digest = self.digest(body) if digest is None else digest
         if self.last_lists.get(key) == digest:
             self.last_lists.move_to_end(key)
             return False

@@ -3,6 +3,7 @@
 handle(request)
   ├── admit: refuse over-long headers (431), two Authorization headers or a path no client sends (400), a
   │          door request without a token (401), a filtered request that does not take JSON (406), a body
+  │          whose first bytes are not what its Content-Type says (400, before the rest is read), a body
   │          too big (413) or one the node-wide memory budget has no room for (429 with Retry-After), or a
   │          non-watch request past its class's limit in flight (429 with Retry-After, `fairness`: the
   │          node's own components are never limited, pods and other local clients are)
@@ -144,7 +145,10 @@ async def admit(hub: Hub, request: web.Request, *, door: bool) -> Admitted | web
 async def _read_body(
     hub: Hub, request: web.Request, info: requestinfo.RequestInfo, limit: int, held: budget.Hold
 ) -> bytes | web.Response:
-    """The request body, each chunk counted in `held` as it arrives, or the 413 or 429 that refuses it.
+    """The request body, each chunk counted in `held` as it arrives, or the 400, 413 or 429 that refuses it.
+
+    A body whose first bytes are not what its Content-Type says (`wire.body_refusal`) is refused as soon as
+    they arrive, before the rest is read or anything is forwarded: kube-apiserver would refuse it too.
 
     A declared length is checked against the budget before anything is read, so a flood of big bodies is
     refused without reading them."""
@@ -153,13 +157,19 @@ async def _read_body(
             return _overloaded(hub, info)
         held.release()  # counted again below, as the bytes arrive
     body = bytearray()
+    content_type = request.headers.get("Content-Type", "")
     if request.can_read_body:
         while chunk := await request.content.read(READ_CHUNK):
             if len(body) + len(chunk) > limit:
                 return replies.error(413, f"request body exceeds {limit} bytes")
             if not held.grow(len(chunk)):
                 return _overloaded(hub, info)
+            checked = len(body) < wire.BODY_HEAD
             body += chunk
+            refusal = wire.body_refusal(content_type, bytes(body[: wire.BODY_HEAD])) if checked else None
+            if refusal is not None:
+                hub.metrics.request(info.component, info.verb, info.resource, "refused")
+                return replies.error(400, f"{refusal}: send a body of the type the Content-Type header names")
     return bytes(body)
 
 

@@ -126,15 +126,21 @@ async def _write(response: web.StreamResponse, data: bytes, info: requestinfo.Re
     return True
 
 
-async def _relay(
-    hub: Hub, request: web.Request, info: requestinfo.RequestInfo, upstream: aiohttp.ClientResponse, request_body: bytes
-) -> web.StreamResponse:
+def _mirror(upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    """A response with the upstream's status and end-to-end headers, its length included."""
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     for key, value in upstream.headers.items():
         if key.lower() not in HOP_BY_HOP:
             response.headers.add(key, value)
     if upstream.content_length is not None:
         response.content_length = upstream.content_length
+    return response
+
+
+async def _relay(
+    hub: Hub, request: web.Request, info: requestinfo.RequestInfo, upstream: aiohttp.ClientResponse, request_body: bytes
+) -> web.StreamResponse:
+    response = _mirror(upstream)
     encoding = wire.encoding_of(upstream.headers.get("Content-Type", ""))
     token = cache.is_token_request(info) and bool(info.component) and info.component in hub.agents
     tee = encoding is not None and upstream.status in (200, 201) and (cache.cacheable(info, hub.agents) or token)
@@ -174,6 +180,8 @@ async def _relay(
                 kept = bytearray()
                 held.release()
         complete = True
+        with contextlib.suppress(ConnectionResetError):
+            await response.write_eof()  # the client has its whole answer; what follows is the cache's business
         if tee and splitter is None and encoding is not None:
             await _keep(
                 hub,
@@ -218,7 +226,8 @@ async def _keep(
     if token:
         await hub.record(info.path, cache.record_token, hub.store, info, encoding, request_body, kept, held=handed)
     elif info.verb == "list":
-        if hub.list_changed(cache.view_key(info, encoding), kept):
+        digest = await asyncio.to_thread(hub.digest, kept)  # hashing megabytes: off the event loop
+        if hub.list_changed(cache.view_key(info, encoding), kept, digest):
             await hub.record(info.path, cache.record_list, hub.store, info, encoding, kept, held=handed)
         else:
             handed.release()
@@ -274,8 +283,10 @@ async def _relay_filtered(
         return replies.error(
             404, f"{info.resource} {info.namespace}/{info.name} is not shown to {info.component}", "NotFound"
         )
-    if tee and info.verb == "list" and hub.list_changed(cache.view_key(info, wire.Encoding.JSON), out):
-        await hub.record(info.path, cache.record_list, hub.store, info, wire.Encoding.JSON, out)
+    if tee and info.verb == "list":
+        digest = await asyncio.to_thread(hub.digest, out)
+        if hub.list_changed(cache.view_key(info, wire.Encoding.JSON), out, digest):
+            await hub.record(info.path, cache.record_list, hub.store, info, wire.Encoding.JSON, out)
     elif tee and info.verb == "get":
         await hub.record(info.path, cache.record_object, hub.store, info, wire.Encoding.JSON, out)
     return await replies.send(request, web.Response(status=200, body=out, headers=headers))

@@ -21,10 +21,24 @@ import time
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
+from aiohttp import http_exceptions, web, web_protocol
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from yurthub import cache, config, door, errors, health, identity, metrics, outbox, proxy, statuses, storage
+from yurthub import (
+    cache,
+    config,
+    door,
+    errors,
+    health,
+    identity,
+    memory,
+    metrics,
+    outbox,
+    proxy,
+    replies,
+    statuses,
+    storage,
+)
 
 log = logging.getLogger(__name__)
 HUB = web.AppKey("hub", proxy.Hub)
@@ -242,6 +256,67 @@ def _serve_app(hub: proxy.Hub, usage_cache: list[list[storage.Usage]], ids: iden
     return app
 
 
+ALLOW = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+"""The methods aiohttp's parser takes (kube-apiserver serves no other)."""
+REFUSAL_LOG_S = 10.0
+"""At most one log line per this many seconds about requests aiohttp's parser refused (a flood of them is
+counted in the next line, not logged one by one)."""
+
+
+class _Connection(web_protocol.RequestHandler):
+    """aiohttp's per-connection protocol, answering a request its HTTP parser refused (an unknown or invalid
+    method, a malformed request line or header) with a Kubernetes `Status` and at most one short log line,
+    instead of aiohttp's plain-text answer and a traceback per request (`ERROR` from the second request
+    of a kept-alive connection on)."""
+
+    refused = 0
+    logged_at = float("-inf")
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if not isinstance(exc, http_exceptions.HttpProcessingError) or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        cls = type(self)
+        cls.refused += 1
+        now = time.monotonic()
+        if now - cls.logged_at >= REFUSAL_LOG_S:
+            log.info(
+                "refused requests yurthub cannot parse count=%d peer=%s error=%s",
+                cls.refused,
+                request.remote,
+                type(exc).__name__,
+            )
+            cls.refused, cls.logged_at = 0, now
+        if isinstance(exc, http_exceptions.BadHttpMethod):
+            answer = replies.error(
+                405, f"yurthub serves the HTTP methods {ALLOW} only", "MethodNotAllowed", {"Allow": ALLOW}
+            )
+        else:
+            code = exc.code if 400 <= exc.code < 500 else 400
+            answer = replies.error(code, f"yurthub cannot parse this HTTP request ({type(exc).__name__})")
+        answer.force_close()
+        return answer
+
+
+class _Server(web.Server):
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _Connection(self, loop=asyncio.get_running_loop(), **self._kwargs)
+
+
+class Runner(web.AppRunner):
+    """An `AppRunner` whose connections answer what aiohttp's parser refuses as `_Connection` does."""
+
+    async def _make_server(self) -> web.Server:
+        made = await super()._make_server()
+        made.__class__ = _Server  # the same server, each connection made by `_Server.__call__`
+        return made
+
+
 ANY_PATH = r"/{tail:[\s\S]*}"
 """Every path, a decoded newline (`%0a`) included: aiohttp routes on the decoded path and `.` stops at a
 newline, which would leave such a request to aiohttp's plain-text 404 instead of yurthub's 400 `Status`."""
@@ -256,7 +331,7 @@ def _proxy_runner(hub: proxy.Hub) -> web.AppRunner:
     app = web.Application(client_max_size=hub.settings.limits.max_request_body)
     app[HUB] = hub
     app.router.add_route("*", ANY_PATH, handler)
-    return web.AppRunner(app, access_log=None, max_line_size=PARSER_LIMIT, max_field_size=PARSER_LIMIT)
+    return Runner(app, access_log=None, max_line_size=PARSER_LIMIT, max_field_size=PARSER_LIMIT)
 
 
 def _door_runner(hub: proxy.Hub) -> web.AppRunner:
@@ -268,7 +343,7 @@ def _door_runner(hub: proxy.Hub) -> web.AppRunner:
     app = web.Application(client_max_size=hub.settings.limits.max_door_request_body)
     app[HUB] = hub
     app.router.add_route("*", ANY_PATH, door_handler)
-    return web.AppRunner(app, access_log=None, max_line_size=PARSER_LIMIT, max_field_size=PARSER_LIMIT)
+    return Runner(app, access_log=None, max_line_size=PARSER_LIMIT, max_field_size=PARSER_LIMIT)
 
 
 def notify_systemd(message: str) -> None:
@@ -300,24 +375,36 @@ async def _listen(settings: config.HubSettings, runners: list[web.AppRunner]) ->
     )
 
 
+def _client_contexts(ids: identity.Identity, settings: config.HubSettings) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """The node's client TLS context and the one for requests with their own token. Blocking (reads the
+    CA, certificate and key files): in a thread."""
+    return ids.node_tls(), ssl.create_default_context(cafile=settings.identity.ca_file)
+
+
+def _open_disk(settings: config.HubSettings) -> tuple[storage.SqliteStorage, outbox.Outbox, bool]:
+    """The cache (integrity-checked), the outbox, and whether the cache holds anything. Blocking: in a thread."""
+    store = storage.SqliteStorage(
+        Path(settings.cache.disk_cache_path), max_views_per_scope=settings.limits.max_views_per_scope
+    )
+    box = outbox.Outbox(Path(settings.outbox.path), settings.outbox.capacity)
+    return store, box, bool(store.usage())
+
+
 async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None) -> None:
+    """Run yurthub until `stop` is set. Nothing blocking runs on the event loop, at start either: files,
+    TLS contexts and the cache's integrity check are read and built in threads."""
     stop = stop or asyncio.Event()
     stats = metrics.Metrics(settings.cache.cache_agents)
-    ids = identity.Identity(settings, stats)
+    ids = await asyncio.to_thread(identity.Identity, settings, stats)
     if ids.client.summary is None:
         log.info("no client certificate yet node=%s: asking for one with the bootstrap token", settings.node_name)
         await ids.obtain_client(stop)
         if stop.is_set():
             return
-    node_tls = ids.node_tls()
-    token_tls = ssl.create_default_context(cafile=settings.identity.ca_file)
-    store = storage.SqliteStorage(
-        Path(settings.cache.disk_cache_path), max_views_per_scope=settings.limits.max_views_per_scope
-    )
-    box = outbox.Outbox(Path(settings.outbox.path), settings.outbox.capacity)
+    node_tls, token_tls = await asyncio.to_thread(_client_contexts, ids, settings)
+    store, box, cached = await asyncio.to_thread(_open_disk, settings)
     usage_cache: list[list[storage.Usage]] = [[]]
     stats.watch_cache(lambda: usage_cache[0])
-    cached = bool(store.usage())
     servers = health.Servers(settings.cloud, start_healthy=not cached)
     for server in settings.cloud.servers:
         stats.cloud_healthy.labels(server).set(0 if cached else 1)
@@ -328,8 +415,8 @@ async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None)
         hub = proxy.Hub(settings, servers, store, box, stats, node_session, token_session)
         hub.outbox_depth = await hub.in_writer(len, box)
 
-        runners = [_proxy_runner(hub), web.AppRunner(_serve_app(hub, usage_cache, ids), access_log=None)]
-        door_cert = door.ServingCert(settings.door) if settings.door.enabled else None
+        runners = [_proxy_runner(hub), Runner(_serve_app(hub, usage_cache, ids), access_log=None)]
+        door_cert = await asyncio.to_thread(door.ServingCert, settings.door) if settings.door.enabled else None
         if door_cert is not None:
             runners.append(_door_runner(hub))
         try:
@@ -367,6 +454,8 @@ async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None)
 
 
 def run(settings: config.HubSettings) -> int:
+    memory.settle()
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

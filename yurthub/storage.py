@@ -20,10 +20,17 @@ Contract, for both implementations (`SqliteStorage` on disk, `MemoryStorage` bes
   newer than the list and that the list lacks (gone by the list's snapshot, a deletion the view missed).
   resourceVersions that do not compare as numbers keep the plain replacement.
 - `apply_events` applies a batch of watch events in order, in one transaction; DELETED follows the same
-  rule as a relist (tombstone when the view is exhaustive).
+  rule as a relist (tombstone when the view is exhaustive). Events may come out of order across streams
+  (two watches of one view, one started from an older resourceVersion): an event older than its view's
+  resourceVersion is already reflected in the view and changes no membership; ADDED/MODIFIED makes an
+  object a member only when it is now the held copy (not buried, not older than the copy held); DELETED
+  from an exhaustive view leaves the object and its memberships alone when a copy newer than the
+  deletion is held (it was made again).
 - An object's resourceVersion never goes backwards: an older write is ignored, and so is a write no newer
   than the tombstone of that object (a GET answer that was in flight while the object was deleted).
-  A newer write (put, list item, ADDED/MODIFIED) clears the tombstone.
+  A newer write (put, list item, ADDED/MODIFIED) clears the tombstone. A tombstone keeps the newest
+  resourceVersion known for the object (`tombstone_rv`): a 404, which carries none, buries every write no
+  newer than the copy it deleted, and an older deletion never moves a tombstone back.
 - `delete_object` is the cloud answering 404 to a GET: the object goes in every encoding and is tombstoned,
   if the component holds anything of that resource type at all.
 - Bounded: at most `max_views_per_scope` views per scope (least recently read or written goes first, with
@@ -47,7 +54,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from yurthub import errors, wire
 
@@ -187,6 +194,18 @@ def buried(rv: str, tombstone_rv: str | None) -> bool:
     return n is not None and t is not None and n <= t
 
 
+def tombstone_rv(rv: str, known: Iterable[str | None]) -> str:
+    """The resourceVersion a tombstone keeps: the newest of the deletion's and those `known` of the object
+    (its copies, an earlier tombstone). A 404 carries none, and a deletion from an older stream may be older
+    than one already recorded; either way what is known to be gone stays gone for every write no newer."""
+    numbers = [r for r in (rv, *known) if r is not None and rv_number(r) is not None]
+    return max(numbers, key=lambda r: rv_number(r) or 0) if numbers else rv
+
+
+Written = Literal["buried", "older", "current"]
+"""What became of one object written to a scope: refused by its tombstone, kept out by a newer copy already
+held, or now the held copy (a copy of the same resourceVersion included)."""
+
 Ident = tuple[str, str]
 """(namespace, name) of an object."""
 
@@ -246,18 +265,19 @@ class MemoryStorage:
     def forgotten(self) -> int:
         return self._forgotten
 
-    def _put(self, scope: Scope, obj: wire.Obj) -> bool:
-        """Store `obj` unless it is older than what is held or than its tombstone; False when buried."""
+    def _put(self, scope: Scope, obj: wire.Obj) -> Written:
+        """Store `obj` unless it is older than what is held or than its tombstone."""
         tombs = self._tombstones.get((scope.component, scope.gvr), {})
         ident = (obj.namespace, obj.name)
         if buried(obj.resource_version, tombs.get(ident)):
-            return False
+            return "buried"
         tombs.pop(ident, None)
         objects = self._objects.setdefault(scope, {})
         old = objects.get(ident)
-        if newer_or_same(obj.resource_version, old.resource_version if old else None):
-            objects[ident] = obj
-        return True
+        if not newer_or_same(obj.resource_version, old.resource_version if old else None):
+            return "older"
+        objects[ident] = obj
+        return "current"
 
     def _scope_views(self, scope: Scope) -> list[_MemView]:
         return [v for k, v in self._views.items() if k.scope == scope]
@@ -274,7 +294,7 @@ class MemoryStorage:
             if k.scope.component == component and k.scope.gvr == gvr:
                 v.members.discard(ident)
         tombs = self._tombstones.setdefault((component, gvr), {})
-        tombs.pop(ident, None)
+        rv = tombstone_rv(rv, [tombs.pop(ident, None), *(c.resource_version for c in copies)])
         tombs[ident] = rv
         while len(tombs) > self._max_tombstones:
             del tombs[next(iter(tombs))]
@@ -292,7 +312,7 @@ class MemoryStorage:
         if old is not None and not newer_or_same(listing.resource_version, old.rv):
             self._merge_older(key, old, listing)
             return
-        live = {(o.namespace, o.name) for o in listing.items if self._put(key.scope, o)}
+        live = {(o.namespace, o.name) for o in listing.items if self._put(key.scope, o) != "buried"}
         self._views[key] = _MemView(
             listing.api_version,
             listing.kind,
@@ -345,27 +365,30 @@ class MemoryStorage:
             obj = event.obj
             if obj is None:
                 continue
-            if view is not None and newer_or_same(obj.resource_version, view.rv):
+            behind = view is not None and not newer_or_same(obj.resource_version, view.rv)
+            if view is not None and not behind:
                 view.rv = obj.resource_version
             if event.type in ("ADDED", "MODIFIED"):
-                if self._put(key.scope, obj) and view is not None:
+                if self._put(key.scope, obj) == "current" and view is not None and not behind:
                     view.members.add((obj.namespace, obj.name))
             elif event.type == "DELETED":
-                self._delete(key, obj)
+                self._delete(key, obj, behind=behind)
         if view is not None:
             view.used = self._clock()
         self._wrote(key.scope.component)
 
-    def _delete(self, key: ViewKey, obj: wire.Obj) -> None:
+    def _delete(self, key: ViewKey, obj: wire.Obj, *, behind: bool) -> None:
         ident = (obj.namespace, obj.name)
-        view = self._views.get(key)
-        if view is not None:
-            view.members.discard(ident)
-        # From an exhaustive view, DELETED means gone from the cloud; with a selector, maybe "no longer matches".
+        # From an exhaustive view, DELETED means gone from the cloud (`_gone` takes the object out of every
+        # view unless a copy newer than the deletion says it was made again); with a selector, maybe "no
+        # longer matches", which a deletion older than the view no longer tells.
         if key.exhaustive:
             self._gone(key.scope.component, key.scope.gvr, ident, obj.resource_version)
-        else:
-            self._drop(key.scope, ident, obj.resource_version)
+            return
+        view = self._views.get(key)
+        if view is not None and not behind:
+            view.members.discard(ident)
+        self._drop(key.scope, ident, obj.resource_version)
 
     def put_object(self, scope: Scope, obj: wire.Obj) -> None:
         self._put(scope, obj)
@@ -686,7 +709,7 @@ class SqliteStorage:
         if len(live) == 1:
             db.execute(_UPSERT, self._row(scope, live[0]))
         else:
-            db.executemany(_UPSERT, [self._row(scope, o) for o in live])
+            db.executemany(_UPSERT, (self._row(scope, o) for o in live))  # one row tuple at a time
         cleared = [(scope.component, scope.gvr, o.namespace, o.name) for o in live if (o.namespace, o.name) in tombs]
         if cleared:
             db.executemany("DELETE FROM tombstones WHERE component=? AND gvr=? AND namespace=? AND name=?", cleared)
@@ -705,6 +728,11 @@ class SqliteStorage:
             f"DELETE FROM members WHERE namespace=? AND name=? AND view IN ({_KIND_VIEWS})",  # noqa: S608 - fixed SQL, values bound
             (ns, name, component, gvr),
         )
+        earlier = db.execute(
+            "SELECT rv FROM tombstones WHERE component=? AND gvr=? AND namespace=? AND name=?",
+            (component, gvr, ns, name),
+        ).fetchone()
+        rv = tombstone_rv(rv, [str(old) for (old,) in copies] + ([str(earlier[0])] if earlier else []))
         db.execute(
             "INSERT OR REPLACE INTO tombstones (component, gvr, namespace, name, rv) VALUES (?, ?, ?, ?, ?)",
             (component, gvr, ns, name, rv),
@@ -774,7 +802,7 @@ class SqliteStorage:
                 db.execute("DELETE FROM members WHERE view=?", (view,))
             db.executemany(
                 "INSERT OR IGNORE INTO members (view, namespace, name) VALUES (?, ?, ?)",
-                [(view, o.namespace, o.name) for o in live],
+                ((view, o.namespace, o.name) for o in live),
             )
             if not old_view:
                 self._evict(db, key, view)  # after the new members are in: what they list stays
@@ -833,39 +861,63 @@ class SqliteStorage:
             for ns, name in members:
                 self._drop(db, s, (ns, name), None)
 
+    def _put_one(self, db: sqlite3.Connection, scope: Scope, obj: wire.Obj) -> Written:
+        """`_put_rows` for one object (a watch event), saying whether it is now the held copy."""
+        ident = (obj.namespace, obj.name)
+        tomb, held = db.execute(
+            "SELECT (SELECT rv FROM tombstones WHERE component=?1 AND gvr=?3 AND namespace=?4 AND name=?5), "
+            "(SELECT rv FROM objects WHERE component=?1 AND encoding=?2 AND gvr=?3 AND namespace=?4 AND name=?5)",
+            (scope.component, scope.encoding.value, scope.gvr, *ident),
+        ).fetchone()
+        if buried(obj.resource_version, tomb):
+            return "buried"
+        if tomb is not None:
+            db.execute(
+                "DELETE FROM tombstones WHERE component=? AND gvr=? AND namespace=? AND name=?",
+                (scope.component, scope.gvr, *ident),
+            )
+        if not newer_or_same(obj.resource_version, held):
+            return "older"
+        db.execute(_UPSERT, self._row(scope, obj))
+        return "current"
+
     def apply_events(self, key: ViewKey, events: Sequence[wire.Event]) -> None:
         s = key.scope
         with self._tx() as db:
             view = self._view_id(db, key)
-            trim = False
+            view_rv = db.execute("SELECT rv FROM views WHERE id=?", (view,)).fetchone()[0] if view else None
+            moved = trim = False
             for event in events:
                 obj = event.obj
                 if obj is None:
                     continue
-                if view is not None and obj.resource_version:
-                    current = db.execute("SELECT rv FROM views WHERE id=?", (view,)).fetchone()[0]
-                    if newer_or_same(obj.resource_version, current):
-                        db.execute("UPDATE views SET rv=? WHERE id=?", (obj.resource_version, view))
+                behind = view_rv is not None and not newer_or_same(obj.resource_version, view_rv)
+                if view is not None and obj.resource_version and not behind:
+                    view_rv, moved = obj.resource_version, True
                 if event.type in ("ADDED", "MODIFIED"):
-                    if self._put_rows(db, s, [obj]) and view is not None:
+                    if self._put_one(db, s, obj) == "current" and view is not None and not behind:
                         db.execute(
                             "INSERT OR IGNORE INTO members (view, namespace, name) VALUES (?, ?, ?)",
                             (view, obj.namespace, obj.name),
                         )
                 elif event.type == "DELETED":
                     ident = (obj.namespace, obj.name)
-                    if view is not None:
-                        db.execute("DELETE FROM members WHERE view=? AND namespace=? AND name=?", (view, *ident))
-                    # From an exhaustive view, DELETED means gone from the cloud; else maybe "no longer matches".
+                    # As in `MemoryStorage._delete`: from an exhaustive view, gone from the cloud unless a
+                    # newer copy says made again; from a selecting one, maybe "no longer matches".
                     if key.exhaustive:
                         self._gone(db, s.component, s.gvr, ident, obj.resource_version)
                         trim = True
                     else:
+                        if view is not None and not behind:
+                            db.execute("DELETE FROM members WHERE view=? AND namespace=? AND name=?", (view, *ident))
                         self._drop(db, s, ident, obj.resource_version)
             if trim:
                 self._trim(db, s.component, s.gvr)
             if view is not None:
-                db.execute("UPDATE views SET used=? WHERE id=?", (self._clock(), view))
+                if moved:
+                    db.execute("UPDATE views SET rv=?, used=? WHERE id=?", (view_rv, self._clock(), view))
+                else:
+                    db.execute("UPDATE views SET used=? WHERE id=?", (self._clock(), view))
             self._wrote(db, s.component)
 
     def put_object(self, scope: Scope, obj: wire.Obj) -> None:

@@ -551,3 +551,66 @@ def test_touch_counts_as_use_and_survives_a_restart(tmp_path: Path) -> None:
     assert reopened.counts().components == 1
     assert reopened.drop_idle("token/", clock.now - 50) == 0
     reopened.close()
+
+
+# --- events out of order (two streams of one view, a GET answer stored late) -----------------------------
+
+
+@pytest.mark.parametrize("key", [ALL, SELECTED], ids=["full", "selecting"])
+def test_a_deletion_older_than_what_the_view_holds_keeps_the_member(
+    store: storage.Storage, key: storage.ViewKey
+) -> None:
+    listed(store, key, "10", fx.obj(ENC, "a", "5"))
+    store.apply_events(key, [wire.Event("MODIFIED", fx.obj(ENC, "a", "20", "made again"))])
+    store.apply_events(key, [wire.Event("DELETED", fx.obj(ENC, "a", "15"))])  # from a stream behind the view
+    assert names(store, key) == ["a"]
+    assert store.get_object(SCOPE, "ns", "a") == fx.obj(ENC, "a", "20", "made again").body
+    assert not store.is_deleted("kubelet", SCOPE.gvr, "ns", "a")
+
+
+def test_a_deletion_older_than_the_stored_copy_keeps_the_member_of_a_full_view(store: storage.Storage) -> None:
+    listed(store, ALL, "10", fx.obj(ENC, "a", "5"))
+    store.put_object(SCOPE, fx.obj(ENC, "a", "20", "made again"))  # a GET answer: a exists at 20
+    store.apply_events(ALL, [wire.Event("DELETED", fx.obj(ENC, "a", "15"))])
+    assert names(store, ALL) == ["a"]  # what a GET answers, the list shows too
+    assert store.get_object(SCOPE, "ns", "a") == fx.obj(ENC, "a", "20", "made again").body
+
+
+def test_an_old_event_does_not_put_back_a_member_that_left_a_selecting_view(store: storage.Storage) -> None:
+    listed(store, ALL, "10", fx.obj(ENC, "a", "5"))
+    listed(store, SELECTED, "10", fx.obj(ENC, "a", "5"))
+    store.apply_events(SELECTED, [wire.Event("DELETED", fx.obj(ENC, "a", "12"))])  # no longer matches app=x
+    store.apply_events(ALL, [wire.Event("MODIFIED", fx.obj(ENC, "a", "12"))])
+    store.apply_events(SELECTED, [wire.Event("ADDED", fx.obj(ENC, "a", "8"))])  # from a stream behind the view
+    assert names(store, SELECTED) == []
+    assert names(store, ALL) == ["a"]
+
+
+def test_an_old_event_does_not_put_back_a_member_whose_stored_copy_is_newer(store: storage.Storage) -> None:
+    listed(store, ALL, "10", fx.obj(ENC, "a", "5"))
+    listed(store, SELECTED, "3")
+    store.apply_events(ALL, [wire.Event("MODIFIED", fx.obj(ENC, "a", "12", "relabelled"))])
+    store.apply_events(SELECTED, [wire.Event("ADDED", fx.obj(ENC, "a", "8"))])  # matched app=x at 8, not at 12
+    assert names(store, SELECTED) == []
+    assert store.get_object(SCOPE, "ns", "a") == fx.obj(ENC, "a", "12", "relabelled").body
+
+
+def test_an_old_event_cannot_resurrect_what_a_404_deleted(store: storage.Storage) -> None:
+    listed(store, ALL, "10", fx.obj(ENC, "a", "5"))
+    store.delete_object("kubelet", SCOPE.gvr, "ns", "a")  # a GET answered 404: gone after 5
+    store.apply_events(ALL, [wire.Event("ADDED", fx.obj(ENC, "a", "5"))])  # a watch from before, stored late
+    assert store.get_object(SCOPE, "ns", "a") is None
+    assert store.is_deleted("kubelet", SCOPE.gvr, "ns", "a")
+    assert names(store, ALL) == []
+    store.apply_events(ALL, [wire.Event("ADDED", fx.obj(ENC, "a", "30"))])  # made again
+    assert names(store, ALL) == ["a"]
+
+
+def test_an_old_deletion_does_not_move_a_tombstone_back(store: storage.Storage) -> None:
+    listed(store, ALL, "10", fx.obj(ENC, "a", "5"))
+    store.apply_events(ALL, [wire.Event("DELETED", fx.obj(ENC, "a", "20"))])
+    store.apply_events(ALL, [wire.Event("DELETED", fx.obj(ENC, "a", "12"))])  # an older stream's deletion
+    store.apply_events(ALL, [wire.Event("ADDED", fx.obj(ENC, "a", "15"))])  # between the two: still gone at 20
+    assert store.get_object(SCOPE, "ns", "a") is None
+    assert store.is_deleted("kubelet", SCOPE.gvr, "ns", "a")
+    assert names(store, ALL) == []

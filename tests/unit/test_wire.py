@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 
 import pytest
 from hypothesis import given
@@ -67,3 +68,53 @@ def test_truncated_list_is_refused(encoding: wire.Encoding) -> None:
     body = fx.listing(encoding, "9", fx.obj(encoding, "a", "5", "x" * 100))
     with pytest.raises(errors.WireFormatError):
         wire.parse_list(encoding, body[: len(body) // 2])
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet=st.characters(codec="utf-8")),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(values=st.lists(_JSON_VALUES, max_size=5), ensure_ascii=st.booleans())
+def test_json_list_items_are_split_exactly_whatever_their_strings_hold(
+    values: list[object], ensure_ascii: bool
+) -> None:
+    """Item spans come from patterns that skip strings (quotes, backslashes, brackets inside them)."""
+    items = [
+        {"kind": "ConfigMap", "metadata": {"name": f"n{i}", "resourceVersion": "5"}, "data": v}
+        for i, v in enumerate(values)
+    ]
+    raw = [json.dumps(item, ensure_ascii=ensure_ascii).encode() for item in items]
+    body = (
+        b'{"kind":"ConfigMapList","apiVersion":"v1","metadata":{"resourceVersion":"9"},"items":['
+        + b" , ".join(raw)
+        + b"]}"
+    )
+    listing = wire.parse_list(wire.Encoding.JSON, body)
+    assert [json.loads(o.body) for o in listing.items] == items
+    assert [o.name for o in listing.items] == [f"n{i}" for i in range(len(values))]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "head", "refused"),
+    [
+        ("application/json", b"", False),
+        ("application/json", b" \r\n\t", False),
+        ("application/json", b'  {"a":1}', False),
+        ("application/json", b"null", False),
+        ("Application/JSON; charset=utf-8", b"\xef\xbb\xbf{}", True),
+        ("application/json-patch+json", b"[]", False),
+        ("application/merge-patch+json", b"<", True),
+        (wire.PROTOBUF, b"k8s", False),
+        (wire.PROTOBUF, b"k8s\x00\x0a", False),
+        (wire.PROTOBUF, b"{}{}", True),
+        ("application/yaml", b"\x00\x01", False),
+        ("", b"\x00\x01", False),
+    ],
+)
+def test_body_refusal_says_no_only_to_what_cannot_be_its_content_type(
+    content_type: str, head: bytes, refused: bool
+) -> None:
+    assert (wire.body_refusal(content_type, head) is not None) is refused

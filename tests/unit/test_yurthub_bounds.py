@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
 import string
 from collections.abc import AsyncIterator, Callable
@@ -526,3 +527,91 @@ async def test_past_the_pod_limit_the_door_gets_429_while_the_plain_port_is_serv
         await runner.cleanup()
     assert 'yurthub_inflight_refused_total{class="pod"} 1.0' in generate_latest(node.hub.metrics.registry).decode()
     assert node.hub.seats.inflight == {"node": 0, "pod": 0, "other": 0}
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json", b"\x8c\x01garbage"),
+        ("application/merge-patch+json; charset=utf-8", b"  <xml/>"),
+        ("application/strategic-merge-patch+json", b"\x00{}"),
+        (wire.PROTOBUF, b'{"kind":"ConfigMap"}'),
+    ],
+)
+async def test_a_body_that_is_not_what_its_content_type_says_is_refused_before_it_is_read(
+    node: Node, content_type: str, body: bytes
+) -> None:
+    never = asyncio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield body
+        # the rest is held back until the answer came (a bound only so that code that waits for the whole
+        # body forwards it and fails the assertions below instead of hanging)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(never.wait(), 10)
+        yield b"{}"
+
+    url = node.url + "/api/v1/namespaces/default/configmaps"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, data=chunks(), headers={"Content-Type": content_type, **OTHER}) as resp:
+            assert resp.status == 400
+            doc = json.loads(await resp.read())
+            assert (doc["kind"], doc["reason"]) == ("Status", "BadRequest")
+            assert "Content-Type" in doc["message"]
+        never.set()
+    assert node.seen == []
+    assert node.hub.requests_budget.held == 0
+    assert node.hub.seats.inflight["other"] == 0
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json", b' \n{"kind":"ConfigMap"}'),
+        ("application/json-patch+json", b'[{"op":"remove","path":"/a"}]'),
+        (wire.PROTOBUF, wire.MAGIC + b"\x0a\x00"),
+        ("application/apply-patch+yaml", b"\x8cnot checked: YAML is the cloud's to judge"),
+        ("application/json", b"   "),
+    ],
+)
+async def test_a_body_that_may_be_what_its_content_type_says_is_forwarded(
+    node: Node, content_type: str, body: bytes
+) -> None:
+    url = node.url + "/api/v1/namespaces/default/configmaps"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=body, headers={"Content-Type": content_type}) as resp,
+    ):
+        assert resp.status == 404  # the cloud's answer
+    assert node.seen == [body]
+
+
+@pytest.mark.parametrize("after_a_good_request", [False, True], ids=["first", "kept-alive"])
+@pytest.mark.parametrize("method", [b"FOO", b"G\x01T"])
+async def test_a_request_with_a_method_aiohttp_cannot_parse_gets_a_status_and_one_short_log_line(
+    node: Node, caplog: pytest.LogCaptureFixture, method: bytes, after_a_good_request: bool
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    server._Connection.logged_at = float("-inf")
+    port = int(node.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        if after_a_good_request:
+            writer.write(b"GET /api/v1/namespaces/default/pods/a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 404")
+            length = int(
+                next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")).split(b":")[1]
+            )
+            await reader.readexactly(length)
+        writer.write(method + b" /api/v1/namespaces/default/pods HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await reader.read()  # the connection is closed after the answer
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 405") or head.startswith(b"HTTP/1.0 405")
+    doc = json.loads(body)
+    assert (doc["kind"], doc["reason"], doc["code"]) == ("Status", "MethodNotAllowed", 405)
+    assert [r for r in caplog.records if r.exc_info] == []
+    about = [r for r in caplog.records if "parse" in r.getMessage() or "Error handling" in r.getMessage()]
+    assert len(about) == 1 and "\n" not in about[0].getMessage()
