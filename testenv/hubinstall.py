@@ -142,8 +142,11 @@ def wait_until_serving(node: Node) -> None:
 
 def kubelet_requests_forwarded(node: Node) -> float:
     """How many of kubelet's requests yurthub on `node` forwarded to the cloud (from its metrics; read with
-    socat, which every test node has, since a node may have no python3)."""
+    socat, which every test node has, since a node may have no python3). `shut-none`: socat must not half-close
+    the connection when its input ends, or aiohttp drops the request unanswered."""
     request = "GET /metrics HTTP/1.0\\r\\nHost: 127.0.0.1\\r\\n\\r\\n"
-    page = node.run(["sh", "-c", f"printf '{request}' | socat -t 10 - TCP:127.0.0.1:10267"]).stdout
+    page = node.run(["sh", "-c", f"printf '{request}' | socat -t 10 - TCP:127.0.0.1:10267,shut-none"]).stdout
+    if "yurthub_requests_total" not in page:
+        raise RuntimeError(f"yurthub's metrics page on the node did not arrive: {page[:200]!r}")
     pattern = r'^yurthub_requests_total\{component="kubelet",[^}]*outcome="forwarded"[^}]*\} (\S+)'
     return sum(float(m) for m in re.findall(pattern, page, re.M))

@@ -3,8 +3,9 @@ listable resource (minus what only says time has passed), and every file of the 
 from its base image (the node root's overlay upper layer and its state directory), by content hash.
 
 Left out, because they change by themselves while a cluster runs: Events; resourceVersion and other
-bookkeeping (managedFields, generation and observedGeneration, timestamps) and node heartbeats; kubelet's
-own runtime state on the node (containerd's store, pod directories, logs, the journal).
+bookkeeping (managedFields, generation and observedGeneration, timestamps), node heartbeats and pods' status
+(kubelet's report of its containers: a reboot restarts them); kubelet's own runtime state on the node
+(containerd's store, pod directories, logs, the journal) and systemd's per-boot private directories.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ _VOLATILE_PATHS = (
     "root",
     "etc/machine-id",
     "var/lib/dbus",
+    "var/tmp/systemd-private-",  # systemd's PrivateTmp directories, named anew at every boot
 )
 
 
@@ -77,6 +79,8 @@ def api_objects(kubectl: Kubectl) -> dict[str, Any]:
             if obj.get("kind") == "Node":
                 obj.get("status", {}).pop("conditions", None)
                 obj.get("status", {}).pop("images", None)
+            if obj.get("kind") == "Pod":
+                obj.pop("status", None)  # kubelet's report of the containers (a reboot restarts them), not config
             out[f"{resource}/{meta.get('namespace', '')}/{meta.get('name', '')}"] = _scrub(obj)
     return out
 
@@ -116,6 +120,22 @@ def diff(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     lines += [f"only after: {k}" for k in sorted(after.keys() - before.keys())]
     for key in sorted(before.keys() & after.keys()):
         if before[key] != after[key]:
-            was, now = (json.dumps(v, sort_keys=True)[:400] for v in (before[key], after[key]))
-            lines.append(f"changed: {key}: {was} -> {now}")
+            for where, was, now in _changes(before[key], after[key], ""):
+                was_s, now_s = (json.dumps(v, sort_keys=True)[:300] for v in (was, now))
+                lines.append(f"changed: {key}{where}: {was_s} -> {now_s}")
     return lines
+
+
+def _changes(was: Any, now: Any, where: str) -> list[tuple[str, Any, Any]]:
+    """Where two values differ, as paths (`.spec.tolerations[2]`), so a diff names the field, not a prefix."""
+    if isinstance(was, dict) and isinstance(now, dict):
+        out: list[tuple[str, Any, Any]] = []
+        for k in sorted(was.keys() | now.keys()):
+            if was.get(k) != now.get(k):
+                out += _changes(was.get(k), now.get(k), f"{where}.{k}")
+        return out
+    if isinstance(was, list) and isinstance(now, list) and len(was) == len(now):
+        return [
+            c for i, (a, b) in enumerate(zip(was, now, strict=True)) if a != b for c in _changes(a, b, f"{where}[{i}]")
+        ]
+    return [(where, was, now)]

@@ -865,9 +865,9 @@ class SqliteStorage:
         """`_put_rows` for one object (a watch event), saying whether it is now the held copy."""
         ident = (obj.namespace, obj.name)
         tomb, held = db.execute(
-            "SELECT (SELECT rv FROM tombstones WHERE component=?1 AND gvr=?3 AND namespace=?4 AND name=?5), "
-            "(SELECT rv FROM objects WHERE component=?1 AND encoding=?2 AND gvr=?3 AND namespace=?4 AND name=?5)",
-            (scope.component, scope.encoding.value, scope.gvr, *ident),
+            "SELECT (SELECT rv FROM tombstones WHERE component=:c AND gvr=:g AND namespace=:ns AND name=:n), "
+            "(SELECT rv FROM objects WHERE component=:c AND encoding=:e AND gvr=:g AND namespace=:ns AND name=:n)",
+            {"c": scope.component, "e": scope.encoding.value, "g": scope.gvr, "ns": ident[0], "n": ident[1]},
         ).fetchone()
         if buried(obj.resource_version, tomb):
             return "buried"
