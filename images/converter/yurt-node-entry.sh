@@ -25,22 +25,24 @@ if [ ! -f "$target/pyvenv.cfg" ]; then
     if [ ! -e "$target" ]; then
         touch "/host$state/created-install"
     fi
-    if [ "$action" = convert ] || [ ! -x "$target/bin/yurtctl" ]; then
+    # The build stamp says which sources a bundle was built from (the bootloader is the same for every build).
+    stamp=lib/yurt-edge/_internal/yurt-edge-build.json
+    if [ -x "$target/bin/yurtctl" ] && cmp -s "$target/$stamp" "$bundle/$stamp"; then
+        : # this very build is installed already: nothing to copy, the services keep running it
+    elif [ "$action" = convert ] || [ ! -x "$target/bin/yurtctl" ]; then
         # A complete copy beside the old one, then two renames: the services keep the files they opened.
         rm -rf "$target.new" "$target.old"
         mkdir -p "$target.new"
         cp -a "$bundle/." "$target.new/"
-        changed=yes
+        replaced=no
         if [ -e "$target" ]; then
-            if cmp -s "$target/lib/yurt-edge/yurt-edge" "$target.new/lib/yurt-edge/yurt-edge"; then
-                changed=no
-            fi
             mv "$target" "$target.old"
+            replaced=yes
         fi
         mv "$target.new" "$target"
         rm -rf "$target.old"
-        # A running service of an older build would read its modules from the new files: restart it.
-        if [ "$changed" = yes ]; then
+        # A running service of the older build would read its modules from the new files: restart it.
+        if [ "$replaced" = yes ]; then
             nsenter -t 1 -m -u -i -n -p -- systemctl try-restart yurthub.service yurt-tunnel-agent.service || true
         fi
     fi

@@ -17,8 +17,10 @@ ENTRY = cluster.REPO / "images" / "converter" / "yurt-node-entry.sh"
 RECORDER = '#!/bin/sh\necho "$*" >> /calls\n'
 
 
-def bundle(directory: Path, content: str) -> None:
-    (directory / "lib" / "yurt-edge").mkdir(parents=True)
+def bundle(directory: Path, content: str, stamp: str | None = None) -> None:
+    """A bundle whose bootloader holds `content` and whose build stamp says `stamp` (by default the same)."""
+    (directory / "lib" / "yurt-edge" / "_internal").mkdir(parents=True)
+    (directory / "lib" / "yurt-edge" / "_internal" / "yurt-edge-build.json").write_text(stamp or content)
     (directory / "lib" / "yurt-edge" / "yurt-edge").write_text(content)
     (directory / "lib" / "yurt-edge" / "yurt-edge").chmod(0o755)
     (directory / "bin").mkdir()
@@ -77,14 +79,22 @@ def test_convert_installs_the_executable_and_marks_it_ours(root: Path) -> None:
 
 def test_the_same_build_again_restarts_nothing_and_a_new_one_restarts_the_services(root: Path) -> None:
     assert entry(root, "convert", "--node-name=n1")[0] == 0
+    installed = (root / "host" / "opt" / "yurt-edge" / "lib" / "yurt-edge" / "yurt-edge").stat().st_ino
     rc, calls, err = entry(root, "convert", "--node-name=n1")
     assert (rc, calls) == (0, [NODE_STEP.format("convert")]), err
+    # not even copied again: a running service keeps running the files that are installed
+    assert (root / "host" / "opt" / "yurt-edge" / "lib" / "yurt-edge" / "yurt-edge").stat().st_ino == installed
     shutil.rmtree(root / "opt" / "yurt-edge-node")
     bundle(root / "opt" / "yurt-edge-node", "build 2")
     rc, calls, err = entry(root, "convert", "--node-name=n1")
     assert (rc, calls) == (0, [RESTART, NODE_STEP.format("convert")]), err
     assert (root / "host" / "opt" / "yurt-edge" / "bin" / "yurthub").read_text() == "build 2"
     assert sorted(p.name for p in (root / "host" / "opt").iterdir()) == ["yurt-edge"]
+    # new sources, the same bootloader (PyInstaller's does not change with them): a new build all the same
+    shutil.rmtree(root / "opt" / "yurt-edge-node")
+    bundle(root / "opt" / "yurt-edge-node", "build 2", stamp="build 3")
+    rc, calls, err = entry(root, "convert", "--node-name=n1")
+    assert (rc, calls) == (0, [RESTART, NODE_STEP.format("convert")]), err
 
 
 def test_an_operators_virtualenv_is_used_as_it_is(root: Path) -> None:
