@@ -34,17 +34,13 @@ if [ ! -f "$target/pyvenv.cfg" ]; then
         rm -rf "$target.new" "$target.old"
         mkdir -p "$target.new"
         cp -a "$bundle/." "$target.new/"
-        replaced=no
         if [ -e "$target" ]; then
             mv "$target" "$target.old"
-            replaced=yes
         fi
         mv "$target.new" "$target"
         rm -rf "$target.old"
-        # A running service of the older build would read its modules from the new files: restart it.
-        if [ "$replaced" = yes ]; then
-            nsenter -t 1 -m -u -i -n -p -- systemctl try-restart yurthub.service yurt-tunnel-agent.service || true
-        fi
+        # A running service of another build would read its modules from the new files: restart it.
+        nsenter -t 1 -m -u -i -n -p -- systemctl try-restart yurthub.service yurt-tunnel-agent.service || true
     fi
 fi
 # With the tunnel, the Job mounts the tunnel server's CA here; the node step installs it for the agent.
