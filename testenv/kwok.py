@@ -85,20 +85,56 @@ spec:
 """
 
 
-def start(bins: Path, kubeconfig: Path, directory: Path, group: cgroups.Group) -> process.Process:
-    stages = directory / "kwok-stages.yaml"
+POD_DELETE_STAGE = """\
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: pod-delete
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: Exists
+  next:
+    finalizers:
+      empty: true
+    delete: true
+"""
+"""The stage that removes a deleted pod of a kwok node, for controllers that also play their nodes' pods."""
+
+
+def start(
+    bins: Path,
+    kubeconfig: Path,
+    directory: Path,
+    group: cgroups.Group,
+    *,
+    name: str = "kwok",
+    value: str = "fake",
+    subnet: str = "10.216",
+    pod_stages: str = "",
+    extra: tuple[str, ...] = (),
+) -> process.Process:
+    """A kwok controller for the nodes annotated `ANNOTATION=value`, its node IPs and pod CIDR in `subnet`/16;
+    `pod_stages` (after the node stages) make it play those nodes' pods too."""
+    stages = directory / f"{name}-stages.yaml"
     stages.parent.mkdir(parents=True, exist_ok=True)
-    stages.write_text(STAGES)
+    stages.write_text(STAGES + pod_stages)
     return process.Process(
-        "kwok",
+        name,
         [
             str(bins / "kwok"),
             f"--kubeconfig={kubeconfig}",
             f"--config={stages}",
-            f"--manage-nodes-with-annotation-selector={ANNOTATION}=fake",
+            f"--manage-nodes-with-annotation-selector={ANNOTATION}={value}",
             "--node-lease-duration-seconds=40",
-            "--cidr=10.216.0.0/16",
-            "--node-ip=10.216.255.254",
+            f"--cidr={subnet}.0.0/16",
+            f"--node-ip={subnet}.255.254",
+            *extra,
         ],
         group=group,
         log_dir=directory / "logs",

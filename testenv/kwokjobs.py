@@ -88,44 +88,20 @@ spec:
             finishedAt: {{ $now | Quote }}
       {{ end }}
       phase: Succeeded
----
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: pod-delete
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Pod
-  selector:
-    matchExpressions:
-    - key: '.metadata.deletionTimestamp'
-      operator: Exists
-  next:
-    finalizers:
-      empty: true
-    delete: true
 """
 
 
 def start(bins: Path, kubeconfig: Path, directory: Path, group: cgroups.Group) -> process.Process:
-    stages = directory / "kwok-jobs-stages.yaml"
-    stages.parent.mkdir(parents=True, exist_ok=True)
-    stages.write_text(kwok.STAGES + POD_STAGES)
-    return process.Process(
-        "kwok-jobs",
-        [
-            str(bins / "kwok"),
-            f"--kubeconfig={kubeconfig}",
-            f"--config={stages}",
-            f"--manage-nodes-with-annotation-selector={kwok.ANNOTATION}={VALUE}",
-            "--node-lease-duration-seconds=40",
-            "--cidr=10.217.0.0/16",
-            "--node-ip=10.217.255.254",
-            "--server-address=",
-        ],
-        group=group,
-        log_dir=directory / "logs",
+    return kwok.start(
+        bins,
+        kubeconfig,
+        directory,
+        group,
+        name="kwok-jobs",
+        value=VALUE,
+        subnet="10.217",
+        pod_stages=POD_STAGES + kwok.POD_DELETE_STAGE,
+        extra=("--server-address=",),
     )
 
 
