@@ -15,9 +15,12 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from testenv.kubectl import Kubectl
+
+if TYPE_CHECKING:
+    from testenv.cluster import Cluster
 
 _SKIP_RESOURCES = {"events", "events.events.k8s.io", "componentstatuses", "bindings", "tokenreviews"}
 _DROP_META = ("resourceVersion", "managedFields", "generation", "creationTimestamp", "selfLink")
@@ -139,3 +142,18 @@ def _changes(was: Any, now: Any, where: str) -> list[tuple[str, Any, Any]]:
             c for i, (a, b) in enumerate(zip(was, now, strict=True)) if a != b for c in _changes(a, b, f"{where}[{i}]")
         ]
     return [(where, was, now)]
+
+
+Snapshot = tuple[dict[str, Any], dict[str, str]]
+"""A cluster's API objects and its real node's files (`api_objects`, `node_files`)."""
+
+
+def of_cluster(kube: Cluster) -> Snapshot:
+    node = kube.node
+    return api_objects(kube.kubectl), node_files(node.rootfs, node.directory / "upper", node.directory / "state")
+
+
+def since(kube: Cluster, before: Snapshot) -> list[str]:
+    """What differs between `before` and the cluster now (empty when nothing does)."""
+    after = of_cluster(kube)
+    return diff(before[0], after[0]) + diff(before[1], after[1])

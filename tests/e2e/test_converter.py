@@ -94,18 +94,6 @@ class Env:
     manager: yurtmanager.HostManager | None = None
 
 
-def snap(kube: cluster.Cluster) -> tuple[dict[str, Any], dict[str, str]]:
-    node = kube.node
-    return snapshot.api_objects(kube.kubectl), snapshot.node_files(
-        node.rootfs, node.directory / "upper", node.directory / "state"
-    )
-
-
-def differences(kube: cluster.Cluster, before: tuple[dict[str, Any], dict[str, str]]) -> list[str]:
-    after = snap(kube)
-    return snapshot.diff(before[0], after[0]) + snapshot.diff(before[1], after[1])
-
-
 def pod(name: str, node: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -147,7 +135,7 @@ def env(kube: cluster.Cluster, tunnel_prep: TunnelPrep, tmp_path_factory: pytest
     wait_for("a workload on the edge node", lambda: phase(kube, "stock-app") == "Running", timeout=120)
     common = edgeconvert.common_args(converterimage.IMAGE)
     convert = edgeconvert.convert_args(kube, server, values, converterimage.IMAGE, CLOUD, HUB_ARGS)
-    e = Env(kube, config, directory, snap(kube), server, convert, common)
+    e = Env(kube, config, directory, snapshot.of_cluster(kube), server, convert, common)
     yield e
     if e.manager is not None:
         e.manager.stop()
@@ -177,7 +165,7 @@ def test_dry_run_prints_the_whole_plan_and_changes_nothing(env: Env) -> None:
         "nothing was changed",
     ):
         assert expected in out, out
-    left = differences(env.kube, env.before)
+    left = snapshot.since(env.kube, env.before)
     assert not left, "the dry run changed:\n" + "\n".join(left)
 
 
@@ -397,7 +385,7 @@ def test_revert_leaves_the_cluster_and_the_node_as_convert_found_them(env: Env) 
         kube.node.run(["systemctl", "is-active", "yurt-tunnel-agent.service"], check=False).stdout.strip() != "active"
     )
     with contextlib.suppress(TimeoutError):  # garbage collection settles a little later; the assert shows what differs
-        wait_for("the cluster to settle as it was", lambda: differences(kube, env.before) == [], timeout=90)
-    left = differences(kube, env.before)
+        wait_for("the cluster to settle as it was", lambda: snapshot.since(kube, env.before) == [], timeout=90)
+    left = snapshot.since(kube, env.before)
     assert not left, "revert left differences:\n" + "\n".join(left)
     assert node_ready(kube.kubectl.get("node", EDGE))

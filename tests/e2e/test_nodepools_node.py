@@ -51,18 +51,6 @@ class Env:
     manager: yurtmanager.HostManager | None = None
 
 
-def snap(kube: cluster.Cluster) -> tuple[dict[str, Any], dict[str, str]]:
-    node = kube.node
-    return snapshot.api_objects(kube.kubectl), snapshot.node_files(
-        node.rootfs, node.directory / "upper", node.directory / "state"
-    )
-
-
-def differences(kube: cluster.Cluster, before: tuple[dict[str, Any], dict[str, str]]) -> list[str]:
-    after = snap(kube)
-    return snapshot.diff(before[0], after[0]) + snapshot.diff(before[1], after[1])
-
-
 @pytest.fixture(scope="module")
 def env(kube: cluster.Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     assert kube.plane is not None
@@ -86,7 +74,7 @@ def env(kube: cluster.Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "--manager-replicas=0",
             *common,
         ]
-        e = Env(kube, directory, snap(kube), convert, common, config, simulated)
+        e = Env(kube, directory, snapshot.of_cluster(kube), convert, common, config, simulated)
         yield e
         if e.manager is not None:
             e.manager.stop()
@@ -377,8 +365,8 @@ def test_revert_leaves_the_cluster_and_the_node_as_convert_found_them(env: Env) 
     assert re.search(rf"^\s+{EDGE}\s+reverted", result.stdout, re.M), result.stdout
     assert kube.kubectl.run("get", "crd", "-o", "name").count(nodepool.GROUP) == 0
     with contextlib.suppress(TimeoutError):  # garbage collection settles a little later; the assert shows what differs
-        wait_for("the cluster to settle as it was", lambda: differences(kube, env.before) == [], timeout=90)
-    left = differences(kube, env.before)
+        wait_for("the cluster to settle as it was", lambda: snapshot.since(kube, env.before) == [], timeout=90)
+    left = snapshot.since(kube, env.before)
     assert not left, "revert left differences:\n" + "\n".join(left)
     assert ready(kube, EDGE)
     assert names.EDGE_WORKER_LABEL not in kube.kubectl.get("node", EDGE)["metadata"]["labels"]
