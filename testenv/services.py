@@ -305,6 +305,19 @@ def endpoints_in_rules(kube: Cluster, service_port: str) -> int:
     return sum(1 for line in rules.splitlines() if line.startswith("-A KUBE-SVC-") and marker in line)
 
 
+def addresses_in_rules(kube: Cluster, service_port: str) -> set[str]:
+    """The endpoint addresses (without port) kube-proxy's iptables rules on the node send `namespace/name:port`
+    to, read from the comments kube-proxy writes on its Service chains (`"ns/name:port -> IP:PORT"`)."""
+    rules = kube.node.run(["iptables-save", "-t", "nat"], check=False).stdout
+    marker = f'"{service_port} -> '
+    found = set()
+    for line in rules.splitlines():
+        if line.startswith("-A KUBE-SVC-") and marker in line:
+            target = line.split(marker, 1)[1].split('"', 1)[0]
+            found.add(target.rsplit(":", 1)[0])
+    return found
+
+
 def ready_replicas(kube: Cluster, namespace: str, deployment: str) -> int:
     status = kube.kubectl.get("deployment", deployment, "-n", namespace).get("status", {})
     return int(status.get("readyReplicas", 0))

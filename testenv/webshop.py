@@ -17,7 +17,9 @@ Each fetch is cut off by busybox's `timeout`, not wget's own `-T`: Debian's busy
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import itertools
+import json
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -25,7 +27,7 @@ from typing import Any
 from testenv import images
 from testenv.cluster import Cluster
 from testenv.kubectl import wait_for
-from testenv.services import endpoints_in_rules, has_rules_for, ready_replicas
+from testenv.services import DOOR_IP, DOOR_PORT, endpoints_in_rules, has_rules_for, ready_replicas
 
 NS = "shop"
 WEB_NAME = f"web.{NS}.svc.cluster.local"
@@ -206,3 +208,64 @@ def deploy(kube: Cluster, node: str) -> str:
     started = time.time()
     wait_for("the client's first round", lambda: len(rounds_since(kube, started)) > 0, timeout=120)
     return web_ip
+
+
+# --- what the cloud and the node hold ------------------------------------------------------------------
+
+
+def cloud_web_pods(kube: Cluster) -> dict[str, dict[str, Any]]:
+    """The web pods as the cloud holds them, by name."""
+    pods = kube.kubectl.get("pods", "-n", NS, "-l", "app=web")["items"]
+    return {str(p["metadata"]["name"]): p for p in pods}
+
+
+def pod_ips(pod: dict[str, Any]) -> set[str]:
+    return {str(e["ip"]) for e in (pod.get("status") or {}).get("podIPs") or [] if e.get("ip")}
+
+
+def ready_since(pod: dict[str, Any]) -> float | None:
+    """When the pod's Ready condition last became True (epoch seconds), None while it is not True."""
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready" and c.get("status") == "True" and c.get("lastTransitionTime"):
+            stamp = str(c["lastTransitionTime"]).replace("Z", "+00:00")
+            return datetime.datetime.fromisoformat(stamp).timestamp()
+    return None
+
+
+_GET = """
+import sys, ssl, urllib.request as u
+url, agent = sys.argv[1], sys.argv[2]
+headers = {"User-Agent": agent, "Accept": "application/json"}
+context = None
+if len(sys.argv) > 3:
+    root = sys.argv[3]
+    headers["Authorization"] = "Bearer " + open(root + "/token").read().strip()
+    context = ssl.create_default_context(cafile=root + "/ca.crt")
+with u.urlopen(u.Request(url, headers=headers), timeout=5, context=context) as r:
+    print(r.read().decode())
+"""
+
+
+def _node_get(kube: Cluster, argv: list[str]) -> dict[str, Any] | None:
+    out = kube.node.run(["python3", "-c", _GET, *argv], check=False)
+    if out.returncode != 0:
+        return None
+    doc: dict[str, Any] = json.loads(out.stdout)
+    return doc
+
+
+def kubelet_view(kube: Cluster, path: str) -> dict[str, Any] | None:
+    """What yurthub's plain port answers kubelet for GET `path` (from its cache while the cloud is away),
+    None when it does not answer 200."""
+    return _node_get(kube, [f"http://127.0.0.1:10261{path}", "kubelet/v1 (linux/amd64)"])
+
+
+def door_view(kube: Cluster, path: str, process: str) -> dict[str, Any] | None:
+    """What yurthub's HTTPS door answers `process` (kube-proxy, coredns) for GET `path`, with that process's
+    own service-account token and CA (read from its root on the node), None when it does not answer 200."""
+    pids = kube.node.run(["pgrep", "-x", process], check=False).stdout.split()
+    if not pids:
+        return None
+    root = f"/proc/{pids[0]}/root/var/run/secrets/kubernetes.io/serviceaccount"
+    door = f"https://{DOOR_IP}:{DOOR_PORT}{path}"
+    return _node_get(kube, [door, f"{process}/v1 (linux/amd64)", root])
