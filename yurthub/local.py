@@ -1,7 +1,10 @@
 """Offline: answer a request from the cache while no cloud server is healthy.
 
 GET and LIST come from the cache in the client's encoding; a WATCH is held open until the cloud returns,
-silent but for MODIFIED events of objects the node rewrote offline (JSON watches only, see `statuses`);
+silent but for MODIFIED events of objects the node rewrote offline (JSON watches only, see `statuses`), and
+then until the pods' statuses queued offline reached the cloud (at most `STATUS_FLUSH_WAIT_S`): a client
+that relisted earlier would get the cloud's EndpointSlices, still naming this node's pods' old addresses,
+and undo the node's offline rewrite (kube-proxy sending the Service to addresses that no longer exist);
 kubelet's Lease renewals and node status are answered here, and its pod status patches applied to the
 cache and queued (`statuses`); Events go to the outbox; everything else is a 503 `Status` that says why.
 An answer read whole from the cache counts against the node-wide `requests` memory budget until it is sent
@@ -14,6 +17,8 @@ import asyncio
 import contextlib
 import dataclasses
 import random
+import sqlite3
+import weakref
 
 from aiohttp import web
 
@@ -21,6 +26,12 @@ from yurthub import cache, errors, outbox, replies, requestinfo, statuses, wire
 from yurthub.hub import AS_JSON, Admitted, HeldWatch, Hub
 
 DEFAULT_WATCH_TIMEOUT_S = 1800
+STATUS_FLUSH_WAIT_S = 20.0
+"""How long held watches outlive the cloud's return while the outbox still holds pods' statuses."""
+STATUS_FLUSH_POLL_S = 0.2
+_flushes: weakref.WeakKeyDictionary[asyncio.Event, asyncio.Future[None]] = weakref.WeakKeyDictionary()
+"""One wait for the statuses per return of the cloud (`hub.cloud_back` is a new Event each time), shared by
+every held watch."""
 
 
 async def serve(hub: Hub, request: web.Request, admitted: Admitted) -> web.StreamResponse:
@@ -130,6 +141,8 @@ async def _hold_watch(hub: Hub, request: web.Request, info: requestinfo.RequestI
             async with asyncio.timeout(timeout):
                 while not await _next_event(back, held, response):
                     pass
+                if back.is_set():
+                    await asyncio.shield(_statuses_flushed(hub, back))
                 # Spread reconnects over a few seconds so every client does not hit the cloud at once.
                 await asyncio.sleep(random.uniform(0, 2))  # noqa: S311 - jitter, not security
     finally:
@@ -138,6 +151,28 @@ async def _hold_watch(hub: Hub, request: web.Request, info: requestinfo.RequestI
     with contextlib.suppress(ConnectionResetError):
         await response.write_eof()
     return response
+
+
+def _statuses_flushed(hub: Hub, back: asyncio.Event) -> asyncio.Future[None]:
+    """The shared wait, after the return `back` marks, for the outbox to hold no pod status (or the cloud to
+    go again, or `STATUS_FLUSH_WAIT_S`)."""
+    flush = _flushes.get(back)
+    if flush is None:
+        flush = asyncio.ensure_future(_wait_for_statuses(hub))
+        _flushes[back] = flush
+    return flush
+
+
+async def _wait_for_statuses(hub: Hub) -> None:
+    with contextlib.suppress(asyncio.TimeoutError):
+        async with asyncio.timeout(STATUS_FLUSH_WAIT_S):
+            while hub.servers.is_healthy:
+                try:
+                    if not await hub.in_writer(hub.outbox.statuses):
+                        return
+                except (OSError, sqlite3.Error):
+                    return  # the outbox cannot be read: nothing to wait for
+                await asyncio.sleep(STATUS_FLUSH_POLL_S)
 
 
 async def _next_event(back: asyncio.Event, held: HeldWatch | None, response: web.StreamResponse) -> bool:
