@@ -27,10 +27,12 @@ from typing import Any
 from testenv import images
 from testenv.cluster import Cluster
 from testenv.kubectl import wait_for
-from testenv.services import DOOR_IP, DOOR_PORT, endpoints_in_rules, has_rules_for, ready_replicas
+from testenv.services import DOOR_ARGS, DOOR_IP, DOOR_PORT, endpoints_in_rules, has_rules_for, ready_replicas
 
 NS = "shop"
 WEB_NAME = f"web.{NS}.svc.cluster.local"
+HUB_ARGS = "--heartbeat-interval-seconds=2 --heartbeat-timeout-seconds=2 --heartbeat-failed-retry=1 " + DOOR_ARGS
+"""yurthub's flags for the shop's node: its HTTPS door open, and the cloud's loss seen within seconds."""
 
 
 def web_objects(node: str) -> list[dict[str, Any]]:
@@ -175,6 +177,15 @@ def largest_gap(rounds: list[Round], start: float, end: float) -> float:
     return max(b - a for a, b in itertools.pairwise(marks))
 
 
+def answering_since(rounds: list[Round], streak: int = 5) -> float | None:
+    """When the client's current run of answered rounds began, if it is at least `streak` rounds long (the
+    round after the last failed one, or the first round when none failed); None otherwise."""
+    if len(rounds) < streak or not all(r.ok for r in rounds[-streak:]):
+        return None
+    failed = [i for i, r in enumerate(rounds) if not r.ok]
+    return float(rounds[failed[-1] + 1].at if failed else rounds[0].at)
+
+
 def wait_for_rounds(kube: Cluster, start: float, count: int, timeout: float = 120) -> list[Round]:
     """Wait until the client has logged `count` rounds that started at or after `start`; return them."""
     wait_for(f"{count} rounds of the client", lambda: len(rounds_since(kube, start)) >= count, timeout=timeout)
@@ -252,6 +263,18 @@ def _node_get(kube: Cluster, argv: list[str]) -> dict[str, Any] | None:
         return None
     doc: dict[str, Any] = json.loads(out.stdout)
     return doc
+
+
+def web_back(kube: Cluster, names: list[str], after: float, old_ips: set[str]) -> dict[str, dict[str, Any]] | None:
+    """The web pods `names` as yurthub answers kubelet (from its cache while the node is cut off), once every
+    one is ready again since `after` with addresses none of which is in `old_ips`; None until then."""
+    pods = {}
+    for name in names:
+        pod = kubelet_view(kube, f"/api/v1/namespaces/{NS}/pods/{name}")
+        if pod is None or not pod_ips(pod) or pod_ips(pod) & old_ips or (ready_since(pod) or 0.0) <= after:
+            return None
+        pods[name] = pod
+    return pods
 
 
 def kubelet_view(kube: Cluster, path: str) -> dict[str, Any] | None:

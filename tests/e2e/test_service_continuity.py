@@ -36,9 +36,7 @@ NS = webshop.NS
 OUTAGE_S = 120
 """How long the link stays cut: past the cloud's node grace (12 s here) and CoreDNS's record TTL and cache
 (30 s), long enough that watches held open by yurthub and lists from its cache carry the node."""
-HUB_ARGS = (
-    "--heartbeat-interval-seconds=2 --heartbeat-timeout-seconds=2 --heartbeat-failed-retry=1 " + services.DOOR_ARGS
-)
+HUB_ARGS = webshop.HUB_ARGS
 ROUND_GAP_S = 15
 """Longest gap allowed between two rounds of the client: a round is two fetches cut off after 3 s each and a
 1 s pause, so a longer gap means the client itself stalled."""
@@ -283,33 +281,22 @@ def test_offline_reboot_the_service_answers_by_name_within_30s_of_the_web_pods_r
     assert kube.node.link_is_up() is False
     hubinstall.wait_until_serving(kube.node)
 
-    def back_with_new_addresses() -> bool:
-        pods = cached_web_pods(kube, sorted(before))
-        return len(pods) == 2 and all(
-            webshop.pod_ips(p) and not webshop.pod_ips(p) & outage.old_ips and (webshop.ready_since(p) or 0) > rebooted
-            for p in pods.values()
-        )
-
     wait_for(
         "both web pods ready again with new addresses (as kubelet reported them offline)",
-        back_with_new_addresses,
+        lambda: webshop.web_back(kube, sorted(before), rebooted, outage.old_ips) is not None,
         timeout=240,
     )
-    pods = cached_web_pods(kube, sorted(before))
+    pods = webshop.web_back(kube, sorted(before), rebooted, outage.old_ips)
+    assert pods is not None
     outage.new_ips = set().union(*(webshop.pod_ips(p) for p in pods.values()))
     assert len(outage.new_ips) == 2 and not outage.new_ips & outage.old_ips, (outage.old_ips, outage.new_ips)
     ready_at = max(webshop.ready_since(p) or 0.0 for p in pods.values())
-
-    def answering_since() -> float | None:
-        """The start of the run of answered rounds the client is in now (at least 5 of them), or None."""
-        rounds = rounds_since(kube, rebooted)
-        if len(rounds) < 5 or not all(r.ok for r in rounds[-5:]):
-            return None
-        failed = [i for i, r in enumerate(rounds) if not r.ok]
-        return float(rounds[failed[-1] + 1].at if failed else rounds[0].at)
-
-    wait_for("the client to answer by name and ClusterIP again", lambda: answering_since() is not None, timeout=180)
-    since = answering_since()
+    wait_for(
+        "the client to answer by name and ClusterIP again",
+        lambda: webshop.answering_since(rounds_since(kube, rebooted)) is not None,
+        timeout=180,
+    )
+    since = webshop.answering_since(rounds_since(kube, rebooted))
     assert since is not None
     assert kube.node.link_is_up() is False, "the Service must answer again while the node is still cut off"
     assert services.addresses_in_rules(kube, f"{NS}/web:http") == outage.new_ips

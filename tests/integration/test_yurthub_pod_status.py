@@ -6,7 +6,8 @@ Then the link is cut and kubelet patches a new pod IP (the strategic merge patch
 after an offline reboot): yurthub answers 200 with the pod, serves the new IP on offline GETs, and the
 slice it serves kube-proxy points at the new IP. When the link is restored the status reaches the cloud
 (the cloud's pod shows the new IP, and so does its EndpointSlice). A pod deleted and recreated under the
-same name while the node was cut off does not get the old pod's status.
+same name while the node was cut off does not get the old pod's status. A watch held offline ends only
+once the cloud has the pod's new status, though a reboot's worth of Events was queued before it.
 """
 
 from __future__ import annotations
@@ -216,3 +217,60 @@ def test_a_pod_deleted_in_the_cloud_meanwhile_is_not_resurrected(
     wait_cloud(hub, reachable=False)
     code, _, answer = kubelet(hub, "GET", path)  # offline the deletion is remembered, not the patched copy
     assert (code, answer.get("reason")) == (404, "NotFound")
+
+
+EVENTS_BEFORE = 600
+"""Events queued offline before the status: delivered first (as the outbox once did), they would keep the
+status from the cloud for seconds after the watches held offline ended."""
+
+
+def event(i: int, pod: str) -> bytes:
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{pod}.{i}", "namespace": NS},
+            "involvedObject": {"kind": "Pod", "name": pod, "namespace": NS, "apiVersion": "v1"},
+            "reason": "Started",
+            "message": f"offline event {i}",
+            "type": "Normal",
+            "source": {"component": "kubelet", "host": NODE},
+            "count": 1,
+        }
+    ).encode()
+
+
+def watch_until_it_ends(hub: Hub, path: str, agent: str, started: threading.Event) -> None:
+    """Hold a JSON watch open through yurthub until yurthub ends it."""
+    request = urllib.request.Request(hub.proxy + path, headers={"Accept": "application/json", "User-Agent": agent})
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        started.set()
+        while resp.readline():
+            pass
+
+
+def test_a_watch_held_offline_ends_only_once_the_cloud_has_the_pods_new_status(
+    cloud: cluster.Cluster, link: relay.Relay, hub: Hub
+) -> None:
+    """When the link comes back kube-proxy relists from the cloud as soon as yurthub ends its watch: the
+    cloud's slice must already name the pod's new address by then, not the one from before the outage."""
+    uid = online_pod(cloud, hub, "late", "10.244.3.5")
+    link.cut()
+    wait_cloud(hub, reachable=False)
+    for i in range(EVENTS_BEFORE):  # a reboot's worth of kubelet's Events, queued before the status
+        code, _, _ = call(hub.proxy + f"/api/v1/namespaces/{NS}/events", method="POST", body=event(i, "late"))
+        assert code == 201
+    path = f"/api/v1/namespaces/{NS}/pods/late/status"
+    assert kubelet(hub, "PATCH", path, running(uid, "10.244.3.9", old="10.244.3.5"))[0] == 200
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        started = threading.Event()
+        watch = pool.submit(watch_until_it_ends, hub, SLICES + "?watch=1", PROXY, started)
+        assert started.wait(20)
+        link.restore()
+        watch.result(timeout=60)
+    # read the moment the watch ended: what kube-proxy's relist would build on
+    assert cloud.kubectl.get("pod", "-n", NS, "late")["status"].get("podIP") == "10.244.3.9", (
+        "the held watch ended before the pod's new status reached the cloud"
+    )
+    wait_for("the outbox to be empty", lambda: hub.status()["outbox"]["depth"] == 0, timeout=60)
