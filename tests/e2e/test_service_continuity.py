@@ -54,19 +54,9 @@ class Shop:
 
 
 @pytest.fixture(scope="module")
-def shop(kube: cluster.Cluster) -> Iterator[Shop]:
-    assert kube.plane is not None
-    services.door_certificate(kube)
-    hubinstall.put_behind_yurthub(kube.node, server=kube.plane.cloud_server, extra_args=HUB_ARGS)
-    wait_for("the node to be Ready through yurthub", lambda: node_ready(kube.kubectl.get("node", NODE)), timeout=90)
-    services.install(kube, NODE)
-    yield Shop(kube, webshop.deploy(kube, NODE))
-
-
-@pytest.fixture(scope="module")
-def manager(shop: Shop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[yurtmanager.HostManager]:
-    """yurt-manager on the host with its endpoint webhook, and the node made an autonomous edge node."""
-    kube = shop.kube
+def manager(kube: cluster.Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[yurtmanager.HostManager]:
+    """yurt-manager on the host with its endpoint webhook, and the node made an autonomous edge node (as
+    `yurtctl convert` leaves an edge node): the cloud keeps its pods in their Services while it is cut off."""
     assert kube.plane is not None
     directory = tmp_path_factory.mktemp("manager")
     config = yurtmanager.own_kubeconfig(kube.plane, directory)
@@ -78,6 +68,16 @@ def manager(shop: Shop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[yu
     yield m
     m.stop()
     log.info("yurt-manager log (tail):\n%s", "\n".join(m.log.read_text().splitlines()[-40:]))
+
+
+@pytest.fixture(scope="module")
+def shop(kube: cluster.Cluster, manager: yurtmanager.HostManager) -> Iterator[Shop]:
+    assert kube.plane is not None
+    services.door_certificate(kube)
+    hubinstall.put_behind_yurthub(kube.node, server=kube.plane.cloud_server, extra_args=HUB_ARGS)
+    wait_for("the node to be Ready through yurthub", lambda: node_ready(kube.kubectl.get("node", NODE)), timeout=90)
+    services.install(kube, NODE)
+    yield Shop(kube, webshop.deploy(kube, NODE))
 
 
 def set_autonomy(kube: cluster.Cluster, on: bool) -> None:
@@ -247,7 +247,7 @@ def cached_web_pods(kube: cluster.Cluster, names_: list[str]) -> dict[str, dict[
 
 
 def test_offline_reboot_the_service_answers_by_name_within_30s_of_the_web_pods_ready(
-    shop: Shop, manager: yurtmanager.HostManager, outage: Outage
+    shop: Shop, outage: Outage
 ) -> None:
     """Step 3: cut off, kubelet and yurthub restarted, then the node rebooted (the link stays cut). The web
     and CoreDNS pods come back with new addresses; yurthub applies kubelet's status patches to its cache and
@@ -419,5 +419,13 @@ def test_a_node_that_is_not_autonomous_loses_its_pods_from_web_in_the_cloud(shop
     finally:
         set_autonomy(kube, True)
         kube.node.restore_link()
+    restored = time.time()
     wait_for("the node to be Ready again", lambda: node_ready(kube.kubectl.get("node", NODE)), timeout=90)
     wait_for("kube-proxy to send web and kube-dns to both their pods", lambda: webshop.served_on_node(kube), timeout=90)
+    settled = time.time()
+    after = wait_for_rounds(kube, settled, 5)
+    log.info(
+        "autonomy off then on during an outage: failed_seconds_after_restore=%d",
+        failed_seconds(rounds_since(kube, restored), restored, settled + 5),
+    )
+    assert failures(after) == [], after
