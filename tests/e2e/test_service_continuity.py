@@ -354,9 +354,10 @@ def test_restoring_the_link_delivers_the_new_statuses_and_leaves_nothing_stale(s
     settled = time.time()
     after = wait_for_rounds(kube, settled, 5)
     log.info(
-        "link restored after the offline reboot: failed_seconds_after_restore=%d settled_after=%.0fs",
+        "link restored after the offline reboot: failed_seconds_after_restore=%d settled_after=%.0fs failed=%s",
         failed_seconds(rounds_since(kube, restored), restored, settled + 5),
         settled - restored,
+        [(r.at - round(restored), r.by_name, r.by_ip) for r in failures(rounds_since(kube, restored, settled + 5))],
     )
     assert failures(after) == [], after
 
