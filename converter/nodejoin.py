@@ -153,16 +153,13 @@ def node_labels(settings: Settings) -> str:
 
 
 def kubelet_flags(settings: Settings) -> str:
-    """kubeadm-flags.env: later flags win over the drop-in's, so kubelet knows only yurthub."""
-    args = [
-        f"--kubeconfig={KUBELET_KUBECONFIG}",
-        "--bootstrap-kubeconfig=",
-        f"--hostname-override={settings.node}",
-        f"--node-labels={node_labels(settings)}",
-    ]
+    """kubeadm-flags.env: later flags win over the drop-in's, so kubelet knows only yurthub. The yurthub
+    flags come last, exactly as `yurtctl node convert` appends them, so the converter sees this kubelet as
+    pointed at yurthub already (`nodestep.redirected` leaves it as it is)."""
+    args = [f"--hostname-override={settings.node}", f"--node-labels={node_labels(settings)}"]
     if settings.kubelet_args.strip():
         args.append(settings.kubelet_args.strip())
-    return f'KUBELET_KUBEADM_ARGS="{" ".join(args)}"\n'
+    return f'KUBELET_KUBEADM_ARGS="{" ".join(args)}{nodestep.REDIRECT}"\n'
 
 
 def kubelet_config(from_cloud: str | None) -> str:
