@@ -70,7 +70,9 @@ KUBELET_DIR = "/var/lib/kubelet"
 KUBELET_CONFIG = f"{KUBELET_DIR}/config.yaml"
 FLAGS_ENV = nodestep.FLAGS_ENV
 YURTHUB = f"{nodestep.VENV}/bin/yurthub"
-KUBELET_LOGS = ("/var/log/pods", "/var/log/containers")
+KUBELET_MAKES = ("/var/log/pods", "/var/log/containers", "/usr/libexec/kubernetes", "/etc/kubernetes/manifests")
+"""What kubelet creates on its first start outside its state directory (its logs, its volume plugin
+directory, its static pod path): removed by reset when they were not there before."""
 CTR = ["ctr", "--namespace", "k8s.io"]
 
 TAKEN = (
@@ -399,7 +401,7 @@ def start_kubelet(host: Host, fetch: Fetch, state: State, settings: Settings, ku
     state.kubelet_entries = _lines(host, ["ls", "-A", KUBELET_DIR])
     state.containers = _lines(host, [*CTR, "containers", "list", "--quiet"])
     state.netns = _lines(host, ["ls", "-A", "/run/netns"])
-    for path in KUBELET_LOGS:
+    for path in KUBELET_MAKES:
         top = _top_missing(host, path)
         if top is not None and top not in state.created:
             state.created.append(top)
