@@ -152,7 +152,7 @@ def test_the_machine_joins_behind_yurthub_from_its_first_start(machine: Machine)
     assert node.run(["systemctl", "is-enabled", "kubelet"], check=False).stdout.strip() == "disabled"
     with ProcessWatch(machine.token.split(".")[1]) as watch:
         done = node.run(
-            [*machine.command, "--hub-args", HUB_ARGS], stdin=machine.token + "\n", check=False, timeout=600
+            [*machine.command, f"--hub-args={HUB_ARGS}"], stdin=machine.token + "\n", check=False, timeout=600
         )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"node {NODE} joined in NodePool {POOL}" in done.stdout
