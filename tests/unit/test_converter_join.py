@@ -6,8 +6,11 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime
+import io
 import json
+import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -171,3 +174,33 @@ def test_cluster_info_without_a_ca_is_an_error() -> None:
     bad = {"data": {"kubeconfig": json.dumps({"clusters": [{"cluster": {"server": "https://h"}}]})}}
     with pytest.raises(errors.PreflightFailed, match="no cluster CA"):
         join.cluster_info_ca(bad)
+
+
+def test_the_machine_reads_the_token_from_stdin_or_an_owner_only_file_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("abcdef.0123456789abcdef\n"))
+    assert joincli.read_token("-") == "abcdef.0123456789abcdef"
+    monkeypatch.setattr("sys.stdin", io.StringIO("x" * 5000))
+    with pytest.raises(errors.PreflightFailed, match="longer than"):
+        joincli.read_token("-")
+    shared = tmp_path / "token"
+    shared.write_text("abcdef.0123456789abcdef\n")
+    shared.chmod(0o644)
+    with pytest.raises(errors.PreflightFailed, match="lets other users read"):
+        joincli.read_token(str(shared))
+    shared.chmod(0o600)
+    assert joincli.read_token(str(shared)) == "abcdef.0123456789abcdef"
+
+
+def test_token_out_is_created_owner_only_and_never_replaces_or_follows_a_link(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    joincli._write_private(str(target), "abcdef.0123456789abcdef\n")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    with pytest.raises(errors.PreflightFailed, match="cannot create a new file"):
+        joincli._write_private(str(target), "again\n")
+    planted = tmp_path / "planted"
+    planted.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(errors.PreflightFailed, match="cannot create a new file"):
+        joincli._write_private(str(planted), "x\n")
+    assert not (tmp_path / "elsewhere").exists()
