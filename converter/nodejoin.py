@@ -58,8 +58,8 @@ from converter.host import Host
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = "/var/lib/yurt-edge/join"
-STATE = f"{STATE_DIR}/state.json"
+STATE = nodestep.JOINED_STATE
+STATE_DIR = STATE.rsplit("/", 1)[0]
 CA_FILE = nodestep.CA_FILE
 HUB_TOKEN = nodestep.HUB_TOKEN
 HUB_ENV = nodestep.ENV_FILE

@@ -6,8 +6,9 @@ cached build of this source); the cloud publishes its kubelet configuration as k
 (`kube-system/kubelet-config`) and has a NodePool. `yurtctl join` runs on the cloud side, its printed command
 on the machine with the token on standard input. The tests run in order and build on each other: a wrong CA
 hash is refused with the machine untouched; the join (the token never on any process's command line or in
-its environment meanwhile); a pod that survives a cut link and a kubelet restart offline; `yurtctl node
-reset`, after which the machine's files are as they were before the join.
+its environment meanwhile); a pod that survives a cut link and a kubelet restart offline; the node step of
+conversion by label leaving the joined node alone; `yurtctl node reset`, after which the machine's files
+are as they were before the join.
 """
 
 from __future__ import annotations
@@ -210,6 +211,19 @@ def test_its_pod_survives_a_cut_link_and_a_kubelet_restart_offline(running: Mach
         node.restore_link()
     wait_for("the node Ready again", lambda: node_ready(kube.kubectl.get("node", NODE)), timeout=120)
     assert "joined" in running_pods(kube)
+
+
+def test_the_conversion_step_leaves_the_joined_node_alone(running: Machine) -> None:
+    """What yurt-manager's conversion by label runs on an edge node: convert is a no-op here, revert refuses
+    (it would take away the only kubeconfig kubelet has), and the node stays Ready with its pod."""
+    kube, node = running.kube, running.kube.node
+    yurtctl = ["/opt/yurt-edge/bin/yurtctl", "node"]
+    converted = node.run([*yurtctl, "convert", f"--node-name={NODE}"], check=False, timeout=120)
+    assert converted.returncode == 0, converted.stderr
+    reverted = node.run([*yurtctl, "revert", f"--node-name={NODE}"], check=False, timeout=120)
+    assert reverted.returncode == 1 and "yurtctl node reset" in reverted.stderr
+    assert node.run(["systemctl", "is-active", "kubelet", "yurthub"]).stdout.split() == ["active", "active"]
+    assert node_ready(kube.kubectl.get("node", NODE)) and "joined" in running_pods(kube)
 
 
 def test_reset_leaves_the_machine_as_it_was_before_the_join(running: Machine) -> None:

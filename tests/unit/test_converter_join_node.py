@@ -279,3 +279,17 @@ def test_a_refused_token_stops_the_join_before_the_machine_changes(cloud: Cloud)
     with pytest.raises(errors.PreflightFailed, match="refused the bootstrap token"):
         nodejoin.run_join(host, healthy, nodejoin.Discovery(cloud.url, PIN), settings, "zzzzzz.zzzzzzzzzzzzzzzz")
     assert host.files == BEFORE
+
+
+def test_the_node_convert_step_leaves_a_joined_node_alone_and_its_revert_refuses(cloud: Cloud) -> None:
+    """Conversion by label reaches a joined node too (it carries openyurt.io/is-edge-worker=true): convert must
+    not fail on its missing kubeadm kubeconfig, and revert must not strip the only kubeconfig its kubelet has."""
+    host = machine()
+    settings = nodejoin.Settings(server=cloud.url, ca_hash=PIN, node="edge-9", interval_s=0)
+    nodejoin.run_join(host, healthy, nodejoin.Discovery(cloud.url, PIN), settings, TOKEN)
+    files, commands = dict(host.files), len(host.commands)
+    step = nodestep.Settings(node="edge-9")
+    nodestep.convert(host, healthy, step)
+    with pytest.raises(errors.PreflightFailed, match="yurtctl node reset"):
+        nodestep.revert(host, healthy, step)
+    assert host.files == files and len(host.commands) == commands
