@@ -438,10 +438,9 @@ def run_join(host: Host, fetch: Fetch, discovery: Discovery, settings: Settings,
     ca = discovery.cluster_ca()
     kubelet_conf = discovery.kubelet_config(token)
     state = State(node=settings.node)
-    for path in (STATE_DIR,):
-        top = _top_missing(host, path)
-        if top is not None:
-            state.created.append(top)
+    top = _top_missing(host, STATE_DIR)
+    if top is not None:
+        state.created.append(top)
     _save(host, state)
     try:
         install_hub(host, fetch, state, settings, token, ca)
@@ -468,7 +467,7 @@ def _stop_pods(host: Host, state: State) -> None:
     for name in _lines(host, ["ls", "-A", "/run/netns"]):
         if name not in state.netns and name.startswith("cni-"):
             host.run(["ip", "netns", "delete", name], 30)
-    mounts = [m for m in _lines(host, ["findmnt", "--raw", "--noheadings", "--output", "TARGET"])]
+    mounts = _lines(host, ["findmnt", "--raw", "--noheadings", "--output", "TARGET"])
     below = sorted({m for m in mounts if m.startswith(KUBELET_DIR + "/")}, key=len, reverse=True)
     for target in below:
         if host.run(["umount", target], 30)[0] != 0:
@@ -478,13 +477,8 @@ def _stop_pods(host: Host, state: State) -> None:
 def undo(host: Host, state: State) -> None:
     """Take the machine back to before the join `state` records (join's rollback and `node reset`)."""
     if state.kubelet_entries is not None:
-        action = "stop" if state.kubelet_was_enabled else "disable"
-        argv = (
-            ["systemctl", action, "kubelet.service"]
-            if action == "stop"
-            else ["systemctl", "disable", "--now", "kubelet.service"]
-        )
-        host.run(argv, 90)
+        stop = ["stop"] if state.kubelet_was_enabled else ["disable", "--now"]  # enabled before: leave it so
+        host.run(["systemctl", *stop, "kubelet.service"], 90)
         _stop_pods(host, state)
         for entry in _lines(host, ["ls", "-A", KUBELET_DIR]):
             if entry not in state.kubelet_entries:

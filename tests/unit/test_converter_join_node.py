@@ -293,3 +293,20 @@ def test_the_node_convert_step_leaves_a_joined_node_alone_and_its_revert_refuses
     with pytest.raises(errors.PreflightFailed, match="yurtctl node reset"):
         nodestep.revert(host, healthy, step)
     assert host.files == files and len(host.commands) == commands
+
+
+def test_reset_leaves_kubelet_enabled_when_it_was_enabled_before(cloud: Cloud) -> None:
+    def answer(argv: list[str]) -> tuple[int, str]:
+        if argv[:2] == ["systemctl", "cat"]:
+            return 0, "EnvironmentFile=-/var/lib/kubelet/kubeadm-flags.env\n"
+        if argv[:2] == ["systemctl", "is-active"]:
+            return 3, ""
+        return 0, ""  # is-enabled: yes, as some distributions' packages leave it
+
+    host = MemoryHost(dict(BEFORE), answer)
+    settings = nodejoin.Settings(server=cloud.url, ca_hash=PIN, node="edge-9", interval_s=0)
+    nodejoin.run_join(host, healthy, nodejoin.Discovery(cloud.url, PIN), settings, TOKEN)
+    nodejoin.reset(host)
+    assert ["systemctl", "stop", "kubelet.service"] in host.commands
+    assert ["systemctl", "disable", "--now", "kubelet.service"] not in host.commands
+    assert host.files == BEFORE
