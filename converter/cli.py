@@ -21,6 +21,7 @@ from converter import (
     errors,
     helm,
     host,
+    joincli,
     jointoken,
     kube,
     nodestep,
@@ -117,6 +118,7 @@ def build_yurtctl_parser() -> argparse.ArgumentParser:
             help="the tunnel chart (default: the one shipped with yurtctl)",
         )
     _add_get_parser(sub)
+    joincli.add_join_parser(sub)
     node = sub.add_parser("node", help="the node-side steps, run on the node itself (the Jobs run these)")
     node_sub = node.add_subparsers(dest="node_command", required=True)
     for action in ("convert", "revert"):
@@ -139,6 +141,7 @@ def build_yurtctl_parser() -> argparse.ArgumentParser:
     node_convert.add_argument(
         "--tunnel-ca-file", default=nodestep.TUNNEL_CA, help="the tunnel server's CA on this node"
     )
+    joincli.add_node_parsers(node_sub)
     return parser
 
 
@@ -309,6 +312,10 @@ def build_manager_parser() -> argparse.ArgumentParser:
 def yurtctl_main(argv: list[str] | None = None) -> int:
     args = build_yurtctl_parser().parse_args(argv)
     _logging(args.v if args.command != "node" else max(args.v, 1))
+    if args.command == "node" and args.node_command in ("join", "reset"):
+        return joincli.node_main(args, _fetch)
+    if args.command == "join":
+        return joincli.join_main(args, args.kubeconfig or os.environ.get("KUBECONFIG", "") or _default_kubeconfig())
     if args.command == "node":
         return _node_main(args)
     if args.command == "get":

@@ -1,4 +1,5 @@
-"""The bootstrap token `yurtctl convert --join-token-file` hands to each edge node's yurthub, and its checks.
+"""The bootstrap token `yurtctl convert --join-token-file` hands to each edge node's yurthub, and its checks
+(`parse` and `read` also check the token `yurtctl node join` reads from its `--token-file`, `converter.joincli`).
 
 The token travels only in files and in one Secret, never on a command line or in a Job's spec:
 admin's file (owner-only) → Secret `kube-system/yurtctl-join-token` (made before the node Jobs, deleted when

@@ -21,6 +21,10 @@ Convert, each step idempotent so a re-run after any interruption finishes the jo
    kubelet on the addresses of this node's Node object, and verified connected to a server (`/readyz`).
 If a step does not succeed within the timeout, the node is rolled back (revert below) and the step fails.
 
+A node `yurtctl node join` made (`JOINED_STATE`) is behind yurthub from its first start: convert leaves it as
+it is, revert refuses (its kubelet has no stock configuration to go back to; `yurtctl node reset` is its way
+out), so the label-driven conversion never breaks a joined node.
+
 Revert stops and removes the tunnel agent when it is there, restores `kubeadm-flags.env` byte for byte from
 the backup, restarts kubelet and waits for its health, then stops and removes yurthub, its files and state,
 and /opt/yurt-edge when convert created it (`STATE_DIR/created-install`, written by the Job's entry script
@@ -74,6 +78,8 @@ STAGED_TOKEN = f"{STATE_DIR}/join-token"
 TUNNEL_CA = f"{STATE_DIR}/tunnel-ca.crt"
 """Where the node Job's entry script leaves the tunnel server's CA (from the chart's CA ConfigMap)."""
 AGENT_READYZ = "http://127.0.0.1:10266/readyz"
+JOINED_STATE = "/var/lib/yurt-edge/join/state.json"
+"""`yurtctl node join`'s record (`converter.nodejoin`): a node joined behind yurthub from its first start."""
 
 HOST_FILES = {
     UNIT: "written (yurthub systemd unit)",
@@ -289,7 +295,19 @@ def redirect_kubelet(host: Host, fetch: Fetch, settings: Settings) -> None:
     log.info("kubelet Ready through yurthub node=%s", settings.node)
 
 
+def joined(host: Host) -> bool:
+    """Whether `yurtctl node join` made this node (its kubelet has only ever known yurthub)."""
+    text = host.read(JOINED_STATE)
+    try:
+        return text is not None and json.loads(text).get("done") is True
+    except ValueError:
+        return False
+
+
 def convert(host: Host, fetch: Fetch, settings: Settings) -> None:
+    if joined(host):  # already behind yurthub, with no stock kubelet configuration to convert
+        log.info("node joined behind yurthub by yurtctl node join; nothing to convert node=%s", settings.node)
+        return
     server = preflight(host, settings)
     join_token(host, settings)
     if settings.tunnel_servers and host.read(settings.tunnel_ca_file) is None:
@@ -389,6 +407,11 @@ def remove_agent(host: Host) -> None:
 
 
 def revert(host: Host, fetch: Fetch, settings: Settings) -> None:
+    if joined(host):
+        raise errors.PreflightFailed(
+            "this node was joined behind yurthub by `yurtctl node join`: its kubelet has no configuration of its "
+            "own to go back to; `yurtctl node reset` on the machine removes it from the cluster"
+        )
     remove_agent(host)
     restore_kubelet(host, fetch, settings)
     remove_hub(host)

@@ -182,7 +182,8 @@ class Cluster:
                 group=cgroups.Group("node"),
             )
             name = self.settings.node.name
-            if not self.settings.node.kubelet_through_yurthub:  # else it joins once a test installs yurthub
+            joins_later = self.settings.node.kubelet_through_yurthub or not self.settings.node.kubelet_configured
+            if not joins_later:  # else it joins once a test installs yurthub, or joins the plain machine
                 wait_for(f"node {name} to be Ready", lambda: self.node_is_ready(name), timeout=120)
                 log.info("node %s Ready", name)
         if self.settings.kwok_nodes:

@@ -51,6 +51,11 @@ class NodeSettings:
     kubelet_through_yurthub: bool = False
     """True: kubelet talks to yurthub (127.0.0.1:10261) from its first start and has no bootstrap kubeconfig
     of its own, so the node joins only once yurthub is installed and has got a certificate."""
+    kubelet_configured: bool = True
+    """False: a plain machine, as the packages leave it before `kubeadm join` or `yurtctl node join`:
+    containerd running, the kubelet binary and its unit with kubeadm's drop-in installed but not enabled,
+    no kubeconfig, CA, `config.yaml` or `kubeadm-flags.env` (`kubelet_configuration` is what the cluster's
+    `kube-system/kubelet-config` would hold for it)."""
 
 
 def _write(root: Path, path: str, text: str, mode: int = 0o644) -> None:
@@ -67,6 +72,11 @@ def _link_or_copy(source: Path, root: Path, path: str) -> None:
         os.link(source, target)
     except OSError:
         shutil.copy2(source, target)
+
+
+def kubelet_configuration(settings: NodeSettings) -> dict[str, object]:
+    """The KubeletConfiguration this node's kubelet runs with (what kubeadm keeps in kube-system/kubelet-config)."""
+    return _kubelet_config(settings)
 
 
 def _kubelet_config(settings: NodeSettings) -> dict[str, object]:
@@ -180,6 +190,9 @@ def _files(settings: NodeSettings, *, ca_pem: bytes, bootstrap_kubeconfig: str) 
     }
     if settings.kubelet_through_yurthub:
         files["/etc/kubernetes/kubelet-yurthub.conf"] = _KUBELET_YURTHUB_CONF.read_text()
+    if not settings.kubelet_configured:
+        unconfigured = ("/etc/kubernetes/", "/var/lib/kubelet/")
+        files = {path: text for path, text in files.items() if not path.startswith(unconfigured)}
     return files
 
 
@@ -225,7 +238,7 @@ class Node:
             _link_or_copy(archive, state, f"/var/lib/yurt-edge/images/{archive.name}")
         wants = upper / "etc/systemd/system/multi-user.target.wants"
         wants.mkdir(parents=True, exist_ok=True)
-        for unit in _ENABLED:
+        for unit in _ENABLED if settings.kubelet_configured else _ENABLED[:-1]:
             (wants / unit).unlink(missing_ok=True)
             (wants / unit).symlink_to(f"/usr/lib/systemd/system/{unit}")
         node = cls(settings, directory, group, rootfs)
