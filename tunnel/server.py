@@ -349,6 +349,7 @@ class Server:
                 compression=None,
                 max_size=session.MAX_MESSAGE,
                 max_queue=64,
+                write_limit=session.WRITE_LIMIT,
                 ping_interval=s.keepalive_s,
                 ping_timeout=s.keepalive_s,
                 server_header=None,

@@ -41,6 +41,10 @@ HIGH_WATER = 256 * 1024
 """Bytes a stream may have waiting for the peer's window before its writer is paused."""
 MAX_MESSAGE = frames.MAX_PAYLOAD + 64
 """Largest websocket message either side accepts: one frame."""
+WRITE_LIMIT = 512 * 1024
+"""websockets' high-water mark for a connection's transport write buffer. Its default (32 KiB) is half of one
+DATA frame, so every frame sent while the socket is busy paused the writer until the buffer fell under 8 KiB:
+the sender then waited on the receiver's every read. Bounded all the same, and nothing is buffered when idle."""
 MAX_QUEUED_BYTES = 1024 * 1024
 """Default bound on control frames waiting to be sent to one peer."""
 PINGS_PER_S = 10.0
