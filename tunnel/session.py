@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 HIGH_WATER = 256 * 1024
 """Bytes a stream may have waiting for the peer's window before its writer is paused."""
+SINK_HIGH_WATER = 64 * 1024
+"""Bytes a stream's socket may have in its transport's write buffer for data to be written there directly on
+arrival (asyncio's own high-water mark for a stream writer); above it, data waits for the reading task."""
 MAX_MESSAGE = frames.MAX_PAYLOAD + 64
 """Largest websocket message either side accepts: one frame."""
 WRITE_LIMIT = 512 * 1024
@@ -93,6 +96,7 @@ class Stream:
         self._eof = False
         self._error: str | None = None
         self._unacked = 0
+        self._sink: asyncio.StreamWriter | None = None
 
     async def read(self) -> bytes:
         """The next chunk; b"" once the peer half-closed. Reading is what grants the peer more window,
@@ -134,7 +138,28 @@ class Stream:
 
     # --- fed by the session ------------------------------------------------------------------------
 
+    def deliver_to(self, writer: asyncio.StreamWriter) -> None:
+        """Let data that arrives while nothing is queued go straight into `writer`'s transport (see `_feed`)."""
+        self._sink = writer
+
     def _feed(self, data: bytes) -> None:
+        """Data from the peer. With a sink (`deliver_to`), nothing queued before it and the sink's transport
+        below `SINK_HIGH_WATER`, the data is written there at once and acknowledged as consumed: one event-loop
+        turn less on every hop (the reading task is not woken). Otherwise it is queued for `read`, which
+        acknowledges it only once the caller dealt with it. Either way the window plus the sink's bounded
+        buffer bound what one stream holds, and a sink that does not drain stops the direct path, so its
+        window closes as before."""
+        sink = self._sink
+        if (
+            sink is not None
+            and not self._chunks
+            and not self._eof
+            and not sink.transport.is_closing()
+            and sink.transport.get_write_buffer_size() <= SINK_HIGH_WATER
+        ):
+            sink.write(data)
+            self.session.consumed(self.id, len(data))
+            return
         self._chunks.append(data)
         self._readable.set()
 
@@ -487,6 +512,7 @@ async def splice(stream: Stream, reader: asyncio.StreamReader, writer: asyncio.S
         if writer.can_write_eof():
             writer.write_eof()
 
+    stream.deliver_to(writer)
     try:
         async with asyncio.TaskGroup() as group:
             group.create_task(outbound(), name=f"splice-out-{stream.id}")
