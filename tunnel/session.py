@@ -66,6 +66,7 @@ PINGS_PER_S = 10.0
 FLOOD_EXCESS = 1000
 """PINGs past the rate (net of what the rate refills) after which the peer is closed as flooding."""
 _DATA = int(frames.Kind.DATA)
+_NO_FRAMES: collections.deque[bytes] = collections.deque(maxlen=0)
 _WS_SHORT = struct.Struct("!BB")
 _WS_MEDIUM = struct.Struct("!BBH")
 _WS_LONG = struct.Struct("!BBQ")
@@ -265,13 +266,17 @@ class Session:
         self._pings = Budget(pings_per_s, max(pings_per_s, 1.0), now)
         self._excess = Budget(pings_per_s, FLOOD_EXCESS, now)
         self._control_queued = 0
-        self._drained = asyncio.Event()
+        self._drained: asyncio.Event | None = None
         self.pings_unanswered = 0
         self._on_open = on_open
         self._streams: dict[int, Stream] = {}
         self._opening: dict[int, asyncio.Future[None]] = {}
-        self._out: collections.deque[bytes] = collections.deque()
-        self._out_ready = asyncio.Event()
+        self._out: collections.deque[bytes] = _NO_FRAMES
+        """Frames waiting for the writer task; an empty deque shared by every session until one has to wait."""
+        self._out_ready: asyncio.Event | None = None
+        self._writer_task: asyncio.Task[None] | None = None
+        """Started the first time a frame has to wait (`_queue`): most connections, idle ones above all, never
+        need it, since frames go straight out while the transport keeps up (`_send_now`)."""
         self._handlers: set[asyncio.Task[None]] = set()
         self._group: asyncio.TaskGroup | None = None
         self._closed = False
@@ -287,10 +292,12 @@ class Session:
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
-                writer = group.create_task(self._writer(), name=f"tunnel-writer-{self.name}")
+                if self._out:
+                    self._start_writer()
                 reason = await self._reader()
                 self._closed = True
-                writer.cancel()
+                if self._writer_task is not None:
+                    self._writer_task.cancel()
                 for task in list(self._handlers):
                     task.cancel()
         finally:
@@ -319,10 +326,11 @@ class Session:
 
     async def _wait_for_peer_to_read(self) -> None:
         """Backpressure: read nothing more from a peer until it has read our answers."""
-        self._drained.clear()
+        self._drained = drained = self._drained or asyncio.Event()
+        drained.clear()
         try:
             async with asyncio.timeout(self._stall_s):
-                await self._drained.wait()
+                await drained.wait()
         except TimeoutError:
             raise Flooding(
                 f"the peer has not read {self._control_queued} queued bytes of answers within {self._stall_s:g}s"
@@ -342,17 +350,23 @@ class Session:
             await self.ws.close(1002, reason[:120])
         return f"protocol error: {reason}"
 
-    async def _writer(self) -> None:
+    def _start_writer(self) -> None:
+        if self._writer_task is None and self._group is not None and not self._closed:
+            self._out_ready = ready = self._out_ready or asyncio.Event()
+            ready.set()
+            self._writer_task = self._group.create_task(self._writer(ready), name=f"tunnel-writer-{self.name}")
+
+    async def _writer(self, ready: asyncio.Event) -> None:
         with contextlib.suppress(ConnectionClosed):  # the reader sees the close and ends the session
             while True:
-                await self._out_ready.wait()
-                self._out_ready.clear()
+                await ready.wait()
+                ready.clear()
                 while self._out:
                     message = self._out.popleft()
                     await self.ws.send(message)
                     if message[0] != _DATA:
                         self._control_queued -= len(message)
-                        if self._control_queued <= self.max_queued_bytes // 2:
+                        if self._control_queued <= self.max_queued_bytes // 2 and self._drained is not None:
                             self._drained.set()
 
     def _flush(self) -> None:
@@ -365,8 +379,13 @@ class Session:
         for message in out:
             if message[0] != _DATA:
                 self._control_queued += len(message)
+        if self._out is _NO_FRAMES:
+            self._out = collections.deque()
         self._out.extend(out)
-        self._out_ready.set()
+        if self._out_ready is not None:
+            self._out_ready.set()
+        else:
+            self._start_writer()
 
     def _send_now(self, out: list[bytes]) -> None:
         """Frames straight into the transport, when nothing waits in the writer's queue (so order holds) and the
