@@ -112,6 +112,7 @@ class Mux:
         self._window = window
         self._events: list[Event] = []
         self._out: list[bytes] = []
+        self._widened: list[int] = []
 
     # --- what the shell reads -------------------------------------------------------------------
 
@@ -122,6 +123,12 @@ class Mux:
     def data_to_send(self) -> list[bytes]:
         out, self._out = self._out, []
         return out
+
+    def widened(self) -> list[int]:
+        """Streams whose send window grew (WINDOW, ACCEPT) since the last call: only their buffers can have
+        drained, so only their paused writers need a look."""
+        widened, self._widened = self._widened, []
+        return widened
 
     def buffered(self, stream: int) -> int:
         """Bytes of `stream` waiting for the peer's window; the shell pauses the source above a bound."""
@@ -235,6 +242,7 @@ class Mux:
             s.state = State.OPEN
             self._events.append(StreamAccepted(stream))
             self._flush(s)
+            self._widened.append(stream)
         elif kind is Kind.REFUSE:
             if s.state is not State.OPENING:
                 raise errors.ProtocolError(f"REFUSE for stream {stream} in state {s.state.value}")
@@ -247,6 +255,7 @@ class Mux:
             if s.send_window > MAX_WINDOW:
                 raise errors.ProtocolError(f"window of stream {stream} grew past {MAX_WINDOW}")
             self._flush(s)
+            self._widened.append(stream)
         elif kind is Kind.FIN:
             if s.fin_received:
                 raise errors.ProtocolError(f"second FIN on stream {stream}")

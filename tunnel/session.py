@@ -528,8 +528,9 @@ class Session:
                     pass
                 case mux.PingReceived(payload):
                     self._ping(payload)
-        for stream in self._streams.values():
-            stream._wake_writer()
+        for stream_id in self.mux.widened():
+            if (stream := self._streams.get(stream_id)) is not None:
+                stream._wake_writer()
         self._flush()
 
     def _ping(self, payload: bytes) -> None:

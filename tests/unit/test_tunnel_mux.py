@@ -243,3 +243,19 @@ def test_one_large_send_goes_out_in_frames_up_to_the_window_and_the_rest_waits()
             break
     assert got == data
     assert server.buffered(s) == 0
+
+
+def test_only_streams_whose_window_grew_are_reported_widened() -> None:
+    server, agent, s = connected()
+    assert s in server.widened()  # its ACCEPT and the window the agent granted on top
+    other = server.open("127.0.0.1:10255")
+    pump(server, agent)
+    agent.accept(other)
+    pump(server, agent)
+    assert set(server.widened()) == {other}
+    assert server.widened() == []
+    server.send(s, b"x" * mux.RECEIVE_WINDOW)
+    agent_seen = pump(server, agent)[1]
+    agent.consumed(s, len(received(agent_seen, s)))
+    pump(server, agent)
+    assert server.widened() == [s]  # the WINDOW the reader granted; `other` saw nothing
