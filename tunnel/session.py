@@ -1,13 +1,17 @@
 """One tunnel connection: the multiplexer driven over a websocket. The asyncio shell shared by server and agent.
 
-Ownership: one reader task feeds every received message to the `Mux` and hands events to streams; one writer
-task sends what the `Mux` emits, in order. Nothing else touches the websocket, so frames are never
-interleaved and the Mux is only used from the event loop.
+Ownership: one reader task feeds every received message to the `Mux` and hands events to streams. What the
+`Mux` emits is written at once, as complete websocket frames in one transport write (`_send_now`), while
+nothing waits in the queue and the transport is under its high-water mark (`WRITE_LIMIT`); otherwise it is
+queued, in order, for a writer task started the first time that happens. Both run on the event loop and write
+whole frames, so frames are never interleaved and the Mux is only used from the event loop.
 
 Backpressure is per stream. A reader that does not read (`Stream.read`) does not grant window, so its
 sender's data stays in that sender's per-stream buffer; `Stream.write` waits while that buffer is above
-`HIGH_WATER`, which stops the sender reading its own socket. Every other stream keeps flowing. Memory per
-stream is bounded by the window plus `HIGH_WATER`.
+`HIGH_WATER`, which stops the sender reading its own socket. Every other stream keeps flowing. A stream
+spliced to a socket (`splice`) hands arriving data straight to that socket while the socket's write buffer is
+under `SINK_HIGH_WATER`, and counts it as read; a socket that does not drain stops that, and the window closes
+as before. Memory per stream is bounded by the window plus `HIGH_WATER` plus `SINK_HIGH_WATER`.
 
 Control frames are bounded per connection too. Many are answers to what the peer sent (a PONG per PING, a
 REFUSE per refused OPEN), so a peer that sends without reading would make them pile up. PINGs are answered
