@@ -266,7 +266,10 @@ class Session:
         """Frames from the side that dials out (the websocket client) are masked, as RFC 6455 requires."""
         self.max_queued_bytes = max_queued_bytes
         self._stall_s = stall_s
-        now = asyncio.get_running_loop().time()
+        self._loop = asyncio.get_running_loop()
+        now = self._loop.time()
+        self.last_heard = now
+        """Event-loop time of the last message from the peer (`ping` asks for one)."""
         self._pings = Budget(pings_per_s, max(pings_per_s, 1.0), now)
         self._excess = Budget(pings_per_s, FLOOD_EXCESS, now)
         self._control_queued = 0
@@ -315,6 +318,7 @@ class Session:
             async for message in self.ws:
                 if isinstance(message, str):
                     return await self._protocol_error("text message on a binary tunnel")
+                self.last_heard = self._loop.time()
                 try:
                     self.mux.receive(message)
                     self._dispatch()
@@ -455,6 +459,13 @@ class Session:
             raise
         self.streams_opened += 1
         return stream
+
+    def ping(self) -> None:
+        """Ask the peer's session for a PONG (it answers PINGs within its rate): proof that the peer's tunnel
+        code, not only its websocket library, still runs; the answer moves `last_heard`."""
+        if not self._closed:
+            self.mux.ping()
+            self._flush()
 
     def accept(self, stream: Stream) -> bool:
         """Say the target was reached; False when the peer gave up on the stream meanwhile (its dial timed

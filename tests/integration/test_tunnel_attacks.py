@@ -151,6 +151,35 @@ def _agent_ws(certs: tunnelhost.Certs, cert: Path, server: tunnelhost.Server, no
     )
 
 
+# --- an agent that stops answering ------------------------------------------------------------------------------
+
+
+def test_an_agent_that_stops_answering_is_dropped(
+    ca: pki.CertificateAuthority, certs: tunnelhost.Certs, tmp_path: Path
+) -> None:
+    """An agent whose tunnel session no longer answers is dropped within about two keepalive intervals, so
+    CONNECTs for its node get a 502 at once instead of waiting on an agent that will never dial. Its websocket
+    library may still answer websocket pings on its own (this raw client's does until its one-message queue is
+    full): the server's keepalive is a tunnel PING, answered by the agent's session itself."""
+    server = tunnelhost.server(certs, tmp_path, "keepalive", extra=("--keepalive=1", "--no-direct-fallback"))
+    try:
+        with _agent_ws(certs, tunnelhost.node_cert(ca, tmp_path, "edge-mute"), server, "edge-mute"):
+            wait_for(
+                "the mute agent to join",
+                lambda: [a["node"] for a in server.status()["agents"]] == ["edge-mute"],
+                timeout=10,
+            )
+            wait_for("the server to drop the mute agent", lambda: server.status()["agents"] == [], timeout=20)
+            with socket.socket(socket.AF_UNIX) as client:
+                assert server.uds is not None
+                client.connect(str(server.uds))
+                client.sendall(b"CONNECT edge-mute:10250 HTTP/1.1\r\nHost: edge-mute\r\n\r\n")
+                assert client.recv(200).startswith(b"HTTP/1.1 502")
+        assert "agent silent, dropping it node=edge-mute" in server.log_text()
+    finally:
+        server.stop()
+
+
 # --- a second agent for a live node ---------------------------------------------------------------------------
 
 
