@@ -180,6 +180,26 @@ def test_an_agent_that_stops_answering_is_dropped(
         server.stop()
 
 
+def test_agents_get_no_tls_session_tickets_to_resume_with(
+    ca: pki.CertificateAuthority, certs: tunnelhost.Certs, server: tunnelhost.Server, tmp_path: Path
+) -> None:
+    """Every agent connection is a full handshake, its client certificate verified each time: the agent port
+    issues no TLS session tickets (agents never resumed; the tickets were CPU spent on every reconnect)."""
+    context = ssl.create_default_context(cafile=str(certs.ca))
+    context.load_cert_chain(tunnelhost.node_cert(ca, tmp_path, "edge-ticket"))
+    with (
+        socket.create_connection(("127.0.0.1", server.agent_port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(b"GET /not-the-agent-path HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := tls.recv(4096):  # TLS 1.3 tickets, when sent, come before this answer
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 404")
+        assert tls.version() == "TLSv1.3"
+        assert tls.session is not None and not tls.session.has_ticket
+
+
 # --- a second agent for a live node ---------------------------------------------------------------------------
 
 
