@@ -161,6 +161,7 @@ class Agent:
                 compression=None,
                 max_size=session.MAX_MESSAGE,
                 max_queue=64,
+                write_limit=session.WRITE_LIMIT,
                 open_timeout=10,
                 ping_interval=s.keepalive_s,
                 ping_timeout=s.keepalive_s,

@@ -54,6 +54,14 @@ class Frame:
         return _HEADER.pack(self.kind, self.stream) + self.payload
 
 
+def encode_data(stream: int, chunk: bytes | bytearray | memoryview) -> bytes:
+    """A DATA frame for `chunk` (at most `MAX_PAYLOAD` bytes), copied once: the hot path's `Frame(...).encode()`
+    without the intermediate payload copy a slice of a buffer would need."""
+    if len(chunk) > MAX_PAYLOAD:
+        raise errors.UsageError(f"frame payload of {len(chunk)} bytes exceeds {MAX_PAYLOAD}")
+    return _HEADER.pack(Kind.DATA, stream) + chunk
+
+
 def decode(message: bytes) -> Frame:
     """One frame from one websocket message; `errors.ProtocolError` for anything malformed."""
     if len(message) < _HEADER.size:

@@ -112,6 +112,7 @@ class Mux:
         self._window = window
         self._events: list[Event] = []
         self._out: list[bytes] = []
+        self._widened: list[int] = []
 
     # --- what the shell reads -------------------------------------------------------------------
 
@@ -122,6 +123,12 @@ class Mux:
     def data_to_send(self) -> list[bytes]:
         out, self._out = self._out, []
         return out
+
+    def widened(self) -> list[int]:
+        """Streams whose send window grew (WINDOW, ACCEPT) since the last call: only their buffers can have
+        drained, so only their paused writers need a look."""
+        widened, self._widened = self._widened, []
+        return widened
 
     def buffered(self, stream: int) -> int:
         """Bytes of `stream` waiting for the peer's window; the shell pauses the source above a bound."""
@@ -166,12 +173,22 @@ class Mux:
             raise errors.UsageError(f"stream {stream} was closed for sending")
         if not data:
             return
-        if not s.pending and s.state is State.OPEN and len(data) <= min(s.send_window, frames.MAX_PAYLOAD):
-            s.send_window -= len(data)  # the common case: straight out, no copy through the buffer
-            self._emit(Frame(Kind.DATA, stream, bytes(data)))
+        if s.pending or s.state is not State.OPEN:
+            s.pending += data
+            self._flush(s)
             return
-        s.pending += data
-        self._flush(s)
+        # the common case: straight out in frames, each copied once from `data`; only what the window does not
+        # allow yet goes through the buffer
+        view = memoryview(data)
+        sent = 0
+        while sent < len(view) and s.send_window > 0:
+            size = min(len(view) - sent, s.send_window, frames.MAX_PAYLOAD)
+            self._out.append(frames.encode_data(stream, view[sent : sent + size]))
+            s.send_window -= size
+            sent += size
+        if sent < len(view):
+            s.pending += view[sent:]
+        view.release()
 
     def consumed(self, stream: int, count: int) -> None:
         """The application took `count` bytes of this stream's data: grant the peer that much again."""
@@ -225,6 +242,7 @@ class Mux:
             s.state = State.OPEN
             self._events.append(StreamAccepted(stream))
             self._flush(s)
+            self._widened.append(stream)
         elif kind is Kind.REFUSE:
             if s.state is not State.OPENING:
                 raise errors.ProtocolError(f"REFUSE for stream {stream} in state {s.state.value}")
@@ -237,6 +255,7 @@ class Mux:
             if s.send_window > MAX_WINDOW:
                 raise errors.ProtocolError(f"window of stream {stream} grew past {MAX_WINDOW}")
             self._flush(s)
+            self._widened.append(stream)
         elif kind is Kind.FIN:
             if s.fin_received:
                 raise errors.ProtocolError(f"second FIN on stream {stream}")
@@ -288,10 +307,10 @@ class Mux:
             return
         while s.pending and s.send_window > 0:
             size = min(len(s.pending), s.send_window, frames.MAX_PAYLOAD)
-            chunk = bytes(s.pending[:size])
+            with memoryview(s.pending) as view:
+                self._out.append(frames.encode_data(s.id, view[:size]))
             del s.pending[:size]
             s.send_window -= size
-            self._emit(Frame(Kind.DATA, s.id, chunk))
         if s.fin_queued and not s.pending and not s.fin_sent:
             s.fin_sent = True
             self._emit(Frame(Kind.FIN, s.id))

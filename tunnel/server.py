@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import asyncio.sslproto
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
@@ -51,6 +53,48 @@ zeroed up front: 2,000 idle agents would pin 500 MB for nothing. A read returns 
 a buffer that size costs no throughput. The commands run the server on uvloop (tunnel.cli), whose TLS buffer is
 allocated without being written, so an idle agent's pages of it are never resident; this setting then matters
 only to a server run on asyncio's own loop (bench/tunnel_bench.py measures the memory per idle agent)."""
+
+
+TRIM_AFTER_S = 1.0
+"""How long after the last agent joined the server hands freed memory back to the system (`Trimmer`)."""
+
+
+class Trimmer:
+    """Hands the C heap's free pages back to the system (glibc's `malloc_trim`) once agents stop joining.
+
+    A TLS handshake and a websocket upgrade allocate and free tens of kilobytes of scratch memory (OpenSSL's
+    handshake state, certificate parsing, HTTP headers); glibc keeps those freed pages mapped, scattered between
+    the long-lived objects of the agents that stay, so each idle agent cost about 20 KB more than it holds
+    (bench/tunnel_bench.py, tracemalloc against /proc/<pid>/smaps). One trim after a burst of joins returns
+    them; a trim walks the heap (milliseconds with thousands of agents), so it runs at most once per
+    `TRIM_AFTER_S` while agents keep arriving. A no-op where the C library has no `malloc_trim` (musl)."""
+
+    def __init__(self) -> None:
+        self._trim = _malloc_trim()
+        self._handle: asyncio.TimerHandle | None = None
+
+    def soon(self) -> None:
+        if self._trim is None or self._handle is not None:
+            return
+        self._handle = asyncio.get_running_loop().call_later(TRIM_AFTER_S, self._run)
+
+    def _run(self) -> None:
+        self._handle = None
+        if self._trim is not None:
+            self._trim(0)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+def _malloc_trim() -> Any:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
 
 
 def node_from_certificate(peercert: dict[str, Any] | None) -> str | None:
@@ -101,6 +145,7 @@ class Server:
         self._watch: nodes.NodeWatch | None = None
         self._joining: dict[str, ServerConnection] = {}
         self._duplicates_logged: set[str] = set()
+        self._trimmer = Trimmer()
 
     # --- state ------------------------------------------------------------------------------------
 
@@ -210,6 +255,11 @@ class Server:
         remote = f"{connection.remote_address[0]}:{connection.remote_address[1]}"
         if self._joining.get(node) is connection:
             del self._joining[node]
+        # The handshake's headers are read by now. websockets keeps the request for the connection's life (its
+        # parser holds it too), a few kilobytes per idle agent: the headers go, the objects stay.
+        if connection.request is not None:
+            connection.request.headers.clear()
+        connection.response = None
         tunnel = session.Session(
             connection,
             dials_out=False,
@@ -221,6 +271,7 @@ class Server:
         )
         info = AgentInfo(node, remote, tunnel)
         self.routes.add(node, info)
+        self._trimmer.soon()
         log.info("agent joined node=%s remote=%s", node, remote)
         try:
             reason = await tunnel.run()
@@ -339,6 +390,7 @@ class Server:
             else:
                 log.warning("no Kubernetes API access: targets are routed by node name only")
             agent_tls = _mtls_context(s.agent_cert, s.agent_key, s.agent_ca)
+            agent_tls.num_tickets = 0
             agents = await serve(
                 self._agent,
                 s.agent_address,
@@ -349,10 +401,11 @@ class Server:
                 compression=None,
                 max_size=session.MAX_MESSAGE,
                 max_queue=64,
-                ping_interval=s.keepalive_s,
-                ping_timeout=s.keepalive_s,
+                write_limit=session.WRITE_LIMIT,
+                ping_interval=None,  # one keepalive task for every agent (`_keepalive`), not one per connection
                 server_header=None,
             )
+            keepalive = group.create_task(self._keepalive(), name="agent-keepalive")
             fronts: list[asyncio.Server] = []
             if s.connect_port:
                 tls = _mtls_context(s.connect_cert, s.connect_key, s.connect_ca)
@@ -382,12 +435,40 @@ class Server:
                 await stop.wait()
             finally:
                 self._listening = False
+                self._trimmer.cancel()
+                keepalive.cancel()
                 agents.close()
                 for front in fronts:
                     front.close()
                 await runner.cleanup()
                 if watch is not None:
                     watch.cancel()
+
+    async def _keepalive(self) -> None:
+        """Every `keepalive_s`, a tunnel PING to each agent; an agent not heard from for one and a half
+        intervals (so: within two) is dropped, and its node gets 502s at once instead of dials nobody answers.
+
+        One task for all agents: websockets' own keepalive is a task per connection (a task, its coroutine and
+        its timer: about 2 KB per idle agent, bench/tunnel_bench.py). The PING goes to the agent's tunnel
+        session, so an agent whose websocket library still answers pings while its tunnel code is stuck is
+        found too."""
+        interval = self.settings.keepalive_s
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for info in self._infos():
+                tunnel = info.session
+                if now - tunnel.last_heard > 1.5 * interval:
+                    log.warning(
+                        "agent silent, dropping it node=%s remote=%s silent_s=%.1f",
+                        info.node,
+                        info.remote,
+                        now - tunnel.last_heard,
+                    )
+                    tunnel.ws.transport.abort()
+                else:
+                    tunnel.ping()
 
     def _nodes_listed(self, listed: dict[str, nodes.Node]) -> None:
         self.routes.replace_nodes({name: (n.addresses, n.edge, n.pod_cidrs) for name, n in listed.items()})

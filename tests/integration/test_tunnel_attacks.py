@@ -151,6 +151,55 @@ def _agent_ws(certs: tunnelhost.Certs, cert: Path, server: tunnelhost.Server, no
     )
 
 
+# --- an agent that stops answering ------------------------------------------------------------------------------
+
+
+def test_an_agent_that_stops_answering_is_dropped(
+    ca: pki.CertificateAuthority, certs: tunnelhost.Certs, tmp_path: Path
+) -> None:
+    """An agent whose tunnel session no longer answers is dropped within about two keepalive intervals, so
+    CONNECTs for its node get a 502 at once instead of waiting on an agent that will never dial. Its websocket
+    library may still answer websocket pings on its own (this raw client's does until its one-message queue is
+    full): the server's keepalive is a tunnel PING, answered by the agent's session itself."""
+    server = tunnelhost.server(certs, tmp_path, "keepalive", extra=("--keepalive=1", "--no-direct-fallback"))
+    try:
+        with _agent_ws(certs, tunnelhost.node_cert(ca, tmp_path, "edge-mute"), server, "edge-mute"):
+            wait_for(
+                "the mute agent to join",
+                lambda: [a["node"] for a in server.status()["agents"]] == ["edge-mute"],
+                timeout=10,
+            )
+            wait_for("the server to drop the mute agent", lambda: server.status()["agents"] == [], timeout=20)
+            with socket.socket(socket.AF_UNIX) as client:
+                assert server.uds is not None
+                client.connect(str(server.uds))
+                client.sendall(b"CONNECT edge-mute:10250 HTTP/1.1\r\nHost: edge-mute\r\n\r\n")
+                assert client.recv(200).startswith(b"HTTP/1.1 502")
+        assert "agent silent, dropping it node=edge-mute" in server.log_text()
+    finally:
+        server.stop()
+
+
+def test_agents_get_no_tls_session_tickets_to_resume_with(
+    ca: pki.CertificateAuthority, certs: tunnelhost.Certs, server: tunnelhost.Server, tmp_path: Path
+) -> None:
+    """Every agent connection is a full handshake, its client certificate verified each time: the agent port
+    issues no TLS session tickets (agents never resumed; the tickets were CPU spent on every reconnect)."""
+    context = ssl.create_default_context(cafile=str(certs.ca))
+    context.load_cert_chain(tunnelhost.node_cert(ca, tmp_path, "edge-ticket"))
+    with (
+        socket.create_connection(("127.0.0.1", server.agent_port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(b"GET /not-the-agent-path HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := tls.recv(4096):  # TLS 1.3 tickets, when sent, come before this answer
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 404")
+        assert tls.version() == "TLSv1.3"
+        assert tls.session is not None and not tls.session.has_ticket
+
+
 # --- a second agent for a live node ---------------------------------------------------------------------------
 
 

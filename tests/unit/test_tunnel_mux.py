@@ -219,3 +219,43 @@ def test_the_ping_budget_allows_its_rate_and_burst_and_no_more() -> None:
     assert [budget.take(0.0) for _ in range(11)] == [True] * 10 + [False]
     assert budget.take(0.1) and not budget.take(0.1)  # a tenth of a second refills one
     assert [budget.take(100.0) for _ in range(11)].count(True) == 10  # never more than the burst in hand
+
+
+def test_one_large_send_goes_out_in_frames_up_to_the_window_and_the_rest_waits() -> None:
+    server, agent, s = connected()
+    data = bytes(range(251)) * (3 * mux.RECEIVE_WINDOW // 251 + 1)  # three windows and a bit, one call
+    server.send(s, data)
+    messages = server.data_to_send()
+    assert all(len(m) <= frames.MAX_PAYLOAD + 5 for m in messages)
+    assert sum(len(m) - 5 for m in messages) == mux.RECEIVE_WINDOW  # exactly the window, not a byte more
+    assert server.buffered(s) == len(data) - mux.RECEIVE_WINDOW
+    got = b""
+    for m in messages:
+        agent.receive(m)
+    for _ in range(100):
+        piece = received(agent.events_received(), s)
+        got += piece
+        agent.consumed(s, len(piece))
+        seen_by_agent = pump(server, agent)[1]
+        got += received(seen_by_agent, s)
+        agent.consumed(s, len(received(seen_by_agent, s)))
+        if len(got) == len(data):
+            break
+    assert got == data
+    assert server.buffered(s) == 0
+
+
+def test_only_streams_whose_window_grew_are_reported_widened() -> None:
+    server, agent, s = connected()
+    assert s in server.widened()  # its ACCEPT and the window the agent granted on top
+    other = server.open("127.0.0.1:10255")
+    pump(server, agent)
+    agent.accept(other)
+    pump(server, agent)
+    assert set(server.widened()) == {other}
+    assert server.widened() == []
+    server.send(s, b"x" * mux.RECEIVE_WINDOW)
+    agent_seen = pump(server, agent)[1]
+    agent.consumed(s, len(received(agent_seen, s)))
+    pump(server, agent)
+    assert server.widened() == [s]  # the WINDOW the reader granted; `other` saw nothing
