@@ -19,6 +19,7 @@ import os
 import signal
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -38,6 +39,7 @@ NODE = "bench-node"
 PODS = 1000
 CONFIGMAPS = 10_000
 REPS = 3
+ROOT = Path(__file__).resolve().parent.parent
 LIST_SAMPLES = 15
 GET_SAMPLES = 200
 WATCH_ROUNDS = 20
@@ -417,6 +419,7 @@ def side_by_side(kube: cluster.Cluster, directory: Path, reps: int) -> tuple[dic
         cloud_list = direct.get(LIST_PATH)[1]
         order = list(clients)
         for rep in range(reps):
+            progress(f"repetition {rep + 1} of {reps}")
             # online: LIST and GET, interleaved request by request, the order rotating
             lists: dict[str, list[float]] = {n: [] for n in clients}
             gets: dict[str, list[float]] = {h: [] for h in HUBS}
@@ -656,16 +659,34 @@ def running_containers(kube: cluster.Cluster) -> int:
     return sum(1 for line in tasks if line.split()[0] in apps and line.split()[-1] == "RUNNING")
 
 
+def progress(what: str) -> None:
+    print(f"yurthub bench: {what}", file=sys.stderr, flush=True)
+
+
+def commit() -> str:
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
 def run(quick: bool = False) -> dict[str, object]:
     reps = 1 if quick else REPS
     metrics: dict[str, Any] = {}
+    stamp = {"commit": commit(), "load_average_1m": {"start": round(os.getloadavg()[0], 2)}}
     with cluster.Cluster.start(cluster.Settings(real_node=False)) as kube, tempfile.TemporaryDirectory() as tmp:
         figures, cloud_list = side_by_side(kube, Path(tmp), reps)
+        progress("cache footprint and RSS")
         figures |= footprint(kube, Path(tmp), reps)
         soak: dict[str, Any] = {"figures": {}, "detail": None}
         if not quick:
             # a hub of its own, in a namespace of its own, after the request figures so it cannot disturb them
+            progress("hostile soak")
             soak = yurthub_soak.measure(kube, Path(tmp) / "soak")
+    progress("cache events through record_events")
     figures["cache_events_per_s"] = {OURS: figure([cache_events_per_s(cloud_list) for _ in range(reps)])}
     metrics |= flat(figures)
     metrics["list_1k_pods_online_overhead_ratio"] = ratio(
@@ -673,12 +694,15 @@ def run(quick: bool = False) -> dict[str, object]:
     )
     metrics |= soak["figures"]
     if not quick:
+        progress("node restarts")
         metrics["online_node_restart_to_pods_running_s"] = node_restart(offline=False)
         metrics["offline_node_restart_to_pods_running_s"] = node_restart(offline=True)
         metrics["offline_over_online_restart_ratio"] = round(
             metrics["offline_node_restart_to_pods_running_s"] / metrics["online_node_restart_to_pods_running_s"], 3
         )
+    stamp["load_average_1m"]["end"] = round(os.getloadavg()[0], 2)  # type: ignore[index]
     return {
+        **stamp,
         "metrics": metrics,
         "median": metrics,
         "side_by_side": figures,

@@ -1,0 +1,186 @@
+"""README tables from bench/results/*.json: `python -m bench.tables` rewrites the README's yurthub table (between
+its `bench:yurthub` markers) from bench/results/yurthub.json, stamped with the run's commit and date, so the
+README shows one run's figures and nothing else. `python -m bench.tables --print tunnel` prints the tunnel
+table from bench/results/tunnel.json.
+
+Pure functions from a result (the JSON, as loaded) to Markdown; the only I/O is in `main`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+README = ROOT / "README.md"
+
+OURS, OY, OY_OFF = "yurt_edge", "openyurt", "openyurt_filters_off"
+
+# figure, label, decimals, target (the issue's, as ours/OpenYurt with its filters unless said), lower is better
+_YURTHUB_ROWS: list[tuple[str, str, int, str, float | None]] = [
+    ("list_1k_pods_online_p50_ms", "LIST 1k pods online p50 (ms)", 1, "keep the lead", 1.0),
+    ("get_added_latency_p50_ms", "GET added over direct p50 (ms)", 2, "≤ 0.8x and ≤ 1 ms", 0.8),
+    ("watch_event_added_latency_p50_ms", "watch event added over direct p50 (ms)", 2, "", None),
+    ("list_1k_pods_offline_p50_ms", "LIST 1k pods offline p50 (ms)", 1, "keep the lead", 1.0),
+    ("time_to_notice_frozen_cloud_s", "frozen cloud to the first answer from the cache (s)", 1, "keep the lead", 1.0),
+    ("rss_mb_idle_10k_objects", "RSS after caching 10k ConfigMaps (MB)", 1, "keep the lead", 1.0),
+    ("cache_disk_mb_10k_configmaps", "cache on disk, 10k ConfigMaps + 1k pods (MB)", 1, "keep the lead", 1.0),
+    ("cache_disk_mb_1k_pods", "cache on disk, 1k pods only (MB)", 1, "≤ 1.0x", 1.0),
+]
+
+
+def cell(value: dict[str, Any] | None, decimals: int) -> str:
+    if not value:
+        return ""
+    if "median" not in value:
+        return f"{value['value']:.{decimals}f}"
+    med, lo, hi = (f"{value[k]:,.{decimals}f}" for k in ("median", "min", "max"))
+    return med if lo == hi else f"{med} ({lo}-{hi})"
+
+
+def _ratio(systems: dict[str, Any], other: str) -> float | None:
+    ours, theirs = systems.get(OURS), systems.get(other)
+    if not ours or not theirs or not theirs.get("median"):
+        return None
+    return float(ours["median"]) / float(theirs["median"])
+
+
+def _answers(runs: list[dict[str, Any]]) -> str:
+    """How a hub's offline answers compared with the cloud's, over every repetition."""
+    if not runs:
+        return "not measured"
+
+    def every(key: str) -> str:
+        hits = sum(bool(r[key]) for r in runs)
+        return "yes" if hits == len(runs) else ("no" if hits == 0 else f"{hits}/{len(runs)}")
+
+    return (
+        f"list items {every('list_items_equal')}, list resourceVersion {every('list_rv_equal')}, "
+        f"GET {every('get_equal')}"
+    )
+
+
+def _second_selector(runs: list[dict[str, Any]]) -> str:
+    if not runs:
+        return "not measured"
+    if all(r["second_selector_items_equal"] for r in runs):
+        return "the cloud's items"
+    statuses = sorted({str(r["second_selector_status"]) for r in runs})
+    return "answered " + ", ".join(statuses) + (" (items differ)" if statuses == ["200"] else "")
+
+
+def yurthub_table(result: dict[str, Any]) -> str:
+    figures: dict[str, Any] = result["side_by_side"]
+    settings = result.get("settings", {})
+    lines = [
+        f"One `python -m bench yurthub` run of commit {result.get('commit', '?')} on "
+        f"{result['machine']['measured_at'][:10]} ({result['machine']['cores']} cores, shared with other work; "
+        f"load average {result.get('load_average_1m', {}).get('start', '?')} at the start, "
+        f"{result.get('load_average_1m', {}).get('end', '?')} at the end). Each figure is the median of "
+        f"{settings.get('repetitions', '?')} repetitions interleaved between the systems (min-max in brackets); "
+        "the ratio is yurt-edge / OpenYurt (with its filters off in brackets where measured both ways).",
+        "",
+        "| yurthub figure | direct | yurt-edge | OpenYurt v1.7.0 (filters off) | ratio | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, label, decimals, target, bound in _YURTHUB_ROWS:
+        systems = figures.get(key)
+        if not systems:
+            continue
+        oy, off = cell(systems.get(OY), decimals), cell(systems.get(OY_OFF), decimals)
+        ratio, ratio_off = _ratio(systems, OY), _ratio(systems, OY_OFF)
+        ratio_text = "" if ratio is None else f"{ratio:.2f}" + ("" if ratio_off is None else f" ({ratio_off:.2f})")
+        met = ""
+        if bound is not None and ratio is not None:
+            ok = ratio <= bound
+            if key == "get_added_latency_p50_ms":
+                ok = ok and systems[OURS]["median"] <= 1.0
+            met = "yes" if ok else "**no**"
+        lines.append(
+            f"| {label} | {cell(systems.get('direct'), decimals)} | {cell(systems.get(OURS), decimals)} | "
+            f"{oy}{f' ({off})' if off else ''} | {ratio_text} | {target} | {met} |"
+        )
+    p99 = figures.get("get_added_latency_p99_ms", {})
+    if p99:
+        lines.append(
+            f"| GET added over direct p99 (ms; {p99[OURS]['samples']:,} samples each, pooled) | | "
+            f"{p99[OURS]['value']:.2f} | {p99[OY]['value']:.2f} ({p99[OY_OFF]['value']:.2f}) | | | |"
+        )
+    files = figures.get("cache_files_10k_configmaps", {})
+    files_1k = figures.get("cache_files_1k_pods", {})
+    if files and files_1k:
+        lines.append(
+            f"| cache files, 10k ConfigMaps / 1k pods only | | {files[OURS]['median']:,.0f} / "
+            f"{files_1k[OURS]['median']:,.0f} | {files[OY]['median']:,.0f} / {files_1k[OY]['median']:,.0f} | | | |"
+        )
+    answers = figures.get("offline_answers", {})
+    if answers:
+        lines.append(
+            f"| offline answers equal to the cloud's bytes | | {_answers(answers.get(OURS, []))} | "
+            f"{_answers(answers.get(OY, []))} ({_answers(answers.get(OY_OFF, []))}) | | yes | "
+            f"{'yes' if _answers(answers.get(OURS, [])).count('yes') == 3 else '**no**'} |"
+        )
+        lines.append(
+            f"| offline LIST with a second label selector | | {_second_selector(answers.get(OURS, []))} | "
+            f"{_second_selector(answers.get(OY, []))} ({_second_selector(answers.get(OY_OFF, []))}) | | | |"
+        )
+    events = figures.get("cache_events_per_s", {}).get(OURS)
+    if events:
+        lines.append(
+            f"| cache events persisted per second (one per transaction, raw frames) | | {cell(events, 0)} | "
+            "not comparable (no in-process path) | | ≥ 5,000 | "
+            f"{'yes' if events['median'] >= 5000 else '**no**'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def tunnel_table(result: dict[str, Any]) -> str:
+    """The tunnel figures side by side (bench/tunnel_bench.py's `figures`: per system median/min/max, ratio,
+    target_ratio, target_met)."""
+    lines = [
+        f"One `python -m bench tunnel` run of commit {result.get('commit', '?')} on "
+        f"{result['machine']['measured_at'][:10]}; median of {result.get('repetitions', '?')} (min-max).",
+        "",
+        "| tunnel figure | yurt-edge | konnectivity | ratio | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, fig in result["figures"].items():
+        ratio = fig.get("ratio")
+        met = fig.get("target_met")
+        lines.append(
+            f"| {key} | {cell(fig.get('yurt-edge'), 2)} | {cell(fig.get('konnectivity'), 2)} | "
+            f"{'' if ratio is None else f'{ratio:.2f}'} | {fig.get('target_ratio', '')} | "
+            f"{'' if met is None else ('yes' if met else '**no**')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def replace_between(text: str, area: str, table: str) -> str:
+    """`text` with what lies between the `bench:<area>` markers replaced by `table`."""
+    pattern = re.compile(rf"(<!-- bench:{area}:start -->\n).*?(<!-- bench:{area}:end -->)", re.DOTALL)
+    if not pattern.search(text):
+        raise ValueError(f"README has no bench:{area} markers")
+    return pattern.sub(lambda m: m.group(1) + table + m.group(2), text, count=1)
+
+
+RENDERERS = {"yurthub": yurthub_table, "tunnel": tunnel_table}
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--print"]:
+        for area in argv[1:] or list(RENDERERS):
+            print(RENDERERS[area](json.loads((RESULTS / f"{area}.json").read_text())))
+        return 0
+    text = README.read_text()
+    for area in argv or ["yurthub"]:
+        text = replace_between(text, area, RENDERERS[area](json.loads((RESULTS / f"{area}.json").read_text())))
+    README.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
