@@ -16,6 +16,7 @@ import dataclasses
 import http.client
 import json
 import os
+import re
 import signal
 import ssl
 import statistics
@@ -35,6 +36,10 @@ from yurthub import cache, requestinfo, storage, wire
 
 KUBELET = "kubelet/v1.34.12 (linux/amd64) kubernetes/bench"
 PB = "application/vnd.kubernetes.protobuf"
+JSON = "application/json"
+KUBELET_ACCEPT = f"{PB},{JSON}"
+"""What kubelet asks for: protobuf, or JSON. yurthub reads kubelet's pods as JSON (what it rewrites offline is
+cached in the one encoding it can rewrite), the cloud and OpenYurt answer protobuf."""
 NODE = "bench-node"
 PODS = 1000
 CONFIGMAPS = 10_000
@@ -60,12 +65,17 @@ class Client:
             else http.client.HTTPConnection(host, port, timeout=timeout)
         )
 
-    def get(self, path: str, accept: str = PB) -> tuple[int, bytes, float]:
+    encoding: wire.Encoding = wire.Encoding.PROTOBUF
+    """The encoding of the last answer (its Content-Type)."""
+
+    def get(self, path: str, accept: str = KUBELET_ACCEPT) -> tuple[int, bytes, float]:
         start = time.perf_counter()
         self.conn.request("GET", path, headers={"Accept": accept, "User-Agent": KUBELET})
         resp = self.conn.getresponse()
         body = resp.read()
-        return resp.status, body, (time.perf_counter() - start) * 1000
+        ms = (time.perf_counter() - start) * 1000
+        self.encoding = wire.encoding_of(resp.headers.get("Content-Type", "")) or wire.Encoding.PROTOBUF
+        return resp.status, body, ms
 
 
 def pods(n: int) -> list[dict[str, Any]]:
@@ -120,6 +130,7 @@ LIST_PATH = "/api/v1/namespaces/bench/pods"
 FIRST_SELECTOR = LIST_PATH + "?labelSelector=app%3Dbench"
 SECOND_SELECTOR = LIST_PATH + "?labelSelector=index%3D5"
 GET_PATH = "/api/v1/namespaces/bench/pods/p7"
+WHATS = (("list", LIST_PATH), ("get", GET_PATH), ("second_selector", SECOND_SELECTOR))
 
 
 @dataclasses.dataclass
@@ -196,22 +207,22 @@ def settled_disk(path: Path) -> tuple[float, int]:
 # --- online and offline answers ----------------------------------------------------------------------
 
 
-def list_rv(body: bytes) -> str:
-    return wire.parse_list(wire.Encoding.PROTOBUF, body).resource_version
+def list_rv(body: bytes, encoding: wire.Encoding) -> str:
+    return wire.parse_list(encoding, body).resource_version
 
 
-def items(body: bytes) -> list[bytes]:
-    return [o.body for o in wire.parse_list(wire.Encoding.PROTOBUF, body).items]
+def items(body: bytes, encoding: wire.Encoding) -> list[bytes]:
+    return [o.body for o in wire.parse_list(encoding, body).items]
 
 
 def hubs_current(direct: Client, hubs: dict[str, Client]) -> bool:
     """Whether every hub answers GET p7 with the cloud's current copy (so it is online again, not serving its
     cache)."""
     status, body, _ = direct.get(GET_PATH)
-    want = wire.parse_object(wire.Encoding.PROTOBUF, body).resource_version
+    want = wire.parse_object(direct.encoding, body).resource_version
     for client in hubs.values():
         status, body, _ = client.get(GET_PATH)
-        if status != 200 or wire.parse_object(wire.Encoding.PROTOBUF, body).resource_version != want:
+        if status != 200 or wire.parse_object(client.encoding, body).resource_version != want:
             return False
     return True
 
@@ -288,20 +299,29 @@ def watch_added(kube: cluster.Cluster, clients: dict[str, http.client.HTTPConnec
     }
 
 
-def equal_answers(reference: dict[str, bytes], answers: dict[str, tuple[int, bytes]], online_rv: str) -> dict[str, Any]:
-    """Whether a hub's offline answers are the cloud's: the LIST's items and its resourceVersion (the one the
-    cloud gave the hub's last online LIST), GET p7's body, and a LIST with a second label selector."""
+Reference = dict[tuple[str, wire.Encoding], bytes]
+
+
+def equal_answers(
+    reference: Reference, answers: dict[str, tuple[int, bytes, wire.Encoding]], online_rv: str
+) -> dict[str, Any]:
+    """Whether a hub's offline answers are the cloud's in the encoding the hub answered: the LIST's items and
+    its resourceVersion (the one the cloud gave the hub's last online LIST), GET p7's body, and a LIST with a
+    second label selector."""
     out: dict[str, Any] = {}
-    status, body = answers["list"]
+    status, body, enc = answers["list"]
     out["list_status"] = status
-    out["list_items_equal"] = status == 200 and items(body) == items(reference["list"])
-    out["list_rv_equal"] = status == 200 and list_rv(body) == online_rv
-    status, body = answers["get"]
+    out["encoding"] = enc.value
+    out["list_items_equal"] = status == 200 and items(body, enc) == items(reference["list", enc], enc)
+    out["list_rv_equal"] = status == 200 and list_rv(body, enc) == online_rv
+    status, body, enc = answers["get"]
     out["get_status"] = status
-    out["get_equal"] = status == 200 and body == reference["get"]
-    status, body = answers["second_selector"]
+    out["get_equal"] = status == 200 and body == reference["get", enc]
+    status, body, enc = answers["second_selector"]
     out["second_selector_status"] = status
-    out["second_selector_items_equal"] = status == 200 and items(body) == items(reference["second_selector"])
+    out["second_selector_items_equal"] = status == 200 and items(body, enc) == items(
+        reference["second_selector", enc], enc
+    )
     return out
 
 
@@ -350,11 +370,11 @@ def offline_round(
     for name, client in hubs.items():
         for path in (FIRST_SELECTOR, SECOND_SELECTOR):
             client.get(path)
-        online_rv[name] = list_rv(client.get(LIST_PATH)[1])
-    reference = {
-        "list": direct.get(LIST_PATH)[1],
-        "get": direct.get(GET_PATH)[1],
-        "second_selector": direct.get(SECOND_SELECTOR)[1],
+        online_rv[name] = list_rv(client.get(LIST_PATH)[1], client.encoding)
+    reference: Reference = {
+        (what, enc): direct.get(path, accept)[1]
+        for what, path in WHATS
+        for enc, accept in ((wire.Encoding.PROTOBUF, PB), (wire.Encoding.JSON, JSON))
     }
     apiserver = next(p for p in plane.processes if p.name == "kube-apiserver")
     os.kill(apiserver.pid, signal.SIGSTOP)
@@ -373,10 +393,7 @@ def offline_round(
             if values:
                 keep("list_1k_pods_offline_p50_ms", name, pct(values, 0.5))
         for name, client in offline.items():
-            got = {
-                what: client.get(path)[:2]
-                for what, path in (("list", LIST_PATH), ("get", GET_PATH), ("second_selector", SECOND_SELECTOR))
-            }
+            got = {what: (*client.get(path)[:2], client.encoding) for what, path in WHATS}
             answers[name].append(equal_answers(reference, got, online_rv[name]))
     finally:
         os.kill(apiserver.pid, signal.SIGCONT)
@@ -386,9 +403,11 @@ def offline_round(
     wait_for("every hub online again", lambda: hubs_current(direct, fresh), timeout=120, interval=0.5)
 
 
-def side_by_side(kube: cluster.Cluster, directory: Path, reps: int) -> tuple[dict[str, Any], bytes]:
+def side_by_side(
+    kube: cluster.Cluster, directory: Path, reps: int
+) -> tuple[dict[str, Any], dict[wire.Encoding, bytes]]:
     """Every request figure for direct, ours and OpenYurt (filters on and off), interleaved, `reps` times.
-    Returns the figures and the cloud's 1k-pod LIST (protobuf), which the in-process cache figure replays."""
+    Returns the figures and the cloud's 1k-pod LIST in both encodings, which the in-process cache figure replays."""
     plane = kube.plane
     assert plane is not None
     prepare_cluster(kube)
@@ -416,7 +435,10 @@ def side_by_side(kube: cluster.Cluster, directory: Path, reps: int) -> tuple[dic
             for path in (LIST_PATH, FIRST_SELECTOR, SECOND_SELECTOR, GET_PATH):
                 status, body, _ = client.get(path)
                 assert status == 200, f"{name} GET {path}: {status} {body[:300]!r}"
-        cloud_list = direct.get(LIST_PATH)[1]
+        cloud_lists = {
+            wire.Encoding.PROTOBUF: direct.get(LIST_PATH, PB)[1],
+            wire.Encoding.JSON: direct.get(LIST_PATH, JSON)[1],
+        }
         order = list(clients)
         for rep in range(reps):
             progress(f"repetition {rep + 1} of {reps}")
@@ -454,7 +476,7 @@ def side_by_side(kube: cluster.Cluster, directory: Path, reps: int) -> tuple[dic
             "samples": len(get_samples[name]),
         }
     out["offline_answers"] = {name: answers[name] for name in HUBS}  # type: ignore[misc]
-    return out, cloud_list
+    return out, cloud_lists
 
 
 def footprint(kube: cluster.Cluster, directory: Path, reps: int) -> dict[str, Any]:
@@ -487,9 +509,10 @@ def footprint(kube: cluster.Cluster, directory: Path, reps: int) -> dict[str, An
                 raw.setdefault("cache_disk_mb_1k_pods", {}).setdefault(name, []).append(mb)
                 raw.setdefault("cache_files_1k_pods", {}).setdefault(name, []).append(files)
             for name, hub in running.items():
-                status, body, _ = hub.client(timeout=120).get("/api/v1/namespaces/bench/configmaps")
+                hub_client = hub.client(timeout=120)
+                status, body, _ = hub_client.get("/api/v1/namespaces/bench/configmaps")
                 assert status == 200, f"{name} LIST configmaps: {status} {body[:300]!r}"
-                assert len(items(body)) > CONFIGMAPS  # + kube-root-ca.crt
+                assert len(items(body, hub_client.encoding)) > CONFIGMAPS  # + kube-root-ca.crt
             for name, hub in running.items():
                 mb, files = settled_disk(hub.cache)
                 raw.setdefault("cache_disk_mb_10k_configmaps", {}).setdefault(name, []).append(mb)
@@ -573,41 +596,51 @@ def _with_rv(body: bytes, rv: str) -> bytes:
     return wire.wrap(api_version, kind, raw)
 
 
-def watch_stream(cloud_list: bytes, events: int) -> bytes:
-    """A protobuf watch stream as kube-apiserver frames it (4-byte length, then a WatchEvent whose object is
-    the pod's full protobuf encoding): MODIFIED events of the listed pods, in turn, each newer than the list."""
-    listing = wire.parse_list(wire.Encoding.PROTOBUF, cloud_list)
+_JSON_RV = re.compile(rb'"resourceVersion":\s*"[0-9]+"')
+
+
+def watch_stream(cloud_list: bytes, encoding: wire.Encoding, events: int) -> bytes:
+    """A watch stream as kube-apiserver sends it: MODIFIED events of the listed pods in turn, each newer than
+    the list. Protobuf: a 4-byte length, then a WatchEvent whose object is the pod's full protobuf encoding;
+    JSON: one `{"type":...,"object":...}` line per event."""
+    listing = wire.parse_list(encoding, cloud_list)
     base = int(listing.resource_version)
     out = bytearray()
     for i in range(events):
-        body = _with_rv(listing.items[i % len(listing.items)].body, str(base + 1 + i))
-        frame = wire.bytes_field(1, b"MODIFIED") + wire.bytes_field(2, wire.bytes_field(1, body))
-        out += len(frame).to_bytes(4, "big") + frame
+        obj = listing.items[i % len(listing.items)]
+        rv = str(base + 1 + i)
+        if encoding is wire.Encoding.PROTOBUF:
+            frame = wire.bytes_field(1, b"MODIFIED") + wire.bytes_field(2, wire.bytes_field(1, _with_rv(obj.body, rv)))
+            out += len(frame).to_bytes(4, "big") + frame
+        else:
+            body = _JSON_RV.sub(b'"resourceVersion":"' + rv.encode() + b'"', obj.body.rstrip(b"\n"), count=1)
+            out += b'{"type":"MODIFIED","object":' + body + b"}\n"
     return bytes(out)
 
 
-def cache_events_per_s(cloud_list: bytes, events: int = 5000) -> float:
+def cache_events_per_s(cloud_list: bytes, encoding: wire.Encoding, events: int = 5000) -> float:
     """Watch events persisted per second through the relay's own path: the cloud's 1k-pod LIST recorded as a
     view (`cache.record_list`), then a watch stream of `events` MODIFIED pods cut into frames by
     `wire.FrameSplitter` in 64 KiB reads and each frame recorded on its own (`cache.record_events`: one
     event per transaction, as watch events arrive one at a time), on one thread, in SQLite on disk."""
-    stream = watch_stream(cloud_list, events)
+    stream = watch_stream(cloud_list, encoding, events)
     list_info = requestinfo.parse("GET", LIST_PATH, {}, KUBELET)
     watch_info = requestinfo.parse("GET", LIST_PATH, {"watch": "1"}, KUBELET)
     with tempfile.TemporaryDirectory() as tmp:
         store = storage.SqliteStorage(Path(tmp))
-        assert cache.record_list(store, list_info, wire.Encoding.PROTOBUF, cloud_list)
-        splitter = wire.FrameSplitter(wire.Encoding.PROTOBUF)
+        assert cache.record_list(store, list_info, encoding, cloud_list)
+        splitter = wire.FrameSplitter(encoding)
         recorded = 0
         start = time.perf_counter()
         for i in range(0, len(stream), 65536):
             for frame in splitter.feed(stream[i : i + 65536]):
-                cache.record_events(store, watch_info, wire.Encoding.PROTOBUF, [frame])
+                cache.record_events(store, watch_info, encoding, [frame])
                 recorded += 1
         elapsed = time.perf_counter() - start
-        view = store.read_view(cache.view_key(list_info, wire.Encoding.PROTOBUF))
+        view = store.read_view(cache.view_key(list_info, encoding))
         store.close()
-    assert recorded == events and view is not None and view.resource_version == str(int(list_rv(cloud_list)) + events)
+    want = str(int(list_rv(cloud_list, encoding)) + events)
+    assert recorded == events and view is not None and view.resource_version == want
     return round(events / elapsed)
 
 
@@ -678,7 +711,7 @@ def run(quick: bool = False) -> dict[str, object]:
     metrics: dict[str, Any] = {}
     stamp = {"commit": commit(), "load_average_1m": {"start": round(os.getloadavg()[0], 2)}}
     with cluster.Cluster.start(cluster.Settings(real_node=False)) as kube, tempfile.TemporaryDirectory() as tmp:
-        figures, cloud_list = side_by_side(kube, Path(tmp), reps)
+        figures, cloud_lists = side_by_side(kube, Path(tmp), reps)
         progress("cache footprint and RSS")
         figures |= footprint(kube, Path(tmp), reps)
         soak: dict[str, Any] = {"figures": {}, "detail": None}
@@ -687,7 +720,11 @@ def run(quick: bool = False) -> dict[str, object]:
             progress("hostile soak")
             soak = yurthub_soak.measure(kube, Path(tmp) / "soak")
     progress("cache events through record_events")
-    figures["cache_events_per_s"] = {OURS: figure([cache_events_per_s(cloud_list) for _ in range(reps)])}
+    for enc, key in (
+        (wire.Encoding.JSON, "cache_events_per_s"),
+        (wire.Encoding.PROTOBUF, "cache_events_per_s_protobuf"),
+    ):
+        figures[key] = {OURS: figure([cache_events_per_s(cloud_lists[enc], enc) for _ in range(reps)])}
     metrics |= flat(figures)
     metrics["list_1k_pods_online_overhead_ratio"] = ratio(
         metrics["list_1k_pods_online_p50_ms"], metrics["list_1k_pods_direct_p50_ms"]
