@@ -130,12 +130,65 @@ def yurthub_table(result: dict[str, Any]) -> str:
         )
     events = figures.get("cache_events_per_s", {}).get(OURS)
     if events:
+        pb = figures.get("cache_events_per_s_protobuf", {}).get(OURS)
         lines.append(
-            f"| cache events persisted per second (one per transaction, raw frames) | | {cell(events, 0)} | "
+            "| cache events persisted per second, one per transaction from the cloud's frames, JSON"
+            f"{' / protobuf' if pb else ''} | | {cell(events, 0)}{f' / {cell(pb, 0)}' if pb else ''} | "
             "not comparable (no in-process path) | | ≥ 5,000 | "
             f"{'yes' if events['median'] >= 5000 else '**no**'} |"
         )
+    own = own_rows(result.get("metrics", {}))
+    if own:
+        lines += [
+            "",
+            "yurthub's own figures in the same run:",
+            "",
+            "| yurthub figure | measured | target |",
+            "|---|---|---|",
+        ]
+        lines += own
     return "\n".join(lines) + "\n"
+
+
+def own_rows(m: dict[str, Any]) -> list[str]:
+    """The figures that compare yurthub with itself (node restarts, the hostile soak), where the run has them."""
+    rows = []
+
+    def has(*keys: str) -> bool:
+        return all(k in m for k in keys)
+
+    if has("online_node_restart_to_pods_running_s", "offline_node_restart_to_pods_running_s"):
+        rows.append(
+            f"| node power-on to 10 pods running, online / offline | {m['online_node_restart_to_pods_running_s']} / "
+            f"{m['offline_node_restart_to_pods_running_s']} s (ratio {m['offline_over_online_restart_ratio']:.2f}) | "
+            "offline/online <= 1.0 |"
+        )
+    if has("rss_mb_before_hostile_soak", "rss_mb_after_hostile_soak", "rss_mb_peak_first_soak_phase"):
+        rows.append(
+            f"| hostile soak, 3 x 10,000 requests: RSS before / after (peak of first / last phase) | "
+            f"{m['rss_mb_before_hostile_soak']} / {m['rss_mb_after_hostile_soak']} MB "
+            f"({m['rss_mb_peak_first_soak_phase']} / {m['rss_mb_peak_last_soak_phase']}) | levels off |"
+        )
+    if has("cache_mb_before_hostile_soak", "cache_mb_after_hostile_soak", "cache_mb_growth_first_soak_phase"):
+        rows.append(
+            f"| ... cache on disk before / after (growth in first / last phase) | "
+            f"{m['cache_mb_before_hostile_soak']} / {m['cache_mb_after_hostile_soak']} MB "
+            f"({m['cache_mb_growth_first_soak_phase']} / {m['cache_mb_growth_last_soak_phase']} MB) | levels off |"
+        )
+    if has("metric_series_before_hostile_soak", "metric_series_after_hostile_soak"):
+        rows.append(
+            f"| ... `/metrics` samples before / after | {m['metric_series_before_hostile_soak']} / "
+            f"{m['metric_series_after_hostile_soak']} | flat under random paths, verbs, User-Agents |"
+        )
+    if has("kubelet_get_p50_ms_quiet", "kubelet_get_p99_ms_during_soak", "kubelet_get_samples_quiet"):
+        rows.append(
+            f"| ... kubelet-shaped GET p50 / p99, quiet vs during the soak ({m['kubelet_get_samples_quiet']:,} / "
+            f"{m['kubelet_get_samples_during_soak']:,} samples) | {m['kubelet_get_p50_ms_quiet']:.2f} / "
+            f"{m['kubelet_get_p99_ms_quiet']:.1f} ms vs {m['kubelet_get_p50_ms_during_soak']:.2f} / "
+            f"{m['kubelet_get_p99_ms_during_soak']:.1f} ms (p99 ratio "
+            f"{m['kubelet_get_p99_during_soak_over_quiet_ratio']:.1f}) | p99 within 2x |"
+        )
+    return rows
 
 
 def tunnel_table(result: dict[str, Any]) -> str:
