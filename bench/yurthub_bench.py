@@ -1,9 +1,16 @@
-"""yurthub against the direct path, measured in the same run on the real local cluster.
+"""yurthub against the direct path and against OpenYurt's yurthub v1.7.0, measured in the same run on the real
+local cluster.
 
-Every figure that compares is a pair taken together: direct to kube-apiserver, and the same request
-through yurthub (online), and through yurthub with the cloud frozen (offline: the apiserver process is
-stopped with SIGSTOP, so connections hang exactly like a dead link). Clients keep their connections alive,
-as kubelet does, so TLS handshakes are not what is measured.
+Four systems take turns request by request (the order rotating): direct to kube-apiserver, yurt-edge's yurthub,
+OpenYurt's with its default filters and OpenYurt's with `--enable-resource-filter=false` (its `serviceenvupdater`
+filter re-encodes kubelet's pod lists). Each hub has a node identity of its own and runs with its default
+heartbeat settings. Clients keep their connections alive and send kubelet's User-Agent and Accept, as kubelet
+does, so TLS handshakes are not what is measured. Offline is the apiserver process stopped with SIGSTOP, so
+connections hang exactly like a dead link. Every figure is the median of `REPS` repetitions with min, max and
+the per-repetition values kept (a repetition's value is itself a p50 over its samples); a p99 is only given
+pooled over every repetition's samples, with their count. Memory and disk come from fresh hubs per repetition.
+`cache_events_per_s` replays a watch stream framed as the apiserver frames it through the relay's own cache
+path (`cache.record_events`, one event per transaction), onto a view made from the cloud's real pod list.
 
 The same cluster then runs the hostile soak (`bench.yurthub_soak`, on a hub of its own): its figures compare
 yurthub with itself, before and after, and a kubelet-shaped client quiet and during the soak.
