@@ -93,6 +93,8 @@ def pods(n: int) -> list[dict[str, Any]]:
             "metadata": {"name": f"p{i}", "namespace": "bench", "labels": {"app": "bench", "index": str(i)}},
             "spec": {
                 "nodeName": NODE,
+                # the node never reports ready: without this the taint manager evicts the pods after 300 s
+                "tolerations": [{"operator": "Exists"}],
                 "containers": [
                     {
                         "name": "c",
@@ -339,6 +341,9 @@ def prepare_cluster(kube: cluster.Cluster) -> None:
     kube.kubectl.run("create", "namespace", "bench")
     kube.kubectl.apply(
         [
+            # the pods' node, as an object only (no kubelet): the pod garbage collector deletes pods bound to a
+            # node that does not exist, about a minute after they are made
+            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}},
             # the pods' account, made here: the controller-manager makes it too, but maybe after the pods come
             {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": "bench"}},
             {
@@ -383,6 +388,8 @@ def offline_round(
         for what, path in WHATS
         for enc, accept in ((wire.Encoding.PROTOBUF, PB), (wire.Encoding.JSON, JSON))
     }
+    listed = len(items(reference["list", wire.Encoding.PROTOBUF], wire.Encoding.PROTOBUF))
+    assert listed == PODS, f"the cloud lists {listed} pods, not {PODS}: the figures would not be about 1k pods"
     apiserver = next(p for p in plane.processes if p.name == "kube-apiserver")
     os.kill(apiserver.pid, signal.SIGSTOP)
     frozen = time.perf_counter()
