@@ -19,6 +19,8 @@ RESULTS = ROOT / "bench" / "results"
 README = ROOT / "README.md"
 
 OURS, OY, OY_OFF = "yurt_edge", "openyurt", "openyurt_filters_off"
+JSON_DIRECT = "direct_json"
+"""The cloud's JSON answer to the same request (yurt-edge reads kubelet's pods as JSON)."""
 
 # figure, label, decimals, target (the issue's, as ours/OpenYurt with its filters unless said), lower is better
 _YURTHUB_ROWS: list[tuple[str, str, int, str, float | None]] = [
@@ -101,7 +103,9 @@ def yurthub_table(result: dict[str, Any]) -> str:
                 ok = ok and systems[OURS]["median"] <= 1.0
             met = "yes" if ok else "**no**"
         lines.append(
-            f"| {label} | {cell(systems.get('direct'), decimals)} | {cell(systems.get(OURS), decimals)} | "
+            f"| {label} | {cell(systems.get('direct'), decimals)}"
+            f"{f' (JSON {cell(systems[JSON_DIRECT], decimals)})' if JSON_DIRECT in systems else ''} | "
+            f"{cell(systems.get(OURS), decimals)} | "
             f"{oy}{f' ({off})' if off else ''} | {ratio_text} | {target} | {met} |"
         )
     p99 = figures.get("get_added_latency_p99_ms", {})

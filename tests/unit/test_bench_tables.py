@@ -35,6 +35,7 @@ RESULT: dict[str, Any] = {
     "side_by_side": {
         "list_1k_pods_online_p50_ms": {
             "direct": fig(70),
+            "direct_json": fig(100),
             "yurt_edge": fig(75, 70, 80),
             "openyurt": fig(150),
             "openyurt_filters_off": fig(85),
@@ -60,7 +61,8 @@ def test_the_yurthub_table_shows_each_system_the_ratio_and_whether_the_target_is
     assert "commit abc1234 on 2026-11-29" in table
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
     assert rows["LIST 1k pods online p50 (ms)"] == (
-        "| LIST 1k pods online p50 (ms) | 70.0 | 75.0 (70.0-80.0) | 150.0 (85.0) | 0.50 (0.88) | keep the lead | yes |"
+        "| LIST 1k pods online p50 (ms) | 70.0 (JSON 100.0) | 75.0 (70.0-80.0) | 150.0 (85.0) | 0.50 (0.88) | "
+        "keep the lead | yes |"
     )
     assert rows["GET added over direct p50 (ms)"].endswith("| 1.20 (0.80) | <= 0.8x and <= 1 ms | **no** |")
     assert rows["cache on disk, 1k pods only (MB)"].endswith("| 0.55 | <= 1.0x | yes |")
