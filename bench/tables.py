@@ -84,9 +84,10 @@ def yurthub_table(result: dict[str, Any]) -> str:
         f"load average {result.get('load_average_1m', {}).get('start', '?')} at the start, "
         f"{result.get('load_average_1m', {}).get('end', '?')} at the end). Each figure is the median of "
         f"{settings.get('repetitions', '?')} repetitions interleaved between the systems (min-max in brackets); "
-        "the ratio is yurt-edge / OpenYurt (with its filters off in brackets where measured both ways).",
+        "the ratio is yurt-edge / OpenYurt (to OpenYurt with its filters off in brackets, where measured both ways).",
         "",
-        "| yurthub figure | direct | yurt-edge | OpenYurt v1.7.0 (filters off) | ratio | target | met |",
+        "| yurthub figure | direct | yurt-edge | OpenYurt v1.7.0; off: its filters off | ratio (filters off) "
+        "| target | met |",
         "|---|---|---|---|---|---|---|",
     ]
     for key, label, decimals, target, bound in _YURTHUB_ROWS:
@@ -104,15 +105,15 @@ def yurthub_table(result: dict[str, Any]) -> str:
             met = "yes" if ok else "**no**"
         lines.append(
             f"| {label} | {cell(systems.get('direct'), decimals)}"
-            f"{f' (JSON {cell(systems[JSON_DIRECT], decimals)})' if JSON_DIRECT in systems else ''} | "
+            f"{f'; JSON {cell(systems[JSON_DIRECT], decimals)}' if JSON_DIRECT in systems else ''} | "
             f"{cell(systems.get(OURS), decimals)} | "
-            f"{oy}{f' ({off})' if off else ''} | {ratio_text} | {target} | {met} |"
+            f"{oy}{f'; off: {off}' if off else ''} | {ratio_text} | {target} | {met} |"
         )
     p99 = figures.get("get_added_latency_p99_ms", {})
     if p99:
         lines.append(
             f"| GET added over direct p99 (ms; {p99[OURS]['samples']:,} samples each, pooled) | | "
-            f"{p99[OURS]['value']:.2f} | {p99[OY]['value']:.2f} ({p99[OY_OFF]['value']:.2f}) | | | |"
+            f"{p99[OURS]['value']:.2f} | {p99[OY]['value']:.2f}; off: {p99[OY_OFF]['value']:.2f} | | | |"
         )
     files = figures.get("cache_files_10k_configmaps", {})
     files_1k = figures.get("cache_files_1k_pods", {})
@@ -125,12 +126,12 @@ def yurthub_table(result: dict[str, Any]) -> str:
     if answers:
         lines.append(
             f"| offline answers equal to the cloud's bytes | | {_answers(answers.get(OURS, []))} | "
-            f"{_answers(answers.get(OY, []))} ({_answers(answers.get(OY_OFF, []))}) | | yes | "
+            f"{_answers(answers.get(OY, []))}; off: {_answers(answers.get(OY_OFF, []))} | | yes | "
             f"{'yes' if _answers(answers.get(OURS, [])).count('yes') == 3 else '**no**'} |"
         )
         lines.append(
             f"| offline LIST with a second label selector | | {_second_selector(answers.get(OURS, []))} | "
-            f"{_second_selector(answers.get(OY, []))} ({_second_selector(answers.get(OY_OFF, []))}) | | | |"
+            f"{_second_selector(answers.get(OY, []))}; off: {_second_selector(answers.get(OY_OFF, []))} | | | |"
         )
     events = figures.get("cache_events_per_s", {}).get(OURS)
     if events:

@@ -61,7 +61,7 @@ def test_the_yurthub_table_shows_each_system_the_ratio_and_whether_the_target_is
     assert "commit abc1234 on 2026-11-29" in table
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
     assert rows["LIST 1k pods online p50 (ms)"] == (
-        "| LIST 1k pods online p50 (ms) | 70.0 (JSON 100.0) | 75.0 (70.0-80.0) | 150.0 (85.0) | 0.50 (0.88) | "
+        "| LIST 1k pods online p50 (ms) | 70.0; JSON 100.0 | 75.0 (70.0-80.0) | 150.0; off: 85.0 | 0.50 (0.88) | "
         "keep the lead | yes |"
     )
     assert rows["GET added over direct p50 (ms)"].endswith("| 1.20 (0.80) | <= 0.8x and <= 1 ms | **no** |")
@@ -69,7 +69,7 @@ def test_the_yurthub_table_shows_each_system_the_ratio_and_whether_the_target_is
     assert "600 samples each" in table
     equal = rows["offline answers equal to the cloud's bytes"]
     assert "list items yes, list resourceVersion yes, GET yes | list items yes, list resourceVersion no" in equal
-    assert "| answered 400 (answered 400) |" in rows["offline LIST with a second label selector"]
+    assert "| answered 400; off: answered 400 |" in rows["offline LIST with a second label selector"]
 
 
 def test_only_the_text_between_the_markers_is_replaced() -> None:
