@@ -209,13 +209,15 @@ def disk(path: Path) -> tuple[float, int]:
     return round(blocks * 512 / 1e6, 2), files
 
 
-def settled_disk(path: Path) -> tuple[float, int]:
-    """The cache's size once its writer is done: two readings half a second apart agree (at most 20 s)."""
+def settled_disk(path: Path, above: float) -> tuple[float, int]:
+    """The cache's size once its writer is done: past `above` MB (what was just listed has reached the disk;
+    OpenYurt writes its cache some time after answering) and two readings half a second apart agree. At most
+    60 s: a hub that has not cached what it was given by then is recorded as it is."""
     last = disk(path)
-    for _ in range(40):
+    for _ in range(120):
         time.sleep(0.5)
         now = disk(path)
-        if now == last:
+        if now == last and now[0] > above:
             return now
         last = now
     return last
@@ -523,13 +525,15 @@ def footprint(kube: cluster.Cluster, directory: Path, reps: int) -> dict[str, An
             OY: start_openyurt(kube, directory / f"fp{rep}-{OY}", filters=True),
         }
         try:
+            before = {name: disk(hub.cache)[0] for name, hub in running.items()}
             for name, hub in running.items():
                 client = hub.client()
                 for path in (LIST_PATH, GET_PATH):
                     status, body, _ = client.get(path)
                     assert status == 200, f"{name} GET {path}: {status} {body[:300]!r}"
             for name, hub in running.items():
-                mb, files = settled_disk(hub.cache)
+                mb, files = settled_disk(hub.cache, above=before[name] + 1.0)  # 1k pods are over 1 MB
+                before[name] = mb
                 raw.setdefault("cache_disk_mb_1k_pods", {}).setdefault(name, []).append(mb)
                 raw.setdefault("cache_files_1k_pods", {}).setdefault(name, []).append(files)
             for name, hub in running.items():
@@ -538,7 +542,7 @@ def footprint(kube: cluster.Cluster, directory: Path, reps: int) -> dict[str, An
                 assert status == 200, f"{name} LIST configmaps: {status} {body[:300]!r}"
                 assert len(items(body, hub_client.encoding)) > CONFIGMAPS  # + kube-root-ca.crt
             for name, hub in running.items():
-                mb, files = settled_disk(hub.cache)
+                mb, files = settled_disk(hub.cache, above=before[name] + 1.0)  # and so are 10k ConfigMaps
                 raw.setdefault("cache_disk_mb_10k_configmaps", {}).setdefault(name, []).append(mb)
                 raw.setdefault("cache_files_10k_configmaps", {}).setdefault(name, []).append(files)
             time.sleep(5)  # what a hub frees after caching is given back within this
