@@ -1,0 +1,244 @@
+"""README tables from bench/results/*.json: `python -m bench.tables` rewrites the README's yurthub table (between
+its `bench:yurthub` markers) from bench/results/yurthub.json, stamped with the run's commit and date, so the
+README shows one run's figures and nothing else. `python -m bench.tables --print tunnel` prints the tunnel
+table from bench/results/tunnel.json.
+
+Pure functions from a result (the JSON, as loaded) to Markdown; the only I/O is in `main`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+README = ROOT / "README.md"
+
+OURS, OY, OY_OFF = "yurt_edge", "openyurt", "openyurt_filters_off"
+JSON_DIRECT = "direct_json"
+"""The cloud's JSON answer to the same request (yurt-edge reads kubelet's pods as JSON)."""
+
+# figure, label, decimals, target (the issue's, as ours/OpenYurt with its filters unless said), lower is better
+_YURTHUB_ROWS: list[tuple[str, str, int, str, float | None]] = [
+    ("list_1k_pods_online_p50_ms", "LIST 1k pods online p50 (ms)", 1, "keep the lead", 1.0),
+    ("get_added_latency_p50_ms", "GET added over direct p50 (ms)", 2, "<= 0.8x and <= 1 ms", 0.8),
+    ("watch_event_added_latency_p50_ms", "watch event added over direct p50 (ms)", 2, "", None),
+    ("list_1k_pods_offline_p50_ms", "LIST 1k pods offline p50 (ms)", 1, "keep the lead", 1.0),
+    ("time_to_notice_frozen_cloud_s", "frozen cloud to the first answer from the cache (s)", 1, "keep the lead", 1.0),
+    ("rss_mb_idle_10k_objects", "RSS after caching 10k ConfigMaps (MB)", 1, "keep the lead", 1.0),
+    ("cache_disk_mb_10k_configmaps", "cache on disk, 10k ConfigMaps + 1k pods (MB)", 1, "keep the lead", 1.0),
+    ("cache_disk_mb_1k_pods", "cache on disk, 1k pods only (MB)", 1, "<= 1.0x", 1.0),
+]
+
+
+def cell(value: dict[str, Any] | None, decimals: int) -> str:
+    if not value:
+        return ""
+    if "median" not in value:
+        return f"{value['value']:.{decimals}f}"
+    med, lo, hi = (f"{value[k]:,.{decimals}f}" for k in ("median", "min", "max"))
+    return med if lo == hi else f"{med} ({lo}-{hi})"
+
+
+def _ratio(systems: dict[str, Any], other: str) -> float | None:
+    ours, theirs = systems.get(OURS), systems.get(other)
+    if not ours or not theirs or not theirs.get("median"):
+        return None
+    return float(ours["median"]) / float(theirs["median"])
+
+
+def _answers(runs: list[dict[str, Any]]) -> str:
+    """How a hub's offline answers compared with the cloud's, over every repetition."""
+    if not runs:
+        return "not measured"
+
+    def every(key: str) -> str:
+        hits = sum(bool(r[key]) for r in runs)
+        return "yes" if hits == len(runs) else ("no" if hits == 0 else f"{hits}/{len(runs)}")
+
+    return (
+        f"list items {every('list_items_equal')}, list resourceVersion {every('list_rv_equal')}, "
+        f"GET {every('get_equal')}"
+    )
+
+
+def _second_selector(runs: list[dict[str, Any]]) -> str:
+    if not runs:
+        return "not measured"
+    if all(r["second_selector_items_equal"] for r in runs):
+        return "the cloud's items"
+    statuses = sorted({str(r["second_selector_status"]) for r in runs})
+    return "answered " + ", ".join(statuses) + (" (items differ)" if statuses == ["200"] else "")
+
+
+def yurthub_table(result: dict[str, Any]) -> str:
+    figures: dict[str, Any] = result["side_by_side"]
+    settings = result.get("settings", {})
+    lines = [
+        f"One `python -m bench yurthub` run of commit {result.get('commit', '?')} on "
+        f"{result['machine']['measured_at'][:10]} ({result['machine']['cores']} cores, shared with other work; "
+        f"load average {result.get('load_average_1m', {}).get('start', '?')} at the start, "
+        f"{result.get('load_average_1m', {}).get('end', '?')} at the end). Each figure is the median of "
+        f"{settings.get('repetitions', '?')} repetitions interleaved between the systems (min-max in brackets); "
+        "the ratio is yurt-edge / OpenYurt (to OpenYurt with its filters off in brackets, where measured both ways).",
+        "",
+        "| yurthub figure | direct | yurt-edge | OpenYurt v1.7.0; off: its filters off | ratio (filters off) "
+        "| target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, label, decimals, target, bound in _YURTHUB_ROWS:
+        systems = figures.get(key)
+        if not systems:
+            continue
+        oy, off = cell(systems.get(OY), decimals), cell(systems.get(OY_OFF), decimals)
+        ratio, ratio_off = _ratio(systems, OY), _ratio(systems, OY_OFF)
+        ratio_text = "" if ratio is None else f"{ratio:.2f}" + ("" if ratio_off is None else f" ({ratio_off:.2f})")
+        met = ""
+        if bound is not None and ratio is not None:
+            ok = ratio <= bound
+            if key == "get_added_latency_p50_ms":
+                ok = ok and systems[OURS]["median"] <= 1.0
+            met = "yes" if ok else "**no**"
+        lines.append(
+            f"| {label} | {cell(systems.get('direct'), decimals)}"
+            f"{f'; JSON {cell(systems[JSON_DIRECT], decimals)}' if JSON_DIRECT in systems else ''} | "
+            f"{cell(systems.get(OURS), decimals)} | "
+            f"{oy}{f'; off: {off}' if off else ''} | {ratio_text} | {target} | {met} |"
+        )
+    p99 = figures.get("get_added_latency_p99_ms", {})
+    if p99:
+        lines.append(
+            f"| GET added over direct p99 (ms; {p99[OURS]['samples']:,} samples each, pooled) | | "
+            f"{p99[OURS]['value']:.2f} | {p99[OY]['value']:.2f}; off: {p99[OY_OFF]['value']:.2f} | | | |"
+        )
+    files = figures.get("cache_files_10k_configmaps", {})
+    files_1k = figures.get("cache_files_1k_pods", {})
+    if files and files_1k:
+        lines.append(
+            f"| cache files, 10k ConfigMaps / 1k pods only | | {files[OURS]['median']:,.0f} / "
+            f"{files_1k[OURS]['median']:,.0f} | {files[OY]['median']:,.0f} / {files_1k[OY]['median']:,.0f} | | | |"
+        )
+    answers = figures.get("offline_answers", {})
+    if answers:
+        lines.append(
+            f"| offline answers equal to the cloud's bytes | | {_answers(answers.get(OURS, []))} | "
+            f"{_answers(answers.get(OY, []))}; off: {_answers(answers.get(OY_OFF, []))} | | yes | "
+            f"{'yes' if _answers(answers.get(OURS, [])).count('yes') == 3 else '**no**'} |"
+        )
+        lines.append(
+            f"| offline LIST with a second label selector | | {_second_selector(answers.get(OURS, []))} | "
+            f"{_second_selector(answers.get(OY, []))}; off: {_second_selector(answers.get(OY_OFF, []))} | | | |"
+        )
+    events = figures.get("cache_events_per_s", {}).get(OURS)
+    if events:
+        pb = figures.get("cache_events_per_s_protobuf", {}).get(OURS)
+        lines.append(
+            "| cache events persisted per second, one per transaction from the cloud's frames, JSON"
+            f"{' / protobuf' if pb else ''} | | {cell(events, 0)}{f' / {cell(pb, 0)}' if pb else ''} | "
+            "not comparable (no in-process path) | | ≥ 5,000 | "
+            f"{'yes' if events['median'] >= 5000 else '**no**'} |"
+        )
+    own = own_rows(result.get("metrics", {}))
+    if own:
+        lines += [
+            "",
+            "yurthub's own figures in the same run:",
+            "",
+            "| yurthub figure | measured | target |",
+            "|---|---|---|",
+        ]
+        lines += own
+    return "\n".join(lines) + "\n"
+
+
+def own_rows(m: dict[str, Any]) -> list[str]:
+    """The figures that compare yurthub with itself (node restarts, the hostile soak), where the run has them."""
+    rows = []
+
+    def has(*keys: str) -> bool:
+        return all(k in m for k in keys)
+
+    if has("online_node_restart_to_pods_running_s", "offline_node_restart_to_pods_running_s"):
+        rows.append(
+            f"| node power-on to 10 pods running, online / offline | {m['online_node_restart_to_pods_running_s']} / "
+            f"{m['offline_node_restart_to_pods_running_s']} s (ratio {m['offline_over_online_restart_ratio']:.2f}) | "
+            "offline/online <= 1.0 |"
+        )
+    if has("rss_mb_before_hostile_soak", "rss_mb_after_hostile_soak", "rss_mb_peak_first_soak_phase"):
+        rows.append(
+            f"| hostile soak, 3 x 10,000 requests: RSS before / after (peak of first / last phase) | "
+            f"{m['rss_mb_before_hostile_soak']} / {m['rss_mb_after_hostile_soak']} MB "
+            f"({m['rss_mb_peak_first_soak_phase']} / {m['rss_mb_peak_last_soak_phase']}) | levels off |"
+        )
+    if has("cache_mb_before_hostile_soak", "cache_mb_after_hostile_soak", "cache_mb_growth_first_soak_phase"):
+        rows.append(
+            f"| ... cache on disk before / after (growth in first / last phase) | "
+            f"{m['cache_mb_before_hostile_soak']} / {m['cache_mb_after_hostile_soak']} MB "
+            f"({m['cache_mb_growth_first_soak_phase']} / {m['cache_mb_growth_last_soak_phase']} MB) | levels off |"
+        )
+    if has("metric_series_before_hostile_soak", "metric_series_after_hostile_soak"):
+        rows.append(
+            f"| ... `/metrics` samples before / after | {m['metric_series_before_hostile_soak']} / "
+            f"{m['metric_series_after_hostile_soak']} | flat under random paths, verbs, User-Agents |"
+        )
+    if has("kubelet_get_p50_ms_quiet", "kubelet_get_p99_ms_during_soak", "kubelet_get_samples_quiet"):
+        rows.append(
+            f"| ... kubelet-shaped GET p50 / p99, quiet vs during the soak ({m['kubelet_get_samples_quiet']:,} / "
+            f"{m['kubelet_get_samples_during_soak']:,} samples) | {m['kubelet_get_p50_ms_quiet']:.2f} / "
+            f"{m['kubelet_get_p99_ms_quiet']:.1f} ms vs {m['kubelet_get_p50_ms_during_soak']:.2f} / "
+            f"{m['kubelet_get_p99_ms_during_soak']:.1f} ms (p99 ratio "
+            f"{m['kubelet_get_p99_during_soak_over_quiet_ratio']:.1f}) | p99 within 2x |"
+        )
+    return rows
+
+
+def tunnel_table(result: dict[str, Any]) -> str:
+    """The tunnel figures side by side (bench/tunnel_bench.py's `figures`: per system median/min/max, ratio,
+    target_ratio, target_met)."""
+    lines = [
+        f"One `python -m bench tunnel` run of commit {result.get('commit', '?')} on "
+        f"{result['machine']['measured_at'][:10]}; median of {result.get('repetitions', '?')} (min-max).",
+        "",
+        "| tunnel figure | yurt-edge | konnectivity | ratio | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, fig in result["figures"].items():
+        ratio = fig.get("ratio")
+        met = fig.get("target_met")
+        lines.append(
+            f"| {key} | {cell(fig.get('yurt-edge'), 2)} | {cell(fig.get('konnectivity'), 2)} | "
+            f"{'' if ratio is None else f'{ratio:.2f}'} | {fig.get('target_ratio', '')} | "
+            f"{'' if met is None else ('yes' if met else '**no**')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def replace_between(text: str, area: str, table: str) -> str:
+    """`text` with what lies between the `bench:<area>` markers replaced by `table`."""
+    pattern = re.compile(rf"(<!-- bench:{area}:start -->\n).*?(<!-- bench:{area}:end -->)", re.DOTALL)
+    if not pattern.search(text):
+        raise ValueError(f"README has no bench:{area} markers")
+    return pattern.sub(lambda m: m.group(1) + table + m.group(2), text, count=1)
+
+
+RENDERERS = {"yurthub": yurthub_table, "tunnel": tunnel_table}
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--print"]:
+        for area in argv[1:] or list(RENDERERS):
+            print(RENDERERS[area](json.loads((RESULTS / f"{area}.json").read_text())))
+        return 0
+    text = README.read_text()
+    for area in argv or ["yurthub"]:
+        text = replace_between(text, area, RENDERERS[area](json.loads((RESULTS / f"{area}.json").read_text())))
+    README.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,80 @@
+"""The README's benchmark tables are rendered from one run's JSON: figures, ratios and verdicts come from the
+result as written, and only the text between an area's markers changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench import tables
+
+
+def fig(median: float, lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
+    return {"median": median, "min": median if lo is None else lo, "max": median if hi is None else hi, "raw": []}
+
+
+def answers(*, rv: bool, second: int) -> list[dict[str, Any]]:
+    one = {
+        "list_status": 200,
+        "list_items_equal": True,
+        "list_rv_equal": rv,
+        "get_status": 200,
+        "get_equal": True,
+        "second_selector_status": second,
+        "second_selector_items_equal": second == 200,
+    }
+    return [one, one, one]
+
+
+RESULT: dict[str, Any] = {
+    "commit": "abc1234",
+    "machine": {"measured_at": "2026-11-29T13:40:00Z", "cores": 2},
+    "load_average_1m": {"start": 1.5, "end": 3.0},
+    "settings": {"repetitions": 3},
+    "side_by_side": {
+        "list_1k_pods_online_p50_ms": {
+            "direct": fig(70),
+            "direct_json": fig(100),
+            "yurt_edge": fig(75, 70, 80),
+            "openyurt": fig(150),
+            "openyurt_filters_off": fig(85),
+        },
+        "get_added_latency_p50_ms": {"yurt_edge": fig(1.2), "openyurt": fig(1.0), "openyurt_filters_off": fig(1.5)},
+        "get_added_latency_p99_ms": {
+            "yurt_edge": {"value": 5.0, "samples": 600},
+            "openyurt": {"value": 4.0, "samples": 600},
+            "openyurt_filters_off": {"value": 4.5, "samples": 600},
+        },
+        "cache_disk_mb_1k_pods": {"yurt_edge": fig(2.2), "openyurt": fig(4.0)},
+        "offline_answers": {
+            "yurt_edge": answers(rv=True, second=200),
+            "openyurt": answers(rv=False, second=400),
+            "openyurt_filters_off": answers(rv=False, second=400),
+        },
+    },
+}
+
+
+def test_the_yurthub_table_shows_each_system_the_ratio_and_whether_the_target_is_met() -> None:
+    table = tables.yurthub_table(RESULT)
+    assert "commit abc1234 on 2026-11-29" in table
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert rows["LIST 1k pods online p50 (ms)"] == (
+        "| LIST 1k pods online p50 (ms) | 70.0; JSON 100.0 | 75.0 (70.0-80.0) | 150.0; off: 85.0 | 0.50 (0.88) | "
+        "keep the lead | yes |"
+    )
+    assert rows["GET added over direct p50 (ms)"].endswith("| 1.20 (0.80) | <= 0.8x and <= 1 ms | **no** |")
+    assert rows["cache on disk, 1k pods only (MB)"].endswith("| 0.55 | <= 1.0x | yes |")
+    assert "600 samples each" in table
+    equal = rows["offline answers equal to the cloud's bytes"]
+    assert "list items yes, list resourceVersion yes, GET yes | list items yes, list resourceVersion no" in equal
+    assert "| answered 400; off: answered 400 |" in rows["offline LIST with a second label selector"]
+
+
+def test_only_the_text_between_the_markers_is_replaced() -> None:
+    readme = "before\n<!-- bench:yurthub:start -->\nold table\n<!-- bench:yurthub:end -->\nafter\n"
+    out = tables.replace_between(readme, "yurthub", "new table\n")
+    assert out == "before\n<!-- bench:yurthub:start -->\nnew table\n<!-- bench:yurthub:end -->\nafter\n"
+    with pytest.raises(ValueError, match="no bench:tunnel markers"):
+        tables.replace_between(readme, "tunnel", "x\n")
