@@ -105,9 +105,18 @@ def build_yurtctl_parser() -> argparse.ArgumentParser:
             help="image of the per-node Jobs and of yurt-manager (default: %(default)s)",
         )
         p.add_argument(
-            "--node-timeout", type=float, default=600.0, metavar="SECONDS", help="per node Job (default: %(default)g)"
+            "--node-timeout",
+            type=float,
+            default=600.0,
+            metavar="SECONDS",
+            help="per node Job: yurt-manager stops one running longer and counts it failed (default: %(default)g)",
         )
-        p.add_argument("--parallel", type=int, default=5, help="node Jobs running at once (default: %(default)s)")
+        p.add_argument(
+            "--parallel",
+            type=int,
+            default=5,
+            help="node Jobs yurt-manager runs at once (its --max-parallel-conversions caps it; default: %(default)s)",
+        )
         p.add_argument("--hub-args", default="", help="extra yurthub flags for the nodes' yurthub.env")
         p.add_argument("--helm", default="helm", help="the helm binary (for the tunnel chart)")
         p.add_argument(
@@ -254,6 +263,14 @@ def build_manager_parser() -> argparse.ArgumentParser:
         default=True,
         help="keep nodes, pods and CSRs by list then watch (--no-watch: list them on every pass)",
     )
+    loop.add_argument(
+        "--max-parallel-conversions",
+        type=int,
+        default=5,
+        metavar="N",
+        help="node Jobs of conversion by label running at once, at most (yurtctl convert --parallel may lower "
+        "it; default: %(default)s)",
+    )
     loop.add_argument("--cluster-domain", default="cluster.local", help="for the kubernetes Service's DNS name")
     loop.add_argument("--v", type=int, default=1, help="log verbosity: 0 warnings, 1 info, 2 debug")
     hook = parser.add_argument_group("endpoint webhook (pods of autonomous nodes stay in their Services)")
@@ -340,6 +357,7 @@ def yurtctl_main(argv: list[str] | None = None) -> int:
         tunnel_servers=tunnel_servers,
         tunnel_server_name=getattr(args, "tunnel_server_name", helm.SERVER_NAME),
         tunnel_replicas=getattr(args, "tunnel_server_replicas", 2),
+        parallel=args.parallel,
     )
     settings = runner.RunSettings(identity=f"{socket.gethostname()}_{secrets.token_hex(4)}", parallel=args.parallel)
     kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG", "") or _default_kubeconfig()
@@ -396,6 +414,7 @@ def manager_main(argv: list[str] | None = None) -> int:
         approve_apiserver_names=args.approve_apiserver_names,
         tenant_groups=_nodes(args.allowed_tenant_groups),
         reserved_names=_nodes(args.reserved_names),
+        max_parallel_conversions=args.max_parallel_conversions,
     )
     registry = prom.CollectorRegistry()
     metrics = controller.Metrics(registry)
