@@ -23,6 +23,7 @@ from converter import (
     host,
     jointoken,
     kube,
+    nodeconversion,
     nodestep,
     plan,
     runner,
@@ -153,7 +154,11 @@ def build_yurtctl_parser() -> argparse.ArgumentParser:
 
 def _add_get_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     get = sub.add_parser("get", help="show the edge by site: pools, their nodes and their YurtAppSets")
-    get.add_argument("what", choices=("pools", "yurtappsets"), help="pools: one row per NodePool; yurtappsets")
+    get.add_argument(
+        "what",
+        choices=("pools", "yurtappsets", "nodes"),
+        help="pools: one row per NodePool; yurtappsets; nodes: each node's edge label, pool and conversion",
+    )
     get.add_argument("-n", "--namespace", default="", help="YurtAppSets of this namespace only (default: all)")
 
 
@@ -177,7 +182,11 @@ def _get_main(args: argparse.Namespace) -> int:
         if args.namespace:
             yas_path = yas_path.replace("/yurtappsets", f"/namespaces/{args.namespace}/yurtappsets")
         yases = listed(yas_path)
-        if args.what == "yurtappsets":
+        if args.what == "nodes":
+            types = nodeconversion.pool_types(listed(appset.NODEPOOLS))
+            headers = ["NAME", "EDGE-WORKER", "POOL", "EDGE", "CONVERSION", "MESSAGE"]
+            sys.stdout.write(sites.table(headers, nodeconversion.node_rows(listed("/api/v1/nodes"), types)))
+        elif args.what == "yurtappsets":
             sys.stdout.write(sites.render_appsets(yases))
         else:
             rows = sites.pool_rows(listed("/api/v1/nodes"), listed(appset.NODEPOOLS), yases)

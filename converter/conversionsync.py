@@ -75,10 +75,7 @@ class ConversionSync:
         return settings
 
     def sync(self, nodes: Mapping[str, access.Obj], pools: list[access.Obj], jobs: list[access.Obj]) -> None:
-        pool_types = {
-            str(p["metadata"]["name"]): str((p.get("spec") or {}).get("type") or "Edge")  # the webhook's default
-            for p in pools
-        }
+        pool_types = nodeconversion.pool_types(pools)
         now = time.time()
         by_node: dict[str, nodeconversion.JobState] = {}
         for obj in jobs:

@@ -191,6 +191,11 @@ def reason_of(node: Obj) -> str:
     return str(c.get("reason") or "") if c else ""
 
 
+def pool_types(pools: list[Obj]) -> dict[str, str]:
+    """NodePool name to its type (`Edge` when unset, the default OpenYurt's webhook gives)."""
+    return {str(p["metadata"]["name"]): str((p.get("spec") or {}).get("type") or "Edge") for p in pools}
+
+
 def is_edge(node: Obj, pool_types: Mapping[str, str]) -> bool:
     """`pool_types`: NodePool name to its `spec.type`."""
     label = _labels(node).get(names.EDGE_WORKER_LABEL)
@@ -322,3 +327,22 @@ def message(action: Action, outcome: Literal["running", "done", "failed"], job: 
         f"node Job {job} failed: {why}. Not tried again until the node's edge label changes or an "
         f"operator sets the annotation {RETRY} to a new value (`yurtctl convert` does for failed nodes)"
     )
+
+
+def node_rows(nodes: list[Obj], pool_types: Mapping[str, str]) -> list[list[str]]:
+    """`yurtctl get nodes`: per node its edge label, pool, whether it is an edge node, and where its
+    conversion stands (reason and message of `CONDITION`, "-" without one)."""
+    rows = []
+    for n in sorted(nodes, key=lambda n: str(n["metadata"]["name"])):
+        c = condition(n) or {}
+        rows.append(
+            [
+                str(n["metadata"]["name"]),
+                _labels(n).get(names.EDGE_WORKER_LABEL, "-"),
+                _labels(n).get(nodepool.POOL_LABEL, "-"),
+                "yes" if is_edge(n, pool_types) else "no",
+                str(c.get("reason") or "-"),
+                str(c.get("message") or ""),
+            ]
+        )
+    return rows
