@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 JOBS = f"/apis/batch/v1/namespaces/{components.NAMESPACE}/jobs"
 SETTINGS = f"/api/v1/namespaces/{components.NAMESPACE}/configmaps/{nodeconversion.SETTINGS_CONFIGMAP}"
 Outcome = Literal["running", "done", "failed"]
+CREATED_TTL_S = 60.0
+"""How long a Job this replica created counts as running before the informer shows it (then it counts as
+what the informer says)."""
 
 
 def _rv(obj: access.Obj) -> int:
@@ -60,6 +63,9 @@ class ConversionSync:
         self.counted = counted
         self.max_parallel = max(1, max_parallel)
         self.written: dict[str, int] = {}
+        self.created: dict[str, float] = {}
+        """Jobs this replica created that the Jobs' informer has not shown yet (name: when), counted as running
+        so a lagging watch never lets more than the bound run."""
         self._told = ""
 
     def _settings(self) -> nodeconversion.JobSettings | None:
@@ -88,7 +94,9 @@ class ConversionSync:
         if not busy and not by_node:
             return
         settings = self._settings()
-        running = sum(1 for s in by_node.values() if s.phase == "running")
+        listed = {str(j["metadata"]["name"]) for j in jobs}
+        self.created = {k: t for k, t in self.created.items() if k not in listed and now - t < CREATED_TTL_S}
+        running = sum(1 for s in by_node.values() if s.phase == "running") + len(self.created)
         limit = min(self.max_parallel, settings.parallel) if settings is not None else 0
         timeout = settings.node_timeout_s if settings is not None else float("inf")
         for name in sorted(nodes):
@@ -135,6 +143,7 @@ class ConversionSync:
         self.must_lead()
         with contextlib.suppress(errors.Conflict):  # made by an earlier pass, not shown by the informer yet
             self.api.create(JOBS, job)
+            self.created[job_name] = time.time()
         log.info("node conversion started node=%s action=%s job=%s", name, action, job_name)
         self.counted("started")
 

@@ -292,3 +292,13 @@ def test_attack_a_node_cannot_shape_its_job_and_a_node_that_is_not_edge_is_never
     for name, was in before.items():
         assert api.get(f"/api/v1/nodes/{name}") == was, name
     assert events(api, "cloud-1") == events(api, "plain") == []
+
+
+def test_a_lagging_informer_never_lets_more_than_the_bound_start() -> None:
+    """The Jobs' and the nodes' informers both behind: the Jobs this replica created still count."""
+    api = cluster(*(node(f"n{i}") for i in range(6)))
+    sync = conversionsync.ConversionSync(api, lambda: None, lambda _: None, max_parallel=2)
+    stale = {n["metadata"]["name"]: n for n in api.list("/api/v1/nodes")}
+    for _ in range(3):
+        sync.sync(stale, [], [])  # the copies from before the first pass, every time
+    assert len(api.list(JOBS)) == 2
