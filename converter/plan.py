@@ -410,8 +410,9 @@ def revert_plan(
 
     The edge nodes are labelled `is-edge-worker=false` first (false, not removed, so a NodePool of type Edge
     cannot keep them edge nodes), and yurt-manager reverts those it converted. Then yurt-manager and the
-    other cloud objects go, and only then the nodes' labels, annotations and conversion condition, the
-    pods' tolerations and the pools' attributes: nothing is left to act on them again."""
+    other cloud objects go, and only then the nodes' labels, annotations and conversion condition (so a
+    yurt-manager run elsewhere that is still up sees no autonomy left either), the pods' tolerations and the
+    pools' attributes: nothing is left to act on them again."""
     labelled = [n for n in nodes if names.EDGE_WORKER_LABEL in (n["metadata"].get("labels") or {})]
     edge = sorted(_name(n) for n in labelled if n["metadata"]["labels"][names.EDGE_WORKER_LABEL] == "true")
     cloud = sorted(_name(n) for n in labelled if n["metadata"]["labels"][names.EDGE_WORKER_LABEL] != "true")
@@ -451,18 +452,6 @@ def revert_plan(
                 )
             )
     after += [_delete(o) for o in reversed(cloud_objects("-"))]
-    for pod in pods:
-        patch = tolerations.desired_patch(pod, None)
-        if patch is not None:
-            meta = pod["metadata"]
-            after.append(
-                Change(
-                    "patch",
-                    f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
-                    patch,
-                    f"Pod {meta['namespace']}/{meta['name']}: original tolerations restored",
-                )
-            )
     conversion = (nodeconversion.RETRY, nodeconversion.RETRY_SEEN)
     for n in nodes:
         meta = n["metadata"]
@@ -490,6 +479,18 @@ def revert_plan(
                     f"/api/v1/nodes/{_name(n)}/status",
                     None,
                     f"Node {_name(n)}: condition {nodeconversion.CONDITION} removed",
+                )
+            )
+    for pod in pods:
+        patch = tolerations.desired_patch(pod, None)
+        if patch is not None:
+            meta = pod["metadata"]
+            after.append(
+                Change(
+                    "patch",
+                    f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
+                    patch,
+                    f"Pod {meta['namespace']}/{meta['name']}: original tolerations restored",
                 )
             )
     after += pool_attributes_removed(nodes)
