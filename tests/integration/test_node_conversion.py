@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from converter import components, names, nodeconversion
-from testenv import cluster, kwok, kwokjobs, yurtmanager
+from converter import components, names, nodeconversion, nodepool
+from testenv import cluster, kwok, kwokjobs, nodepools, yurtmanager
 from testenv.kubectl import wait_for
 
 NC = nodeconversion
@@ -343,3 +343,18 @@ def test_a_restarted_manager_goes_on_without_redoing_finished_nodes(
         assert events(cloud, n, NC.CONVERTING) == 1, n  # not started again
     for n in wave:
         assert events(cloud, n, NC.CONVERTED) == 1, n
+
+
+def test_joining_an_edge_pool_converts_a_node_and_leaving_it_reverts_it(
+    cloud: cluster.Cluster, manager: list[yurtmanager.HostManager]
+) -> None:
+    cloud.kubectl.apply([components.nodepool_crd()])
+    cloud.kubectl.run("wait", "--for=condition=Established", f"crd/{components.NODEPOOL_CRD}", "--timeout=60s")
+    cloud.kubectl.apply([nodepools.nodepool("shop", "Edge"), nodepools.nodepool("hall", "Cloud")])
+    add_nodes(cloud, "shop-1", "hall-1")
+    cloud.kubectl.run("label", "node", "shop-1", f"{nodepool.POOL_LABEL}=shop")
+    cloud.kubectl.run("label", "node", "hall-1", f"{nodepool.POOL_LABEL}=hall")
+    wait_for("shop-1 converted", lambda: reason(cloud, "shop-1") == NC.CONVERTED, timeout=90)
+    cloud.kubectl.run("label", "node", "shop-1", f"{nodepool.POOL_LABEL}-")
+    wait_for("shop-1 reverted", lambda: reason(cloud, "shop-1") == NC.REVERTED, timeout=60)
+    assert conversion(cloud, "hall-1") == {}  # a Cloud pool's node is not an edge node
