@@ -368,7 +368,7 @@ def yurtctl_main(argv: list[str] | None = None) -> int:
         tunnel_replicas=getattr(args, "tunnel_server_replicas", 2),
         parallel=args.parallel,
     )
-    settings = runner.RunSettings(identity=f"{socket.gethostname()}_{secrets.token_hex(4)}", parallel=args.parallel)
+    settings = runner.RunSettings(identity=f"{socket.gethostname()}_{secrets.token_hex(4)}")
     kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG", "") or _default_kubeconfig()
     try:
         api = kube.KubeApi(kubeconfig)

@@ -482,14 +482,14 @@ def revert_plan(
                 )
             )
     for pod in pods:
-        patch = tolerations.desired_patch(pod, None)
-        if patch is not None:
+        restore = tolerations.desired_patch(pod, None)
+        if restore is not None:
             meta = pod["metadata"]
             after.append(
                 Change(
                     "patch",
                     f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
-                    patch,
+                    restore,
                     f"Pod {meta['namespace']}/{meta['name']}: original tolerations restored",
                 )
             )

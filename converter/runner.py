@@ -1,11 +1,16 @@
 """`yurtctl convert` / `yurtctl revert`: gather the cluster's state, check it, print or apply the plan.
 
-Order of a convert: preflight → lock → record, labels, cloud components → leftover Jobs removed → one Job
-per edge node (a few at a time), each watched until it succeeds, fails or times out → record marked
-converted when every node is. A failed node is reported with the end of its Job's log, its Job is kept for
-diagnosis (and removed by the next run), and the run exits non-zero. Revert runs the node Jobs first,
-then restores pods' tolerations, removes labels, components and the record, and waits until no Job pod of
-ours is left.
+Order of a convert: preflight → lock → record, the node Jobs' settings (`nodeconversion.SETTINGS_CONFIGMAP`),
+cloud nodes' labels, cloud components (yurt-manager among them), the tunnel chart → the edge nodes' labels,
+each with a new value of the annotation `nodeconversion.RETRY` (this run's identity) → yurt-manager runs one
+node Job per edge node, a few at a time (conversion by label, `converter.conversionsync`), and the run
+follows each node's condition, one line per node, until every node is converted or failed → record marked
+converted when every node is. A failed node was rolled back by its Job, which yurt-manager keeps for
+diagnosis; the run exits non-zero, and the next run asks yurt-manager to try it again. A node's outcome
+counts for this run only once yurt-manager has started the Job this run asked for (`RETRY_SEEN`). Revert
+labels the converted nodes `is-edge-worker=false` and follows yurt-manager reverting them the same way, then
+removes the cloud components, restores labels, pods' tolerations and the rest, and waits until no Job pod
+of ours is left.
 
 The lock is the Lease `kube-system/yurtctl-lock`, renewed every third of `LOCK_SECONDS` while the run lasts
 and deleted at its end; a run killed without cleanup holds it at most `LOCK_SECONDS`, after which the next
@@ -42,8 +47,6 @@ LOCK_SECONDS = 30
 class RunSettings:
     identity: str
     """This run's name in the lock."""
-    parallel: int = 5
-    """Node Jobs running at once."""
     poll_s: float = 1.0
     lock_wait_s: float = LOCK_SECONDS * 2
     """How long to wait for a lock held by another run."""
@@ -282,6 +285,8 @@ def remove_jobs(api: access.Api, nodes: list[str] | None, poll_s: float, timeout
 
 
 def failure(api: access.Api, job_name: str) -> str:
+    """Why a node Job failed, for people: the last line its container left (its termination message, or the
+    end of its log), else why its pod is waiting or never started."""
     for pod in api.list(PODS, labels=f"job-name={job_name}"):
         for status in pod.get("status", {}).get("containerStatuses") or []:
             terminated = (status.get("state") or {}).get("terminated") or {}
