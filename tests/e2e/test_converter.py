@@ -338,7 +338,8 @@ def running_on_node(kube: cluster.Cluster, pod_name: str) -> bool:
 def test_an_autonomous_node_keeps_its_pods_through_an_outage_while_a_plain_node_loses_them(env: Env) -> None:
     kube = env.kube
     assert kube.plane is not None and kube.kwok is not None
-    # a second edge node, not autonomous, that never heartbeats: down for the whole test
+    # a second edge node, not autonomous, that never heartbeats: down for the whole test (labelled an edge
+    # node, so yurt-manager starts its node Job, whose pod never starts: no kubelet; revert removes it)
     plain = {
         "apiVersion": "v1",
         "kind": "Node",
