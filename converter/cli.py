@@ -24,6 +24,7 @@ from converter import (
     joincli,
     jointoken,
     kube,
+    nodeconversion,
     nodestep,
     plan,
     runner,
@@ -106,9 +107,18 @@ def build_yurtctl_parser() -> argparse.ArgumentParser:
             help="image of the per-node Jobs and of yurt-manager (default: %(default)s)",
         )
         p.add_argument(
-            "--node-timeout", type=float, default=600.0, metavar="SECONDS", help="per node Job (default: %(default)g)"
+            "--node-timeout",
+            type=float,
+            default=600.0,
+            metavar="SECONDS",
+            help="per node Job: yurt-manager stops one running longer and counts it failed (default: %(default)g)",
         )
-        p.add_argument("--parallel", type=int, default=5, help="node Jobs running at once (default: %(default)s)")
+        p.add_argument(
+            "--parallel",
+            type=int,
+            default=5,
+            help="node Jobs yurt-manager runs at once (its --max-parallel-conversions caps it; default: %(default)s)",
+        )
         p.add_argument("--hub-args", default="", help="extra yurthub flags for the nodes' yurthub.env")
         p.add_argument("--helm", default="helm", help="the helm binary (for the tunnel chart)")
         p.add_argument(
@@ -147,7 +157,11 @@ def build_yurtctl_parser() -> argparse.ArgumentParser:
 
 def _add_get_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     get = sub.add_parser("get", help="show the edge by site: pools, their nodes and their YurtAppSets")
-    get.add_argument("what", choices=("pools", "yurtappsets"), help="pools: one row per NodePool; yurtappsets")
+    get.add_argument(
+        "what",
+        choices=("pools", "yurtappsets", "nodes"),
+        help="pools: one row per NodePool; yurtappsets; nodes: each node's edge label, pool and conversion",
+    )
     get.add_argument("-n", "--namespace", default="", help="YurtAppSets of this namespace only (default: all)")
 
 
@@ -171,7 +185,11 @@ def _get_main(args: argparse.Namespace) -> int:
         if args.namespace:
             yas_path = yas_path.replace("/yurtappsets", f"/namespaces/{args.namespace}/yurtappsets")
         yases = listed(yas_path)
-        if args.what == "yurtappsets":
+        if args.what == "nodes":
+            types = nodeconversion.pool_types(listed(appset.NODEPOOLS))
+            headers = ["NAME", "EDGE-WORKER", "POOL", "EDGE", "CONVERSION", "MESSAGE"]
+            sys.stdout.write(sites.table(headers, nodeconversion.node_rows(listed("/api/v1/nodes"), types)))
+        elif args.what == "yurtappsets":
             sys.stdout.write(sites.render_appsets(yases))
         else:
             rows = sites.pool_rows(listed("/api/v1/nodes"), listed(appset.NODEPOOLS), yases)
@@ -256,6 +274,14 @@ def build_manager_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="keep nodes, pods and CSRs by list then watch (--no-watch: list them on every pass)",
+    )
+    loop.add_argument(
+        "--max-parallel-conversions",
+        type=int,
+        default=5,
+        metavar="N",
+        help="node Jobs of conversion by label running at once, at most (yurtctl convert --parallel may lower "
+        "it; default: %(default)s)",
     )
     loop.add_argument("--cluster-domain", default="cluster.local", help="for the kubernetes Service's DNS name")
     loop.add_argument("--v", type=int, default=1, help="log verbosity: 0 warnings, 1 info, 2 debug")
@@ -347,8 +373,9 @@ def yurtctl_main(argv: list[str] | None = None) -> int:
         tunnel_servers=tunnel_servers,
         tunnel_server_name=getattr(args, "tunnel_server_name", helm.SERVER_NAME),
         tunnel_replicas=getattr(args, "tunnel_server_replicas", 2),
+        parallel=args.parallel,
     )
-    settings = runner.RunSettings(identity=f"{socket.gethostname()}_{secrets.token_hex(4)}", parallel=args.parallel)
+    settings = runner.RunSettings(identity=f"{socket.gethostname()}_{secrets.token_hex(4)}")
     kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG", "") or _default_kubeconfig()
     try:
         api = kube.KubeApi(kubeconfig)
@@ -403,6 +430,7 @@ def manager_main(argv: list[str] | None = None) -> int:
         approve_apiserver_names=args.approve_apiserver_names,
         tenant_groups=_nodes(args.allowed_tenant_groups),
         reserved_names=_nodes(args.reserved_names),
+        max_parallel_conversions=args.max_parallel_conversions,
     )
     registry = prom.CollectorRegistry()
     metrics = controller.Metrics(registry)

@@ -66,6 +66,45 @@ def manager_rules() -> list[Obj]:
         *endpoint_rules(),
         *appset_rules(),
         *nodepool_manager_rules(),
+        *conversion_rules(),
+    ]
+
+
+CONVERSION_SETTINGS = "yurt-node-conversion"
+"""The ConfigMap (in `NAMESPACE`) saying what node Jobs run; `converter.nodeconversion` reads it."""
+
+
+def conversion_rules() -> list[Obj]:
+    """Cluster-wide part of conversion by label: write the node condition `YurtEdgeConversion` (nodes/status)
+    and the annotation recording a retry (nodes patch, granted with NodePools), tell it in Events."""
+    return [{"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]}]
+
+
+def manager_namespace_rules() -> list[Obj]:
+    """What yurt-manager may do in `NAMESPACE` only (a Role): create and delete the node Jobs, read the one
+    ConfigMap with their settings. Nowhere else may it create a Job or a pod."""
+    return [
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "delete"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [CONVERSION_SETTINGS], "verbs": ["get"]},
+    ]
+
+
+def manager_role(subject: Obj) -> list[Obj]:
+    """The Role of `manager_namespace_rules` and its binding to `subject`."""
+    return [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _meta(MANAGER, NAMESPACE),
+            "rules": manager_namespace_rules(),
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta(MANAGER, NAMESPACE),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": MANAGER},
+            "subjects": [subject],
+        },
     ]
 
 
@@ -221,6 +260,7 @@ def manager_rbac(subject: Obj | None = None) -> list[Obj]:
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": MANAGER},
             "subjects": [subject],
         },
+        *manager_role(subject),
     ]
 
 
@@ -331,6 +371,7 @@ def node_job(
                             "imagePullPolicy": "IfNotPresent",
                             "command": ["/usr/local/bin/yurt-node-entry", action, f"--node-name={node}", *args],
                             "securityContext": {"privileged": True, "runAsUser": 0},
+                            "terminationMessagePolicy": "FallbackToLogsOnError",
                             "volumeMounts": [{"name": "host", "mountPath": "/host"}],
                         }
                     ],

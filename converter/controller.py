@@ -22,6 +22,10 @@ Lease check.
 NodePools (`converter.poolsync`, deciding with the pure `converter.nodepool`) are kept in the same pass, once
 the NodePool CRD exists and its collection is listed: members' attributes, pools' status, refusals told.
 
+Conversion by label (`converter.conversionsync`, deciding with the pure `converter.nodeconversion`) comes
+next in the pass: a node that becomes an edge node gets the node Job `yurtctl convert` always ran, one that
+stops being one the revert Job, a few at a time, the outcome told as a node condition and Events.
+
 Endpoints of pods on autonomous, unreachable nodes (issue "Service continuity"): every replica serves the
 admission webhook (`converter.endpointwebhook`, deciding from these informer copies); the leader's pass
 (`converter.continuitysync`, last in the pass) lets go of what is no longer kept, makes good a write the
@@ -50,6 +54,7 @@ from converter import (
     access,
     appsetcontroller,
     continuitysync,
+    conversionsync,
     csr,
     endpointwebhook,
     errors,
@@ -97,6 +102,9 @@ class Settings:
     reserved_names: tuple[str, ...] = ()
     """Names never approved for a node, besides those in the apiserver's serving certificate (for example the
     public name of a load balancer in front of several apiservers)."""
+    max_parallel_conversions: int = 5
+    """Node Jobs (conversion by label) running at once, at most; the settings `yurtctl convert` writes
+    (its `--parallel`) may lower it."""
 
     @property
     def renew_s(self) -> float:
@@ -172,6 +180,13 @@ class Metrics:
             ["resource", "outcome"],
             registry=registry,
         )
+        self.conversions = prom.Counter(
+            "yurt_manager_node_conversions_total",
+            "conversion by label: node Jobs started, outcomes recorded (converted, reverted, failed), failed Jobs "
+            "removed on request, refused writes (error)",
+            ["what"],
+            registry=registry,
+        )
         self.lists = prom.Counter(
             "yurt_manager_lists_total",
             "full lists of a collection by the informers (then they watch), by resource",
@@ -216,6 +231,12 @@ class Manager:
             api, self._must_lead, self.wake.set, self.stopping, lambda r: self.metrics.lists.labels(r).inc
         )
         self.pool_sync = poolsync.PoolSync(api, self._must_lead, lambda what: metrics.pools.labels(what).inc())
+        self.conversion = conversionsync.ConversionSync(
+            api,
+            self._must_lead,
+            lambda what: metrics.conversions.labels(what).inc(),
+            max_parallel=settings.max_parallel_conversions,
+        )
         self.webhook = webhook
         self.endpoint_sync = continuitysync.EndpointSync(
             api,
@@ -299,7 +320,7 @@ class Manager:
     def make_informers(self) -> list[informer.Informer]:
         """Every informer of this replica, not started: one per collection, the NodePools' shared by the pool
         pass and the YurtAppSet shell."""
-        for path in (NODES, PODS, CSRS, poolsync.POOLS):
+        for path in (NODES, PODS, CSRS, poolsync.POOLS, conversionsync.JOBS):
             counter = self.metrics.lists.labels(path.rsplit("/", 1)[-1])
             self.informers[path] = informer.Informer(self.api, path, self.wake.set, self.stopping, listed=counter.inc)
         return [*self.informers.values(), *self.appsets.make_informers(self.informers)]
@@ -323,12 +344,13 @@ class Manager:
         return watched.items()
 
     def sync(self) -> None:
-        """One pass: pods' tolerations, certificate requests, NodePools, YurtAppSets, then endpoints of pods on
-        unreachable autonomous nodes (`converter.continuitysync`)."""
+        """One pass: pods' tolerations, certificate requests, NodePools, node conversions, YurtAppSets, then
+        endpoints of pods on unreachable autonomous nodes (`converter.continuitysync`)."""
         nodes = {n["metadata"]["name"]: n for n in self._read(NODES)}
         self.sync_pods(nodes)
         self.sync_csrs(nodes)
         self.sync_pools(nodes)
+        self.sync_conversions(nodes)
         self.appsets.sync()
         self.endpoint_sync.sync(nodes)
         self.last_pass = time.monotonic()
@@ -361,6 +383,22 @@ class Manager:
                 pod["spec"]["nodeName"],
             )
             self.metrics.rewritten.labels(direction).inc()
+
+    def sync_conversions(self, nodes: dict[str, access.Obj]) -> None:
+        """Conversion by label (`converter.conversionsync`): NodePools count once listed (none without the
+        CRD), Jobs are those of the node Jobs' namespace; nothing before the Jobs are listed (without the
+        Role, the rest of the pass goes on)."""
+        jobs = self.informers.get(conversionsync.JOBS)
+        if jobs is not None and not jobs.synced.is_set():
+            return
+        pools: list[access.Obj] = []
+        watched = self.informers.get(poolsync.POOLS)
+        if watched is None or watched.synced.is_set():
+            try:
+                pools = self._read(poolsync.POOLS)
+            except errors.NotFound:
+                pools = []
+        self.conversion.sync(nodes, pools, self._read(conversionsync.JOBS))
 
     def sync_pools(self, nodes: dict[str, access.Obj]) -> None:
         """NodePools (`converter.poolsync`), once they are listed: without the CRD (no `yurtctl convert`) or

@@ -16,7 +16,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from converter import components, helm, jointoken, names, nodepool, nodestep, tolerations
+from converter import components, helm, jointoken, names, nodeconversion, nodepool, nodestep, tolerations
 
 Obj = dict[str, Any]
 NS = components.NAMESPACE
@@ -52,6 +52,8 @@ class Options:
     """Name the tunnel server's certificate carries, which agents verify."""
     tunnel_replicas: int = 2
     """Tunnel server replicas in the chart's Deployment (0 where it runs beside the control plane)."""
+    parallel: int = 5
+    """Node Jobs yurt-manager runs at once for this conversion (its own flag caps it)."""
     join_token: str = dataclasses.field(default="", repr=False)
     """Bootstrap token for the edge nodes' yurthubs (from `--join-token-file`): each yurthub gets its own
     client certificate by CSR. It reaches the nodes through the Secret `components.JOIN_TOKEN_SECRET` only."""
@@ -59,6 +61,18 @@ class Options:
     @property
     def tunnel(self) -> bool:
         return bool(self.tunnel_servers)
+
+    def job_settings(self) -> nodeconversion.JobSettings:
+        """What yurt-manager's node Jobs run, written for it in `nodeconversion.SETTINGS_CONFIGMAP`."""
+        return nodeconversion.JobSettings(
+            image=self.image,
+            hub_args=self.hub_args,
+            node_timeout_s=self.node_timeout_s,
+            tunnel_servers=self.tunnel_servers,
+            tunnel_server_name=self.tunnel_server_name if self.tunnel_servers else "",
+            join_token=bool(self.join_token),
+            parallel=self.parallel,
+        )
 
     def recorded(self) -> str:
         options: dict[str, object] = {
@@ -99,6 +113,9 @@ class Plan:
     the chart is installed and is uninstalled after the node Jobs."""
     join_token: bool = False
     """Convert: the Jobs mount the bootstrap token's Secret and install it for yurthub."""
+    labels: list[Change] = dataclasses.field(default_factory=list)
+    """The edge nodes' labels, applied once the cloud parts are in: they hand the nodes to yurt-manager,
+    which runs their Jobs (convert: `is-edge-worker=true`; revert: `false`)."""
 
     def lines(self, image: str, node_args: list[str], tunnel_objects: Sequence[str] = ()) -> list[str]:
         """The whole plan, as printed by --dry-run; `tunnel_objects` are the chart's rendered objects."""
@@ -116,12 +133,15 @@ class Plan:
                 f"  helm   upgrade --install {helm.RELEASE} in {helm.NAMESPACE} (the tunnel server chart), objects:"
             )
             out += [f"           {o}" for o in tunnel_objects]
+        out += [f"  api    {c.verb:6} {c.what}" for c in self.labels]
         for node in self.skipped:
             out.append(f"  node   {node}: already {self.action}ed by an earlier run, skipped")
         for node in self.nodes:
             job = self.job(node, image, node_args)
             cmd = " ".join(job["spec"]["template"]["spec"]["containers"][0]["command"])
-            out.append(f"  node   {node}: Job {NS}/{job['metadata']['name']} (privileged, host /) runs: {cmd}")
+            out.append(
+                f"  node   {node}: yurt-manager runs Job {NS}/{job['metadata']['name']} (privileged, host /): {cmd}"
+            )
         if self.nodes:
             out.append("  files  on each of those nodes:")
             out += [f"           {path}: {what}" for path, what in nodestep.HOST_FILES.items()]
@@ -143,18 +163,7 @@ class Plan:
         return node_job(self.action, node, image, node_args, tunnel=self.tunnel, join_token=self.join_token)
 
 
-def node_job(action: str, node: str, image: str, args: list[str], *, tunnel: bool, join_token: bool) -> Obj:
-    """One node's Job: a convert Job mounts the tunnel CA's ConfigMap and the bootstrap token's Secret when
-    the run has them; the token itself is never in the Job (only `--join-token-file=<path>` is)."""
-    convert = action == "convert"
-    return components.node_job(
-        action,
-        node,
-        image,
-        args,
-        tunnel_ca=helm.CA_CONFIGMAP if tunnel and convert else None,
-        join_token_secret=components.JOIN_TOKEN_SECRET if join_token and convert else None,
-    )
+node_job = nodeconversion.node_job
 
 
 def _name(obj: Obj) -> str:
@@ -174,6 +183,8 @@ def _collection(obj: Obj) -> str:
         "ServiceAccount": "serviceaccounts",
         "ClusterRole": "clusterroles",
         "ClusterRoleBinding": "clusterrolebindings",
+        "Role": "roles",
+        "RoleBinding": "rolebindings",
         "Deployment": "deployments",
         "ConfigMap": "configmaps",
         "Secret": "secrets",
@@ -299,9 +310,13 @@ def minor_of(version: Obj) -> int:
         return -1
 
 
-def convert_plan(opts: Options, nodes: list[Obj], record: Obj | None, *, policies: bool = True) -> Plan:
+def convert_plan(
+    opts: Options, nodes: list[Obj], record: Obj | None, *, policies: bool = True, retry: str = ""
+) -> Plan:
     """`policies`: the cluster serves admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy (1.30+);
-    without it those objects are left out."""
+    without it those objects are left out. `retry`: this run's value of the annotation
+    `nodeconversion.RETRY` on the edge nodes still to convert, so yurt-manager tries a failed one again and
+    the run tells its outcome from an earlier one."""
     edge = edge_nodes(opts, nodes)
     cloud = list(opts.cloud_nodes)
     autonomous = list(opts.autonomous_nodes) or edge
@@ -314,22 +329,29 @@ def convert_plan(opts: Options, nodes: list[Obj], record: Obj | None, *, policie
             "data": {"options": opts.recorded(), "state": "converting"},
         }
         before.append(Change("apply", CONFIGMAPS, body, f"ConfigMap {NS}/{RECORD} (the record of this conversion)"))
+    settings = nodeconversion.settings_configmap(opts.job_settings())
+    what = f"ConfigMap {NS}/{nodeconversion.SETTINGS_CONFIGMAP} (what yurt-manager's node Jobs run)"
+    before.append(Change("apply", CONFIGMAPS, settings, what))
+    done = node_states(record)
+    labels: list[Change] = []
     for name in cloud + edge:
         is_edge = name in edge
-        annotations = {names.AUTONOMY_ANNOTATION: "true"} if name in autonomous else {}
-        patch = {"metadata": {"labels": {names.EDGE_WORKER_LABEL: "true" if is_edge else "false"}}}
-        if annotations:
-            patch["metadata"]["annotations"] = annotations
+        annotations: dict[str, object] = {names.AUTONOMY_ANNOTATION: "true"} if name in autonomous else {}
         what = f"Node {name}: label {names.EDGE_WORKER_LABEL}={'true' if is_edge else 'false'}"
         if annotations:
             what += f", annotation {names.AUTONOMY_ANNOTATION}=true"
-        before.append(Change("patch", f"/api/v1/nodes/{name}", patch, what))
+        if is_edge and done.get(name) != "converted":
+            annotations[nodeconversion.RETRY] = retry
+            what += f"; yurt-manager converts it (asked with annotation {nodeconversion.RETRY})"
+        patch: Obj = {"metadata": {"labels": {names.EDGE_WORKER_LABEL: "true" if is_edge else "false"}}}
+        if annotations:
+            patch["metadata"]["annotations"] = annotations
+        (labels if is_edge else before).append(Change("patch", f"/api/v1/nodes/{name}", patch, what))
     before += [
         _apply(o)
         for o in cloud_objects(opts.image, opts.manager_replicas, opts.manager_webhook_url)
         if policies or o["kind"] not in components.POLICY_KINDS
     ]
-    done = node_states(record)
     todo = [n for n in edge if done.get(n) != "converted"]
     skipped = [n for n in edge if done.get(n) == "converted"]
     after = [
@@ -352,6 +374,7 @@ def convert_plan(opts: Options, nodes: list[Obj], record: Obj | None, *, policie
         autonomous,
         tunnel=opts.tunnel,
         join_token=bool(opts.join_token),
+        labels=labels,
     )
 
 
@@ -373,41 +396,49 @@ YURTHUB_CSR_LABEL = "app.kubernetes.io/managed-by=yurthub"
 
 
 def revert_plan(
-    nodes: list[Obj], pods: list[Obj], record: Obj | None, csrs: list[Obj] | None = None, *, tunnel: bool = False
+    nodes: list[Obj],
+    pods: list[Obj],
+    record: Obj | None,
+    csrs: list[Obj] | None = None,
+    *,
+    tunnel: bool = False,
+    retry: str = "",
 ) -> Plan:
     """Undo convert; `csrs` are the CSRs labelled `YURTHUB_CSR_LABEL` (those the edge nodes' yurthubs made
-    go); `tunnel`: the tunnel chart's release is installed."""
+    go); `tunnel`: the tunnel chart's release is installed; `retry`: this run's value of the annotation
+    `nodeconversion.RETRY`, so yurt-manager tries a node whose revert failed again.
+
+    The edge nodes are labelled `is-edge-worker=false` first (false, not removed, so a NodePool of type Edge
+    cannot keep them edge nodes), and yurt-manager reverts those it converted. Then yurt-manager and the
+    other cloud objects go, and only then the nodes' labels, annotations and conversion condition (so a
+    yurt-manager run elsewhere that is still up sees no autonomy left either), the pods' tolerations and the
+    pools' attributes: nothing is left to act on them again."""
     labelled = [n for n in nodes if names.EDGE_WORKER_LABEL in (n["metadata"].get("labels") or {})]
     edge = sorted(_name(n) for n in labelled if n["metadata"]["labels"][names.EDGE_WORKER_LABEL] == "true")
     cloud = sorted(_name(n) for n in labelled if n["metadata"]["labels"][names.EDGE_WORKER_LABEL] != "true")
+    converted = sorted(_name(n) for n in nodes if nodeconversion.reason_of(n) not in ("", nodeconversion.REVERTED))
+    edge = sorted(set(edge) | set(converted))  # a node labelled false by an earlier revert that failed too
+    cloud = [n for n in cloud if n not in edge]
+    labelled_names = {_name(n) for n in labelled}
     autonomous = sorted(
         _name(n) for n in labelled if names.AUTONOMY_ANNOTATION in (n["metadata"].get("annotations") or {})
     )
-    after: list[Change] = []
-    for pod in pods:
-        patch = tolerations.desired_patch(pod, None)
-        if patch is not None:
-            meta = pod["metadata"]
-            after.append(
-                Change(
-                    "patch",
-                    f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
-                    patch,
-                    f"Pod {meta['namespace']}/{meta['name']}: original tolerations restored",
-                )
-            )
-    for n in labelled:
-        patch = {
-            "metadata": {"labels": {names.EDGE_WORKER_LABEL: None}, "annotations": {names.AUTONOMY_ANNOTATION: None}}
-        }
-        after.append(
-            Change(
-                "patch",
-                f"/api/v1/nodes/{_name(n)}",
-                patch,
-                f"Node {_name(n)}: label {names.EDGE_WORKER_LABEL} and annotation {names.AUTONOMY_ANNOTATION} removed",
-            )
+    labels = [
+        Change(
+            "patch",
+            f"/api/v1/nodes/{n}",
+            {
+                "metadata": {
+                    "labels": {names.EDGE_WORKER_LABEL: "false"},
+                    "annotations": {nodeconversion.RETRY: retry},
+                }
+            },
+            f"Node {n}: label {names.EDGE_WORKER_LABEL}=false; yurt-manager reverts it",
         )
+        for n in edge
+        if n in converted
+    ]
+    after: list[Change] = []
     requesters = {f"system:node:{n}" for n in edge}
     for csr in csrs or []:
         if csr.get("spec", {}).get("username") in requesters:
@@ -421,12 +452,54 @@ def revert_plan(
                 )
             )
     after += [_delete(o) for o in reversed(cloud_objects("-"))]
+    conversion = (nodeconversion.RETRY, nodeconversion.RETRY_SEEN)
+    for n in nodes:
+        meta = n["metadata"]
+        keys = [k for k in (names.AUTONOMY_ANNOTATION, *conversion) if k in (meta.get("annotations") or {})]
+        if _name(n) in labelled_names or keys:
+            patch = {
+                "metadata": {
+                    "labels": {names.EDGE_WORKER_LABEL: None},
+                    "annotations": {k: None for k in (names.AUTONOMY_ANNOTATION, *conversion)},
+                }
+            }
+            after.append(
+                Change(
+                    "patch",
+                    f"/api/v1/nodes/{_name(n)}",
+                    patch,
+                    f"Node {_name(n)}: label {names.EDGE_WORKER_LABEL} and annotations "
+                    f"{', '.join((names.AUTONOMY_ANNOTATION, *conversion))} removed",
+                )
+            )
+        if nodeconversion.condition(n) is not None:
+            after.append(
+                Change(
+                    "patch",
+                    f"/api/v1/nodes/{_name(n)}/status",
+                    None,
+                    f"Node {_name(n)}: condition {nodeconversion.CONDITION} removed",
+                )
+            )
+    for pod in pods:
+        restore = tolerations.desired_patch(pod, None)
+        if restore is not None:
+            meta = pod["metadata"]
+            after.append(
+                Change(
+                    "patch",
+                    f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
+                    restore,
+                    f"Pod {meta['namespace']}/{meta['name']}: original tolerations restored",
+                )
+            )
     after += pool_attributes_removed(nodes)
     after.append(_delete(components.join_token_secret("")))  # left by a convert that did not complete
+    after.append(_delete(nodeconversion.settings_configmap(nodeconversion.JobSettings(image="-"))))
     lease = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{components.MANAGER}"
     after.append(Change("delete", lease, None, f"Lease {NS}/{components.MANAGER} (yurt-manager's leader election)"))
     if record is not None:
         after.append(Change("delete", RECORD_PATH, None, f"ConfigMap {NS}/{RECORD}"))
-    done = {k: v for k, v in node_states(record).items() if v == "reverted"}
-    todo = [n for n in edge if n not in done]
-    return Plan("revert", [], todo, [n for n in edge if n in done], after, cloud, edge, autonomous, tunnel=tunnel)
+    todo = [n for n in edge if n in converted]
+    skipped = [n for n in edge if n not in converted]
+    return Plan("revert", [], todo, skipped, after, cloud, edge, autonomous, tunnel=tunnel, labels=labels)

@@ -1,11 +1,16 @@
 """`yurtctl convert` / `yurtctl revert`: gather the cluster's state, check it, print or apply the plan.
 
-Order of a convert: preflight → lock → record, labels, cloud components → leftover Jobs removed → one Job
-per edge node (a few at a time), each watched until it succeeds, fails or times out → record marked
-converted when every node is. A failed node is reported with the end of its Job's log, its Job is kept for
-diagnosis (and removed by the next run), and the run exits non-zero. Revert runs the node Jobs first,
-then restores pods' tolerations, removes labels, components and the record, and waits until no Job pod of
-ours is left.
+Order of a convert: preflight → lock → record, the node Jobs' settings (`nodeconversion.SETTINGS_CONFIGMAP`),
+cloud nodes' labels, cloud components (yurt-manager among them), the tunnel chart → the edge nodes' labels,
+each with a new value of the annotation `nodeconversion.RETRY` (this run's identity) → yurt-manager runs one
+node Job per edge node, a few at a time (conversion by label, `converter.conversionsync`), and the run
+follows each node's condition, one line per node, until every node is converted or failed → record marked
+converted when every node is. A failed node was rolled back by its Job, which yurt-manager keeps for
+diagnosis; the run exits non-zero, and the next run asks yurt-manager to try it again. A node's outcome
+counts for this run only once yurt-manager has started the Job this run asked for (`RETRY_SEEN`). Revert
+labels the converted nodes `is-edge-worker=false` and follows yurt-manager reverting them the same way, then
+removes the cloud components, restores labels, pods' tolerations and the rest, and waits until no Job pod
+of ours is left.
 
 The lock is the Lease `kube-system/yurtctl-lock`, renewed every third of `LOCK_SECONDS` while the run lasts
 and deleted at its end; a run killed without cleanup holds it at most `LOCK_SECONDS`, after which the next
@@ -17,7 +22,6 @@ why; the run leaves the conversion record and the Lease as they are, for the nex
 from __future__ import annotations
 
 import builtins
-import concurrent.futures
 import contextlib
 import dataclasses
 import logging
@@ -26,7 +30,7 @@ import time
 from collections.abc import Iterator
 from typing import TextIO
 
-from converter import access, components, errors, helm, lease, nodepool, nodestep, plan, tolerations
+from converter import access, components, errors, helm, lease, nodeconversion, nodepool, plan, tolerations
 from converter.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -43,8 +47,6 @@ LOCK_SECONDS = 30
 class RunSettings:
     identity: str
     """This run's name in the lock."""
-    parallel: int = 5
-    """Node Jobs running at once."""
     poll_s: float = 1.0
     lock_wait_s: float = LOCK_SECONDS * 2
     """How long to wait for a lock held by another run."""
@@ -178,7 +180,9 @@ class _Guarded:
 
 
 def apply_change(api: access.Api, change: plan.Change) -> None:
-    if change.verb == "delete" or change.body is None:
+    if change.path.startswith("/api/v1/nodes/") and change.path.endswith("/status"):
+        _drop_condition(api, change.path)
+    elif change.verb == "delete" or change.body is None:
         api.delete(change.path)
     elif change.verb == "apply":
         try:
@@ -213,6 +217,28 @@ def _strip_pool(api: access.Api, path: str) -> None:
         except errors.Conflict:
             continue
     raise errors.ConverterError(f"{path}: kept changing while its NodePool attributes were being removed")
+
+
+def _drop_condition(api: access.Api, path: str) -> None:
+    """Take the conversion condition off a node's status, under its resourceVersion (kubelet writes the
+    other conditions meanwhile: a Conflict is read and decided again)."""
+    for _ in range(10):
+        node = api.get(path.removesuffix("/status"))
+        conditions = nodeconversion.without_condition(node) if node is not None else None
+        if node is None or conditions is None:
+            return
+        body = {
+            "metadata": {"resourceVersion": node["metadata"]["resourceVersion"]},
+            "status": {"conditions": conditions},
+        }
+        try:
+            api.patch(path, body)
+            return
+        except errors.NotFound:
+            return
+        except errors.Conflict:
+            continue
+    raise errors.ConverterError(f"{path}: kept changing while its conversion condition was being removed")
 
 
 def _restore_pod(api: access.Api, path: str) -> None:
@@ -258,7 +284,9 @@ def remove_jobs(api: access.Api, nodes: list[str] | None, poll_s: float, timeout
     raise errors.ConverterError(f"earlier yurtctl Jobs or their pods did not go away within {timeout_s:.0f}s")
 
 
-def _failure(api: access.Api, job_name: str) -> str:
+def failure(api: access.Api, job_name: str) -> str:
+    """Why a node Job failed, for people: the last line its container left (its termination message, or the
+    end of its log), else why its pod is waiting or never started."""
     for pod in api.list(PODS, labels=f"job-name={job_name}"):
         for status in pod.get("status", {}).get("containerStatuses") or []:
             terminated = (status.get("state") or {}).get("terminated") or {}
@@ -276,81 +304,77 @@ def _failure(api: access.Api, job_name: str) -> str:
     return "no pod log to show"
 
 
-def run_node_job(
-    api: access.Api,
-    action: str,
-    node: str,
-    opts: plan.Options,
-    args: list[str],
-    settings: RunSettings,
-    progress: Progress,
-) -> str | None:
-    """Create, watch and clean up one node's Job; None on success, else why it failed."""
-    job = plan.node_job(action, node, opts.image, args, tunnel=opts.tunnel, join_token=bool(opts.join_token))
-    job["spec"]["template"]["spec"]["containers"][0]["terminationMessagePolicy"] = "FallbackToLogsOnError"
-    name = job["metadata"]["name"]
-    api.create(JOBS, job)
-    progress.set(node, "running")
-    deadline = time.monotonic() + opts.node_timeout_s
-    while time.monotonic() < deadline:
-        got = api.get(f"{JOBS}/{name}")
-        status = (got or {}).get("status") or {}
-        if status.get("succeeded"):
-            api.delete(f"{JOBS}/{name}")
-            return None
-        if status.get("failed"):
-            return _failure(api, name)
-        time.sleep(settings.poll_s)
-    reason = f"timed out after {opts.node_timeout_s:.0f}s ({_failure(api, name)})"
-    api.delete(f"{JOBS}/{name}")
-    return reason
-
-
 def _record(api: access.Api, node: str, state: str) -> None:
     with contextlib.suppress(errors.NotFound):  # revert without a record
         api.patch(plan.RECORD_PATH, {"data": {f"node.{node}": state}})
 
 
-def run_nodes(
-    api: access.Api, p: plan.Plan, opts: plan.Options, args: list[str], settings: RunSettings, out: TextIO
+def node_state(node: access.Obj | None, action: str, retry: str) -> tuple[str, str]:
+    """Where yurt-manager stands with `node` for this run: ("done" | "failed" | "running" | "waiting", why).
+    A failed or running condition counts only once yurt-manager has started the Job this run asked for
+    (the node's `RETRY_SEEN` is this run's `retry`): until then it tells an earlier attempt."""
+    if node is None:
+        return "failed", "the Node is gone"
+    act: nodeconversion.Action = "convert" if action == "convert" else "revert"
+    cond = nodeconversion.condition(node) or {}
+    reason = str(cond.get("reason") or "")
+    ours = ((node["metadata"].get("annotations") or {}).get(nodeconversion.RETRY_SEEN)) == retry
+    if reason == nodeconversion.DONE[act]:
+        return "done", ""
+    if reason == nodeconversion.FAILED[act] and ours:
+        return "failed", str(cond.get("message") or reason)
+    if reason == nodeconversion.RUNNING[act] and ours:
+        return "running", ""
+    return "waiting", ""
+
+
+def watch_nodes(
+    api: access.Api, p: plan.Plan, opts: plan.Options, settings: RunSettings, retry: str, out: TextIO
 ) -> dict[str, str]:
-    """Every node's Job, a few at a time; returns the failed nodes with their reasons."""
+    """Follow yurt-manager through `p.nodes` (it runs their Jobs, a few at a time), one line per node and
+    change; returns the failed nodes with their reasons. A node yurt-manager has not finished once every
+    node could have had its turn is failed with a pointer at yurt-manager."""
     progress = Progress(p.skipped + p.nodes, out)
     for node in p.skipped:
         progress.set(node, f"{p.action}ed already")
     failed: dict[str, str] = {}
-
-    def one(node: str) -> None:
-        try:
-            why = run_node_job(api, p.action, node, opts, args, settings, progress)
-        except LockLost:
-            raise
-        except errors.ConverterError as exc:
-            why = str(exc)
-        if why is None:
-            _record(api, node, f"{p.action}ed")
-            progress.set(node, f"{p.action}ed")
-        else:
-            failed[node] = why
-            _record(api, node, "failed")
-            progress.set(node, f"FAILED: {why}")
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, settings.parallel)) as pool:
-        for f in [pool.submit(one, n) for n in p.nodes]:
-            f.result()
+    pending = list(p.nodes)
+    shown: dict[str, str] = {}
+    rounds = -(-len(pending) // max(1, opts.parallel)) + 1
+    total_s = opts.node_timeout_s * rounds + 60
+    deadline = time.monotonic() + total_s
+    while pending:
+        for name in list(pending):
+            state, why = node_state(api.get(f"/api/v1/nodes/{name}"), p.action, retry)
+            if state == "done":
+                _record(api, name, f"{p.action}ed")
+                progress.set(name, f"{p.action}ed")
+                pending.remove(name)
+            elif state == "failed":
+                failed[name] = why
+                _record(api, name, "failed")
+                progress.set(name, f"FAILED: {why}")
+                pending.remove(name)
+            elif shown.get(name) != state:
+                progress.set(name, state)
+            shown[name] = state
+        if not pending:
+            break
+        if time.monotonic() >= deadline:
+            for name in pending:
+                why = (
+                    f"yurt-manager did not {p.action} it within {total_s:.0f}s "
+                    f"(is it running? kubectl -n {NS} get pods -l app={components.MANAGER})"
+                )
+                failed[name] = why
+                progress.set(name, f"FAILED: {why}")
+            break
+        time.sleep(settings.poll_s)
     return failed
 
 
 def node_args(opts: plan.Options, action: str = "convert") -> list[str]:
-    args = [f"--timeout={opts.node_timeout_s / 2:.0f}"]
-    if opts.hub_args:
-        args.append(f"--hub-args={opts.hub_args}")
-    if opts.join_token and action == "convert":
-        args.append(f"--join-token-file={nodestep.STAGED_TOKEN}")  # a path: the token comes from the Secret
-    if opts.tunnel and action == "convert":
-        args.append(f"--tunnel-server-addr={','.join(opts.tunnel_servers)}")
-        args.append(f"--tunnel-server-name={opts.tunnel_server_name}")
-    return args
+    return nodeconversion.node_args(opts.job_settings(), "convert" if action == "convert" else "revert")
 
 
 def install_tunnel(api: access.Api, charts: helm.Helm, opts: plan.Options, out: TextIO) -> None:
@@ -388,7 +412,8 @@ def convert(
     if problems:
         out.write("yurtctl convert: preflight failed, nothing was changed:\n" + "".join(f"  - {p}\n" for p in problems))
         return 1
-    p = plan.convert_plan(opts, nodes, record, policies=plan.minor_of(version) >= components.POLICY_MINOR)
+    retry = settings.identity
+    p = plan.convert_plan(opts, nodes, record, policies=plan.minor_of(version) >= components.POLICY_MINOR, retry=retry)
     args = node_args(opts)
     if dry_run:
         objects = charts.render(helm.values(opts.image, opts.tunnel_replicas)) if charts and opts.tunnel else []
@@ -403,12 +428,17 @@ def convert(
             out.write(f"  api    {change.what}\n")
         if charts is not None and opts.tunnel:
             install_tunnel(api, charts, opts, out)
-        remove_jobs(api, p.nodes, settings.poll_s)
-        failed = run_nodes(api, p, opts, args, settings, out)
+        for change in p.labels:
+            apply_change(api, change)
+            out.write(f"  api    {change.what}\n")
+        failed = watch_nodes(api, p, opts, settings, retry, out)
         if failed:
             out.write(f"yurtctl convert: {len(failed)} of {len(p.nodes)} nodes failed and were rolled back:\n")
             out.write("".join(f"  - {n}: {why}\n" for n, why in sorted(failed.items())))
-            out.write(f"  their Jobs are kept in {NS} for diagnosis; run convert again to retry them, or revert\n")
+            out.write(
+                f"  their Jobs are kept in {NS} for diagnosis and yurt-manager does not try them again by itself; "
+                "run convert again to retry them, or revert\n"
+            )
             return 1
         for change in p.after:
             apply_change(api, change)
@@ -432,7 +462,8 @@ def revert(
     record = api.get(plan.RECORD_PATH)
     pods = api.list("/api/v1/pods")
     csrs = api.list("/apis/certificates.k8s.io/v1/certificatesigningrequests", labels=plan.YURTHUB_CSR_LABEL)
-    p = plan.revert_plan(nodes, pods, record, csrs, tunnel=tunnel_installed(api))
+    retry = settings.identity
+    p = plan.revert_plan(nodes, pods, record, csrs, tunnel=tunnel_installed(api), retry=retry)
     if record is None and not p.edge and not p.cloud and not p.tunnel:
         out.write("yurtctl revert: nothing to revert (no conversion recorded, no node labelled)\n")
         return 0
@@ -451,8 +482,10 @@ def revert(
     lock.acquire(settings.lock_wait_s)
     api = lock.guard(api)
     try:
-        remove_jobs(api, p.nodes, settings.poll_s)
-        failed = run_nodes(api, p, opts, args, settings, out)
+        for change in p.labels:
+            apply_change(api, change)
+            out.write(f"  api    {change.what}\n")
+        failed = watch_nodes(api, p, opts, settings, retry, out)
         if failed:
             out.write(f"yurtctl revert: {len(failed)} nodes failed; nothing else was undone:\n")
             out.write("".join(f"  - {n}: {why}\n" for n, why in sorted(failed.items())))

@@ -150,8 +150,8 @@ def _logs(kube: cluster.Cluster, pod: dict) -> str:  # type: ignore[type-arg]
 
 
 def _revert(kube: cluster.Cluster, manager: yurtmanager.HostManager) -> None:
+    _yurtctl(kube, "revert", *edgeconvert.common_args(converterimage.IMAGE))  # yurt-manager reverts the node
     manager.stop()
-    _yurtctl(kube, "revert", *edgeconvert.common_args(converterimage.IMAGE))
     say("a stock cluster again:")
     print(kube.kubectl.run("get", "nodes", "-L", "openyurt.io/is-edge-worker"), flush=True)
 

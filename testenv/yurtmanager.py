@@ -48,8 +48,8 @@ class HostManager:
 
 
 def own_kubeconfig(plane: controlplane.ControlPlane, directory: Path) -> Path:
-    """A client certificate for `USER`, with the rights of yurt-manager's ClusterRole and nothing else (a
-    ClusterRole and binding named `USER`, so that `yurtctl convert` and `revert` never touch them)."""
+    """A client certificate for `USER`, with the rights of yurt-manager's ClusterRole and its Role in
+    kube-system and nothing else (named `USER`, so that `yurtctl convert` and `revert` never touch them)."""
     plane.kubectl.apply(
         [
             {
@@ -63,6 +63,19 @@ def own_kubeconfig(plane: controlplane.ControlPlane, directory: Path) -> Path:
                 "kind": "ClusterRoleBinding",
                 "metadata": {"name": USER},
                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": USER},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": USER}],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": USER, "namespace": components.NAMESPACE},
+                "rules": components.manager_namespace_rules(),
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": USER, "namespace": components.NAMESPACE},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": USER},
                 "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": USER}],
             },
         ]

@@ -3,6 +3,10 @@ through a Job running on it) and four kwok nodes (cloud nodes). The tests run in
 other: dry run, convert, the tunnel, autonomy through an outage, revert; the cluster and the node's files are
 snapshotted before convert and compared after the dry run and after revert.
 
+Convert and revert go through yurt-manager: yurtctl labels the edge node and follows the node condition
+yurt-manager writes while it runs the node's Job (conversion by label), so yurt-manager is up from the first
+convert to the end of revert.
+
 yurt-manager and yurt-tunnel-server run on the host from their console scripts, beside the rest of this
 test cluster's control plane, since the cloud nodes are kwok nodes, which run nothing: convert installs
 their Deployments scaled to 0 (`--manager-replicas=0`, `--tunnel-server-replicas=0`), the way they are
@@ -31,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from converter import helm, names
+from converter import helm, names, nodeconversion
 from testenv import (
     cluster,
     controlplane,
@@ -186,6 +190,10 @@ def test_a_node_whose_kubelet_does_not_come_back_through_yurthub_is_rolled_back(
     assert kube.node.run(["systemctl", "is-active", "yurthub.service"], check=False).stdout.strip() != "active"
     wait_for("the node Ready again without yurthub", functools.partial(ready, kube, EDGE), timeout=60)
     assert kube.kubectl.get("jobs", "-n", "kube-system")["items"], "the failed Job is kept for diagnosis"
+    condition = nodeconversion.condition(kube.kubectl.get("node", EDGE)) or {}
+    assert condition.get("reason") == nodeconversion.CONVERT_FAILED and "rolled back" in condition["message"]
+    described = kube.kubectl.run("describe", "node", EDGE)
+    assert nodeconversion.CONDITION in described and nodeconversion.CONVERT_FAILED in described
 
 
 def test_a_convert_killed_halfway_is_finished_by_the_next_run(env: Env) -> None:
@@ -232,7 +240,9 @@ def test_convert_puts_the_edge_node_behind_yurthub_and_labels_the_nodes(env: Env
     exe = kube.node.run(["readlink", f"/proc/{pid}/exe"]).stdout.strip()
     assert exe == "/opt/yurt-edge/lib/yurt-edge/yurt-edge"
     assert kube.kubectl.get("deployment", "-n", "kube-system", "yurt-manager")["spec"]["replicas"] == 0
-    assert kube.kubectl.get("jobs", "-n", "kube-system")["items"] == []
+    assert (nodeconversion.condition(kube.kubectl.get("node", EDGE)) or {}).get("reason") == nodeconversion.CONVERTED
+    # yurt-manager deletes a node's Job once it wrote the node converted: a moment after yurtctl saw that
+    wait_for("no node Job left", lambda: kube.kubectl.get("jobs", "-n", "kube-system")["items"] == [], timeout=30)
     wait_for("the edge node Ready through yurthub", lambda: node_ready(kube.kubectl.get("node", EDGE)), timeout=60)
     again = yurtctl(kube, *env.convert)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -328,7 +338,8 @@ def running_on_node(kube: cluster.Cluster, pod_name: str) -> bool:
 def test_an_autonomous_node_keeps_its_pods_through_an_outage_while_a_plain_node_loses_them(env: Env) -> None:
     kube = env.kube
     assert kube.plane is not None and kube.kwok is not None
-    # a second edge node, not autonomous, that never heartbeats: down for the whole test
+    # a second edge node, not autonomous, that never heartbeats: down for the whole test (labelled an edge
+    # node, so yurt-manager starts its node Job, whose pod never starts: no kubelet; revert removes it)
     plain = {
         "apiVersion": "v1",
         "kind": "Node",
@@ -374,12 +385,15 @@ def test_an_autonomous_node_keeps_its_pods_through_an_outage_while_a_plain_node_
 
 def test_revert_leaves_the_cluster_and_the_node_as_convert_found_them(env: Env) -> None:
     kube = env.kube
-    if env.manager is not None:
-        env.manager.stop()  # what deleting its Deployment does in a real cluster
-        env.manager = None
     result = yurtctl(kube, "revert", *env.common)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(rf"^\s+{EDGE}\s+reverted", result.stdout, re.M), result.stdout
+    # yurt-manager reverted the node (revert only relabelled it and followed); it runs outside the cluster
+    # (replicas 0), so its operator stops it after revert, and removes the Lease it renewed meanwhile
+    assert env.manager is not None
+    env.manager.stop()
+    env.manager = None
+    kube.kubectl.run("delete", "lease", "-n", "kube-system", "yurt-manager", "--ignore-not-found")
     assert f"{helm.RELEASE} uninstalled" in result.stdout
     assert (
         kube.node.run(["systemctl", "is-active", "yurt-tunnel-agent.service"], check=False).stdout.strip() != "active"

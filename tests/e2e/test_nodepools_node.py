@@ -243,13 +243,14 @@ def hub_reachable(kube: cluster.Cluster) -> bool:
 
 def test_convert_installs_the_pool_crds_and_yurt_manager_keeps_the_pools(env: Env) -> None:
     kube = env.kube
+    # yurt-manager converts the node once convert labels it (conversion by label): up before convert
+    env.manager = yurtmanager.start(env.manager_kubeconfig, env.directory / "manager", "host-manager")
     result = edgeconvert.yurtctl(kube, *env.convert)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(rf"^\s+{EDGE}\s+converted", result.stdout, re.M), result.stdout
     for crd in ("nodepools.apps.openyurt.io", "yurtappsets.apps.openyurt.io"):
         kube.kubectl.run("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
     wait_for("the edge node Ready through yurthub", lambda: ready(kube, EDGE), timeout=90)
-    env.manager = yurtmanager.start(env.manager_kubeconfig, env.directory / "manager", "host-manager")
 
     kube.kubectl.apply(
         [
@@ -357,12 +358,15 @@ def test_revert_leaves_the_cluster_and_the_node_as_convert_found_them(env: Env) 
     )
     wait_for("the pools empty", lambda: all(members(kube, name) == [] for name in POOLS), timeout=60)
     wait_for("the web pods gone", lambda: not kube.kubectl.get("pods", "-l", "app=web")["items"], timeout=120)
-    if env.manager is not None:
-        env.manager.stop()  # what deleting its Deployment does in a real cluster
-        env.manager = None
     result = edgeconvert.yurtctl(kube, "revert", *env.common)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(rf"^\s+{EDGE}\s+reverted", result.stdout, re.M), result.stdout
+    # yurt-manager reverted the node; run outside the cluster, it is stopped by its operator after revert,
+    # who removes the Lease it renewed meanwhile
+    if env.manager is not None:
+        env.manager.stop()
+        env.manager = None
+    kube.kubectl.run("delete", "lease", "-n", "kube-system", "yurt-manager", "--ignore-not-found")
     assert kube.kubectl.run("get", "crd", "-o", "name").count(nodepool.GROUP) == 0
     with contextlib.suppress(TimeoutError):  # garbage collection settles a little later; the assert shows what differs
         wait_for("the cluster to settle as it was", lambda: snapshot.since(kube, env.before) == [], timeout=90)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from converter import access, cli, components, jointoken, names, nodestep, plan, runner
+from converter import access, cli, components, jointoken, names, nodeconversion, nodestep, plan, runner
 
 VERSION = {"major": "1", "minor": "34", "gitVersion": "v1.34.12"}
 
@@ -58,20 +58,29 @@ def test_a_record_with_other_options_blocks_a_new_convert() -> None:
     assert any("other options" in p for p in plan.preflight(OPTS, NODES, VERSION, record))
 
 
-def test_convert_plan_labels_every_node_and_runs_edge_nodes_only() -> None:
-    p = plan.convert_plan(OPTS, NODES, None)
+def test_convert_plan_labels_every_node_and_hands_edge_nodes_to_yurt_manager_last() -> None:
+    p = plan.convert_plan(OPTS, NODES, None, retry="run-1")
     assert p.edge == ["edge-1", "edge-2"] and p.cloud == ["cloud-1"] and p.autonomous == ["edge-1", "edge-2"]
     assert p.nodes == ["edge-1", "edge-2"]
     patches = {c.path: c.body for c in p.before if c.verb == "patch"}
-    assert patches["/api/v1/nodes/cloud-1"] == {"metadata": {"labels": {names.EDGE_WORKER_LABEL: "false"}}}
-    assert patches["/api/v1/nodes/edge-1"] == {
-        "metadata": {"labels": {names.EDGE_WORKER_LABEL: "true"}, "annotations": {names.AUTONOMY_ANNOTATION: "true"}}
+    assert patches == {"/api/v1/nodes/cloud-1": {"metadata": {"labels": {names.EDGE_WORKER_LABEL: "false"}}}}
+    labels = {c.path: c.body for c in p.labels}
+    assert labels["/api/v1/nodes/edge-1"] == {
+        "metadata": {
+            "labels": {names.EDGE_WORKER_LABEL: "true"},
+            "annotations": {names.AUTONOMY_ANNOTATION: "true", nodeconversion.RETRY: "run-1"},
+        }
     }
+    settings = next(c.body for c in p.before if nodeconversion.SETTINGS_CONFIGMAP in c.what)
+    assert nodeconversion.parse_settings(settings) == OPTS.job_settings()
     kinds = [c.body["kind"] for c in p.before if c.verb == "apply" and c.body and "yurt-manager" in c.what]
     assert kinds == [
+        "ConfigMap",
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
         "Deployment",
         "Secret",
         "Service",
@@ -83,13 +92,19 @@ def test_a_resumed_convert_skips_converted_nodes() -> None:
     record = {"data": {"options": OPTS.recorded(), "node.edge-1": "converted", "node.edge-2": "failed"}}
     p = plan.convert_plan(OPTS, NODES, record)
     assert p.nodes == ["edge-2"] and p.skipped == ["edge-1"]
-    assert not any(c.what.startswith("ConfigMap") for c in p.before)
+    assert not any(c.what.startswith(f"ConfigMap kube-system/{plan.RECORD}") for c in p.before)
+    assert [c.path for c in p.labels if nodeconversion.RETRY in c.body["metadata"]["annotations"]] == [
+        "/api/v1/nodes/edge-2"
+    ]  # a converted node is not asked again
 
 
 def test_revert_plan_undoes_labels_tolerations_components_and_the_record() -> None:
+    converted = node("edge-1", labels={names.EDGE_WORKER_LABEL: "true"})
+    converted["status"]["conditions"].append({"type": nodeconversion.CONDITION, "reason": nodeconversion.CONVERTED})
     labelled = [
         node("cloud-1", labels={names.EDGE_WORKER_LABEL: "false"}),
-        node("edge-1", labels={names.EDGE_WORKER_LABEL: "true"}),
+        converted,
+        node("edge-never-converted", labels={names.EDGE_WORKER_LABEL: "true"}),
         node("other"),
     ]
     rewritten = {
@@ -109,15 +124,29 @@ def test_revert_plan_undoes_labels_tolerations_components_and_the_record() -> No
         {"metadata": {"name": "yurthub-serving-a"}, "spec": {"username": "system:node:edge-1"}},
         {"metadata": {"name": "yurthub-serving-b"}, "spec": {"username": "system:node:somewhere-else"}},
     ]
-    p = plan.revert_plan(labelled, [rewritten], {"data": {}}, csrs)
-    assert p.nodes == ["edge-1"]
+    p = plan.revert_plan(labelled, [rewritten], {"data": {}}, csrs, retry="run-2")
+    assert p.nodes == ["edge-1"] and p.skipped == ["edge-never-converted"]
+    assert [(c.path, c.body) for c in p.labels] == [
+        (
+            "/api/v1/nodes/edge-1",
+            {
+                "metadata": {
+                    "labels": {names.EDGE_WORKER_LABEL: "false"},
+                    "annotations": {nodeconversion.RETRY: "run-2"},
+                }
+            },
+        )
+    ]
     whats = [c.what for c in p.after]
     assert "CertificateSigningRequest yurthub-serving-a (made by system:node:edge-1's yurthub)" in whats
     assert not any("yurthub-serving-b" in w for w in whats)  # not an edge node convert touched
-    assert whats[0] == "Pod default/p: original tolerations restored"
+    # yurt-manager goes before the nodes' labels and the pods' tolerations, so nothing acts on them again
+    manager = whats.index("Deployment kube-system/yurt-manager")
+    assert manager < whats.index("Pod default/p: original tolerations restored")
+    assert manager < next(i for i, w in enumerate(whats) if w.startswith("Node edge-1: label"))
+    assert f"Node edge-1: condition {nodeconversion.CONDITION} removed" in whats
     assert any(w.startswith("Node cloud-1: label") for w in whats) and not any("other" in w for w in whats)
     assert whats[-1] == f"ConfigMap kube-system/{plan.RECORD}"
-    assert "Deployment kube-system/yurt-manager" in whats
 
 
 def cluster() -> access.MemoryApi:
@@ -179,7 +208,8 @@ def test_a_planned_pod_restore_still_lands_when_the_pod_changed_meanwhile() -> N
             "status": {"phase": "Running"},
         },
     )
-    planned = plan.revert_plan(api.list("/api/v1/nodes"), api.list("/api/v1/pods"), None).after[0]
+    after = plan.revert_plan(api.list("/api/v1/nodes"), api.list("/api/v1/pods"), None).after
+    planned = next(c for c in after if c.what.startswith("Pod default/p"))
     api.patch(f"{pods}/p", {"status": {"phase": "Running", "podIP": "10.0.0.9"}})  # kubelet reports meanwhile
     runner.apply_change(api, planned)
     got = api.get(f"{pods}/p")
