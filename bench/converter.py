@@ -1,7 +1,9 @@
 """How long `yurtctl convert` and `yurtctl revert` take on 100 nodes: the real node (a real Job: yurthub
 installed, kubelet restarted through it) plus 99 kwok edge nodes whose Job pods kwok runs and completes
-(`testenv.kwokjobs`), one kwok cloud node; 20 node Jobs at a time. Timed from the console script's start to
-its exit, one run (a run takes minutes; the machine is shared). Then, on a cluster of its own, the YurtAppSet
+(`testenv.kwokjobs`), one kwok cloud node; 20 node Jobs at a time. yurt-manager, which runs the node Jobs
+(conversion by label), runs on the host from its console script for the whole of convert and revert, as in
+the converter e2e. Timed from the console script's start to its exit, one run (a run takes minutes; the
+machine is shared). Then, on a cluster of its own, the YurtAppSet
 figures (`bench.appset_bench`)."""
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 import time
 
 from bench import appset_bench
-from testenv import cluster, converterimage, kwokjobs
+from testenv import cluster, converterimage, kwokjobs, yurtmanager
 from testenv.kubectl import node_ready, wait_for
 
 KWOK_EDGE = 99
@@ -54,8 +56,16 @@ def run() -> dict[str, object]:
             wait_for(f"{KWOK_EDGE} kwok edge nodes Ready", all_ready, timeout=180)
             converterimage.load(kube.node, converterimage.build(cluster.cache_dir() / "images"))
             common = [f"--image={converterimage.IMAGE}", f"--parallel={PARALLEL}", "--node-timeout=600"]
-            convert_s = _yurtctl(kube, "convert", "--cloud-nodes=kwok-0", "--manager-replicas=0", *common)
-            revert_s = _yurtctl(kube, "revert", *common)
+            (kube.directory / "bench-manager").mkdir(exist_ok=True)
+            config = yurtmanager.own_kubeconfig(kube.plane, kube.directory / "bench-manager")
+            manager = yurtmanager.start(
+                config, kube.directory / "bench-manager", "bench-manager", f"--max-parallel-conversions={PARALLEL}"
+            )
+            try:
+                convert_s = _yurtctl(kube, "convert", "--cloud-nodes=kwok-0", "--manager-replicas=0", *common)
+                revert_s = _yurtctl(kube, "revert", *common)
+            finally:
+                manager.stop()
         finally:
             jobs.stop()
     return {
