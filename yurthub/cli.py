@@ -144,6 +144,13 @@ def _limit_flags(parser: argparse.ArgumentParser) -> None:
         "node components (cache agents without their own token) are never limited",
     )
     group.add_argument(
+        "--max-inflight-per-pod",
+        type=int,
+        default=d.max_inflight_per_pod,
+        help="of --max-inflight-pod, how many one source address, and one token, may hold at once on the "
+        "HTTPS door (429 with Retry-After past it); never applies to the plain port",
+    )
+    group.add_argument(
         "--token-scope-idle-seconds",
         type=float,
         default=d.token_scope_idle_s,
@@ -273,6 +280,7 @@ def _limit_settings(args: argparse.Namespace) -> config.LimitSettings:
         "--token-scope-idle-seconds": args.token_scope_idle_seconds,
         "--max-inflight-pod": args.max_inflight_pod,
         "--max-inflight-other": args.max_inflight_other,
+        "--max-inflight-per-pod": args.max_inflight_per_pod,
     }
     for flag, value in values.items():
         if value <= 0:
@@ -288,6 +296,7 @@ def _limit_settings(args: argparse.Namespace) -> config.LimitSettings:
         token_scope_idle_s=args.token_scope_idle_seconds,
         max_inflight_pod=args.max_inflight_pod,
         max_inflight_other=args.max_inflight_other,
+        max_inflight_per_pod=args.max_inflight_per_pod,
     )
 
 
@@ -436,6 +445,11 @@ def status_main(argv: list[str]) -> int:
                 "in flight (non-watch): "
                 + ", ".join(
                     f"{cls} {n}/{inflight['caps'].get(cls) or 'unlimited'}" for cls, n in inflight["now"].items()
+                )
+                + (
+                    f"; busiest door client {inflight['busiestClient']}/{inflight['perClientCap']}"
+                    if "perClientCap" in inflight
+                    else ""
                 )
             )
     box = report["outbox"]
