@@ -4,7 +4,8 @@
 caller marks it down and asks the cache) and `errors.CloudTimeout` when a connected server stayed silent
 past the request timeout (the caller answers 504; cloud health is the prober's business). `_relay` streams
 the answer back byte for byte and hands cacheable bodies and watch batches to the cache writer; list
-bodies buffered for the cache count against the node-wide `lists` budget. `_relay_filtered` answers
+bodies buffered for the cache count against the node-wide `lists` budget. It relays the reads asked for
+as JSON with no filter (`AS_JSON`, kubelet's pods) too: nothing reads them on the way. `_relay_filtered` answers
 filtered requests (`filters`) as JSON, filtered before the cache sees them, and fails closed: a body its
 filters cannot read is never sent (a list or object becomes an error; a watch gets a 410 `ERROR` event
 and ends, so the client relists).
@@ -22,7 +23,7 @@ import aiohttp
 from aiohttp import web
 
 from yurthub import budget, cache, errors, filters, replies, requestinfo, status, wire
-from yurthub.hub import Admitted, Hub
+from yurthub.hub import AS_JSON, Admitted, Hub
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +45,25 @@ HOP_BY_HOP = frozenset(
 MAX_CACHED_BODY = 64 * 1024 * 1024
 
 
-def _upstream_headers(request: web.Request, filtered: bool = False) -> dict[str, str]:
-    """The client's headers minus hop-by-hop ones. A filtered request asks for plain, uncompressed JSON
-    (`filters` read it; left alone, aiohttp would offer gzip and the apiserver compresses large lists)."""
+def _upstream_headers(request: web.Request, names: tuple[str, ...] = ()) -> dict[str, str]:
+    """The client's headers minus hop-by-hop ones. A request with `names` asks for JSON; a filtered one
+    (any name but `AS_JSON`) for plain, uncompressed JSON (`filters` read it; left alone, aiohttp would
+    offer gzip and the apiserver compresses large lists)."""
     headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-    if filtered:
-        headers = {k: v for k, v in headers.items() if k.lower() not in ("accept", "accept-encoding")}
+    if names:
+        filtered = _filtered(names)
+        drop = ("accept", "accept-encoding") if filtered else ("accept",)
+        headers = {k: v for k, v in headers.items() if k.lower() not in drop}
         headers["Accept"] = wire.JSON
-        headers["Accept-Encoding"] = "identity"
+        if filtered:
+            headers["Accept-Encoding"] = "identity"
     return headers
+
+
+def _filtered(names: tuple[str, ...]) -> bool:
+    """Whether a filter reads the answer: `AS_JSON` alone only negotiates JSON, whose bytes pass unread and
+    stream like any other answer (read whole and decoded, kubelet's list of 1k pods took ten times as long)."""
+    return any(n != AS_JSON for n in names)
 
 
 async def forward(hub: Hub, request: web.Request, admitted: Admitted, server: str) -> web.StreamResponse:
@@ -68,7 +79,7 @@ async def forward(hub: Hub, request: web.Request, admitted: Admitted, server: st
         session.request(
             request.method,
             server + request.raw_path,
-            headers=_upstream_headers(request, bool(names)),
+            headers=_upstream_headers(request, names),
             data=body or None,
             timeout=timeout,
             allow_redirects=False,
@@ -99,7 +110,7 @@ async def forward(hub: Hub, request: web.Request, admitted: Admitted, server: st
     hub.metrics.request(info.component, info.verb, info.resource, "forwarded")
     hub.inflight.add(upstream.close)
     try:
-        if names and upstream.status == 200:
+        if _filtered(names) and upstream.status == 200:
             content_type = upstream.headers.get("Content-Type", "")
             plain = upstream.headers.get("Content-Encoding", "identity").lower() == "identity"
             if wire.encoding_of(content_type) is wire.Encoding.JSON and plain:
