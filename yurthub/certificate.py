@@ -9,9 +9,10 @@ Two kinds, as a kubelet has them (facts in the yurthub reference, section 4):
   yurthub's addresses. Nobody approves it by default: yurt-manager or an admin must.
 
 `cryptography` is imported only to make keys and requests and to check a signed certificate against its
-key (`new_key`, `key_pem`, `csr_pem`, `combine`): reading what a certificate says goes through `der` and
-checking a file's pair through OpenSSL (`ssl`), so a hub that never asks for a certificate never loads it
-(about 9 MB of its resident memory).
+key (`new_key`, `key_pem`, `csr_pem`, `combine`), and yurthub does that in a short-lived child process of
+its own (`helper`, run by `identity`): reading what a certificate says goes through `der` and checking a
+file's pair through OpenSSL (`ssl`), so the hub itself never loads it (about 10 MB of resident memory
+for the life of the process, a sixth of an idle hub, for what happens once per certificate).
 
 A certificate and its key live in one PEM file (certificate first, then key, like kubelet's
 `kubelet-client-current.pem`), replaced atomically (temp file, fsync, rename) so a reader never sees a
@@ -25,11 +26,13 @@ import dataclasses
 import datetime
 import enum
 import ipaddress
+import json
 import os
 import random
 import secrets
 import ssl
 import string
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -278,3 +281,44 @@ def write_private(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+HELPER = "certificate-helper"
+"""The hidden yurthub command that runs `helper` (in the self-contained executable, which has no `-m`)."""
+
+
+def helper_command() -> list[str]:
+    """How to start `helper` in a child process: this Python with `-m`, or the self-contained executable
+    (chosen by its first argument unless it is called `yurthub`) with `HELPER`."""
+    if getattr(sys, "frozen", False):
+        name = os.path.basename(sys.executable)
+        return [sys.executable, HELPER] if name == "yurthub" else [sys.executable, "yurthub", HELPER]
+    return [sys.executable, "-m", "yurthub.certificate"]
+
+
+def helper(request: bytes) -> bytes:
+    """Run in the child: one JSON request in, one JSON answer out (the key travels only through the pipe).
+
+    `{"op": "request", "node", "kind", "ips", "dns"}` answers `{"key": PEM, "csr": PEM}`;
+    `{"op": "combine", "cert", "key"}` answers `{"pem": the combined file}` or `{"error": why not}`."""
+    doc = json.loads(request)
+    if doc["op"] == "request":
+        key = new_key()
+        ips, dns = tuple(doc.get("ips", ())), tuple(doc.get("dns", ()))
+        csr = csr_pem(key, doc["node"], Kind(doc["kind"]), ip_addresses=ips, dns_names=dns)
+        return json.dumps({"key": key_pem(key).decode(), "csr": csr.decode()}).encode()
+    if doc["op"] == "combine":
+        try:
+            return json.dumps({"pem": combine(doc["cert"].encode(), doc["key"].encode()).decode()}).encode()
+        except (ValueError, CertificateError) as exc:
+            return json.dumps({"error": str(exc)}).encode()
+    raise CertificateError(f"unknown certificate helper operation {doc['op']!r}")
+
+
+def helper_main() -> int:
+    sys.stdout.buffer.write(helper(sys.stdin.buffer.read()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(helper_main())

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from yurthub import config, filters, server
+from yurthub import certificate, config, filters, server
 
 log = logging.getLogger(__name__)
 DEFAULT_AGENTS = "kubelet,kube-proxy,coredns,flanneld,yurt-tunnel-agent"
@@ -463,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
     if args_list[:1] == ["status"]:
         return status_main(args_list[1:])
+    if args_list[:1] == [certificate.HELPER]:  # the child that makes keys (`certificate.helper_command`)
+        return certificate.helper_main()
     try:
         args = parse_args(args_list)
         settings = settings_from_args(args)

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
-from yurthub import certificate, der
+from yurthub import certificate, der, identity
 
 UTC = datetime.UTC
 
@@ -202,3 +202,49 @@ assert not loaded, loaded
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "CN=system:node:edge-1"
+
+
+async def test_the_certificate_helper_makes_a_key_and_request_and_checks_a_pair_in_a_child() -> None:
+    made = await identity.run_helper(
+        {"op": "request", "node": "edge-1", "kind": "serving", "ips": ["169.254.2.1"], "dns": ["edge-1"]}
+    )
+    key = serialization.load_pem_private_key(made["key"].encode(), password=None)
+    csr = x509.load_pem_x509_csr(made["csr"].encode())
+    assert csr.is_signature_valid
+    assert csr.subject.rfc4514_string() == "CN=system:node:edge-1,O=system:nodes"
+    assert csr.public_key().public_numbers() == key.public_key().public_numbers()  # type: ignore[union-attr]
+    san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["169.254.2.1"]
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    # what the signer would send back: a certificate for that key, and one for another key
+    signed, _ = _cert(_names((NameOID.COMMON_NAME, "system:node:edge-1")))
+    good = (
+        x509.CertificateBuilder()
+        .subject_name(csr.subject)
+        .issuer_name(signed.issuer)
+        .public_key(csr.public_key())
+        .serial_number(7)
+        .not_valid_before(datetime.datetime(2024, 1, 1, tzinfo=UTC))
+        .not_valid_after(datetime.datetime(2034, 1, 1, tzinfo=UTC))
+        .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+    ).public_bytes(serialization.Encoding.PEM)
+    combined = await identity.run_helper({"op": "combine", "cert": good.decode(), "key": made["key"]})
+    assert combined["pem"].encode() == certificate.combine(good, made["key"].encode())
+    wrong = signed.public_bytes(serialization.Encoding.PEM).decode()
+    refused = await identity.run_helper({"op": "combine", "cert": wrong, "key": made["key"]})
+    assert "not for the key" in refused["error"]
+    with pytest.raises(certificate.CertificateError, match="a serving certificate needs"):
+        await identity.run_helper({"op": "request", "node": "edge-1", "kind": "serving", "ips": [], "dns": []})
+
+
+def test_asking_the_helper_leaves_cryptography_unloaded_in_the_hub() -> None:
+    script = """
+import asyncio, sys
+from yurthub import identity
+made = asyncio.run(identity.run_helper({"op": "request", "node": "edge-1", "kind": "client"}))
+assert made["key"].startswith("-----BEGIN PRIVATE KEY-----"), made
+loaded = sorted(m for m in sys.modules if m.startswith("cryptography"))
+assert not loaded, loaded
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 0, done.stderr
