@@ -57,8 +57,21 @@ async def hub_url(tmp_path: Path) -> AsyncIterator[tuple[str, Cloud, proxy.Hub]]
         await response.write_eof()
         return response
 
+    async def stream(request: web.Request) -> web.StreamResponse:
+        """A watch or a followed log: headers now, data only once told (no length: a stream)."""
+        cloud.headers.append(dict(request.headers))
+        kind = wire.JSON if "watch" in request.query else "text/plain"
+        response = web.StreamResponse(headers={"Content-Type": kind})
+        await response.prepare(request)
+        await cloud.second_half.wait()
+        await response.write(b'{"type":"BOOKMARK","object":{"metadata":{"resourceVersion":"5"}}}\n')
+        await response.write_eof()
+        return response
+
     app = web.Application()
     app.router.add_get(PATH, answer)
+    app.router.add_get("/api/v1/namespaces/default/configmaps", stream)
+    app.router.add_get("/api/v1/namespaces/default/pods/p1/log", stream)
     cloud_runner, cloud_url = await _site(app)
     s = settings(cloud_url, tmp_path, config.LimitSettings())
     box = outbox.Outbox(tmp_path / "outbox", 10)
@@ -108,3 +121,27 @@ async def test_kubelets_pod_list_streams_as_the_cloud_sends_it_and_is_cached_as_
             break
         await asyncio.sleep(0.01)
     assert view is not None and len(view.items) == 200
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/namespaces/default/configmaps?watch=1",
+        "/api/v1/namespaces/default/pods/p1/log?follow=true",
+    ],
+)
+async def test_a_streams_headers_reach_the_client_before_any_data(
+    hub_url: tuple[str, Cloud, proxy.Hub], path: str
+) -> None:
+    """A client of a watch or a followed log waits for the answer's headers before any data comes: yurthub
+    sends them at once, not with the first data (which may come minutes later)."""
+    url, cloud, _ = hub_url
+    headers = {"User-Agent": KUBELET["User-Agent"], "Accept": wire.JSON}
+    async with aiohttp.ClientSession() as session:
+        # a bound only so that code holding the headers back fails here instead of hanging
+        async with asyncio.timeout(10):
+            resp = await session.get(url + path, headers=headers)
+        async with resp:
+            assert resp.status == 200
+            cloud.second_half.set()
+            assert b"BOOKMARK" in await resp.read()
