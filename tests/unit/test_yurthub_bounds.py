@@ -19,7 +19,21 @@ import yarl
 from aiohttp import web
 from prometheus_client import generate_latest
 
-from yurthub import budget, config, filters, health, metrics, outbox, proxy, server, status, storage, topology, wire
+from yurthub import (
+    budget,
+    cli,
+    config,
+    filters,
+    health,
+    metrics,
+    outbox,
+    proxy,
+    server,
+    status,
+    storage,
+    topology,
+    wire,
+)
 
 
 def settings(cloud: str, tmp_path: Path, limits: config.LimitSettings) -> config.HubSettings:
@@ -543,9 +557,40 @@ async def test_past_the_pod_limit_the_door_gets_429_while_the_plain_port_is_serv
     assert node.hub.seats.inflight == {"node": 0, "pod": 0, "other": 0}
 
 
+async def _status_lines(hub: proxy.Hub, capsys: pytest.CaptureFixture[str]) -> str:
+    """What `yurthub status` prints about the limits, from a report with this hub's limits section served
+    on loopback (the rest of the report is left empty)."""
+    report = {
+        "node": "edge-1",
+        "cloud": {"reachable": True, "since": ""},
+        "servers": [],
+        "cache": {"path": "", "writable": True, "entries": []},
+        "limits": {
+            "memoryHeld": server.memory_held(hub),
+            "memoryCaps": {"requests": 1, "lists": 1},
+            "listDigests": 0,
+            "listDigestsCap": 1,
+            "inflight": server.inflight_report(hub),
+        },
+        "outbox": {"depth": 0, "capacity": 1, "dropped": 0, "oldest": []},
+    }
+
+    async def answer(_r: web.Request) -> web.Response:
+        return web.json_response(report)
+
+    app = web.Application()
+    app.router.add_get("/v1/status", answer)
+    runner, url = await _site(app)
+    try:
+        assert await asyncio.to_thread(cli.status_main, ["--serve-address", url.removeprefix("http://")]) == 0
+    finally:
+        await runner.cleanup()
+    return capsys.readouterr().out
+
+
 @pytest.mark.parametrize("limits", [config.LimitSettings(max_inflight_pod=8, max_inflight_per_pod=2)])
 async def test_one_pod_past_its_share_of_the_door_cannot_starve_another_pod_nor_kubelet(
-    node: Node, gate: asyncio.Event
+    node: Node, gate: asyncio.Event, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A pod holding its share (by its address, or by its token from any address) gets 429 with Retry-After;
     another pod, with its own address and token, still gets the cloud's answer, and so does kubelet on the
@@ -599,6 +644,8 @@ async def test_one_pod_past_its_share_of_the_door_cannot_starve_another_pod_nor_
                     assert resp.status == 404
             inflight = server.inflight_report(node.hub)  # what `yurthub status` shows
             assert (inflight["perClientCap"], inflight["busiestClient"]) == (2, 2)
+            printed = await _status_lines(node.hub, capsys)
+            assert "pod 2/8" in printed and "busiest door client 2/2" in printed
             gate.set()
     finally:
         await runner.cleanup()
