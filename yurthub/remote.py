@@ -120,6 +120,14 @@ async def forward(hub: Hub, request: web.Request, admitted: Admitted, server: st
                 f"the cloud answered {info.resource} in {content_type or 'no content type'}, not plain JSON, so "
                 "yurthub cannot filter it and sends nothing unfiltered",
             )
+        if names and upstream.status == 200:
+            content_type = upstream.headers.get("Content-Type", "")
+            if wire.encoding_of(content_type) is not wire.Encoding.JSON:  # what the node rewrites must be JSON
+                return replies.error(
+                    502,
+                    f"the cloud answered {info.resource} in {content_type or 'no content type'}, not the JSON "
+                    "yurthub asked for (it rewrites them offline), so yurthub does not relay it",
+                )
         return await _relay(hub, request, info, upstream, body)
     finally:
         hub.inflight.discard(upstream.close)
