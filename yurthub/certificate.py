@@ -8,6 +8,12 @@ Two kinds, as a kubelet has them (facts in the yurthub reference, section 4):
 - serving: same subject, digital signature + server auth, signer `kubernetes.io/kubelet-serving`, SANs for
   yurthub's addresses. Nobody approves it by default: yurt-manager or an admin must.
 
+`cryptography` is imported only to make keys and requests and to check a signed certificate against its
+key (`new_key`, `key_pem`, `csr_pem`, `combine`), and yurthub does that in a short-lived child process of
+its own (`helper`, run by `identity`): reading what a certificate says goes through `der` and checking a
+file's pair through OpenSSL (`ssl`), so the hub itself never loads it (about 10 MB of resident memory
+for the life of the process, a sixth of an idle hub, for what happens once per certificate).
+
 A certificate and its key live in one PEM file (certificate first, then key, like kubelet's
 `kubelet-client-current.pem`), replaced atomically (temp file, fsync, rename) so a reader never sees a
 certificate with the wrong key.
@@ -20,18 +26,21 @@ import dataclasses
 import datetime
 import enum
 import ipaddress
+import json
 import os
 import random
 import secrets
+import ssl
 import string
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from yurthub import der
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 NODE_GROUP = "system:nodes"
 KUBERNETES_DNS_NAMES = (
@@ -64,10 +73,14 @@ class CertificateError(ValueError):
 
 def new_key() -> ec.EllipticCurvePrivateKey:
     """An ECDSA P-256 key, as client-go's certificate manager makes."""
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415 - lazily (module docstring)
+
     return ec.generate_private_key(ec.SECP256R1())
 
 
 def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - lazily (module docstring)
+
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -83,6 +96,10 @@ def csr_pem(
 ) -> bytes:
     """A PKCS#10 request for the node's `kind` certificate; SANs only for serving certificates (the client
     signer refuses requests that carry any)."""
+    from cryptography import x509  # noqa: PLC0415 - lazily (module docstring)
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, NODE_GROUP),
@@ -153,27 +170,12 @@ class Summary:
 
 
 def summarize(cert_pem: bytes) -> Summary:
-    """The first certificate of a PEM bundle, summarized."""
+    """The first certificate of a PEM bundle, summarized (read by `der`, without `cryptography`)."""
     try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-    except ValueError as exc:
+        fields = der.certificate(der.first_pem_certificate(cert_pem))
+    except der.DerError as exc:
         raise CertificateError(f"not a PEM certificate: {exc}") from exc
-    ips: tuple[str, ...] = ()
-    dns: tuple[str, ...] = ()
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        ips = tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress))
-        dns = tuple(san.get_values_for_type(x509.DNSName))
-    except x509.ExtensionNotFound:
-        pass
-    return Summary(
-        subject=cert.subject.rfc4514_string(),
-        not_before=cert.not_valid_before_utc,
-        not_after=cert.not_valid_after_utc,
-        serial=cert.serial_number,
-        ip_addresses=ips,
-        dns_names=dns,
-    )
+    return Summary(**dataclasses.asdict(fields))
 
 
 def jitter_fraction(rng: random.Random) -> float:
@@ -201,6 +203,9 @@ def retry_delay(attempt: int, cap: float = 16.0) -> float:
 
 def combine(cert_pem: bytes, key: bytes) -> bytes:
     """One PEM file with the certificate chain and then its key, after checking that they belong together."""
+    from cryptography import x509  # noqa: PLC0415 - lazily (module docstring)
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
     cert = x509.load_pem_x509_certificate(cert_pem)
     private = serialization.load_pem_private_key(key, password=None)
     pub = serialization.PublicFormat.SubjectPublicKeyInfo
@@ -227,9 +232,12 @@ def read_pair(path: Path) -> tuple[bytes, bytes] | None:
         raise CertificateError(f"{path}: expected a certificate and a private key in one PEM file")
     cert_pem, key = b"".join(certs), keys[0]
     try:
-        combine(cert_pem, key)
-    except (ValueError, CertificateError) as exc:
-        raise CertificateError(f"{path}: {exc}") from exc
+        # OpenSSL checks that the key belongs to the certificate (as `combine` does, without `cryptography`)
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(path)
+    except (OSError, ssl.SSLError) as exc:
+        raise CertificateError(
+            f"{path}: the certificate is not for the key beside it, or cannot be read: {exc}"
+        ) from exc
     return cert_pem, key
 
 
@@ -273,3 +281,44 @@ def write_private(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+HELPER = "certificate-helper"
+"""The hidden yurthub command that runs `helper` (in the self-contained executable, which has no `-m`)."""
+
+
+def helper_command() -> list[str]:
+    """How to start `helper` in a child process: this Python with `-m`, or the self-contained executable
+    (chosen by its first argument unless it is called `yurthub`) with `HELPER`."""
+    if getattr(sys, "frozen", False):
+        name = os.path.basename(sys.executable)
+        return [sys.executable, HELPER] if name == "yurthub" else [sys.executable, "yurthub", HELPER]
+    return [sys.executable, "-m", "yurthub.certificate"]
+
+
+def helper(request: bytes) -> bytes:
+    """Run in the child: one JSON request in, one JSON answer out (the key travels only through the pipe).
+
+    `{"op": "request", "node", "kind", "ips", "dns"}` answers `{"key": PEM, "csr": PEM}`;
+    `{"op": "combine", "cert", "key"}` answers `{"pem": the combined file}` or `{"error": why not}`."""
+    doc = json.loads(request)
+    if doc["op"] == "request":
+        key = new_key()
+        ips, dns = tuple(doc.get("ips", ())), tuple(doc.get("dns", ()))
+        csr = csr_pem(key, doc["node"], Kind(doc["kind"]), ip_addresses=ips, dns_names=dns)
+        return json.dumps({"key": key_pem(key).decode(), "csr": csr.decode()}).encode()
+    if doc["op"] == "combine":
+        try:
+            return json.dumps({"pem": combine(doc["cert"].encode(), doc["key"].encode()).decode()}).encode()
+        except (ValueError, CertificateError) as exc:
+            return json.dumps({"error": str(exc)}).encode()
+    raise CertificateError(f"unknown certificate helper operation {doc['op']!r}")
+
+
+def helper_main() -> int:
+    sys.stdout.buffer.write(helper(sys.stdin.buffer.read()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(helper_main())

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from yurthub import config, filters, server
+from yurthub import certificate, config, filters, server
 
 log = logging.getLogger(__name__)
 DEFAULT_AGENTS = "kubelet,kube-proxy,coredns,flanneld,yurt-tunnel-agent"
@@ -142,6 +142,13 @@ def _limit_flags(parser: argparse.ArgumentParser) -> None:
         default=d.max_inflight_other,
         help="non-watch plain-port requests that are not a node component's in flight at once (429 past it); "
         "node components (cache agents without their own token) are never limited",
+    )
+    group.add_argument(
+        "--max-inflight-per-pod",
+        type=int,
+        default=d.max_inflight_per_pod,
+        help="of --max-inflight-pod, how many one source address, and one token, may hold at once on the "
+        "HTTPS door (429 with Retry-After past it); never applies to the plain port",
     )
     group.add_argument(
         "--token-scope-idle-seconds",
@@ -273,6 +280,7 @@ def _limit_settings(args: argparse.Namespace) -> config.LimitSettings:
         "--token-scope-idle-seconds": args.token_scope_idle_seconds,
         "--max-inflight-pod": args.max_inflight_pod,
         "--max-inflight-other": args.max_inflight_other,
+        "--max-inflight-per-pod": args.max_inflight_per_pod,
     }
     for flag, value in values.items():
         if value <= 0:
@@ -288,6 +296,7 @@ def _limit_settings(args: argparse.Namespace) -> config.LimitSettings:
         token_scope_idle_s=args.token_scope_idle_seconds,
         max_inflight_pod=args.max_inflight_pod,
         max_inflight_other=args.max_inflight_other,
+        max_inflight_per_pod=args.max_inflight_per_pod,
     )
 
 
@@ -437,6 +446,11 @@ def status_main(argv: list[str]) -> int:
                 + ", ".join(
                     f"{cls} {n}/{inflight['caps'].get(cls) or 'unlimited'}" for cls, n in inflight["now"].items()
                 )
+                + (
+                    f"; busiest door client {inflight['busiestClient']}/{inflight['perClientCap']}"
+                    if "perClientCap" in inflight
+                    else ""
+                )
             )
     box = report["outbox"]
     print(f"outbox: {box['depth']}/{box['capacity']} waiting, {box['dropped']} dropped")
@@ -449,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
     if args_list[:1] == ["status"]:
         return status_main(args_list[1:])
+    if args_list[:1] == [certificate.HELPER]:  # the child that makes keys (`certificate.helper_command`)
+        return certificate.helper_main()
     try:
         args = parse_args(args_list)
         settings = settings_from_args(args)

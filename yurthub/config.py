@@ -209,6 +209,12 @@ class LimitSettings:
     their own token). Such local processes are rare on an edge node (an operator's kubectl, a monitoring
     agent); 16 is room for them, and keeps a rogue local process from crowding out kubelet. Node components
     (cache agents without their own token) are never limited."""
+    max_inflight_per_pod: int = 8
+    """Of the door's `max_inflight_pod`, how many one client may hold at once: one source address (a pod),
+    and one token, each (`fairness`). So one pod, or one token, cannot take every seat of the class and
+    starve the other pods: past its share it gets 429 with `Retry-After` while other pods still get in.
+    client-go retries a 429 after its `Retry-After`, so a pod starting many informers at once waits a moment
+    instead of failing. Pods with the host's network share the node's address, and so one share."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -109,7 +109,10 @@ class Hub:
         """Request bodies and whole answers held in memory at once; past it, 429."""
         self.lists_budget = budget.Budget(limits.max_list_buffer_bytes)
         """List bodies buffered for the cache, from the first byte read until written; past it, not cached."""
-        self.seats = fairness.Seats({"node": None, "pod": limits.max_inflight_pod, "other": limits.max_inflight_other})
+        self.seats = fairness.Seats(
+            {"node": None, "pod": limits.max_inflight_pod, "other": limits.max_inflight_other},
+            per_client=limits.max_inflight_per_pod,
+        )
         """Non-watch requests in flight per class (`fairness`); past a class's limit, 429."""
         for cls in fairness.CLASSES:
             stats.inflight.labels(cls).set_function(functools.partial(self.seats.count, cls))

@@ -294,25 +294,25 @@ class Identity:
             if slot.summary is None or (slot.deadline is not None and at >= slot.deadline):
                 await self._submit(slot)
                 return await self._poll(slot) if slot.pending else False
-        except (ConnectionError, NoCredentials, ssl.SSLError, OSError) as exc:
+        except (ConnectionError, NoCredentials, ssl.SSLError, OSError, certificate.CertificateError) as exc:
             self._failed(slot, f"{type(exc).__name__}: {exc}")
         return False
 
     async def _submit(self, slot: Slot) -> None:
-        key = certificate.new_key()
         node = self.settings.node_name
+        ips: tuple[str, ...] = ()
+        dns: tuple[str, ...] = ()
         if slot.kind is Kind.SERVING:
             ips, dns = await self._serving_names()
-            request = certificate.csr_pem(key, node, slot.kind, ip_addresses=ips, dns_names=dns)
-        else:
-            request = certificate.csr_pem(key, node, slot.kind)
+        made = await run_helper({"op": "request", "node": node, "kind": slot.kind.value, "ips": ips, "dns": dns})
+        key, request = made["key"].encode(), made["csr"].encode()
         name = certificate.csr_name(node, slot.kind)
         body = certificate.csr_object(name, request, slot.kind)
         code, doc = await self._call("POST", CSR_PATH, body, node_only=slot.kind is Kind.SERVING)
         if code not in (200, 201):
             self._failed(slot, f"creating CSR {name} answered {code}: {doc.get('message', '')}")
             return
-        slot.pending, slot.pending_key = name, certificate.key_pem(key)
+        slot.pending, slot.pending_key = name, key
         if slot.kind is Kind.SERVING:
             log.warning(
                 "waiting for approval of the serving certificate csr=%s signer=%s: yurt-manager approves it, or an "
@@ -344,7 +344,10 @@ class Identity:
                 slot.next_try = time.monotonic() + SERVING_DENIED_RETRY_S
             return False
         try:
-            data = certificate.combine(issued, slot.pending_key)
+            combined = await run_helper({"op": "combine", "cert": issued.decode(), "key": slot.pending_key.decode()})
+            if "error" in combined:
+                raise certificate.CertificateError(combined["error"])
+            data = combined["pem"].encode()
             summary = certificate.summarize(issued)
         except (ValueError, certificate.CertificateError) as exc:
             self._failed(slot, f"CSR {name}: the signed certificate is unusable: {exc}")
@@ -452,6 +455,38 @@ def _route_address(server: str) -> str:
             return str(sock.getsockname()[0])
     except OSError:
         return ""
+
+
+HELPER_TIMEOUT_S = 60.0
+
+
+async def run_helper(request: dict[str, Any]) -> dict[str, str]:
+    """Ask the certificate helper, in a child process, to make a key and request or combine a pair
+    (`certificate.helper`: `cryptography` is loaded there, never in the hub). The key travels only
+    through the child's pipes. A helper that fails raises `CertificateError` with the end of what it said."""
+    child = await asyncio.create_subprocess_exec(
+        *certificate.helper_command(),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(HELPER_TIMEOUT_S):
+            out, err = await child.communicate(json.dumps(request).encode())
+    except BaseException as exc:  # timed out, or this task was cancelled (yurthub stopping): no child left
+        if child.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+            await child.wait()
+        if isinstance(exc, TimeoutError):
+            message = f"the certificate helper gave no answer in {HELPER_TIMEOUT_S:g}s"
+            raise certificate.CertificateError(message) from None
+        raise
+    if child.returncode != 0:
+        said = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {child.returncode}"]
+        raise certificate.CertificateError(f"the certificate helper failed: {said[0][:300]}")
+    answer: dict[str, str] = json.loads(out)
+    return answer
 
 
 async def run(hub: proxy.Hub, identity: Identity) -> None:

@@ -182,8 +182,9 @@ class Metrics:
         )
         self.refused = Counter(
             "yurthub_inflight_refused_total",
-            "Requests answered 429 because their class had its limit of requests in flight",
-            ["class"],
+            "Requests answered 429 because their class had its limit of requests in flight (reason=class) or "
+            "one door client (a source address or a token) its share of the class (reason=client)",
+            ["class", "reason"],
             registry=r,
         )
         self.bounded = Gauge(

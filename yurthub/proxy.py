@@ -5,8 +5,9 @@ handle(request)
   │          door request without a token (401), a filtered request that does not take JSON (406), a body
   │          whose first bytes are not what its Content-Type says (400, before the rest is read), a body
   │          too big (413) or one the node-wide memory budget has no room for (429 with Retry-After), or a
-  │          non-watch request past its class's limit in flight (429 with Retry-After, `fairness`: the
-  │          node's own components are never limited, pods and other local clients are)
+  │          non-watch request past its class's limit in flight or, on the door, past one pod's share of
+  │          it (429 with Retry-After, `fairness`: the node's own components are never limited, pods and
+  │          other local clients are)
   ├── cloud healthy → `remote.forward`: stream the response back byte for byte, tee cacheable ones into the
   │                   cache. A connection failure marks the server down and falls through to the cache; a
   │                   server that is connected but silent past the request timeout gets this one request a
@@ -125,9 +126,14 @@ async def admit(hub: Hub, request: web.Request, *, door: bool) -> Admitted | web
     if request.content_length is not None and request.content_length > limit:
         return replies.error(413, f"request body of {request.content_length} bytes exceeds {limit}")
     cls = fairness.classify(door=door, component=info.component, agents=hub.agents, own_credentials=bool(auths))
-    seat = fairness.uncounted(cls) if info.verb == "watch" else hub.seats.take(cls)
-    if seat is None:
-        return _busy(hub, info, cls)
+    if info.verb == "watch":
+        seat: fairness.Seat | fairness.Refusal = fairness.uncounted(cls)
+    else:
+        # on the door, a pod's address and its token are each a client with a share of the class (`fairness`)
+        clients = (f"address:{request.remote}", cache.token_scope(credentials)) if door else ()
+        seat = hub.seats.take(cls, clients)
+    if not isinstance(seat, fairness.Seat):
+        return _busy(hub, info, cls, seat)
     held = hub.requests_budget.hold()
     try:
         body = await _read_body(hub, request, info, limit, held)
@@ -179,15 +185,19 @@ def _overloaded(hub: Hub, info: requestinfo.RequestInfo) -> web.Response:
     return replies.overloaded("request bodies", hub.settings.limits.retry_after_s)
 
 
-def _busy(hub: Hub, info: requestinfo.RequestInfo, cls: fairness.Class) -> web.Response:
+def _busy(hub: Hub, info: requestinfo.RequestInfo, cls: fairness.Class, why: fairness.Refusal) -> web.Response:
     """429 at once, before any body is read or the cloud is asked: a class's flood stays with its senders."""
-    hub.metrics.refused.labels(cls).inc()
+    hub.metrics.refused.labels(cls, why).inc()
     hub.metrics.request(info.component, info.verb, info.resource, "refused")
     retry = hub.settings.limits.retry_after_s
-    return replies.error(
-        429,
-        f"yurthub has as many {cls} requests in flight as it allows ({hub.seats.limits[cls]}); the node's own "
-        f"components go first: retry in {retry}s",
-        "TooManyRequests",
-        {"Retry-After": str(retry)},
-    )
+    if why == "client":
+        message = (
+            f"this pod (its address or its token) has as many requests in flight on yurthub's HTTPS door as one "
+            f"client may ({hub.seats.per_client}); retry in {retry}s"
+        )
+    else:
+        message = (
+            f"yurthub has as many {cls} requests in flight as it allows ({hub.seats.limits[cls]}); the node's own "
+            f"components go first: retry in {retry}s"
+        )
+    return replies.error(429, message, "TooManyRequests", {"Retry-After": str(retry)})

@@ -4,7 +4,8 @@
 caller marks it down and asks the cache) and `errors.CloudTimeout` when a connected server stayed silent
 past the request timeout (the caller answers 504; cloud health is the prober's business). `_relay` streams
 the answer back byte for byte and hands cacheable bodies and watch batches to the cache writer; list
-bodies buffered for the cache count against the node-wide `lists` budget. `_relay_filtered` answers
+bodies buffered for the cache count against the node-wide `lists` budget. It relays the reads asked for
+as JSON with no filter (`AS_JSON`, kubelet's pods) too: nothing reads them on the way. `_relay_filtered` answers
 filtered requests (`filters`) as JSON, filtered before the cache sees them, and fails closed: a body its
 filters cannot read is never sent (a list or object becomes an error; a watch gets a 410 `ERROR` event
 and ends, so the client relists).
@@ -22,7 +23,7 @@ import aiohttp
 from aiohttp import web
 
 from yurthub import budget, cache, errors, filters, replies, requestinfo, status, wire
-from yurthub.hub import Admitted, Hub
+from yurthub.hub import AS_JSON, Admitted, Hub
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +45,25 @@ HOP_BY_HOP = frozenset(
 MAX_CACHED_BODY = 64 * 1024 * 1024
 
 
-def _upstream_headers(request: web.Request, filtered: bool = False) -> dict[str, str]:
-    """The client's headers minus hop-by-hop ones. A filtered request asks for plain, uncompressed JSON
-    (`filters` read it; left alone, aiohttp would offer gzip and the apiserver compresses large lists)."""
+def _upstream_headers(request: web.Request, names: tuple[str, ...] = ()) -> dict[str, str]:
+    """The client's headers minus hop-by-hop ones. A request with `names` asks for JSON; a filtered one
+    (any name but `AS_JSON`) for plain, uncompressed JSON (`filters` read it; left alone, aiohttp would
+    offer gzip and the apiserver compresses large lists)."""
     headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-    if filtered:
-        headers = {k: v for k, v in headers.items() if k.lower() not in ("accept", "accept-encoding")}
+    if names:
+        filtered = _filtered(names)
+        drop = ("accept", "accept-encoding") if filtered else ("accept",)
+        headers = {k: v for k, v in headers.items() if k.lower() not in drop}
         headers["Accept"] = wire.JSON
-        headers["Accept-Encoding"] = "identity"
+        if filtered:
+            headers["Accept-Encoding"] = "identity"
     return headers
+
+
+def _filtered(names: tuple[str, ...]) -> bool:
+    """Whether a filter reads the answer: `AS_JSON` alone only negotiates JSON, whose bytes pass unread and
+    stream like any other answer (read whole and decoded, kubelet's list of 1k pods took ten times as long)."""
+    return any(n != AS_JSON for n in names)
 
 
 async def forward(hub: Hub, request: web.Request, admitted: Admitted, server: str) -> web.StreamResponse:
@@ -68,7 +79,7 @@ async def forward(hub: Hub, request: web.Request, admitted: Admitted, server: st
         session.request(
             request.method,
             server + request.raw_path,
-            headers=_upstream_headers(request, bool(names)),
+            headers=_upstream_headers(request, names),
             data=body or None,
             timeout=timeout,
             allow_redirects=False,
@@ -99,7 +110,7 @@ async def forward(hub: Hub, request: web.Request, admitted: Admitted, server: st
     hub.metrics.request(info.component, info.verb, info.resource, "forwarded")
     hub.inflight.add(upstream.close)
     try:
-        if names and upstream.status == 200:
+        if _filtered(names) and upstream.status == 200:
             content_type = upstream.headers.get("Content-Type", "")
             plain = upstream.headers.get("Content-Encoding", "identity").lower() == "identity"
             if wire.encoding_of(content_type) is wire.Encoding.JSON and plain:
@@ -109,6 +120,14 @@ async def forward(hub: Hub, request: web.Request, admitted: Admitted, server: st
                 f"the cloud answered {info.resource} in {content_type or 'no content type'}, not plain JSON, so "
                 "yurthub cannot filter it and sends nothing unfiltered",
             )
+        if names and upstream.status == 200:
+            content_type = upstream.headers.get("Content-Type", "")
+            if wire.encoding_of(content_type) is not wire.Encoding.JSON:  # what the node rewrites must be JSON
+                return replies.error(
+                    502,
+                    f"the cloud answered {info.resource} in {content_type or 'no content type'}, not the JSON "
+                    "yurthub asked for (it rewrites them offline), so yurthub does not relay it",
+                )
         return await _relay(hub, request, info, upstream, body)
     finally:
         hub.inflight.discard(upstream.close)
@@ -126,9 +145,21 @@ async def _write(response: web.StreamResponse, data: bytes, info: requestinfo.Re
     return True
 
 
-def _mirror(upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-    """A response with the upstream's status and end-to-end headers, its length included."""
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+class _Answer(web.StreamResponse):
+    """A relayed answer of known length: its headers go out with its first bytes of body (or its end), in
+    one write instead of two. Most answers are one object that arrives in one chunk, so this saves a
+    system call and a wakeup of the client per request. (Without aiohttp's class attribute the headers
+    simply go out first, as for any `StreamResponse`.)"""
+
+    _send_headers_immediately = False
+
+
+def _mirror(upstream: aiohttp.ClientResponse, info: requestinfo.RequestInfo) -> web.StreamResponse:
+    """A response with the upstream's status and end-to-end headers, its length included. A stream's headers
+    (a watch, a followed log: no length) go out at once: its client waits for them before any data comes."""
+    known = upstream.content_length is not None and info.verb != "watch"
+    kind = _Answer if known else web.StreamResponse
+    response = kind(status=upstream.status, reason=upstream.reason)
     for key, value in upstream.headers.items():
         if key.lower() not in HOP_BY_HOP:
             response.headers.add(key, value)
@@ -140,7 +171,7 @@ def _mirror(upstream: aiohttp.ClientResponse) -> web.StreamResponse:
 async def _relay(
     hub: Hub, request: web.Request, info: requestinfo.RequestInfo, upstream: aiohttp.ClientResponse, request_body: bytes
 ) -> web.StreamResponse:
-    response = _mirror(upstream)
+    response = _mirror(upstream, info)
     encoding = wire.encoding_of(upstream.headers.get("Content-Type", ""))
     token = cache.is_token_request(info) and bool(info.component) and info.component in hub.agents
     tee = encoding is not None and upstream.status in (200, 201) and (cache.cacheable(info, hub.agents) or token)

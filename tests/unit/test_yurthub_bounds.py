@@ -19,7 +19,21 @@ import yarl
 from aiohttp import web
 from prometheus_client import generate_latest
 
-from yurthub import budget, config, filters, health, metrics, outbox, proxy, server, status, storage, topology, wire
+from yurthub import (
+    budget,
+    cli,
+    config,
+    filters,
+    health,
+    metrics,
+    outbox,
+    proxy,
+    server,
+    status,
+    storage,
+    topology,
+    wire,
+)
 
 
 def settings(cloud: str, tmp_path: Path, limits: config.LimitSettings) -> config.HubSettings:
@@ -470,7 +484,7 @@ async def test_past_the_other_limit_429_at_once_while_kubelet_is_answered(node: 
             async with session.get(path.rsplit("/", 1)[0] + "?watch=1", headers=OTHER) as resp:
                 assert resp.status == 404
             text = generate_latest(node.hub.metrics.registry).decode()
-            assert 'yurthub_inflight_refused_total{class="other"} 2.0' in text
+            assert 'yurthub_inflight_refused_total{class="other",reason="class"} 2.0' in text
             assert 'yurthub_inflight_requests{class="other"} 1.0' in text
             gate.set()
         await until(lambda: node.hub.seats.inflight["other"] == 0)
@@ -536,8 +550,110 @@ async def test_past_the_pod_limit_the_door_gets_429_while_the_plain_port_is_serv
             gate.set()
     finally:
         await runner.cleanup()
-    assert 'yurthub_inflight_refused_total{class="pod"} 1.0' in generate_latest(node.hub.metrics.registry).decode()
+    assert (
+        'yurthub_inflight_refused_total{class="pod",reason="class"} 1.0'
+        in generate_latest(node.hub.metrics.registry).decode()
+    )
     assert node.hub.seats.inflight == {"node": 0, "pod": 0, "other": 0}
+
+
+async def _status_lines(hub: proxy.Hub, capsys: pytest.CaptureFixture[str]) -> str:
+    """What `yurthub status` prints about the limits, from a report with this hub's limits section served
+    on loopback (the rest of the report is left empty)."""
+    report = {
+        "node": "edge-1",
+        "cloud": {"reachable": True, "since": ""},
+        "servers": [],
+        "cache": {"path": "", "writable": True, "entries": []},
+        "limits": {
+            "memoryHeld": server.memory_held(hub),
+            "memoryCaps": {"requests": 1, "lists": 1},
+            "listDigests": 0,
+            "listDigestsCap": 1,
+            "inflight": server.inflight_report(hub),
+        },
+        "outbox": {"depth": 0, "capacity": 1, "dropped": 0, "oldest": []},
+    }
+
+    async def answer(_r: web.Request) -> web.Response:
+        return web.json_response(report)
+
+    app = web.Application()
+    app.router.add_get("/v1/status", answer)
+    runner, url = await _site(app)
+    try:
+        assert await asyncio.to_thread(cli.status_main, ["--serve-address", url.removeprefix("http://")]) == 0
+    finally:
+        await runner.cleanup()
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("limits", [config.LimitSettings(max_inflight_pod=8, max_inflight_per_pod=2)])
+async def test_one_pod_past_its_share_of_the_door_cannot_starve_another_pod_nor_kubelet(
+    node: Node, gate: asyncio.Event, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pod holding its share (by its address, or by its token from any address) gets 429 with Retry-After;
+    another pod, with its own address and token, still gets the cloud's answer, and so does kubelet on the
+    plain port, which the door's shares never count."""
+    runner = server._door_runner(node.hub)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)  # the door's routing without its TLS
+    await site.start()
+    door_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    path = "/api/v1/namespaces/default/configmaps/a"
+
+    def bearer(token: str) -> dict[str, str]:
+        return {"User-Agent": "kubelet/v1.34", "Authorization": f"Bearer {token}"}
+
+    def from_address(address: str) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0), force_close=True))
+
+    async def held() -> None:
+        async with hostile.get(door_url + STALL, headers=bearer("hostile")) as resp:
+            assert resp.status == 404  # once the cloud lets it go
+
+    try:
+        async with (
+            from_address("127.0.0.1") as hostile,
+            from_address("127.0.0.2") as elsewhere,
+            from_address("127.0.0.3") as other_pod,
+            aiohttp.ClientSession() as plain,
+            asyncio.TaskGroup() as group,
+        ):
+            for i in range(2):
+                group.create_task(held(), name=f"held-hostile-{i}")
+            await until(lambda: node.hub.seats.inflight["pod"] == 2 and len(node.seen) == 2)
+            refusals = [
+                (hostile, "hostile"),  # the same address, the same token
+                (hostile, "made-up-token"),  # the same address with a token it made up
+                (elsewhere, "hostile"),  # the same token from another address
+            ]
+            for session, token in refusals:
+                async with session.get(door_url + path, headers=bearer(token)) as resp:
+                    assert resp.status == 429
+                    assert resp.headers["Retry-After"] == "1"
+                    doc = json.loads(await resp.read())
+                    assert (doc["kind"], doc["reason"], doc["code"]) == ("Status", "TooManyRequests", 429)
+                    assert "this pod" in doc["message"]
+            assert len(node.seen) == 2  # no refused request reached the cloud
+            for _ in range(3):  # another pod, its own address and token: the cloud's answer, every time
+                async with other_pod.get(door_url + path, headers=bearer("other-pod")) as resp:
+                    assert resp.status == 404
+            for _ in range(20):  # kubelet on the plain port is never counted against the door's shares
+                async with plain.get(node.url + path, headers=KUBELET) as resp:
+                    assert resp.status == 404
+            inflight = server.inflight_report(node.hub)  # what `yurthub status` shows
+            assert (inflight["perClientCap"], inflight["busiestClient"]) == (2, 2)
+            printed = await _status_lines(node.hub, capsys)
+            assert "pod 2/8" in printed and "busiest door client 2/2" in printed
+            gate.set()
+    finally:
+        await runner.cleanup()
+    text = generate_latest(node.hub.metrics.registry).decode()
+    assert 'yurthub_inflight_refused_total{class="pod",reason="client"} 3.0' in text
+    assert 'yurthub_inflight_refused_total{class="pod",reason="class"}' not in text
+    assert node.hub.seats.inflight == {"node": 0, "pod": 0, "other": 0}
+    assert node.hub.seats.clients == {}  # nobody in flight: nobody remembered
 
 
 @pytest.mark.parametrize(

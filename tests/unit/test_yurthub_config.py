@@ -138,7 +138,10 @@ def test_a_token_on_the_command_line_is_recognised_for_the_warning() -> None:
 
 
 def test_inflight_limits_come_from_flags_and_must_be_positive() -> None:
-    limits = cli.settings_from_args(cli.parse_args([*BASE, "--max-inflight-pod=3", "--max-inflight-other=1"])).limits
-    assert (limits.max_inflight_pod, limits.max_inflight_other) == (3, 1)
+    flags = ["--max-inflight-pod=3", "--max-inflight-other=1", "--max-inflight-per-pod=2"]
+    limits = cli.settings_from_args(cli.parse_args([*BASE, *flags])).limits
+    assert (limits.max_inflight_pod, limits.max_inflight_other, limits.max_inflight_per_pod) == (3, 1, 2)
     with pytest.raises(config.ConfigError, match="--max-inflight-other"):
         cli.settings_from_args(cli.parse_args([*BASE, "--max-inflight-other=0"]))
+    with pytest.raises(config.ConfigError, match="--max-inflight-per-pod"):
+        cli.settings_from_args(cli.parse_args([*BASE, "--max-inflight-per-pod=0"]))

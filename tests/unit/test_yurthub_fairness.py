@@ -30,20 +30,20 @@ def test_classes(door: bool, component: str, agents: frozenset[str], own: bool, 
 def test_seats_refuse_past_the_limit_and_a_release_counts_once() -> None:
     seats = fairness.Seats({"node": None, "pod": 2, "other": 1})
     first = seats.take("other")
-    assert first is not None
-    assert seats.take("other") is None
+    assert isinstance(first, fairness.Seat)
+    assert seats.take("other") == "class"
     pods = [seats.take("pod"), seats.take("pod")]
-    assert seats.take("pod") is None
+    assert seats.take("pod") == "class"
     nodes = [seats.take("node") for _ in range(1000)]  # never limited, whatever the others hold
-    assert all(n is not None for n in nodes)
+    assert all(isinstance(n, fairness.Seat) for n in nodes)
     first.release()
     first.release()  # twice: still one seat given back
     assert seats.inflight == {"node": 1000, "pod": 2, "other": 0}
     again = seats.take("other")
-    assert again is not None
-    assert seats.take("other") is None
+    assert isinstance(again, fairness.Seat)
+    assert seats.take("other") == "class"
     for seat in (*pods, *nodes, again):
-        assert seat is not None
+        assert isinstance(seat, fairness.Seat)
         seat.release()
     assert seats.inflight == {"node": 0, "pod": 0, "other": 0}
 
@@ -52,3 +52,33 @@ def test_an_uncounted_seat_changes_no_count() -> None:
     seats = fairness.Seats({"node": None, "pod": 1, "other": 1})
     fairness.uncounted("other").release()
     assert seats.inflight["other"] == 0
+
+
+def test_each_client_holds_at_most_its_share_and_is_forgotten_once_it_holds_none() -> None:
+    seats = fairness.Seats({"node": None, "pod": 10, "other": 10}, per_client=2)
+    hostile = [seats.take("pod", ("address:a", "token:x")) for _ in range(2)]
+    assert all(isinstance(s, fairness.Seat) for s in hostile)
+    assert seats.take("pod", ("address:a", "token:y")) == "client"  # its address's share is spent
+    assert seats.take("pod", ("address:b", "token:x")) == "client"  # its token's share is spent
+    other = seats.take("pod", ("address:b", "token:y"))
+    assert isinstance(other, fairness.Seat)  # another pod still gets in
+    assert seats.inflight["pod"] == 3
+    assert seats.busiest() == 2
+    # requests without clients (the plain port) are counted by class only, never by share
+    plain = [seats.take("node") for _ in range(100)]
+    assert all(isinstance(s, fairness.Seat) for s in plain)
+    for seat in (*hostile, other, *plain):
+        assert isinstance(seat, fairness.Seat)
+        seat.release()
+        seat.release()  # twice: given back once
+    assert seats.clients == {}
+    assert seats.busiest() == 0
+    assert seats.inflight == {"node": 0, "pod": 0, "other": 0}
+
+
+def test_the_class_limit_is_checked_before_the_share() -> None:
+    seats = fairness.Seats({"node": None, "pod": 1, "other": 1}, per_client=5)
+    first = seats.take("pod", ("address:a",))
+    assert isinstance(first, fairness.Seat)
+    assert seats.take("pod", ("address:b",)) == "class"
+    assert seats.clients == {"address:a": 1}  # a refused request leaves no count behind

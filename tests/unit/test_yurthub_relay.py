@@ -1,0 +1,147 @@
+"""kubelet's pods are asked for as JSON with no filter (`hub.AS_JSON`) and relayed as they come, not read
+whole and decoded first: through real HTTP, yurthub's plain port in front of a small aiohttp "cloud" on
+loopback that sends a list in two parts and holds the second until told."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.unit.test_yurthub_bounds import _site, settings
+from yurthub import cache, config, health, metrics, outbox, proxy, requestinfo, server, storage, wire
+
+KUBELET = {
+    "User-Agent": "kubelet/v1.34.12 (linux/amd64) kubernetes/x",
+    "Accept": f"{wire.PROTOBUF},{wire.JSON}",
+    "Accept-Encoding": "gzip",
+}
+PATH = "/api/v1/namespaces/default/pods"
+
+
+def pods_list(n: int) -> bytes:
+    items = [
+        {"metadata": {"name": f"p{i}", "namespace": "default", "resourceVersion": str(10 + i)}, "spec": {}}
+        for i in range(n)
+    ]
+    doc = {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "99"}, "items": items}
+    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+
+
+class Cloud:
+    def __init__(self) -> None:
+        self.second_half = asyncio.Event()
+        self.headers: list[dict[str, str]] = []
+
+
+@pytest.fixture
+async def hub_url(tmp_path: Path) -> AsyncIterator[tuple[str, Cloud, proxy.Hub]]:
+    cloud = Cloud()
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        cloud.headers.append(dict(request.headers))
+        compress = "gzip" in request.headers.get("Accept-Encoding", "")  # as kube-apiserver: only if asked
+        body = gzip.compress(pods_list(200)) if compress else pods_list(200)
+        headers = {"Content-Type": wire.JSON} | ({"Content-Encoding": "gzip"} if compress else {})
+        response = web.StreamResponse(headers=headers)
+        await response.prepare(request)
+        await response.write(body[: len(body) // 2])
+        await cloud.second_half.wait()
+        await response.write(body[len(body) // 2 :])
+        await response.write_eof()
+        return response
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        """A watch or a followed log: headers now, data only once told (no length: a stream)."""
+        cloud.headers.append(dict(request.headers))
+        kind = wire.JSON if "watch" in request.query else "text/plain"
+        response = web.StreamResponse(headers={"Content-Type": kind})
+        await response.prepare(request)
+        await cloud.second_half.wait()
+        await response.write(b'{"type":"BOOKMARK","object":{"metadata":{"resourceVersion":"5"}}}\n')
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get(PATH, answer)
+    app.router.add_get("/api/v1/namespaces/default/configmaps", stream)
+    app.router.add_get("/api/v1/namespaces/default/pods/p1/log", stream)
+    cloud_runner, cloud_url = await _site(app)
+    s = settings(cloud_url, tmp_path, config.LimitSettings())
+    box = outbox.Outbox(tmp_path / "outbox", 10)
+    async with aiohttp.ClientSession() as node_session, aiohttp.ClientSession() as token_session:
+        stats = metrics.Metrics(s.cache.cache_agents)
+        hub = proxy.Hub(s, health.Servers(s.cloud), storage.MemoryStorage(), box, stats, node_session, token_session)
+        runner = server._proxy_runner(hub)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            yield f"http://127.0.0.1:{port}", cloud, hub
+        finally:
+            cloud.second_half.set()
+            await runner.cleanup()
+            await cloud_runner.cleanup()
+            hub.writer.shutdown(wait=True)
+            box.close()
+
+
+async def test_kubelets_pod_list_streams_as_the_cloud_sends_it_and_is_cached_as_json(
+    hub_url: tuple[str, Cloud, proxy.Hub],
+) -> None:
+    url, cloud, hub = hub_url
+    async with (
+        aiohttp.ClientSession(auto_decompress=False) as session,
+        session.get(url + PATH, headers=KUBELET) as resp,
+    ):
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == wire.JSON
+        # the first half arrives while the cloud still holds the second (a bound only so that code that
+        # reads the whole answer first fails here instead of hanging)
+        async with asyncio.timeout(10):
+            first = await resp.content.readany()
+        assert first
+        cloud.second_half.set()
+        rest = await resp.read()
+    assert gzip.decompress(first + rest) == pods_list(200)  # the cloud's bytes, as it sent them
+    sent = cloud.headers[0]
+    assert sent["Accept"] == wire.JSON  # asked for as JSON: what the node rewrites offline must be JSON
+    assert sent["Accept-Encoding"] == "gzip"  # nothing reads it on the way: kubelet's compression stays
+    key = cache.view_key(requestinfo.parse("GET", PATH, {}, KUBELET["User-Agent"]), wire.Encoding.JSON)
+    for _ in range(1000):  # the cache writer keeps the list (as JSON) once it has the whole of it
+        view = hub.store.read_view(key)
+        if view is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert view is not None and len(view.items) == 200
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/namespaces/default/configmaps?watch=1",
+        "/api/v1/namespaces/default/pods/p1/log?follow=true",
+    ],
+)
+async def test_a_streams_headers_reach_the_client_before_any_data(
+    hub_url: tuple[str, Cloud, proxy.Hub], path: str
+) -> None:
+    """A client of a watch or a followed log waits for the answer's headers before any data comes: yurthub
+    sends them at once, not with the first data (which may come minutes later)."""
+    url, cloud, _ = hub_url
+    headers = {"User-Agent": KUBELET["User-Agent"], "Accept": wire.JSON}
+    async with aiohttp.ClientSession() as session:
+        # a bound only so that code holding the headers back fails here instead of hanging
+        async with asyncio.timeout(10):
+            resp = await session.get(url + path, headers=headers)
+        async with resp:
+            assert resp.status == 200
+            cloud.second_half.set()
+            assert b"BOOKMARK" in await resp.read()
