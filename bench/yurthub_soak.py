@@ -304,7 +304,8 @@ class KubeletProbe:
 
     def _run(self) -> None:
         paths = [f"/api/v1/nodes/{NODE}", f"/api/v1/namespaces/{NAMESPACE}/pods/{POD}"]
-        headers = {"Accept": PB, "User-Agent": KUBELET}
+        # kubelet's own Accept: yurthub negotiates its pods as JSON, so a protobuf-only probe would measure 406s
+        headers = {"Accept": f"{PB},application/json", "User-Agent": KUBELET}
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
         try:
             conn.request("GET", paths[0], headers=headers)  # connect once before measuring
