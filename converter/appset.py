@@ -33,6 +33,8 @@ import hashlib
 import json
 from typing import Any, Literal
 
+from converter import events
+
 Obj = dict[str, Any]
 
 GROUP = "apps.openyurt.io"
@@ -514,23 +516,12 @@ def warnings(result: Plan, failed: dict[str, str]) -> list[tuple[str, str]]:
 def event(yas: Obj, kind: Literal["Normal", "Warning"], reason: str, message: str, now: str) -> Obj:
     """A core/v1 Event about the YurtAppSet (`kubectl describe yurtappset` lists it), from yurt-manager."""
     meta = yas["metadata"]
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta.get("namespace", "default")},
-        "involvedObject": {
-            "apiVersion": f"{GROUP}/v1beta1",
-            "kind": "YurtAppSet",
-            "name": meta["name"],
-            "namespace": meta.get("namespace", "default"),
-            "uid": meta.get("uid", ""),
-        },
-        "reason": reason,
-        "message": message[:1024],
-        "type": kind,
-        "source": {"component": "yurt-manager"},
-        "reportingComponent": "yurt-manager",
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "count": 1,
+    namespace = meta.get("namespace", "default")
+    involved = {
+        "apiVersion": f"{GROUP}/v1beta1",
+        "kind": "YurtAppSet",
+        "name": meta["name"],
+        "namespace": namespace,
+        "uid": meta.get("uid", ""),
     }
+    return events.about(involved, namespace, reason, message, kind, now)

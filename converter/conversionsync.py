@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Literal
 
-from converter import access, components, errors, lease, nodeconversion, poolsync, runner
+from converter import access, components, errors, events, lease, nodeconversion, poolsync, runner
 
 log = logging.getLogger(__name__)
 
@@ -204,23 +204,4 @@ class ConversionSync:
 
 def event(node: access.Obj, reason: str, message: str, kind: str, now: str) -> access.Obj:
     """An Event about `node` (in `default`, where Events about Nodes live), shown by `kubectl describe node`."""
-    meta = node.get("metadata") or {}
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": f"{meta.get('name', '')}.", "namespace": "default"},
-        "involvedObject": {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "name": meta.get("name", ""),
-            "uid": meta.get("uid", ""),
-        },
-        "reason": reason,
-        "message": message,
-        "type": kind,
-        "source": {"component": "yurt-manager"},
-        "reportingComponent": "yurt-manager",
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "count": 1,
-    }
+    return events.about(events.node_reference(node), "default", reason, message, kind, now)

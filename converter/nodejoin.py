@@ -46,7 +46,6 @@ import logging
 import re
 import socket
 import ssl
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -327,12 +326,7 @@ def _ready_through_hub(fetch: Fetch, node: str) -> bool:
 
 
 def _wait(what: str, check: Callable[[], bool], settings: Settings) -> None:
-    deadline = time.monotonic() + settings.timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(settings.interval_s)
-    raise errors.NodeStepFailed(f"{what} within {settings.timeout_s:.0f}s")
+    nodestep.wait_until(what, check, settings.timeout_s, settings.interval_s)
 
 
 def _must(host: Host, argv: list[str]) -> None:

@@ -154,13 +154,19 @@ class Settings:
     """A file on this node holding the bootstrap token; yurthub then gets its own client certificate by CSR."""
 
 
-def _wait(what: str, check: Callable[[], bool], settings: Settings) -> None:
-    deadline = time.monotonic() + settings.timeout_s
+def wait_until(what: str, check: Callable[[], bool], timeout_s: float, interval_s: float) -> None:
+    """Poll `check` every `interval_s` until it holds; past `timeout_s`, `NodeStepFailed` saying `what`
+    (phrased as what did not happen: "yurthub did not answer ...")."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():
             return
-        time.sleep(settings.interval_s)
-    raise errors.NodeStepFailed(f"{what} within {settings.timeout_s:.0f}s")
+        time.sleep(interval_s)
+    raise errors.NodeStepFailed(f"{what} within {timeout_s:.0f}s")
+
+
+def _wait(what: str, check: Callable[[], bool], settings: Settings) -> None:
+    wait_until(what, check, settings.timeout_s, settings.interval_s)
 
 
 def _must(host: Host, argv: list[str], timeout: float = 120.0) -> str:

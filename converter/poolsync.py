@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Mapping
 from urllib.parse import quote
 
-from converter import access, errors, nodepool
+from converter import access, errors, events, nodepool
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +83,6 @@ class PoolSync:
 
 
 def event(problem: nodepool.Problem, node: access.Obj, now: str) -> access.Obj:
-    meta = node.get("metadata") or {}
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": f"{problem.node}.", "namespace": "default"},
-        "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": problem.node, "uid": meta.get("uid", "")},
-        "reason": problem.reason,
-        "message": problem.message,
-        "type": "Warning",
-        "source": {"component": "yurt-manager"},
-        "reportingComponent": "yurt-manager",
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "count": 1,
-    }
+    """A Warning Event about the node a pool could not be applied to."""
+    reference = events.node_reference(node, problem.node)
+    return events.about(reference, "default", problem.reason, problem.message, "Warning", now)
