@@ -211,6 +211,12 @@ def test_unlabelled_the_node_is_reverted_and_its_files_are_as_before_the_label(e
     assert not hub_active(kube)
     assert kube.node.run(["cat", hubinstall.FLAGS_ENV]).stdout == env.flags
     assert containers_on_node(kube)["edge-app"] == env.container
+    original = {names.NOT_READY_TAINT: TOLERATION_S, names.UNREACHABLE_TAINT: TOLERATION_S}
+    wait_for(
+        "yurt-manager to give the pod back its original tolerations (not an edge node: not autonomous)",
+        lambda: eviction.tolerations(kube, "edge-app") == original,
+        timeout=60,
+    )
     with contextlib.suppress(TimeoutError):  # the last writes settle a moment later; the assert shows what differs
         wait_for(
             "the node's files as before the label",
