@@ -404,9 +404,10 @@ def revert_plan(
     tunnel: bool = False,
     retry: str = "",
 ) -> Plan:
-    """Undo convert; `csrs` are the CSRs labelled `YURTHUB_CSR_LABEL` (those the edge nodes' yurthubs made
-    go); `tunnel`: the tunnel chart's release is installed; `retry`: this run's value of the annotation
-    `nodeconversion.RETRY`, so yurt-manager tries a node whose revert failed again.
+    """Undo convert; `csrs` are the CSRs labelled `YURTHUB_CSR_LABEL` (those the yurthubs of the edge nodes,
+    and of the nodes yurt-manager reverted already, made go); `tunnel`: the tunnel chart's release is
+    installed; `retry`: this run's value of the annotation `nodeconversion.RETRY`, so yurt-manager tries a
+    node whose revert failed again.
 
     The edge nodes are labelled `is-edge-worker=false` first (false, not removed, so a NodePool of type Edge
     cannot keep them edge nodes), and yurt-manager reverts those it converted. Then yurt-manager and the
@@ -439,7 +440,9 @@ def revert_plan(
         if n in converted
     ]
     after: list[Change] = []
-    requesters = {f"system:node:{n}" for n in edge}
+    # a node yurt-manager converted and reverted already (its label gone) keeps the CSRs its yurthub made
+    reverted = {_name(n) for n in nodes if nodeconversion.reason_of(n) == nodeconversion.REVERTED}
+    requesters = {f"system:node:{n}" for n in set(edge) | reverted}
     for csr in csrs or []:
         if csr.get("spec", {}).get("username") in requesters:
             name = _name(csr)

@@ -21,6 +21,7 @@ from testenv.kubectl import Kubectl
 
 if TYPE_CHECKING:
     from testenv.cluster import Cluster
+    from testenv.node import Node
 
 _SKIP_RESOURCES = {"events", "events.events.k8s.io", "componentstatuses", "bindings", "tokenreviews"}
 _DROP_META = ("resourceVersion", "managedFields", "generation", "creationTimestamp", "selfLink")
@@ -148,9 +149,13 @@ Snapshot = tuple[dict[str, Any], dict[str, str]]
 """A cluster's API objects and its real node's files (`api_objects`, `node_files`)."""
 
 
+def of_node(node: Node) -> dict[str, str]:
+    """The real node's files (`node_files` of its overlay upper layer and its state directory)."""
+    return node_files(node.rootfs, node.directory / "upper", node.directory / "state")
+
+
 def of_cluster(kube: Cluster) -> Snapshot:
-    node = kube.node
-    return api_objects(kube.kubectl), node_files(node.rootfs, node.directory / "upper", node.directory / "state")
+    return api_objects(kube.kubectl), of_node(kube.node)
 
 
 def since(kube: Cluster, before: Snapshot) -> list[str]:

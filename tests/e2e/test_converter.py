@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import functools
 import json
 import os
@@ -41,12 +40,12 @@ from testenv import (
     controlplane,
     converterimage,
     edgeconvert,
+    eviction,
     hubinstall,
-    images,
-    kwok,
     pki,
     snapshot,
     tunnelhost,
+    workloads,
     yurtmanager,
 )
 from testenv.kubectl import KubectlError, node_ready, wait_for
@@ -98,22 +97,6 @@ class Env:
     manager: yurtmanager.HostManager | None = None
 
 
-def pod(name: str, node: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "nodeName": node,
-            "terminationGracePeriodSeconds": 2,
-            "tolerations": [kwok.TAINT | {"operator": "Equal"}],
-            "containers": [
-                {"name": "main", "image": images.BUSYBOX_IMAGE, "command": ["/bin/sh", "-c", "exec sleep 100000"]}
-            ],
-        },
-    }
-
-
 def phase(kube: cluster.Cluster, name: str) -> str:
     return str(kube.kubectl.get("pod", name).get("status", {}).get("phase", ""))
 
@@ -135,7 +118,7 @@ def env(kube: cluster.Cluster, tunnel_prep: TunnelPrep, tmp_path_factory: pytest
     values = edgeconvert.prepare(kube, certs, directory)
     converterimage.load(kube.node, converterimage.build(cluster.cache_dir() / "images"))
     config = yurtmanager.own_kubeconfig(kube.plane, directory)
-    kube.kubectl.apply([pod("stock-app", EDGE)])
+    kube.kubectl.apply([workloads.pod("stock-app", EDGE)])
     wait_for("a workload on the edge node", lambda: phase(kube, "stock-app") == "Running", timeout=120)
     common = edgeconvert.common_args(converterimage.IMAGE)
     convert = edgeconvert.convert_args(kube, server, values, converterimage.IMAGE, CLOUD, HUB_ARGS)
@@ -289,33 +272,8 @@ def test_after_convert_kubectl_reaches_the_edge_node_behind_nat_through_the_tunn
         kube.node.set_reachable_from_cloud(True)
 
 
-def tolerations(kube: cluster.Cluster, name: str) -> dict[str, Any]:
-    p = kube.kubectl.get("pod", name)
-    return {t["key"]: t.get("tolerationSeconds") for t in p["spec"]["tolerations"] if t.get("effect") == "NoExecute"}
-
-
-def evicted(kube: cluster.Cluster, name: str) -> bool:
-    try:
-        return bool(kube.kubectl.get("pod", name)["metadata"].get("deletionTimestamp"))
-    except KubectlError:
-        return True  # gone
-
-
 def ready(kube: cluster.Cluster, node: str) -> bool:
     return node_ready(kube.kubectl.get("node", node))
-
-
-def tainted_for(kube: cluster.Cluster, node: str) -> float:
-    """Seconds since the node got its oldest not-ready/unreachable NoExecute taint (0: none)."""
-    taints = kube.kubectl.get("node", node)["spec"].get("taints") or []
-    added = [
-        datetime.datetime.fromisoformat(t["timeAdded"].replace("Z", "+00:00"))
-        for t in taints
-        if t.get("effect") == "NoExecute" and t.get("timeAdded")
-    ]
-    if not added:
-        return 0.0
-    return (datetime.datetime.now(datetime.UTC) - min(added)).total_seconds()
 
 
 def cloud_reachable(kube: cluster.Cluster) -> bool:
@@ -346,26 +304,26 @@ def test_an_autonomous_node_keeps_its_pods_through_an_outage_while_a_plain_node_
         "metadata": {"name": "edge-plain", "labels": {names.EDGE_WORKER_LABEL: "true"}},
     }
     kube.kubectl.apply([plain])
-    kube.kubectl.apply([pod("edge-app", EDGE), pod("plain-app", "edge-plain")])
+    kube.kubectl.apply([workloads.pod("edge-app", EDGE), workloads.pod("plain-app", "edge-plain")])
     wait_for("the edge pod to run", lambda: phase(kube, "edge-app") == "Running", timeout=120)
     forever = {names.NOT_READY_TAINT: None, names.UNREACHABLE_TAINT: None}
     wait_for(
         "yurt-manager to make the edge pods tolerate forever",
-        lambda: tolerations(kube, "edge-app") == forever == tolerations(kube, "stock-app"),
+        lambda: eviction.tolerations(kube, "edge-app") == forever == eviction.tolerations(kube, "stock-app"),
         timeout=60,
     )
-    assert tolerations(kube, "plain-app") == dict.fromkeys(forever, TOLERATION_S)
+    assert eviction.tolerations(kube, "plain-app") == dict.fromkeys(forever, TOLERATION_S)
 
     kube.node.cut_link()
     limit = kube.settings.node_monitor_grace_s + TOLERATION_S + 90
-    wait_for("the plain node's pod to be evicted", lambda: evicted(kube, "plain-app"), timeout=limit)
+    wait_for("the plain node's pod to be evicted", lambda: eviction.evicted(kube, "plain-app"), timeout=limit)
     wait_for(
         "the edge node to be tainted for longer than the tolerations",
-        lambda: tainted_for(kube, EDGE) > TOLERATION_S + 15,
+        lambda: eviction.tainted_for(kube, EDGE) > TOLERATION_S + 15,
         timeout=limit,
     )
     for name in ("edge-app", "stock-app"):
-        assert not evicted(kube, name), f"{name} on the autonomous node was evicted"
+        assert not eviction.evicted(kube, name), f"{name} on the autonomous node was evicted"
 
     # rebooted while cut off: yurthub and the agent start again from the executable on the node's disk (the
     # node has no python3), and kubelet runs the edge pod again from yurthub's cache

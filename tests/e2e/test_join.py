@@ -64,11 +64,6 @@ class Machine:
     command: list[str]
 
 
-def node_files(kube: cluster.Cluster) -> dict[str, str]:
-    node = kube.node
-    return snapshot.node_files(node.rootfs, node.directory / "upper", node.directory / "state")
-
-
 @pytest.fixture(scope="module")
 def machine(kube: cluster.Cluster) -> Machine:
     assert kube.plane is not None
@@ -82,7 +77,7 @@ def machine(kube: cluster.Cluster) -> Machine:
     kube.kubectl.apply([nodepools.nodepool(POOL)])
     config = json.dumps(node_mod.kubelet_configuration(kube.node.settings), indent=2)
     kube.kubectl.run("create", "configmap", "kubelet-config", "-n", "kube-system", f"--from-literal=kubelet={config}")
-    before = node_files(kube)
+    before = snapshot.of_node(kube.node)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         rc = cli.main(
@@ -145,7 +140,7 @@ def test_a_wrong_ca_hash_is_refused_and_the_machine_is_untouched(machine: Machin
     done = machine.kube.node.run(argv, stdin=machine.token + "\n", check=False, timeout=120)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "refusing to trust" in done.stderr
-    assert snapshot.diff(machine.before, node_files(machine.kube)) == []
+    assert snapshot.diff(machine.before, snapshot.of_node(machine.kube.node)) == []
 
 
 def test_the_machine_joins_behind_yurthub_from_its_first_start(machine: Machine) -> None:
@@ -234,6 +229,6 @@ def test_reset_leaves_the_machine_as_it_was_before_the_join(running: Machine) ->
     for unit in ("kubelet", "yurthub"):
         assert node.run(["systemctl", "is-active", unit], check=False).stdout.strip() != "active"
     assert node.run(["ctr", "-n", "k8s.io", "containers", "list", "--quiet"]).stdout.strip() == ""
-    assert snapshot.diff(running.before, node_files(kube)) == []
+    assert snapshot.diff(running.before, snapshot.of_node(kube.node)) == []
     again = node.run(["/opt/yurt-edge/bin/yurtctl", "node", "reset"], check=False, timeout=60)
     assert again.returncode == 0 and "nothing to reset" in again.stdout

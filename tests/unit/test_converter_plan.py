@@ -149,6 +149,22 @@ def test_revert_plan_undoes_labels_tolerations_components_and_the_record() -> No
     assert whats[-1] == f"ConfigMap kube-system/{plan.RECORD}"
 
 
+def test_revert_plan_deletes_the_csrs_of_a_node_yurt_manager_reverted_when_its_label_went() -> None:
+    unlabelled = node("edge-1")  # converted by label, then unlabelled: yurt-manager reverted it
+    unlabelled["status"]["conditions"].append({"type": nodeconversion.CONDITION, "reason": nodeconversion.REVERTED})
+    csrs = [
+        {"metadata": {"name": "yurthub-serving-a"}, "spec": {"username": "system:node:edge-1"}},
+        {"metadata": {"name": "yurthub-serving-b"}, "spec": {"username": "system:node:other"}},
+    ]
+    p = plan.revert_plan(
+        [node("cloud-1", labels={names.EDGE_WORKER_LABEL: "false"}), unlabelled, node("other")], [], {"data": {}}, csrs
+    )
+    assert p.nodes == [] and p.labels == []  # reverted already: no Job
+    whats = [c.what for c in p.after]
+    assert "CertificateSigningRequest yurthub-serving-a (made by system:node:edge-1's yurthub)" in whats
+    assert not any("yurthub-serving-b" in w for w in whats)
+
+
 def cluster() -> access.MemoryApi:
     api = access.MemoryApi()
     api.objects[("/version", "", "", "")] = VERSION
