@@ -1,5 +1,6 @@
-"""A second kwok controller for simulated nodes that also run pods: Job pods on them start and complete,
-and deleted pods go away. For benchmarks that dispatch a Job to each of many nodes (the converter's).
+"""A second kwok controller for simulated nodes that also run pods: Job pods on them start and complete
+(or, on nodes a test names, fail), and deleted pods go away. For benchmarks and tests that dispatch a Job
+to each of many nodes (the converter's, conversion by label).
 
 It manages only nodes annotated `kwok.x-k8s.io/node=jobs`, so the cluster's own kwok (nodes annotated
 `fake`, which run nothing) is unaffected.
@@ -7,6 +8,8 @@ It manages only nodes annotated `kwok.x-k8s.io/node=jobs`, so the cluster's own 
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ from testenv import cgroups, kwok, process
 
 VALUE = "jobs"
 
-POD_STAGES = """\
+_RUN_STAGE = """\
 ---
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
@@ -51,11 +54,17 @@ spec:
       {{ end }}
       phase: Running
       startTime: {{ $now | Quote }}
+"""
+
+
+def _finish_stage(name: str, selector: str, delay_ms: int, state: str, phase: str) -> str:
+    delay = f"  delay:\n    durationMilliseconds: {delay_ms}\n" if delay_ms else ""
+    return f"""\
 ---
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
 metadata:
-  name: pod-complete
+  name: {name}
 spec:
   resourceRef:
     apiGroup: v1
@@ -70,28 +79,46 @@ spec:
     - key: '.metadata.ownerReferences.[].kind'
       operator: In
       values: ['Job']
-  next:
+{selector}{delay}  next:
     statusTemplate: |
-      {{ $now := Now }}
+      {{{{ $now := Now }}}}
       containerStatuses:
-      {{ range .spec.containers }}
-      - image: {{ .image | Quote }}
-        name: {{ .name | Quote }}
+      {{{{ range .spec.containers }}}}
+      - image: {{{{ .image | Quote }}}}
+        name: {{{{ .name | Quote }}}}
         ready: false
         restartCount: 0
         started: false
         state:
           terminated:
-            exitCode: 0
-            reason: Completed
-            startedAt: {{ $now | Quote }}
-            finishedAt: {{ $now | Quote }}
-      {{ end }}
-      phase: Succeeded
+{state}            startedAt: {{{{ $now | Quote }}}}
+            finishedAt: {{{{ $now | Quote }}}}
+      {{{{ end }}}}
+      phase: {phase}
 """
 
 
-def start(bins: Path, kubeconfig: Path, directory: Path, group: cgroups.Group) -> process.Process:
+def pod_stages(failing: Sequence[str] = (), failure: str = "", complete_after_ms: int = 0) -> str:
+    """The stages of the Jobs' pods: a pod starts, then its Job's pod completes (`complete_after_ms` after it
+    started), or, on the nodes named in `failing`, fails a second after it started with the container message
+    `failure` (what a node Job that rolled its node back leaves)."""
+    nodes = json.dumps(list(failing))
+
+    def node_is(op: str) -> str:
+        return f"    - key: '.spec.nodeName'\n      operator: {op}\n      values: {nodes}\n"
+
+    completed = "            exitCode: 0\n            reason: Completed\n"
+    stages = _RUN_STAGE + _finish_stage(
+        "pod-complete", node_is("NotIn") if failing else "", complete_after_ms, completed, "Succeeded"
+    )
+    if failing:
+        failed = f"            exitCode: 1\n            reason: Error\n            message: {json.dumps(failure)}\n"
+        stages += _finish_stage("pod-fail", node_is("In"), 1000, failed, "Failed")
+    return stages
+
+
+def start(bins: Path, kubeconfig: Path, directory: Path, group: cgroups.Group, *, stages: str = "") -> process.Process:
+    """The controller, playing the Jobs' pods with `stages` (default: `pod_stages()`, every Job completes)."""
     return kwok.start(
         bins,
         kubeconfig,
@@ -100,7 +127,7 @@ def start(bins: Path, kubeconfig: Path, directory: Path, group: cgroups.Group) -
         name="kwok-jobs",
         value=VALUE,
         subnet="10.217",
-        pod_stages=POD_STAGES + kwok.POD_DELETE_STAGE,
+        pod_stages=(stages or pod_stages()) + kwok.POD_DELETE_STAGE,
         extra=("--server-address=",),
     )
 

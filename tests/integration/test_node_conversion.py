@@ -10,7 +10,6 @@ tested here is yurt-manager's side: which Jobs it starts, when, how many at once
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -24,7 +23,7 @@ from typing import Any
 import pytest
 
 from converter import components, names, nodeconversion, nodepool
-from testenv import cluster, kwok, kwokjobs, nodepools, yurtmanager
+from testenv import cluster, kwokjobs, nodepools, yurtmanager
 from testenv.kubectl import wait_for
 
 NC = nodeconversion
@@ -33,135 +32,14 @@ FAILURE = "kubelet did not come back Ready through yurthub within 60s; node brok
 BOUND = 2
 SETTINGS = NC.JobSettings(image="yurt-edge/converter:test", node_timeout_s=120, parallel=5)
 
-STAGES = f"""\
----
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: pod-run
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Pod
-  selector:
-    matchExpressions:
-    - key: '.metadata.deletionTimestamp'
-      operator: DoesNotExist
-    - key: '.status.phase'
-      operator: NotIn
-      values: ['Running', 'Succeeded', 'Failed']
-  next:
-    statusTemplate: |
-      {{{{ $now := Now }}}}
-      containerStatuses:
-      {{{{ range .spec.containers }}}}
-      - image: {{{{ .image | Quote }}}}
-        name: {{{{ .name | Quote }}}}
-        ready: true
-        restartCount: 0
-        started: true
-        state:
-          running:
-            startedAt: {{{{ $now | Quote }}}}
-      {{{{ end }}}}
-      phase: Running
-      startTime: {{{{ $now | Quote }}}}
----
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: pod-complete
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Pod
-  selector:
-    matchExpressions:
-    - key: '.metadata.deletionTimestamp'
-      operator: DoesNotExist
-    - key: '.status.phase'
-      operator: In
-      values: ['Running']
-    - key: '.spec.nodeName'
-      operator: NotIn
-      values: {json.dumps(BROKEN)}
-  delay:
-    durationMilliseconds: 2500
-  next:
-    statusTemplate: |
-      {{{{ $now := Now }}}}
-      containerStatuses:
-      {{{{ range .spec.containers }}}}
-      - image: {{{{ .image | Quote }}}}
-        name: {{{{ .name | Quote }}}}
-        ready: false
-        restartCount: 0
-        started: false
-        state:
-          terminated:
-            exitCode: 0
-            reason: Completed
-            startedAt: {{{{ $now | Quote }}}}
-            finishedAt: {{{{ $now | Quote }}}}
-      {{{{ end }}}}
-      phase: Succeeded
----
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: pod-fail
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Pod
-  selector:
-    matchExpressions:
-    - key: '.metadata.deletionTimestamp'
-      operator: DoesNotExist
-    - key: '.status.phase'
-      operator: In
-      values: ['Running']
-    - key: '.spec.nodeName'
-      operator: In
-      values: {json.dumps(BROKEN)}
-  delay:
-    durationMilliseconds: 1000
-  next:
-    statusTemplate: |
-      {{{{ $now := Now }}}}
-      containerStatuses:
-      {{{{ range .spec.containers }}}}
-      - image: {{{{ .image | Quote }}}}
-        name: {{{{ .name | Quote }}}}
-        ready: false
-        restartCount: 0
-        started: false
-        state:
-          terminated:
-            exitCode: 1
-            reason: Error
-            message: {json.dumps(FAILURE)}
-            startedAt: {{{{ $now | Quote }}}}
-            finishedAt: {{{{ $now | Quote }}}}
-      {{{{ end }}}}
-      phase: Failed
-"""
-
 
 @pytest.fixture(scope="module")
 def cloud() -> Iterator[cluster.Cluster]:
     with cluster.Cluster.start(cluster.Settings(real_node=False)) as c:
         assert c.plane is not None
-        played = kwok.start(
-            cluster.binaries(),
-            c.plane.admin_kubeconfig,
-            c.directory / "cloud",
-            c.group,
-            name="kwok-conversion",
-            value=kwokjobs.VALUE,
-            subnet="10.219",
-            pod_stages=STAGES + kwok.POD_DELETE_STAGE,
-            extra=("--server-address=",),
+        stages = kwokjobs.pod_stages(BROKEN, FAILURE, complete_after_ms=2500)
+        played = kwokjobs.start(
+            cluster.binaries(), c.plane.admin_kubeconfig, c.directory / "cloud", c.group, stages=stages
         )
         try:
             c.kubectl.apply([NC.settings_configmap(SETTINGS)])
