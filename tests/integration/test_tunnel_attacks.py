@@ -321,9 +321,12 @@ def test_an_agent_flooding_refused_opens_without_reading_is_capped_then_closed(
             highest = max([highest, *(a["queuedBytes"] for a in agents if a["node"] == "edge-opener")])
             assert _echo_works(server, f"{NODE}:{echo}")
     assert outcome[0].startswith("closed"), outcome
-    assert QUEUE_CAP // 2 < highest <= QUEUE_CAP + 256  # it reached the cap, and stayed there
+    assert highest <= QUEUE_CAP + 256  # every time it was looked at, the queue was under the cap
     assert _metric(server.metrics(), "yurt_tunnel_flood_closes_total") == before + 1
-    assert "has not read" in server.log_text()
+    # What the queue held when the server gave up on it, from its own log line: the polls above may miss the
+    # few seconds the queue spends at the cap on a loaded machine, the log line does not.
+    unread = [int(n) for n in re.findall(r"has not read (\d+) queued bytes", server.log_text())]
+    assert unread and QUEUE_CAP // 2 < unread[-1] <= QUEUE_CAP + 256, unread  # it reached the cap, and stayed there
     assert agent.running() and _echo_works(server, f"{NODE}:{echo}")
 
 
