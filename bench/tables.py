@@ -1,7 +1,7 @@
-"""README tables from bench/results/*.json: `python -m bench.tables` rewrites the README's yurthub table (between
-its `bench:yurthub` markers) from bench/results/yurthub.json, stamped with the run's commit and date, so the
-README shows one run's figures and nothing else. `python -m bench.tables --print tunnel` prints the tunnel
-table from bench/results/tunnel.json.
+"""README tables from bench/results/*.json: `python -m bench.tables` rewrites the README's yurthub and tunnel tables
+(each between its `bench:<area>` markers) from bench/results/<area>.json, stamped with the run's commit and
+date, so the README shows one run's figures and nothing else. `python -m bench.tables --print tunnel` prints a
+table instead.
 
 Pure functions from a result (the JSON, as loaded) to Markdown; the only I/O is in `main`.
 """
@@ -19,6 +19,7 @@ RESULTS = ROOT / "bench" / "results"
 README = ROOT / "README.md"
 
 OURS, OY, OY_OFF = "yurt_edge", "openyurt", "openyurt_filters_off"
+TUNNEL_OURS = "yurt-edge"  # bench/tunnel_bench.py names the systems as their projects do
 JSON_DIRECT = "direct_json"
 """The cloud's JSON answer to the same request (yurt-edge reads kubelet's pods as JSON)."""
 
@@ -196,24 +197,86 @@ def own_rows(m: dict[str, Any]) -> list[str]:
     return rows
 
 
+# (figure key, label, decimals): the README's rows in order; a figure the JSON has and this list does not is
+# shown after them under its key, so a new figure is never dropped silently.
+_TUNNEL_ROWS = (
+    ("one_stream_mb_s", "one stream, 256 MiB (MB/s)", 1),
+    ("echo_added_p50_ms", "1-byte echo, added latency p50 (ms)", 3),
+    ("echo_p99_ms", "1-byte echo, round trip p99 (ms{samples})", 2),
+    ("fifty_streams_mb_s", "50 streams aggregate (MB/s)", 1),
+    ("fifty_streams_one_stalled_mb_s", "50 streams with one reader stalled (MB/s)", 1),
+    ("fairness", "fairness: stalled / free", 3),
+    ("idle_agent_kb_200", "server memory per idle agent, 200 agents (KB)", 1),
+    ("idle_agent_kb_largest_both", "server memory per idle agent, {agents} agents (KB)", 1),
+    ("idle_agent_kb_2000", "server memory per idle agent, 2,000 agents (KB)", 1),
+)
+
+
+def _tunnel_cell(value: Any, decimals: int) -> str:
+    if isinstance(value, dict) and "skipped" in value:
+        return "not measured"
+    return cell(value, decimals) if isinstance(value, dict) else ""
+
+
 def tunnel_table(result: dict[str, Any]) -> str:
     """The tunnel figures side by side (bench/tunnel_bench.py's `figures`: per system median/min/max, ratio,
-    target_ratio, target_met)."""
+    target_ratio or target, target_met), stamped with the run's commit, date and load."""
+    load = result.get("load_average_1m", {})
     lines = [
         f"One `python -m bench tunnel` run of commit {result.get('commit', '?')} on "
-        f"{result['machine']['measured_at'][:10]}; median of {result.get('repetitions', '?')} (min-max).",
+        f"{result['machine']['measured_at'][:10]} ({result['machine']['cores']} cores; load average "
+        f"{load.get('start', '?')} at the start, {load.get('end', '?')} at the end). Each figure is the median of "
+        f"{result.get('repetitions', '?')} repetitions interleaved between the two (min-max in brackets); the "
+        "ratio is yurt-edge / konnectivity.",
         "",
         "| tunnel figure | yurt-edge | konnectivity | ratio | target | met |",
         "|---|---|---|---|---|---|",
     ]
-    for key, fig in result["figures"].items():
+    figures: dict[str, Any] = result["figures"]
+    known = [key for key, _, _ in _TUNNEL_ROWS]
+    rows = [row for row in _TUNNEL_ROWS if row[0] in figures]
+    rows += [(key, key, 2) for key in figures if key not in known]
+    for key, template, decimals in rows:
+        fig = figures[key]
+        label = template.format(
+            samples=f"; {fig['samples_per_run']:,} samples a run" if "samples_per_run" in fig else "",
+            agents=f"{fig.get('agents_both_ran', '?'):,}" if "agents_both_ran" in fig else "?",
+        )
         ratio = fig.get("ratio")
         met = fig.get("target_met")
+        target = fig.get("target_ratio") or fig.get("target") or "—"
         lines.append(
-            f"| {key} | {cell(fig.get('yurt-edge'), 2)} | {cell(fig.get('konnectivity'), 2)} | "
-            f"{'' if ratio is None else f'{ratio:.2f}'} | {fig.get('target_ratio', '')} | "
-            f"{'' if met is None else ('yes' if met else '**no**')} |"
+            f"| {label} | {_tunnel_cell(fig.get(TUNNEL_OURS), decimals)} | "
+            f"{_tunnel_cell(fig.get('konnectivity'), decimals)}"
+            f" | {'—' if ratio is None else f'{ratio:.2f}'} | {target.replace('>=', '≥').replace('<=', '≤')} | "
+            f"{'—' if met is None else ('yes' if met else '**no**')} |"
         )
+    direct = [
+        f"{text} {cell(fig, decimals)}"
+        for fig, text, decimals in (
+            (figures.get("one_stream_mb_s", {}).get("direct"), "one stream (MB/s)", 0),
+            (figures.get("echo_added_p50_ms", {}).get("direct_echo_p50_ms"), "echo p50 (ms)", 3),
+            (figures.get("echo_p99_ms", {}).get("direct"), "echo p99 (ms)", 3),
+        )
+        if fig
+    ]
+    if direct:
+        lines += ["", "Direct loopback TCP in the same run: " + ", ".join(direct) + "."]
+    storm = result.get("details", {}).get(TUNNEL_OURS, {}).get("reconnect_storm_s_2000")
+    if storm:
+        lines += [
+            "",
+            f"Our server back to all 2,000 agents after being killed and restarted: {cell(storm, 1)} s "
+            "(target ≤ 30 s).",
+        ]
+    before_200 = result.get("bytes_before_200")
+    if before_200:
+        lines += [
+            "",
+            "A target's first bytes delivered before the tunnel's `200 Connection established` in this run: "
+            f"yurt-edge {before_200.get(TUNNEL_OURS, '?')}, "
+            f"konnectivity {before_200.get('konnectivity', '?')} CONNECTs.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -234,7 +297,7 @@ def main(argv: list[str]) -> int:
             print(RENDERERS[area](json.loads((RESULTS / f"{area}.json").read_text())))
         return 0
     text = README.read_text()
-    for area in argv or ["yurthub"]:
+    for area in argv or list(RENDERERS):
         text = replace_between(text, area, RENDERERS[area](json.loads((RESULTS / f"{area}.json").read_text())))
     README.write_text(text)
     return 0

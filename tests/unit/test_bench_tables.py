@@ -78,3 +78,60 @@ def test_only_the_text_between_the_markers_is_replaced() -> None:
     assert out == "before\n<!-- bench:yurthub:start -->\nnew table\n<!-- bench:yurthub:end -->\nafter\n"
     with pytest.raises(ValueError, match="no bench:tunnel markers"):
         tables.replace_between(readme, "tunnel", "x\n")
+
+
+TUNNEL: dict[str, Any] = {
+    "commit": "def5678",
+    "machine": {"measured_at": "2026-11-29T17:00:00Z", "cores": 2},
+    "load_average_1m": {"start": 1.0, "end": 2.0},
+    "repetitions": 3,
+    "figures": {
+        "echo_added_p50_ms": {
+            "yurt-edge": fig(0.25, 0.2, 0.3),
+            "konnectivity": fig(0.3),
+            "ratio": 0.833,
+            "target_ratio": "<= 1.0",
+            "target_met": True,
+            "direct_echo_p50_ms": fig(0.006),
+        },
+        "one_stream_mb_s": {
+            "yurt-edge": fig(200),
+            "konnectivity": fig(150),
+            "direct": fig(2000),
+            "ratio": 1.333,
+            "target_ratio": ">= 1.5",
+            "target_met": False,
+        },
+        "idle_agent_kb_2000": {
+            "yurt-edge": fig(49),
+            "konnectivity": {"skipped": "does not fit"},
+            "target": "<= 50 KB (ours)",
+            "target_met": True,
+        },
+        "a_new_figure": {"yurt-edge": fig(1), "konnectivity": fig(2), "ratio": 0.5},
+    },
+    "details": {"yurt-edge": {"reconnect_storm_s_2000": fig(12.5, 11, 14)}},
+    "bytes_before_200": {"yurt-edge": 0, "konnectivity": 4},
+}
+
+
+def test_the_tunnel_table_is_one_runs_figures_in_the_readmes_order_and_drops_none() -> None:
+    table = tables.tunnel_table(TUNNEL)
+    assert "commit def5678 on 2026-11-29" in table and "load average 1.0 at the start, 2.0 at the end" in table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| tunnel")]
+    assert rows == [
+        "| one stream, 256 MiB (MB/s) | 200.0 | 150.0 | 1.33 | ≥ 1.5 | **no** |",
+        "| 1-byte echo, added latency p50 (ms) | 0.250 (0.200-0.300) | 0.300 | 0.83 | ≤ 1.0 | yes |",
+        "| server memory per idle agent, 2,000 agents (KB) | 49.0 | not measured | — | ≤ 50 KB (ours) | yes |",
+        "| a_new_figure | 1.00 | 2.00 | 0.50 | — | — |",
+    ]
+    assert "one stream (MB/s) 2,000, echo p50 (ms) 0.006." in table
+    assert "killed and restarted: 12.5 (11.0-14.0) s" in table
+    assert "yurt-edge 0, konnectivity 4 CONNECTs" in table
+
+
+def test_both_areas_are_rewritten_between_their_own_markers() -> None:
+    readme = "a\n<!-- bench:tunnel:start -->\nold\n<!-- bench:tunnel:end -->\nb\n"
+    out = tables.replace_between(readme, "tunnel", tables.tunnel_table(TUNNEL))
+    assert out.startswith("a\n<!-- bench:tunnel:start -->\nOne `python -m bench tunnel` run of commit def5678")
+    assert out.endswith("CONNECTs.\n<!-- bench:tunnel:end -->\nb\n") and "old" not in out
