@@ -44,7 +44,8 @@ def main(argv: list[str]) -> int:
         return 2
     RESULTS.mkdir(exist_ok=True)
     for name in chosen:
-        result = {"machine": machine.describe(), **merge([runner() for runner in BENCHMARKS[name]])}
+        stamp = {"machine": machine.describe(), "commit": machine.commit()}
+        result = {**stamp, **merge([runner() for runner in BENCHMARKS[name]])}
         path = RESULTS / f"{name}.json"
         path.write_text(json.dumps(result, indent=2) + "\n")
         print(f"{name}: {json.dumps(result.get('median', result))} -> bench/results/{path.name}")

@@ -27,7 +27,6 @@ import re
 import signal
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import openyurt_hub, yurthub_soak
+from bench import machine, openyurt_hub, yurthub_soak
 from testenv import cluster, hosthub, hubinstall, images
 from testenv.kubectl import wait_for
 from yurthub import cache, requestinfo, storage, wire
@@ -724,20 +723,10 @@ def progress(what: str) -> None:
     print(f"yurthub bench: {what}", file=sys.stderr, flush=True)
 
 
-def commit() -> str:
-    head = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
-    )
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True, check=False
-    )
-    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
-
-
 def run(quick: bool = False) -> dict[str, object]:
     reps = 1 if quick else REPS
     metrics: dict[str, Any] = {}
-    stamp = {"commit": commit(), "load_average_1m": {"start": round(os.getloadavg()[0], 2)}}
+    stamp = {"commit": machine.commit(), "load_average_1m": {"start": round(os.getloadavg()[0], 2)}}
     with cluster.Cluster.start(cluster.Settings(real_node=False)) as kube, tempfile.TemporaryDirectory() as tmp:
         figures, cloud_lists = side_by_side(kube, Path(tmp), reps)
         progress("cache footprint and RSS")
