@@ -97,6 +97,44 @@ def test_json_list_items_are_split_exactly_whatever_their_strings_hold(
     assert [o.name for o in listing.items] == [f"n{i}" for i in range(len(values))]
 
 
+def _pattern_spans(body: bytes) -> dict[str, tuple[int, int]]:
+    """`wire.top_level` as it scans a body too big for the C scanner: patterns only."""
+    padded = body + b" " * (wire.C_SCAN_MAX + 1 - len(body))
+    return wire.top_level(padded)
+
+
+@given(
+    event=st.dictionaries(st.text(max_size=6), _JSON_VALUES, max_size=5),
+    ensure_ascii=st.booleans(),
+    spacing=st.sampled_from([(",", ":"), (", ", ": "), (" ,\n ", " :\t")]),
+)
+def test_an_objects_top_level_spans_are_the_same_whichever_scanner_finds_them(
+    event: dict[str, object], ensure_ascii: bool, spacing: tuple[str, str]
+) -> None:
+    """Small ASCII bodies (watch events) are scanned by the json module's C scanner, others by patterns:
+    both give the byte spans of exactly the cloud's bytes of each value, non-ASCII strings included."""
+    body = json.dumps(event, ensure_ascii=ensure_ascii, separators=spacing).encode()
+    spans = wire.top_level(body)
+    assert spans == _pattern_spans(body)
+    assert {k: json.loads(body[a:b]) for k, (a, b) in spans.items()} == event
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"type":"MODIFIED","object":{"a":[1,2}}',
+        b'{"type":"MODIFIED","object":{"a":tru}}',
+        b'{"type":"MODIFIED","object":{"a":"x}',
+        b'{"type":"MODIFIED","object":',
+        b'{"type":"MODIFIED","object":{"a":1}',
+    ],
+)
+def test_a_broken_event_is_a_wire_format_error_from_either_scanner(body: bytes) -> None:
+    for scanned in (body, body + b" " * (wire.C_SCAN_MAX + 1 - len(body))):
+        with pytest.raises(errors.WireFormatError):
+            wire.parse_event(wire.Encoding.JSON, scanned)
+
+
 @pytest.mark.parametrize(
     ("content_type", "head", "refused"),
     [
