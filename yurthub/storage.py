@@ -52,6 +52,7 @@ import os
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -143,6 +144,7 @@ class Usage:
     encoding: str
     objects: int
     bytes: int
+    """The objects' bytes as the storage holds them (compressed on disk, see `pack`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -466,9 +468,40 @@ class MemoryStorage:
 
 # --- SQLite on disk ------------------------------------------------------------------------------
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """2: tombstones, components (last use) and views.used added. 3: `objects` is a rowid table (see `_OBJECTS`).
-Version-1 and version-2 files are migrated in place."""
+4: bodies may be stored compressed (`pack`). Version-1 to version-3 files are migrated in place (their bodies
+are all stored as they are, which version 4 reads as such); an older yurthub sets a version-4 file aside."""
+
+PACKED = b"\x00"
+"""First byte of a body stored compressed (zlib). A JSON body starts with `{` (or white space) and a protobuf
+one with `k8s\\x00`, so a body as the cloud sent it never starts with it; one that did would be stored packed
+whatever its size, so every stored body that starts with it is a packed one."""
+PACK_MIN = 256
+"""Bodies shorter than this are stored as they are: too small to gain a page's worth."""
+
+
+def pack(body: bytes) -> bytes:
+    """A body as stored on disk: zlib (level 1: ~15 us for a pod, ~2.5x smaller for JSON) when that saves a
+    tenth or more. Kubernetes objects repeat their keys and values (a pod's JSON is ~60 % keys, labels,
+    image names, timestamps), and the cache of a node's pods on disk was about their bytes plus SQLite's pages:
+    compressed, it is well under what one file per object costs (OpenYurt's layout)."""
+    if len(body) < PACK_MIN and not body.startswith(PACKED):
+        return body
+    packed = PACKED + zlib.compress(body, 1)
+    return packed if len(packed) * 10 <= len(body) * 9 or body.startswith(PACKED) else body
+
+
+def unpack(stored: bytes) -> bytes:
+    """A body as the cloud sent it, from what `pack` stored; a packed body that does not inflate is a
+    damaged cache (`StorageError`)."""
+    if not stored.startswith(PACKED):
+        return stored
+    try:
+        return zlib.decompress(stored[1:])
+    except zlib.error as exc:
+        raise errors.StorageError(f"cache read failed: a stored body does not inflate: {exc}") from exc
+
 
 _OBJECTS = """CREATE TABLE IF NOT EXISTS objects (
     component TEXT NOT NULL, encoding TEXT NOT NULL, gvr TEXT NOT NULL,
@@ -539,7 +572,7 @@ class SqliteStorage:
     cache's largest moment rather than shrinking. Auto-vacuum is not used: it would move pages on every
     commit (write amplification on an edge node's flash) to give back space the next relist wants again.
     The write-ahead log beside it is bounded by `WAL_LIMIT`, so the cache on disk is about its objects' bytes
-    plus the keys (`_OBJECTS`), not twice that.
+    as stored (compressed, `pack`) plus the keys (`_OBJECTS`), not twice that.
     """
 
     FILE = "cache.sqlite3"
@@ -600,7 +633,7 @@ class SqliteStorage:
                 raise sqlite3.DatabaseError(f"quick_check: {result}")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             empty = db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
-            if not empty and version not in (1, 2, SCHEMA_VERSION):
+            if not empty and version not in (1, 2, 3, SCHEMA_VERSION):
                 raise sqlite3.DatabaseError(f"cache schema version {version}, this yurthub uses {SCHEMA_VERSION}")
             db.execute("BEGIN IMMEDIATE")
             if not empty and version == 1:
@@ -705,7 +738,7 @@ class SqliteStorage:
             obj.name,
             obj.resource_version,
             rv_number(obj.resource_version),
-            obj.body,
+            pack(obj.body),
         )
 
     def _view_id(self, db: sqlite3.Connection, key: ViewKey) -> int | None:
@@ -1023,7 +1056,7 @@ class SqliteStorage:
             "SELECT body FROM objects WHERE component=? AND encoding=? AND gvr=? AND namespace=? AND name=?",
             (scope.component, scope.encoding.value, scope.gvr, namespace, name),
         )
-        return bytes(rows[0][0]) if rows else None
+        return unpack(bytes(rows[0][0])) if rows else None
 
     def is_deleted(self, component: str, gvr: str, namespace: str, name: str) -> bool:
         self._read(component)
@@ -1050,7 +1083,7 @@ class SqliteStorage:
                 "AND o.namespace=m.namespace AND o.name=m.name WHERE m.view=? ORDER BY m.namespace, m.name",
                 (s.component, s.encoding.value, s.gvr, view),
             ).fetchall()
-        return View(api_version, kind, rv, bool(typed), [bytes(r[0]) for r in rows], bytes(envelope))
+        return View(api_version, kind, rv, bool(typed), [unpack(bytes(r[0])) for r in rows], bytes(envelope))
 
     def counts(self) -> Counts:
         """Row counts (the objects count walks the objects table's keys once: a status or metrics refresh,
@@ -1084,7 +1117,7 @@ class SqliteStorage:
             "SELECT body FROM objects WHERE component=? AND encoding=? AND gvr=? ORDER BY namespace, name",
             (scope.component, scope.encoding.value, scope.gvr),
         )
-        return [bytes(r[0]) for r in rows]
+        return [unpack(bytes(r[0])) for r in rows]
 
     def is_member(self, key: ViewKey, namespace: str, name: str) -> bool:
         """Whether the view lists this object (a held watch of that view is told when it changes offline)."""

@@ -5,6 +5,9 @@ bounded tombstones, views and idle token scopes are bounded, and SQLite keeps al
 
 from __future__ import annotations
 
+import base64
+import json
+import random
 import sqlite3
 import stat
 from collections.abc import Callable, Iterator
@@ -14,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.unit import wirefixtures as fx
-from yurthub import storage, wire
+from yurthub import errors, storage, wire
 
 ENC = wire.Encoding.PROTOBUF
 SCOPE = storage.Scope("kubelet", ENC, "configmaps.v1.core")
@@ -379,16 +382,21 @@ def test_the_cache_follows_what_the_cloud_lists(store: storage.Storage) -> None:
     assert [u.objects for u in store.usage()] == [10]
 
 
+def _noise(seed: int, size: int) -> str:
+    """Text that does not compress much (bodies are stored compressed), the same for the same seed."""
+    return base64.b64encode(random.Random(seed).randbytes(size * 3 // 4)).decode()  # noqa: S311 - test data
+
+
 def test_sqlite_deleted_rows_are_gone_and_their_pages_reused(tmp_path: Path) -> None:
     s = storage.SqliteStorage(tmp_path / "cache")
-    many = [fx.obj(ENC, f"o{n:03}", "5", "x" * 2000) for n in range(200)]
+    many = [fx.obj(ENC, f"o{n:03}", "5", _noise(n, 2000)) for n in range(200)]
     s.replace_list(ALL, wire.parse_list(ENC, fx.listing(ENC, "10", *many)))
     db = sqlite3.connect(s.path)
     peak = db.execute("PRAGMA page_count").fetchone()[0]
     s.replace_list(ALL, wire.parse_list(ENC, fx.listing(ENC, "20", *many[:10])))
     assert db.execute("SELECT COUNT(*) FROM objects").fetchone()[0] == 10
     assert db.execute("PRAGMA freelist_count").fetchone()[0] > 0
-    again = [fx.obj(ENC, f"p{n:03}", "25", "y" * 2000) for n in range(190)]
+    again = [fx.obj(ENC, f"p{n:03}", "25", _noise(1000 + n, 2000)) for n in range(190)]
     s.replace_list(ALL, wire.parse_list(ENC, fx.listing(ENC, "30", *many[:10], *again)))
     assert db.execute("SELECT COUNT(*) FROM objects").fetchone()[0] == 200
     assert db.execute("PRAGMA page_count").fetchone()[0] <= peak * 1.1  # freed pages were used again
@@ -530,6 +538,101 @@ def test_a_list_of_kilobyte_objects_takes_about_its_own_size_on_disk(tmp_path: P
     assert reopened.set_aside is None
     assert reopened.get_object(SCOPE, "ns", "p0999") == objs[-1].body
     reopened.close()
+
+
+def _pod_json(i: int) -> bytes:
+    """A pod's JSON as kube-apiserver sends it, about 1.9 KB: what kubelet's pod list caches."""
+    pod = {
+        "kind": "Pod",
+        "apiVersion": "v1",
+        "metadata": {
+            "name": f"web-{i:04}",
+            "namespace": "shop",
+            "uid": f"0f6c2a4e-{i:04}-4b7e-9d1a-5c3e8f2b1a{i % 100:02}",
+            "resourceVersion": str(1000 + i),
+            "labels": {"app": "web", "pod-template-hash": "5d8f7c9b4"},
+            "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d8f7c9b4", "uid": "u", "controller": True}
+            ],
+        },
+        "spec": {
+            "nodeName": "edge-1",
+            "containers": [
+                {
+                    "name": "web",
+                    "image": "busybox:1.36",
+                    "command": ["httpd", "-f", "-p", "8080"],
+                    "terminationMessagePath": "/dev/termination-log",
+                    "imagePullPolicy": "IfNotPresent",
+                }
+            ],
+            "tolerations": [
+                {"key": k, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}
+                for k in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+            ],
+        },
+        "status": {
+            "phase": "Running",
+            "conditions": [
+                {"type": t, "status": "True", "lastTransitionTime": "2026-11-29T10:00:00Z"}
+                for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")
+            ],
+            "podIP": f"10.244.{i // 250}.{i % 250}",
+            "containerStatuses": [{"name": "web", "ready": True, "restartCount": 0, "imageID": "sha256:" + f"{i:064}"}],
+        },
+    }
+    return json.dumps(pod).encode()
+
+
+def test_a_node_pods_are_stored_compressed_and_read_back_as_the_cloud_sent_them(tmp_path: Path) -> None:
+    """1,000 pods as JSON (kubelet's pod list) take well under their own bytes on disk, and every one reads
+    back byte for byte, from the view, by name and per scope, after a reopen."""
+    scope = storage.Scope("kubelet", wire.Encoding.JSON, "pods.v1.core")
+    view = storage.ViewKey(scope, "")
+    s = storage.SqliteStorage(tmp_path / "cache")
+    body = b'{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"5000"},"items":['
+    listing = wire.parse_list(wire.Encoding.JSON, body + b",".join(_pod_json(i) for i in range(1000)) + b"]}")
+    objs = listing.items
+    s.replace_list(view, listing)
+    payload = sum(len(o.body) for o in objs)
+    assert sum(u.bytes for u in s.usage()) < payload / 2  # usage counts the bytes as stored
+    s.close()  # the log checkpointed into the file (unpacked, the file alone was 1.15x the payload)
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "cache").iterdir())
+    assert on_disk < payload * 0.7, (on_disk, payload)
+    reopened = storage.SqliteStorage(tmp_path / "cache")
+    got = reopened.read_view(view)
+    assert got is not None and got.items == [o.body for o in objs]
+    assert reopened.get_object(scope, "shop", "web-0999") == objs[-1].body
+    assert reopened.scope_objects(scope) == [o.body for o in objs]
+    reopened.close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"{}", b"k8s\x00" + bytes(range(256)) * 4, b"\x00", b"\x00" + b"a" * 1000, b'{"a":"' + b"b" * 5000 + b'"}'],
+)
+def test_every_body_is_stored_so_that_it_reads_back_exactly(body: bytes) -> None:
+    """Small bodies and incompressible ones are kept as they are; a body that starts with the packed marker is
+    always packed, so no stored body is ever taken for what it is not."""
+    stored = storage.pack(body)
+    assert storage.unpack(stored) == body
+    assert stored.startswith(storage.PACKED) == (body.startswith(storage.PACKED) or stored != body)
+
+
+def test_a_packed_body_that_does_not_inflate_is_a_storage_error(tmp_path: Path) -> None:
+    s = storage.SqliteStorage(tmp_path / "cache")
+    s.put_object(SCOPE, fx.obj(ENC, "a", "5", "x" * 2000))
+    s.close()
+    db = sqlite3.connect(tmp_path / "cache" / storage.SqliteStorage.FILE)
+    (stored,) = db.execute("SELECT body FROM objects").fetchone()
+    assert stored.startswith(storage.PACKED)
+    db.execute("UPDATE objects SET body=?", (stored[:-8] + b"\xff" * 8,))
+    db.commit()
+    db.close()
+    s = storage.SqliteStorage(tmp_path / "cache")
+    with pytest.raises(errors.StorageError, match="does not inflate"):
+        s.get_object(SCOPE, "ns", "a")
+    s.close()
 
 
 def test_a_cache_of_an_unknown_schema_version_is_set_aside(tmp_path: Path) -> None:
