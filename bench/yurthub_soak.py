@@ -393,14 +393,16 @@ class _Way:
 # --- measuring yurthub from outside -----------------------------------------------------------------------
 
 
-def cpu_s(pid: int) -> tuple[float, float]:
-    """CPU seconds (user + system) of `pid`'s main thread (yurthub's event loop) and of the whole process."""
+def cpu_s(pid: int) -> tuple[float, float, float]:
+    """Seconds `pid`'s main thread (yurthub's event loop) ran on a CPU, of the whole process, and that the main
+    thread waited on a run queue (runnable, not running: the machine's other processes had the cores)."""
 
     def of(stat: str) -> float:
         fields = Path(stat).read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    return of(f"/proc/{pid}/task/{pid}/stat"), of(f"/proc/{pid}/stat")
+    run_delay_ns = int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[1])
+    return of(f"/proc/{pid}/task/{pid}/stat"), of(f"/proc/{pid}/stat"), run_delay_ns / 1e9
 
 
 def pct(values: list[float], q: float) -> float:
@@ -533,8 +535,10 @@ def _profiled(pid: int, out: Path | None) -> Iterator[None]:
     spy = shutil.which("py-spy", path=os.path.dirname(sys.executable))
     if spy is None:
         raise RuntimeError("--profile needs py-spy installed beside this Python")
-    argv = [spy, "record", "--pid", str(pid), "--nonblocking", "--idle", "--threads", "--format", "raw"]
-    proc = subprocess.Popen([*argv, "--rate", "200", "--output", str(out)], stdout=subprocess.DEVNULL)
+    # --native shows what a thread waits on below Python (`take_gil`: the GIL); it pauses yurthub for each
+    # sample, so a profiled run's latencies are not the figures of record
+    argv = [spy, "record", "--pid", str(pid), "--native", "--idle", "--threads", "--format", "raw"]
+    proc = subprocess.Popen([*argv, "--rate", "100", "--output", str(out)], stdout=subprocess.DEVNULL)
     try:
         yield
     finally:
@@ -638,7 +642,7 @@ class Soak:
             }
         )
 
-    def record(self, kind: str, probe: KubeletProbe, seconds: float, cpu: tuple[float, float]) -> None:
+    def record(self, kind: str, probe: KubeletProbe, seconds: float, cpu: tuple[float, float, float]) -> None:
         self.kubelet[kind].update(probe.statuses)
         self.kubelet_direct[kind].update(probe.direct_statuses)
         lat, direct = probe.latencies_ms, probe.direct_ms
@@ -652,11 +656,13 @@ class Soak:
             "direct_p50_ms": pct(direct, 0.5) if direct else None,
             "direct_p99_ms": pct(direct, 0.99) if direct else None,
         }
-        main, process = cpu_s(self.hub.proc.pid)
+        main, process, queued = cpu_s(self.hub.proc.pid)
         # the share of the phase the event loop's thread ran (its CPU time over wall time; 1.0 is a saturated
         # loop), and the whole process's CPU over wall time (threads included)
         phase["loop_cpu_share"] = round((main - cpu[0]) / seconds, 3)
         phase["process_cpu_share"] = round((process - cpu[1]) / seconds, 3)
+        # the share of the phase the loop's thread was runnable but waited for a core
+        phase["loop_runqueue_share"] = round((queued - cpu[2]) / seconds, 3)
         if lat and direct:
             # yurthub's part: what going through it adds to the same GETs at the same moments
             phase["added_p50_ms"] = round(phase["p50_ms"] - phase["direct_p50_ms"], 3)
@@ -737,6 +743,8 @@ class Soak:
             "yurthub_loop_cpu_share_quiet": of("quiet", "loop_cpu_share")["median"],
             "yurthub_loop_cpu_share_during_soak": of("soak", "loop_cpu_share")["median"],
             "yurthub_process_cpu_share_during_soak": of("soak", "process_cpu_share")["median"],
+            "yurthub_loop_runqueue_share_quiet": of("quiet", "loop_runqueue_share")["median"],
+            "yurthub_loop_runqueue_share_during_soak": of("soak", "loop_runqueue_share")["median"],
             "hostile_soak_seconds": round(time.monotonic() - self.started, 1),
             "kubelet_get_samples_quiet": sum(p["samples"] for p in phases if p["kind"] == "quiet"),
             "kubelet_get_samples_during_soak": sum(p["samples"] for p in phases if p["kind"] == "soak"),
