@@ -10,9 +10,16 @@ few just past it), random User-Agents (kubelet-like ones, which are cached, and 
 the door, valid ServiceAccount tokens (each its own cache scope) mixed with random ones.
 
 Phases alternate, quiet then soak, ending quiet (`reps` soak phases, `reps + 1` quiet ones). Throughout every
-phase a kubelet-shaped client GETs its Node and a Pod on one kept-alive connection at a steady rate; its
-latency is reported per phase (p50/p99 with the sample count), and as medians over the phases of a kind with
-the min and max kept. yurthub's RSS (VmRSS) and the size of its cache directory (every file, SQLite WAL
+phase a kubelet-shaped client GETs its Node and a Pod on one kept-alive connection at a steady rate, and the
+same GETs, interleaved, straight at the kube-apiserver on a kept-alive connection of their own (the node's
+client certificate): everything here shares one machine, the apiserver and etcd included, and the hostile
+requests are forwarded to that same apiserver, so the direct GETs show what the machine and the apiserver add
+under the soak, and through minus direct is yurthub's part. Both latencies are reported per phase (p50/p99
+with the sample count, and their differences), and as medians over the phases of a kind with the min and max
+kept; so is the share of each phase yurthub's event-loop thread ran on a CPU and waited on a run queue.
+`--profile FILE` samples yurthub with py-spy (Python and native frames, every thread) during the first soak
+phase, for where a kubelet request waits; it pauses yurthub per sample, so that run's latencies are not the
+figures of record. yurthub's RSS (VmRSS) and the size of its cache directory (every file, SQLite WAL
 included) are sampled before the soak, after each quarter of every soak phase, and after the last quiet
 phase: a curve that levels off is what bounded state looks like; one that climbs by the same step every
 quarter is growth without bound. The number of Prometheus samples on /metrics is counted before and after.
@@ -25,6 +32,7 @@ wall-clock cap, whichever comes first.
 Run the soak alone (its own control plane, a few minutes; nothing is written under bench/results):
 
     python -m bench.yurthub_soak [--requests N] [--reps R] [--quiet-s S] [--phase-cap-s S] [--out FILE]
+        [--hub-arg=--FLAG=VALUE ...] [--profile FILE]
 """
 
 from __future__ import annotations
