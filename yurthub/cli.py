@@ -90,12 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--bind-address", default="127.0.0.1", help="loopback address for both ports")
     listen.add_argument("--proxy-port", type=int, default=10261, help="plain HTTP proxy port for node components")
     listen.add_argument("--serve-port", type=int, default=10267, help="healthz, readyz, metrics and status port")
-    listen.add_argument(
-        "--switch-interval-ms",
-        type=float,
-        default=config.ListenSettings().switch_interval_ms,
-        help="how long the event loop waits at most for the cache writer thread's turn on the interpreter to end",
-    )
     cache = parser.add_argument_group("cache")
     cache.add_argument("--disk-cache-path", default="/var/lib/yurthub/cache")
     cache.add_argument(
@@ -274,7 +268,6 @@ def settings_from_args(args: argparse.Namespace) -> config.HubSettings:
             bind_address=_loopback(args.bind_address),
             proxy_port=config.check_port("--proxy-port", args.proxy_port),
             serve_port=config.check_port("--serve-port", args.serve_port),
-            switch_interval_ms=_positive("--switch-interval-ms", args.switch_interval_ms),
         ),
         cache=config.CacheSettings(
             disk_cache_path=args.disk_cache_path,
@@ -286,12 +279,6 @@ def settings_from_args(args: argparse.Namespace) -> config.HubSettings:
         door=_door_settings(args),
         limits=_limit_settings(args),
     )
-
-
-def _positive(flag: str, value: float) -> float:
-    if value <= 0:
-        raise config.ConfigError(f"{flag}: must be positive, not {value}")
-    return value
 
 
 def _limit_settings(args: argparse.Namespace) -> config.LimitSettings:

@@ -51,11 +51,6 @@ class ListenSettings:
     """Plain HTTP proxy port that kubelet and other node components use."""
     serve_port: int = 10267
     """Health, readiness and metrics port."""
-    switch_interval_ms: float = 1.0
-    """The interpreter's thread switch interval (`sys.setswitchinterval`): how long the event loop waits at
-    most for the cache writer thread to let go of the interpreter lock before it is made to. Python's 5 ms
-    default let the writer, busy parsing lists for the cache, hold the event loop back after each of its
-    socket and TLS calls (they let go of the lock), and a kubelet request makes several of those."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

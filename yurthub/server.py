@@ -17,7 +17,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -475,10 +474,7 @@ async def serve(settings: config.HubSettings, stop: asyncio.Event | None = None)
 def run(settings: config.HubSettings) -> int:
     """Serve until SIGTERM or SIGINT, on uvloop: the same asyncio API on libuv, with its own transports, TLS
     and timers. yurthub's request path is mostly event-loop plumbing (two sockets and a parser per hop), so
-    it is where uvloop saves the most (README, yurthub's figures). The interpreter's switch interval is set
-    first (`config.ListenSettings.switch_interval_ms`): process-wide, so here and not in `serve`, which
-    tests run inside their own interpreter."""
-    sys.setswitchinterval(settings.listen.switch_interval_ms / 1000)
+    it is where uvloop saves the most (README, yurthub's figures)."""
     memory.settle()
 
     async def main() -> None:

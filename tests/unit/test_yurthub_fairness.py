@@ -305,13 +305,3 @@ def test_the_serving_bound_and_the_queue_wait_are_flags() -> None:
     for flag in ("--max-concurrent-non-node=0", "--max-queue-wait-seconds=0"):
         with pytest.raises(config.ConfigError, match=flag.split("=")[0]):
             cli.settings_from_args(cli.parse_args([*base, flag]))
-
-
-def test_the_switch_interval_is_a_flag_in_milliseconds() -> None:
-    """The event loop and the cache writer thread share the interpreter: the loop waits at most this long for
-    the writer's turn to end (`server.run` sets it for the process)."""
-    base = ["--server-addr=https://127.0.0.1:6443", "--node-name=n"]
-    assert cli.settings_from_args(cli.parse_args(base)).listen.switch_interval_ms == 1.0
-    assert cli.settings_from_args(cli.parse_args([*base, "--switch-interval-ms=5"])).listen.switch_interval_ms == 5.0
-    with pytest.raises(config.ConfigError, match="--switch-interval-ms"):
-        cli.settings_from_args(cli.parse_args([*base, "--switch-interval-ms=0"]))
