@@ -10,9 +10,16 @@ few just past it), random User-Agents (kubelet-like ones, which are cached, and 
 the door, valid ServiceAccount tokens (each its own cache scope) mixed with random ones.
 
 Phases alternate, quiet then soak, ending quiet (`reps` soak phases, `reps + 1` quiet ones). Throughout every
-phase a kubelet-shaped client GETs its Node and a Pod on one kept-alive connection at a steady rate; its
-latency is reported per phase (p50/p99 with the sample count), and as medians over the phases of a kind with
-the min and max kept. yurthub's RSS (VmRSS) and the size of its cache directory (every file, SQLite WAL
+phase a kubelet-shaped client GETs its Node and a Pod on one kept-alive connection at a steady rate, and the
+same GETs, interleaved, straight at the kube-apiserver on a kept-alive connection of their own (the node's
+client certificate): everything here shares one machine, the apiserver and etcd included, and the hostile
+requests are forwarded to that same apiserver, so the direct GETs show what the machine and the apiserver add
+under the soak, and through minus direct is yurthub's part. Both latencies are reported per phase (p50/p99
+with the sample count, and their differences), and as medians over the phases of a kind with the min and max
+kept; so is the share of each phase yurthub's event-loop thread ran on a CPU and waited on a run queue.
+`--profile FILE` samples yurthub with py-spy (Python and native frames, every thread) during the first soak
+phase, for where a kubelet request waits; it pauses yurthub per sample, so that run's latencies are not the
+figures of record. yurthub's RSS (VmRSS) and the size of its cache directory (every file, SQLite WAL
 included) are sampled before the soak, after each quarter of every soak phase, and after the last quiet
 phase: a curve that levels off is what bounded state looks like; one that climbs by the same step every
 quarter is growth without bound. The number of Prometheus samples on /metrics is counted before and after.
@@ -25,6 +32,7 @@ wall-clock cap, whichever comes first.
 Run the soak alone (its own control plane, a few minutes; nothing is written under bench/results):
 
     python -m bench.yurthub_soak [--requests N] [--reps R] [--quiet-s S] [--phase-cap-s S] [--out FILE]
+        [--hub-arg=--FLAG=VALUE ...] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -33,19 +41,25 @@ import argparse
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import http.client
 import json
 import multiprocessing
+import os
 import random
+import shutil
+import signal
 import ssl
 import statistics
 import string
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -282,15 +296,25 @@ async def _drive(target: Target, count: int, cap_s: float, seed: int) -> Driven:
 
 
 class KubeletProbe:
-    """GETs of its Node and a Pod at KUBELET_RATE on one kept-alive connection, in a thread of its own.
+    """GETs of its Node and a Pod at KUBELET_RATE, through yurthub's plain port on one kept-alive connection
+    and, interleaved, the same GETs straight at the kube-apiserver on a kept-alive connection of their own
+    (the node's client certificate, the one yurthub forwards with), in a thread of its own.
 
-    Requests go out on a fixed schedule; one that is late (the previous answer was slow) goes at once, and
-    the schedule restarts after a stall longer than a second instead of sending a burst."""
+    The direct GETs say what the machine and the apiserver add under load: through minus direct is yurthub's
+    part. Each tick sends one GET both ways, back to back, the order alternating from tick to tick so that
+    neither way always goes first. Ticks go out on a fixed schedule; one that is late (the previous answers
+    were slow) goes at once, and the schedule restarts after a stall longer than a second instead of sending
+    a burst."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, direct: Direct) -> None:
         self.port = port
+        self.direct = direct
         self.latencies_ms: list[float] = []
+        """Through yurthub."""
+        self.direct_ms: list[float] = []
+        """Straight at the kube-apiserver."""
         self.statuses: collections.Counter[str] = collections.Counter()
+        self.direct_statuses: collections.Counter[str] = collections.Counter()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="kubelet-probe", daemon=True)
 
@@ -302,43 +326,91 @@ class KubeletProbe:
         self.stopping.set()
         self.thread.join(30)
 
+    def _through(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
+
+    def _straight(self) -> http.client.HTTPConnection:
+        return http.client.HTTPSConnection(self.direct.host, self.direct.port, timeout=20, context=self.direct.tls)
+
     def _run(self) -> None:
         paths = [f"/api/v1/nodes/{NODE}", f"/api/v1/namespaces/{NAMESPACE}/pods/{POD}"]
         # kubelet's own Accept: yurthub negotiates its pods as JSON, so a protobuf-only probe would measure 406s
         headers = {"Accept": f"{PB},application/json", "User-Agent": KUBELET}
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
-        try:
-            conn.request("GET", paths[0], headers=headers)  # connect once before measuring
-            conn.getresponse().read()
-        except (OSError, http.client.HTTPException) as exc:
-            self.statuses[f"error:{type(exc).__name__}"] += 1
-            conn.close()
+        ways = [
+            _Way(self._through, self.latencies_ms, self.statuses),
+            _Way(self._straight, self.direct_ms, self.direct_statuses),
+        ]
+        for way in ways:
+            way.get(paths[0], headers)  # connect once before measuring
         due, i = time.perf_counter(), 0
         while not self.stopping.is_set():
             now = time.perf_counter()
             if now < due:
                 self.stopping.wait(due - now)
                 continue
-            start = time.perf_counter()
-            try:
-                conn.request("GET", paths[i % 2], headers=headers)
-                resp = conn.getresponse()
-                resp.read()
-            except (OSError, http.client.HTTPException) as exc:
-                self.statuses[f"error:{type(exc).__name__}"] += 1
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
-            else:
-                self.latencies_ms.append((time.perf_counter() - start) * 1000)
-                self.statuses[str(resp.status)] += 1
+            for way in ways if i % 2 == 0 else ways[::-1]:
+                start = time.perf_counter()
+                if way.get(paths[(i // 2) % 2], headers):
+                    way.latencies.append((time.perf_counter() - start) * 1000)
             i += 1
             due += 1 / KUBELET_RATE
             if due < time.perf_counter() - 1:
                 due = time.perf_counter()
-        conn.close()
+        for way in ways:
+            way.conn.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class Direct:
+    """Where the kubelet-shaped client reaches the kube-apiserver itself, and its TLS (the node's certificate)."""
+
+    host: str
+    port: int
+    tls: ssl.SSLContext
+
+
+class _Way:
+    """One of the probe's two kept-alive connections, reopened after a failure."""
+
+    def __init__(
+        self,
+        connect: Callable[[], http.client.HTTPConnection],
+        latencies: list[float],
+        statuses: collections.Counter[str],
+    ) -> None:
+        self.connect = connect
+        self.conn = connect()
+        self.latencies = latencies
+        self.statuses = statuses
+
+    def get(self, path: str, headers: dict[str, str]) -> bool:
+        """One GET, its whole answer read; False (counted as an error, connection reopened) when it failed."""
+        try:
+            self.conn.request("GET", path, headers=headers)
+            resp = self.conn.getresponse()
+            resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.statuses[f"error:{type(exc).__name__}"] += 1
+            self.conn.close()
+            self.conn = self.connect()
+            return False
+        self.statuses[str(resp.status)] += 1
+        return True
 
 
 # --- measuring yurthub from outside -----------------------------------------------------------------------
+
+
+def cpu_s(pid: int) -> tuple[float, float, float]:
+    """Seconds `pid`'s main thread (yurthub's event loop) ran on a CPU, of the whole process, and that the main
+    thread waited on a run queue (runnable, not running: the machine's other processes had the cores)."""
+
+    def of(stat: str) -> float:
+        fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    run_delay_ns = int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[1])
+    return of(f"/proc/{pid}/task/{pid}/stat"), of(f"/proc/{pid}/stat"), run_delay_ns / 1e9
 
 
 def pct(values: list[float], q: float) -> float:
@@ -439,8 +511,9 @@ def prepare(kube: cluster.Cluster) -> tuple[str, ...]:
     )
 
 
-def start_hub(kube: cluster.Cluster, directory: Path) -> tuple[hosthub.HostHub, int]:
-    """yurthub for NODE with its door on 127.0.0.1 (no interface of its own), default cache agents."""
+def start_hub(kube: cluster.Cluster, directory: Path, *extra: str) -> tuple[hosthub.HostHub, int]:
+    """yurthub for NODE with its door on 127.0.0.1 (no interface of its own), default cache agents; `extra`
+    flags last (to compare a setting with its default)."""
     plane = kube.plane
     assert plane is not None
     directory.mkdir(parents=True, exist_ok=True)
@@ -456,21 +529,59 @@ def start_hub(kube: cluster.Cluster, directory: Path) -> tuple[hosthub.HostHub, 
         "--no-enable-dummy-if",
         "--dummy-if-ip=127.0.0.1",
         f"--proxy-secure-port={door_port}",
+        *extra,
     )
     return hub, door_port
+
+
+@contextlib.contextmanager
+def _profiled(pid: int, out: Path | None) -> Iterator[None]:
+    """py-spy sampling `pid` (every thread, idle ones too, without pausing it) while the block runs."""
+    if out is None:
+        yield
+        return
+    spy = shutil.which("py-spy", path=os.path.dirname(sys.executable))
+    if spy is None:
+        raise RuntimeError("--profile needs py-spy installed beside this Python")
+    # --native shows what a thread waits on below Python (`take_gil`: the GIL); it pauses yurthub for each
+    # sample, so a profiled run's latencies are not the figures of record
+    argv = [spy, "record", "--pid", str(pid), "--native", "--idle", "--threads", "--format", "raw"]
+    proc = subprocess.Popen([*argv, "--rate", "100", "--output", str(out)], stdout=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)  # py-spy writes what it sampled when interrupted
+        proc.wait(30)
+
+
+def direct_to(server: str, ca_file: str, hub: hosthub.HostHub) -> Direct:
+    """The kube-apiserver at `server`, reached with the node's client certificate (the one yurthub uses)."""
+    url = urllib.parse.urlsplit(server)
+    tls = ssl.create_default_context(cafile=ca_file)
+    tls.load_cert_chain(str(hub.cert), str(hub.key))
+    return Direct(url.hostname or "127.0.0.1", url.port or 443, tls)
 
 
 def _summary(values: list[float]) -> dict[str, float]:
     return {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
 
 
+def _ratio(a: float, b: float) -> float:
+    return round(a / b, 3) if b else float("nan")
+
+
 class Soak:
     """One soak against one hub: the phases run so far, the samples taken, the answers counted."""
 
-    def __init__(self, plan: Plan, hub: hosthub.HostHub, target: Target) -> None:
+    def __init__(
+        self, plan: Plan, hub: hosthub.HostHub, target: Target, direct: Direct, profile: Path | None = None
+    ) -> None:
         self.plan = plan
+        self.profile = profile
+        """Where to write py-spy's samples of yurthub during the first soak phase (collapsed stacks), if asked."""
         self.hub = hub
         self.target = target
+        self.direct = direct
         self.port = int(hub.proxy.rsplit(":", 1)[1])
         self.phases: list[dict[str, Any]] = []
         self.samples: list[dict[str, Any]] = []
@@ -479,6 +590,10 @@ class Soak:
             "door": collections.Counter(),
         }
         self.kubelet: dict[str, collections.Counter[str]] = {
+            "quiet": collections.Counter(),
+            "soak": collections.Counter(),
+        }
+        self.kubelet_direct: dict[str, collections.Counter[str]] = {
             "quiet": collections.Counter(),
             "soak": collections.Counter(),
         }
@@ -501,8 +616,12 @@ class Soak:
             self.series.append(metric_series(self.hub))
 
     def soak(self, driver: concurrent.futures.Executor, rep: int) -> None:
-        start = time.monotonic()
-        with KubeletProbe(self.port) as probe:
+        start, cpu = time.monotonic(), cpu_s(self.hub.proc.pid)
+        profile = self.profile and rep == 0
+        with (
+            KubeletProbe(self.port, self.direct) as probe,
+            _profiled(self.hub.proc.pid, self.profile if profile else None),
+        ):
             for quarter in range(4):
                 count, cap = self.plan.requests // 4, self.plan.phase_cap_s / 4
                 done = driver.submit(drive, self.target, count, cap, rep * 4 + quarter).result()
@@ -511,13 +630,13 @@ class Soak:
                     self.answers[where].update(counts)
                     self.sent += sum(counts.values())
                 self.sample(f"soak {rep + 1} quarter {quarter + 1}")
-        self.record("soak", probe, time.monotonic() - start)
+        self.record("soak", probe, time.monotonic() - start, cpu)
 
     def quiet(self) -> None:
-        start = time.monotonic()
-        with KubeletProbe(self.port) as probe:
+        start, cpu = time.monotonic(), cpu_s(self.hub.proc.pid)
+        with KubeletProbe(self.port, self.direct) as probe:
             time.sleep(self.plan.quiet_s)
-        self.record("quiet", probe, time.monotonic() - start)
+        self.record("quiet", probe, time.monotonic() - start, cpu)
 
     def sample(self, label: str) -> None:
         if self.hub.proc.poll() is not None:
@@ -531,18 +650,32 @@ class Soak:
             }
         )
 
-    def record(self, kind: str, probe: KubeletProbe, seconds: float) -> None:
+    def record(self, kind: str, probe: KubeletProbe, seconds: float, cpu: tuple[float, float, float]) -> None:
         self.kubelet[kind].update(probe.statuses)
-        lat = probe.latencies_ms
-        self.phases.append(
-            {
-                "kind": kind,
-                "seconds": round(seconds, 1),
-                "samples": len(lat),
-                "p50_ms": pct(lat, 0.5) if lat else None,
-                "p99_ms": pct(lat, 0.99) if lat else None,
-            }
-        )
+        self.kubelet_direct[kind].update(probe.direct_statuses)
+        lat, direct = probe.latencies_ms, probe.direct_ms
+        phase: dict[str, Any] = {
+            "kind": kind,
+            "seconds": round(seconds, 1),
+            "samples": len(lat),
+            "p50_ms": pct(lat, 0.5) if lat else None,
+            "p99_ms": pct(lat, 0.99) if lat else None,
+            "direct_samples": len(direct),
+            "direct_p50_ms": pct(direct, 0.5) if direct else None,
+            "direct_p99_ms": pct(direct, 0.99) if direct else None,
+        }
+        main, process, queued = cpu_s(self.hub.proc.pid)
+        # the share of the phase the event loop's thread ran (its CPU time over wall time; 1.0 is a saturated
+        # loop), and the whole process's CPU over wall time (threads included)
+        phase["loop_cpu_share"] = round((main - cpu[0]) / seconds, 3)
+        phase["process_cpu_share"] = round((process - cpu[1]) / seconds, 3)
+        # the share of the phase the loop's thread was runnable but waited for a core
+        phase["loop_runqueue_share"] = round((queued - cpu[2]) / seconds, 3)
+        if lat and direct:
+            # yurthub's part: what going through it adds to the same GETs at the same moments
+            phase["added_p50_ms"] = round(phase["p50_ms"] - phase["direct_p50_ms"], 3)
+            phase["added_p99_ms"] = round(phase["p99_ms"] - phase["direct_p99_ms"], 3)
+        self.phases.append(phase)
 
     def per_soak_phase(self) -> list[dict[str, float]]:
         """Per soak phase: the highest RSS sampled (quarters), and how much the cache grew over the phase.
@@ -566,10 +699,17 @@ class Soak:
 
     def report(self) -> dict[str, Any]:
         plan, phases, samples = self.plan, self.phases, self.samples
-        quiet_p50 = [p["p50_ms"] for p in phases if p["kind"] == "quiet"]
-        quiet_p99 = [p["p99_ms"] for p in phases if p["kind"] == "quiet"]
-        soak_p50 = [p["p50_ms"] for p in phases if p["kind"] == "soak"]
-        soak_p99 = [p["p99_ms"] for p in phases if p["kind"] == "soak"]
+
+        def of(kind: str, key: str) -> dict[str, float]:
+            """The median over the phases of a kind of one per-phase figure, with its min and max."""
+            return _summary([p[key] for p in phases if p["kind"] == kind and p.get(key) is not None])
+
+        kubelet_ms = {
+            f"{kind}_{way}{q}": of(kind, f"{way}{q}_ms")
+            for kind in ("quiet", "soak")
+            for way in ("p", "direct_p", "added_p")
+            for q in ("50", "99")
+        }
         before, after = samples[0], samples[-1]
         per_phase = self.per_soak_phase()
         first, last = per_phase[0], per_phase[-1]
@@ -593,10 +733,26 @@ class Soak:
             "hostile_soak_connection_errors": sum(
                 n for c in self.answers.values() for k, n in c.items() if k.startswith("error:")
             ),
-            "kubelet_get_p50_ms_quiet": _summary(quiet_p50)["median"],
-            "kubelet_get_p99_ms_quiet": _summary(quiet_p99)["median"],
-            "kubelet_get_p50_ms_during_soak": _summary(soak_p50)["median"],
-            "kubelet_get_p99_ms_during_soak": _summary(soak_p99)["median"],
+            "kubelet_get_p50_ms_quiet": kubelet_ms["quiet_p50"]["median"],
+            "kubelet_get_p99_ms_quiet": kubelet_ms["quiet_p99"]["median"],
+            "kubelet_get_p50_ms_during_soak": kubelet_ms["soak_p50"]["median"],
+            "kubelet_get_p99_ms_during_soak": kubelet_ms["soak_p99"]["median"],
+            # the same GETs, interleaved, straight at the kube-apiserver: the machine's and the apiserver's part
+            "kubelet_direct_get_p50_ms_quiet": kubelet_ms["quiet_direct_p50"]["median"],
+            "kubelet_direct_get_p99_ms_quiet": kubelet_ms["quiet_direct_p99"]["median"],
+            "kubelet_direct_get_p50_ms_during_soak": kubelet_ms["soak_direct_p50"]["median"],
+            "kubelet_direct_get_p99_ms_during_soak": kubelet_ms["soak_direct_p99"]["median"],
+            # yurthub's part: through minus direct, per phase, then the median over the phases of a kind
+            "yurthub_added_p50_ms_quiet": kubelet_ms["quiet_added_p50"]["median"],
+            "yurthub_added_p99_ms_quiet": kubelet_ms["quiet_added_p99"]["median"],
+            "yurthub_added_p50_ms_during_soak": kubelet_ms["soak_added_p50"]["median"],
+            "yurthub_added_p99_ms_during_soak": kubelet_ms["soak_added_p99"]["median"],
+            # the share of wall time yurthub's event loop thread was on a CPU (1.0: saturated), and the process's
+            "yurthub_loop_cpu_share_quiet": of("quiet", "loop_cpu_share")["median"],
+            "yurthub_loop_cpu_share_during_soak": of("soak", "loop_cpu_share")["median"],
+            "yurthub_process_cpu_share_during_soak": of("soak", "process_cpu_share")["median"],
+            "yurthub_loop_runqueue_share_quiet": of("quiet", "loop_runqueue_share")["median"],
+            "yurthub_loop_runqueue_share_during_soak": of("soak", "loop_runqueue_share")["median"],
             "hostile_soak_seconds": round(time.monotonic() - self.started, 1),
             "kubelet_get_samples_quiet": sum(p["samples"] for p in phases if p["kind"] == "quiet"),
             "kubelet_get_samples_during_soak": sum(p["samples"] for p in phases if p["kind"] == "soak"),
@@ -607,35 +763,46 @@ class Soak:
         figures["kubelet_get_p99_during_soak_over_quiet_ratio"] = round(
             figures["kubelet_get_p99_ms_during_soak"] / figures["kubelet_get_p99_ms_quiet"], 3
         )
+        for q in ("p50", "p99"):
+            figures[f"kubelet_direct_get_{q}_during_soak_over_quiet_ratio"] = _ratio(
+                figures[f"kubelet_direct_get_{q}_ms_during_soak"], figures[f"kubelet_direct_get_{q}_ms_quiet"]
+            )
+            for suffix in ("quiet", "during_soak"):
+                figures[f"kubelet_get_{q}_through_over_direct_ratio_{suffix}"] = _ratio(
+                    figures[f"kubelet_get_{q}_ms_{suffix}"], figures[f"kubelet_direct_get_{q}_ms_{suffix}"]
+                )
         detail = {
             "plan": dataclasses.asdict(plan),
             "kubelet_rate_per_s": KUBELET_RATE,
             "hostile_workers": WORKERS,
             "valid_door_tokens": VALID_TOKENS,
-            "kubelet_get_ms": {
-                "quiet_p50": _summary(quiet_p50),
-                "quiet_p99": _summary(quiet_p99),
-                "soak_p50": _summary(soak_p50),
-                "soak_p99": _summary(soak_p99),
-            },
+            "kubelet_get_ms": kubelet_ms,
             "phases": phases,
             "per_soak_phase": per_phase,
             "samples": samples,
             "answers": {where: dict(sorted(c.items())) for where, c in self.answers.items()},
             "kubelet_answers": {kind: dict(sorted(c.items())) for kind, c in self.kubelet.items()},
+            "kubelet_direct_answers": {kind: dict(sorted(c.items())) for kind, c in self.kubelet_direct.items()},
             "hostile_5xx_examples": self.server_errors,
         }
         return {"figures": figures, "detail": detail}
 
 
-def measure(kube: cluster.Cluster, directory: Path, plan: Plan | None = None) -> dict[str, Any]:
+def measure(
+    kube: cluster.Cluster,
+    directory: Path,
+    plan: Plan | None = None,
+    profile: Path | None = None,
+    hub_args: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """Run the soak against a hub of its own on `kube`; {"figures": flat numbers, "detail": the curves}."""
     plane = kube.plane
     assert plane is not None
     tokens = prepare(kube)
-    hub, door_port = start_hub(kube, directory)
+    hub, door_port = start_hub(kube, directory, *hub_args)
     ca = str(plane.directory / "pki" / "ca.crt")
-    soak = Soak(plan or Plan(), hub, Target(hub.proxy, f"https://127.0.0.1:{door_port}", ca, tokens, largest_body()))
+    target = Target(hub.proxy, f"https://127.0.0.1:{door_port}", ca, tokens, largest_body())
+    soak = Soak(plan or Plan(), hub, target, direct_to(plane.server, ca, hub), profile)
     try:
         soak.run()
     finally:
@@ -654,12 +821,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet-s", type=float, default=defaults.quiet_s, help="seconds of each quiet phase")
     parser.add_argument("--phase-cap-s", type=float, default=defaults.phase_cap_s, help="cap on one soak phase")
     parser.add_argument("--out", type=Path, help="also write the result to this JSON file")
+    parser.add_argument(
+        "--hub-arg",
+        action="append",
+        default=[],
+        help="one more yurthub flag, e.g. --hub-arg=--max-concurrent-non-node=1000 (repeatable)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="sample yurthub with py-spy (installed apart) during the first soak phase; collapsed stacks to this file",
+    )
     args = parser.parse_args(argv)
     if args.reps < 1 or args.requests < 4:
         parser.error("--reps must be at least 1 and --requests at least 4")
     plan = Plan(requests=args.requests, reps=args.reps, quiet_s=args.quiet_s, phase_cap_s=args.phase_cap_s)
     with cluster.Cluster.start(cluster.Settings(real_node=False)) as kube, tempfile.TemporaryDirectory() as tmp:
-        result = measure(kube, Path(tmp), plan)
+        result = measure(kube, Path(tmp), plan, args.profile, tuple(args.hub_arg))
+    result["detail"]["hub_args"] = args.hub_arg
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -151,6 +151,19 @@ def _limit_flags(parser: argparse.ArgumentParser) -> None:
         "HTTPS door (429 with Retry-After past it); never applies to the plain port",
     )
     group.add_argument(
+        "--max-concurrent-non-node",
+        type=int,
+        default=d.max_concurrent_non_node,
+        help="of the pod and other requests admitted, how many are served at once, node wide; the rest wait "
+        "their turn in arrival order (node components never wait)",
+    )
+    group.add_argument(
+        "--max-queue-wait-seconds",
+        type=float,
+        default=d.max_queue_wait_s,
+        help="how long a pod or other request waits for its turn before 429 with Retry-After",
+    )
+    group.add_argument(
         "--token-scope-idle-seconds",
         type=float,
         default=d.token_scope_idle_s,
@@ -281,6 +294,8 @@ def _limit_settings(args: argparse.Namespace) -> config.LimitSettings:
         "--max-inflight-pod": args.max_inflight_pod,
         "--max-inflight-other": args.max_inflight_other,
         "--max-inflight-per-pod": args.max_inflight_per_pod,
+        "--max-concurrent-non-node": args.max_concurrent_non_node,
+        "--max-queue-wait-seconds": args.max_queue_wait_seconds,
     }
     for flag, value in values.items():
         if value <= 0:
@@ -297,6 +312,8 @@ def _limit_settings(args: argparse.Namespace) -> config.LimitSettings:
         max_inflight_pod=args.max_inflight_pod,
         max_inflight_other=args.max_inflight_other,
         max_inflight_per_pod=args.max_inflight_per_pod,
+        max_concurrent_non_node=args.max_concurrent_non_node,
+        max_queue_wait_s=args.max_queue_wait_seconds,
     )
 
 
@@ -452,6 +469,13 @@ def status_main(argv: list[str]) -> int:
                     else ""
                 )
             )
+            if "servingNonNodeCap" in inflight:
+                waiting = inflight["waiting"]
+                print(
+                    f"pod and other requests served at once: {inflight['servingNonNode']}/"
+                    f"{inflight['servingNonNodeCap'] or 'unlimited'}, waiting their turn: pod {waiting['pod']}, "
+                    f"other {waiting['other']} (up to {inflight['queueWaitSeconds']:g}s each)"
+                )
     box = report["outbox"]
     print(f"outbox: {box['depth']}/{box['capacity']} waiting, {box['dropped']} dropped")
     for w in box["oldest"]:

@@ -215,6 +215,15 @@ class LimitSettings:
     starve the other pods: past its share it gets 429 with `Retry-After` while other pods still get in.
     client-go retries a 429 after its `Retry-After`, so a pod starting many informers at once waits a moment
     instead of failing. Pods with the host's network share the node's address, and so one share."""
+    max_concurrent_non_node: int = 8
+    """Of the admitted `pod` and `other` requests (the two limits above), how many are served at once, node
+    wide; the rest wait their turn in arrival order (`fairness`). The node's own components never wait and
+    are not counted. yurthub serves every request on one event loop, so this bounds how many pod and other
+    requests a kubelet request shares it with; 8 keeps a few pods' ordinary calls flowing (a pod's request
+    through yurthub takes milliseconds) while a flood waits in the queue, where it costs nothing."""
+    max_queue_wait_s: float = 15.0
+    """How long a `pod` or `other` request waits for its turn before it is answered 429 with `Retry-After`.
+    kube-apiserver's API Priority and Fairness lets a request wait up to a quarter of its 60 s timeout, 15 s."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -2,8 +2,17 @@
 kube-apiserver's API Priority and Fairness, kept simple.
 
 Pure: no I/O. `classify` names a request's class; `Seats.take` gives it a `Seat` or says why not (refuse
-now, with a 429: nothing waits, so a flood slows its senders and nobody else); `Seat.release` gives it back,
-once, however the request ended.
+now, with a 429: a flood past its class's limit slows its senders and nobody else); `Seat.release` gives it
+back, once, however the request ended.
+
+Two bounds. A class's limit bounds how many of its requests are admitted at once (past it, 429 at once).
+Of the admitted `pod` and `other` requests, only `Seats.serving` are served at once, node wide; the others
+wait their turn in arrival order (`Seat.ready` False until `Seat.wake`), and the caller gives up after a
+while (a 429 too). Why both: everything yurthub does for a request (parsing, relaying, TLS to the cloud)
+runs on one event loop, and a kubelet request that arrives while dozens of pod requests are being served
+waits behind every one of their steps; a waiting request costs the loop nothing (its body stays in the
+socket), so however many pods call at once, kubelet shares the loop with at most `serving` of them. The
+`node` class never waits and is never counted against `serving`.
 
 Classes (a closed set, also the metric label values):
 - `node`: a cache agent (`settings.cache.cache_agents`, named explicitly: `*` does not make every client one)
@@ -26,6 +35,8 @@ bounded by the byte budgets (`budget`), and the cloud, not yurthub, bounds watch
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Callable
 from typing import Literal
 
 Class = Literal["node", "pod", "other"]
@@ -41,25 +52,37 @@ def classify(*, door: bool, component: str, agents: frozenset[str], own_credenti
     return "other"
 
 
-Refusal = Literal["class", "client"]
-"""Why `Seats.take` refused: the class had its limit in flight, or one of the request's clients its share."""
+Refusal = Literal["class", "client", "wait"]
+"""Why a request was refused: the class had its limit admitted, or one of the request's clients its share
+(both from `Seats.take`), or the request waited its turn longer than its caller allows (`wait`)."""
 
 
 class Seats:
-    """In-flight non-watch requests per class, each class at most its limit (None: unlimited), and each
-    client (`take`'s `clients`) at most `per_client` (None: unlimited).
+    """Non-watch requests admitted per class, each class at most its limit (None: unlimited), and each client
+    (`take`'s `clients`) at most `per_client` (None: unlimited); of the admitted `pod` and `other` requests,
+    at most `serving` are served at once (None: all of them), the rest wait their turn in arrival order.
 
-    Bounded: a client is remembered only while it has a request in flight, so the table never holds more
-    entries than there are requests in flight (times the keys each names)."""
+    Bounded: a client is remembered only while it has a request admitted, so the table never holds more
+    entries than there are requests admitted (times the keys each names); the queue never holds more than
+    the `pod` and `other` limits together."""
 
-    def __init__(self, limits: dict[Class, int | None], per_client: int | None = None) -> None:
+    def __init__(
+        self, limits: dict[Class, int | None], per_client: int | None = None, serving: int | None = None
+    ) -> None:
         self.limits = dict(limits)
         self.per_client = per_client
+        self.serving = serving
         self.inflight: dict[Class, int] = dict.fromkeys(CLASSES, 0)
+        """Admitted per class: served, or waiting their turn."""
         self.clients: dict[str, int] = {}
+        self.served = 0
+        """`pod` and `other` requests being served now (at most `serving`)."""
+        self.queue: collections.deque[Seat] = collections.deque()
+        """`pod` and `other` seats waiting for their turn, the oldest first."""
 
-    def take(self, cls: Class, clients: tuple[str, ...] = ()) -> Seat | Refusal:
-        """A seat of `cls` for a request of `clients` (keys naming who sent it), or why not."""
+    def take(self, cls: Class, clients: tuple[str, ...] = ()) -> Seat | Literal["class", "client"]:
+        """A seat of `cls` for a request of `clients` (keys naming who sent it), or why not. The seat may have
+        to wait its turn (`Seat.ready` False): the caller waits for `Seat.wake`, or gives up and releases it."""
         limit = self.limits.get(cls)
         if limit is not None and self.inflight[cls] >= limit:
             return "class"
@@ -68,35 +91,65 @@ class Seats:
         self.inflight[cls] += 1
         for client in clients:
             self.clients[client] = self.clients.get(client, 0) + 1
-        return Seat(self, cls, clients)
+        seat = Seat(self, cls, clients)
+        if cls != "node" and self.serving is not None:
+            if self.served < self.serving and not self.queue:
+                self.served += 1
+            else:
+                seat.ready = False
+                self.queue.append(seat)
+        return seat
 
     def count(self, cls: Class) -> int:
         return self.inflight[cls]
+
+    def waiting(self, cls: Class) -> int:
+        """Seats of `cls` waiting their turn."""
+        return sum(1 for seat in self.queue if seat.cls == cls)
 
     def busiest(self) -> int:
         """The most requests any one client has in flight (0 when none has any)."""
         return max(self.clients.values(), default=0)
 
+    def _give_back(self, seat: Seat) -> None:
+        self.inflight[seat.cls] -= 1
+        for client in seat.clients:
+            left = self.clients[client] - 1
+            if left:
+                self.clients[client] = left
+            else:
+                del self.clients[client]
+        if seat.cls == "node" or self.serving is None:
+            return
+        if not seat.ready:
+            self.queue.remove(seat)  # gave up waiting: it was never served
+            return
+        self.served -= 1
+        while self.queue and self.served < self.serving:
+            turn = self.queue.popleft()
+            self.served += 1
+            turn.ready = True
+            if turn.wake is not None:
+                turn.wake()
+
 
 class Seat:
-    """One request's place in its class; `release` gives it back and may be called any number of times."""
+    """One request's place in its class; `release` gives it back and may be called any number of times.
+
+    `ready` says whether the request may be served now; a seat that waits its turn becomes ready when a
+    served one is released, and then `wake` (set by whoever waits) is called, once."""
 
     def __init__(self, seats: Seats | None, cls: Class, clients: tuple[str, ...] = ()) -> None:
         self._seats = seats
         self.cls = cls
         self.clients = clients
+        self.ready = True
+        self.wake: Callable[[], None] | None = None
 
     def release(self) -> None:
         seats, self._seats = self._seats, None
-        if seats is None:
-            return
-        seats.inflight[self.cls] -= 1
-        for client in self.clients:
-            left = seats.clients[client] - 1
-            if left:
-                seats.clients[client] = left
-            else:
-                del seats.clients[client]
+        if seats is not None:
+            seats._give_back(self)
 
 
 def uncounted(cls: Class) -> Seat:

@@ -112,10 +112,14 @@ class Hub:
         self.seats = fairness.Seats(
             {"node": None, "pod": limits.max_inflight_pod, "other": limits.max_inflight_other},
             per_client=limits.max_inflight_per_pod,
+            serving=limits.max_concurrent_non_node,
         )
-        """Non-watch requests in flight per class (`fairness`); past a class's limit, 429."""
+        """Non-watch requests in flight per class (`fairness`); past a class's limit, 429; of the pods' and
+        other clients', a few served at once, the rest waiting their turn."""
         for cls in fairness.CLASSES:
             stats.inflight.labels(cls).set_function(functools.partial(self.seats.count, cls))
+            stats.waiting.labels(cls).set_function(functools.partial(self.seats.waiting, cls))
+        stats.serving_non_node.set_function(lambda: self.seats.served)
         self.outbox_depth = 0
         """The outbox's length as last read on the writer thread (the event loop never asks the disk)."""
         self.cache_writable = True

@@ -182,9 +182,21 @@ class Metrics:
         )
         self.refused = Counter(
             "yurthub_inflight_refused_total",
-            "Requests answered 429 because their class had its limit of requests in flight (reason=class) or "
-            "one door client (a source address or a token) its share of the class (reason=client)",
+            "Requests answered 429 because their class had its limit of requests in flight (reason=class), "
+            "one door client (a source address or a token) its share of the class (reason=client), or the "
+            "request waited for its turn among the pods' and other clients' seats too long (reason=wait)",
             ["class", "reason"],
+            registry=r,
+        )
+        self.waiting = Gauge(
+            "yurthub_waiting_requests",
+            "Non-watch requests admitted and waiting for their turn (pod and other; node never waits)",
+            ["class"],
+            registry=r,
+        )
+        self.serving_non_node = Gauge(
+            "yurthub_serving_non_node_requests",
+            "Non-watch pod and other requests being served at once (at most --max-concurrent-non-node)",
             registry=r,
         )
         self.bounded = Gauge(

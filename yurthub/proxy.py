@@ -7,7 +7,9 @@ handle(request)
   │          too big (413) or one the node-wide memory budget has no room for (429 with Retry-After), or a
   │          non-watch request past its class's limit in flight or, on the door, past one pod's share of
   │          it (429 with Retry-After, `fairness`: the node's own components are never limited, pods and
-  │          other local clients are)
+  │          other local clients are); then a pod's or other client's request waits its turn for one of
+  │          the few seats they share (429 with Retry-After if it does not come in time), so however many
+  │          of them are admitted, only a few are served at once next to the node's own
   ├── cloud healthy → `remote.forward`: stream the response back byte for byte, tee cacheable ones into the
   │                   cache. A connection failure marks the server down and falls through to the cache; a
   │                   server that is connected but silent past the request timeout gets this one request a
@@ -30,6 +32,7 @@ state lives in `hub.Hub`.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 from aiohttp import web
@@ -134,6 +137,12 @@ async def admit(hub: Hub, request: web.Request, *, door: bool) -> Admitted | web
         seat = hub.seats.take(cls, clients)
     if not isinstance(seat, fairness.Seat):
         return _busy(hub, info, cls, seat)
+    if not seat.ready and not await _turn(seat, limits.max_queue_wait_s):
+        return _busy(hub, info, cls, "wait")
+    if request.transport is None or request.transport.is_closing():
+        seat.release()  # the client left while its request waited: its turn goes to the next one
+        # nobody reads this answer (nginx's "client closed request" code, as a Status all the same)
+        return replies.error(499, "the client closed its connection before its request was served", "Gone")
     held = hub.requests_budget.hold()
     try:
         body = await _read_body(hub, request, info, limit, held)
@@ -179,6 +188,33 @@ async def _read_body(
     return bytes(body)
 
 
+async def _turn(seat: fairness.Seat, wait_s: float) -> bool:
+    """Wait until `seat` may be served (`fairness`: pods and other local clients share a few seats, in arrival
+    order, the node's own components none); False, with the seat given back, after `wait_s` seconds. Waiting
+    costs no body read and no cloud connection: the body stays in the socket until the request's turn.
+    A client that leaves while its request waits keeps its place until then (aiohttp does not cancel a
+    handler when its client goes); the caller checks the connection when the turn comes."""
+    ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    seat.wake = wake
+    try:
+        async with asyncio.timeout(wait_s):
+            await ready
+    except TimeoutError:
+        if seat.ready:  # its turn came as the wait ended: serve it
+            return True
+        seat.release()
+        return False
+    except BaseException:
+        seat.release()  # the client went away while waiting
+        raise
+    return True
+
+
 def _overloaded(hub: Hub, info: requestinfo.RequestInfo) -> web.Response:
     hub.metrics.overloaded.labels("requests").inc()
     hub.metrics.request(info.component, info.verb, info.resource, "refused")
@@ -190,7 +226,13 @@ def _busy(hub: Hub, info: requestinfo.RequestInfo, cls: fairness.Class, why: fai
     hub.metrics.refused.labels(cls, why).inc()
     hub.metrics.request(info.component, info.verb, info.resource, "refused")
     retry = hub.settings.limits.retry_after_s
-    if why == "client":
+    if why == "wait":
+        message = (
+            f"yurthub serves at most {hub.seats.serving} requests of pods and other local clients at once, the "
+            f"node's own components first, and this one waited its turn {hub.settings.limits.max_queue_wait_s:g}s "
+            f"without getting it: retry in {retry}s"
+        )
+    elif why == "client":
         message = (
             f"this pod (its address or its token) has as many requests in flight on yurthub's HTTPS door as one "
             f"client may ({hub.seats.per_client}); retry in {retry}s"

@@ -213,13 +213,18 @@ def status_report(hub: proxy.Hub, usage: list[storage.Usage], ids: identity.Iden
 
 def inflight_report(hub: proxy.Hub) -> dict[str, object]:
     """Non-watch requests in flight per class and their caps; the door's per-client share, the most any one
-    door client holds, and how many clients hold any (`fairness`)."""
+    door client holds, and how many clients hold any; the pods' and other clients' requests served at once,
+    its cap, and how many wait their turn per class (`fairness`)."""
     return {
         "now": dict(hub.seats.inflight),
         "caps": dict(hub.seats.limits),
         "perClientCap": hub.seats.per_client,
         "busiestClient": hub.seats.busiest(),
         "clients": len(hub.seats.clients),
+        "servingNonNode": hub.seats.served,
+        "servingNonNodeCap": hub.seats.serving,
+        "waiting": {cls: hub.seats.waiting(cls) for cls in ("pod", "other")},
+        "queueWaitSeconds": hub.settings.limits.max_queue_wait_s,
     }
 
 
