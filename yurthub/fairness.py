@@ -80,9 +80,14 @@ class Seats:
         self.queue: collections.deque[Seat] = collections.deque()
         """`pod` and `other` seats waiting for their turn, the oldest first."""
 
-    def take(self, cls: Class, clients: tuple[str, ...] = ()) -> Seat | Literal["class", "client"]:
+    def take(
+        self, cls: Class, clients: tuple[str, ...] = (), *, long_running: bool = False
+    ) -> Seat | Literal["class", "client"]:
         """A seat of `cls` for a request of `clients` (keys naming who sent it), or why not. The seat may have
-        to wait its turn (`Seat.ready` False): the caller waits for `Seat.wake`, or gives up and releases it."""
+        to wait its turn (`Seat.ready` False): the caller waits for `Seat.wake`, or gives up and releases it.
+        A `long_running` request (`long_running`: a followed log, exec, attach, port-forward, proxy) counts
+        against its class and its clients but never waits its turn nor takes one of the `serving` seats: it
+        may last hours, and a few of them would otherwise hold every seat and starve every short request."""
         limit = self.limits.get(cls)
         if limit is not None and self.inflight[cls] >= limit:
             return "class"
@@ -92,9 +97,10 @@ class Seats:
         for client in clients:
             self.clients[client] = self.clients.get(client, 0) + 1
         seat = Seat(self, cls, clients)
-        if cls != "node" and self.serving is not None:
+        if cls != "node" and self.serving is not None and not long_running:
             if self.served < self.serving and not self.queue:
                 self.served += 1
+                seat.serving = True
             else:
                 seat.ready = False
                 self.queue.append(seat)
@@ -119,16 +125,17 @@ class Seats:
                 self.clients[client] = left
             else:
                 del self.clients[client]
-        if seat.cls == "node" or self.serving is None:
-            return
         if not seat.ready:
             self.queue.remove(seat)  # gave up waiting: it was never served
             return
+        if not seat.serving or self.serving is None:
+            return  # the node's own, a long-running request, or no bound: it held no serving seat
         self.served -= 1
         while self.queue and self.served < self.serving:
             turn = self.queue.popleft()
             self.served += 1
             turn.ready = True
+            turn.serving = True
             if turn.wake is not None:
                 turn.wake()
 
@@ -144,12 +151,24 @@ class Seat:
         self.cls = cls
         self.clients = clients
         self.ready = True
+        self.serving = False
+        """Whether it holds one of `Seats.serving` (given back, and the next one woken, on release)."""
         self.wake: Callable[[], None] | None = None
 
     def release(self) -> None:
         seats, self._seats = self._seats, None
         if seats is not None:
             seats._give_back(self)
+
+
+LONG_RUNNING_VERBS = frozenset({"watch", "proxy"})
+LONG_RUNNING_SUBRESOURCES = frozenset({"attach", "exec", "log", "portforward", "proxy"})
+"""kube-apiserver's long-running requests (its default `BasicLongRunningRequestCheck`), which its own
+concurrency limits leave out too. A log is one whether it follows or not: the apiserver does not look."""
+
+
+def long_running(verb: str, subresource: str) -> bool:
+    return verb in LONG_RUNNING_VERBS or subresource in LONG_RUNNING_SUBRESOURCES
 
 
 def uncounted(cls: Class) -> Seat:

@@ -134,7 +134,7 @@ async def admit(hub: Hub, request: web.Request, *, door: bool) -> Admitted | web
     else:
         # on the door, a pod's address and its token are each a client with a share of the class (`fairness`)
         clients = (f"address:{request.remote}", cache.token_scope(credentials)) if door else ()
-        seat = hub.seats.take(cls, clients)
+        seat = hub.seats.take(cls, clients, long_running=fairness.long_running(info.verb, info.subresource))
     if not isinstance(seat, fairness.Seat):
         return _busy(hub, info, cls, seat)
     if not seat.ready and not await _turn(seat, limits.max_queue_wait_s):

@@ -155,6 +155,52 @@ def test_a_waiting_seat_still_counts_against_its_class_limit_and_its_clients_sha
     assert (seats.served, len(seats.queue), seats.clients) == (0, 0, {})
 
 
+@pytest.mark.parametrize(
+    ("verb", "subresource", "expected"),
+    [
+        ("get", "exec", True),
+        ("create", "attach", True),
+        ("get", "log", True),
+        ("create", "portforward", True),
+        ("get", "proxy", True),
+        ("proxy", "", True),
+        ("watch", "", True),
+        ("get", "", False),
+        ("list", "", False),
+        ("patch", "status", False),
+        ("create", "eviction", False),
+    ],
+)
+def test_long_running_requests_are_kube_apiservers(verb: str, subresource: str, expected: bool) -> None:
+    assert fairness.long_running(verb, subresource) is expected
+
+
+def test_long_running_requests_count_against_their_class_but_never_wait_nor_hold_a_serving_seat() -> None:
+    """Followed logs, exec and port-forwards can last hours: were they served in turn, a few would hold
+    every seat and every pod's short request would wait until it gave up."""
+    seats = fairness.Seats({"node": None, "pod": 4, "other": 4}, per_client=3, serving=1)
+    held = _seat(seats.take("pod", ("address:a",)))  # the one serving seat, held
+    streams = [_seat(seats.take("pod", ("address:a",), long_running=True)) for _ in range(2)]
+    assert held.ready and all(s.ready and not s.serving for s in streams)  # served at once, beside it
+    assert seats.served == 1 and seats.take("pod", ("address:a",)) == "client"  # they count in the share
+    short = _seat(seats.take("pod", ("address:b",)))
+    assert not short.ready and seats.take("pod", ("address:c",)) == "class"  # and in the class limit
+    woken: list[bool] = []
+    short.wake = lambda: woken.append(True)
+    for stream in streams:
+        stream.release()
+    assert woken == [] and not short.ready  # a stream's end frees no serving seat: it held none
+    held.release()
+    assert woken == [True] and short.ready and short.serving
+    short.release()
+    assert (seats.served, len(seats.queue), seats.inflight, seats.clients) == (
+        0,
+        0,
+        {"node": 0, "pod": 0, "other": 0},
+        {},
+    )
+
+
 def test_without_a_serving_bound_nothing_waits() -> None:
     seats = fairness.Seats({"node": None, "pod": 100, "other": 100})
     assert all(_seat(seats.take("pod")).ready for _ in range(50))
