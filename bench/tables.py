@@ -194,6 +194,19 @@ def own_rows(m: dict[str, Any]) -> list[str]:
             f"{m['kubelet_get_p99_ms_during_soak']:.1f} ms (p99 ratio "
             f"{m['kubelet_get_p99_during_soak_over_quiet_ratio']:.1f}) | p99 within 2x |"
         )
+    if has("kubelet_direct_get_p50_ms_quiet", "kubelet_direct_get_p99_ms_during_soak"):
+        rows.append(
+            f"| ... the same GETs straight at kube-apiserver, quiet vs during the soak | "
+            f"{m['kubelet_direct_get_p50_ms_quiet']:.2f} / {m['kubelet_direct_get_p99_ms_quiet']:.1f} ms vs "
+            f"{m['kubelet_direct_get_p50_ms_during_soak']:.2f} / {m['kubelet_direct_get_p99_ms_during_soak']:.1f} ms "
+            "| (the machine's share) |"
+        )
+    if has("yurthub_added_p50_ms_quiet", "yurthub_added_p99_ms_during_soak"):
+        rows.append(
+            f"| ... added by yurthub (through minus direct) p50 / p99, quiet vs during the soak | "
+            f"{m['yurthub_added_p50_ms_quiet']:.2f} / {m['yurthub_added_p99_ms_quiet']:.1f} ms vs "
+            f"{m['yurthub_added_p50_ms_during_soak']:.2f} / {m['yurthub_added_p99_ms_during_soak']:.1f} ms | |"
+        )
     return rows
 
 

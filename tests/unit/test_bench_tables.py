@@ -135,3 +135,31 @@ def test_both_areas_are_rewritten_between_their_own_markers() -> None:
     out = tables.replace_between(readme, "tunnel", tables.tunnel_table(TUNNEL))
     assert out.startswith("a\n<!-- bench:tunnel:start -->\nOne `python -m bench tunnel` run of commit def5678")
     assert out.endswith("CONNECTs.\n<!-- bench:tunnel:end -->\nb\n") and "old" not in out
+
+
+def test_the_soak_rows_show_the_machines_share_and_yurthubs_beside_the_kubelet_figure() -> None:
+    soak = {
+        "kubelet_get_p50_ms_quiet": 7.6,
+        "kubelet_get_p99_ms_quiet": 15.8,
+        "kubelet_get_p50_ms_during_soak": 9.6,
+        "kubelet_get_p99_ms_during_soak": 53.8,
+        "kubelet_get_samples_quiet": 1200,
+        "kubelet_get_samples_during_soak": 2100,
+        "kubelet_get_p99_during_soak_over_quiet_ratio": 3.405,
+        "kubelet_direct_get_p50_ms_quiet": 4.6,
+        "kubelet_direct_get_p99_ms_quiet": 11.1,
+        "kubelet_direct_get_p50_ms_during_soak": 3.6,
+        "kubelet_direct_get_p99_ms_during_soak": 14.8,
+        "yurthub_added_p50_ms_quiet": 3.0,
+        "yurthub_added_p99_ms_quiet": 4.7,
+        "yurthub_added_p50_ms_during_soak": 6.0,
+        "yurthub_added_p99_ms_during_soak": 33.0,
+    }
+    rows = tables.own_rows(soak)
+    assert rows[0].endswith("| 7.60 / 15.8 ms vs 9.60 / 53.8 ms (p99 ratio 3.4) | p99 within 2x |")
+    assert rows[1] == (
+        "| ... the same GETs straight at kube-apiserver, quiet vs during the soak | 4.60 / 11.1 ms vs 3.60 / 14.8 ms "
+        "| (the machine's share) |"
+    )
+    assert rows[2].endswith("| 3.00 / 4.7 ms vs 6.00 / 33.0 ms | |")
+    assert tables.own_rows({k: v for k, v in soak.items() if not k.startswith("yurthub_added")})[2:] == []
