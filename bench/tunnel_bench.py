@@ -16,11 +16,11 @@ Figures:
 - echo: 1-byte round trips, `ECHOES` samples per repetition: the p50 minus the direct path's p50 (the added
   latency), and the p99 of the round trip itself (2,000 samples: the 20 slowest decide it; the direct path's own
   p99 is not subtracted, as tail noise of two runs does not cancel);
-- 50 streams: aggregate MB/s of 50 concurrent CONNECTs each reading 8 MiB (dials included), the mean of two
-  such runs per repetition;
+- 50 streams: aggregate MB/s of 50 concurrent CONNECTs each reading 8 MiB (dials included), the mean of
+  `FAIR_FREE_RUNS` such runs per repetition (two gave single repetitions from 70 to 242 MB/s for ours);
 - fairness: the same with one more stream of the same agent whose reader has stopped reading, over the mean of
-  the two free runs (ours: one before and one after it, so drift of the shared machine cancels; konnectivity:
-  both before, as its agent may stay blocked after); streams that get nothing within `FAIR_DEADLINE_S` count
+  the free runs (ours: half before and half after it, so drift of the shared machine cancels; konnectivity:
+  all before, as its agent may stay blocked after); streams that get nothing within `FAIR_DEADLINE_S` count
   zero bytes (konnectivity's agent blocks every stream behind the stalled one);
 - memory: a fresh server's resident memory growth per idle agent (VmRSS from /proc), with `IDLE_AGENTS`
   agents. Ours run as the agent's own code inside this process (one TLS websocket each); konnectivity's
@@ -30,15 +30,20 @@ Figures:
   memory available (`idle_agent_kb_largest_both`, with the count and the reason in the JSON): the ratio
   target is judged there, where both ran.
 
+`python -m bench.tunnel_bench` runs a subset for one's own measurements (`--figures`, `--repetitions`,
+`--idle-agents`) and prints the JSON instead of writing bench/results; `make bench` runs everything.
+
 Each CONNECT's answer is also checked for bytes of the target arriving before `200`: they are counted per
 system (`bytes_before_200`), since kube-apiserver fails such a dial.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import resource
 import shutil
@@ -65,7 +70,8 @@ ECHOES = 2000
 FAIR_STREAMS = 50
 FAIR_BYTES = 8 * 1024 * 1024
 FAIR_DEADLINE_S = 20.0
-IDLE_AGENTS = (200, 2000)
+FAIR_FREE_RUNS = 4
+IDLE_AGENTS: tuple[int, ...] = (200, 2000)
 KONNECTIVITY_MEMORY_SHARE = 0.45
 """Share of the machine's available memory konnectivity's idle agents may take (others share the machine)."""
 SETTLE_S = 5.0
@@ -581,14 +587,12 @@ def _stream_figures(
         keep(tunnel.name, "echo_added_p50_ms", statistics.median(samples) - statistics.median(direct))
         keep(tunnel.name, "echo_p99_ms", _p(samples, 0.99))
     for tunnel in order:
-        # two free runs around ours' stalled one, so the machine's drift between them cancels; konnectivity's
-        # both come before its stalled run, after which its agent may stay blocked
-        free = [many_streams_mb_s(tunnel, ports[0])]
-        if tunnel.name == KONNECTIVITY:
-            free.append(many_streams_mb_s(tunnel, ports[0]))
+        # free runs on both sides of ours' stalled one, so the machine's drift between them cancels;
+        # konnectivity's all come before its stalled run, after which its agent may stay blocked
+        before = FAIR_FREE_RUNS if tunnel.name == KONNECTIVITY else FAIR_FREE_RUNS // 2
+        free = [many_streams_mb_s(tunnel, ports[0]) for _ in range(before)]
         stalled = with_one_stalled_mb_s(tunnel, ports[0])
-        if tunnel.name != KONNECTIVITY:
-            free.append(many_streams_mb_s(tunnel, ports[0]))
+        free += [many_streams_mb_s(tunnel, ports[0]) for _ in range(FAIR_FREE_RUNS - before)]
         keep(tunnel.name, "fifty_streams_mb_s", statistics.mean(free))
         keep(tunnel.name, "fifty_streams_one_stalled_mb_s", stalled)
         keep(tunnel.name, "fairness", stalled / statistics.mean(free))
@@ -646,7 +650,8 @@ class _Figures:
                 self.idle(tunnel, self.largest_both, "idle_agent_kb_largest_both", rep)
 
 
-def run() -> dict[str, object]:
+def run(figures: tuple[str, ...] = ("streams", "idle")) -> dict[str, object]:
+    """Every figure (`make bench`); `figures` picks the stream figures, the idle-agent ones or both."""
     bin_dir = anchor_bin()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 2,000 agents hold 2,000 sockets a side
@@ -665,24 +670,26 @@ def run() -> dict[str, object]:
             theirs = Konnectivity(bin_dir, ca, certs, directory / "konnectivity")
             for rep in range(REPETITIONS):
                 order: list[Ours | Konnectivity] = [ours, theirs] if rep % 2 == 0 else [theirs, ours]
-                for tunnel in order:
-                    tunnel.start(ports)
-                try:
-                    _stream_figures(order, ports, keep, got.raw)
-                finally:
+                if "streams" in figures:
                     for tunnel in order:
-                        tunnel.stop()
-                got.idle_figures(order, rep)
+                        tunnel.start(ports)
+                    try:
+                        _stream_figures(order, ports, keep, got.raw)
+                    finally:
+                        for tunnel in order:
+                            tunnel.stop()
+                if "idle" in figures:
+                    got.idle_figures(order, rep)
             early = {OURS: ours.early, KONNECTIVITY: theirs.early}
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     report = _report(got.raw, got.extra, early, got.skipped)
     if got.largest_both:
-        figures: Any = report["figures"]
+        reported: Any = report["figures"]
         name = (
             "idle_agent_kb_largest_both" if got.largest_both > min(IDLE_AGENTS) else f"idle_agent_kb_{min(IDLE_AGENTS)}"
         )
-        figures[name]["agents_both_ran"] = got.largest_both
+        reported[name]["agents_both_ran"] = got.largest_both
     report["remeasured_after_a_server_exited"] = got.retried
     report["load_average_1m"] = {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)}
     report["commit"] = subprocess.run(
@@ -724,12 +731,14 @@ def _report(
             entry["target_ratio"] = f"{op} {bound}"
             entry["target_met"] = entry["ratio"] >= bound if op == ">=" else entry["ratio"] <= bound
         figures[figure] = entry
-    figures["echo_added_p50_ms"]["direct_echo_p50_ms"] = _spread(raw["direct"]["echo_p50_ms"])
-    figures["echo_p99_ms"]["samples_per_run"] = ECHOES
-    figures["fairness"]["target"] = ">= 0.9 (ours)"
-    figures["fairness"]["target_met"] = figures["fairness"][OURS]["median"] >= 0.9
-    if figures["fairness"].get("ratio") is None:
-        figures["fairness"]["ratio_note"] = "konnectivity's fairness is 0: no ratio"
+    if "echo_added_p50_ms" in figures:  # the stream figures were run (`--figures`)
+        figures["echo_added_p50_ms"]["direct_echo_p50_ms"] = _spread(raw["direct"]["echo_p50_ms"])
+        figures["echo_p99_ms"]["samples_per_run"] = ECHOES
+        figures["fifty_streams_mb_s"]["runs_per_repetition"] = FAIR_FREE_RUNS
+        figures["fairness"]["target"] = ">= 0.9 (ours)"
+        figures["fairness"]["target_met"] = figures["fairness"][OURS]["median"] >= 0.9
+        if figures["fairness"].get("ratio") is None:
+            figures["fairness"]["ratio_note"] = "konnectivity's fairness is 0: no ratio"
     top = f"idle_agent_kb_{max(IDLE_AGENTS)}"
     if top in figures:
         figures[top]["target"] = "<= 50 KB (ours)"
@@ -756,3 +765,24 @@ def _report(
             if isinstance(entry.get(system), dict) and "median" in entry[system]
         },
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """A subset of the figures, printed as JSON (for measuring one change; `make bench` runs `run()`)."""
+    global REPETITIONS, IDLE_AGENTS  # noqa: PLW0603 - the run reads them, as `make bench` sets them
+    parser = argparse.ArgumentParser(prog="python -m bench.tunnel_bench", description=main.__doc__)
+    parser.add_argument("--figures", default="streams,idle", help="streams, idle or both (comma-separated)")
+    parser.add_argument("--repetitions", type=int, default=REPETITIONS)
+    parser.add_argument("--idle-agents", default=",".join(map(str, IDLE_AGENTS)), help="agent counts, e.g. 2000")
+    args = parser.parse_args(argv)
+    chosen = tuple(f.strip() for f in args.figures.split(",") if f.strip())
+    if not chosen or set(chosen) - {"streams", "idle"}:
+        parser.error("--figures takes streams, idle or both")
+    REPETITIONS = args.repetitions
+    IDLE_AGENTS = tuple(int(n) for n in args.idle_agents.split(","))
+    print(json.dumps(run(chosen), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -21,7 +21,7 @@ from typing import Any
 
 import uvloop
 
-from tunnel import agent, config, connect, errors, routes, server
+from tunnel import agent, config, connect, errors, heap, routes, server
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +275,7 @@ def _run_until_signal(main: Any) -> int:
             loop.add_signal_handler(sig, stop.set)
         await main(stop)
 
+    heap.tune()
     try:
         # uvloop: the same asyncio API on libuv, with its own transports and TLS. Measured on the tunnel's hot
         # path (bench/tunnel_bench.py), it cuts the added echo latency by about a third, raises throughput and
