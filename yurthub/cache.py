@@ -113,6 +113,12 @@ def record_list(store: storage.Storage, info: RequestInfo, encoding: wire.Encodi
     return True
 
 
+def record_list_moved(store: storage.Storage, info: RequestInfo, encoding: wire.Encoding, rv: str) -> None:
+    """The cloud listed this view's objects again, unchanged, at `rv`: the view moves to it (as a watch
+    BOOKMARK moves it; never back), so an offline LIST answers with the cloud's latest resourceVersion."""
+    store.apply_events(view_key(info, encoding), [wire.Event("BOOKMARK", wire.Obj("", "", rv, b""))])
+
+
 def record_events(store: storage.Storage, info: RequestInfo, encoding: wire.Encoding, frames: list[bytes]) -> None:
     store.apply_events(view_key(info, encoding), [wire.parse_event(encoding, f) for f in frames])
 

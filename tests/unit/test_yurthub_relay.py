@@ -145,3 +145,93 @@ async def test_a_streams_headers_reach_the_client_before_any_data(
             assert resp.status == 200
             cloud.second_half.set()
             assert b"BOOKMARK" in await resp.read()
+
+
+class CountingStorage(storage.MemoryStorage):
+    """The in-memory cache, counting the lists it is asked to replace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.replaced = 0
+
+    def replace_list(self, key: storage.ViewKey, listing: wire.ListBody) -> None:
+        self.replaced += 1
+        super().replace_list(key, listing)
+
+
+async def test_a_list_of_the_same_objects_at_a_newer_revision_only_moves_its_view(tmp_path: Path) -> None:
+    """kube-apiserver answers a LIST at its current revision, so the same objects come back with another list
+    resourceVersion each time something anywhere in the cluster changed: the view moves to it without its
+    objects being parsed and written again, and a change in any object is written as before."""
+    state = {"rv": 100, "objects": pods_list(50)}
+
+    async def answer(request: web.Request) -> web.Response:
+        state["rv"] += 1
+        body = state["objects"].replace(
+            b'"metadata":{"resourceVersion":"99"}', f'"metadata":{{"resourceVersion":"{state["rv"]}"}}'.encode(), 1
+        )
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get(PATH, answer)
+    cloud_runner, cloud_url = await _site(app)
+    s = settings(cloud_url, tmp_path, config.LimitSettings())
+    box = outbox.Outbox(tmp_path / "outbox", 10)
+    store = CountingStorage()
+    key = cache.view_key(requestinfo.parse("GET", PATH, {}, KUBELET["User-Agent"]), wire.Encoding.JSON)
+
+    async def listed_at(rv: str, replaced: int) -> None:
+        async with aiohttp.ClientSession() as session, session.get(url + PATH, headers=KUBELET) as resp:
+            assert resp.status == 200 and f'"resourceVersion":"{rv}"'.encode() in await resp.read()
+        for _ in range(1000):  # the cache writer's turn
+            view = store.read_view(key)
+            if view is not None and view.resource_version == rv and store.replaced == replaced:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError((rv, replaced, store.replaced, view and view.resource_version))
+
+    async with aiohttp.ClientSession() as node_session, aiohttp.ClientSession() as token_session:
+        hub = proxy.Hub(
+            s, health.Servers(s.cloud), store, box, metrics.Metrics(s.cache.cache_agents), node_session, token_session
+        )
+        runner = server._proxy_runner(hub)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        try:
+            await listed_at("101", 1)
+            await listed_at("102", 1)  # the same objects: only the view's resourceVersion moved
+            await listed_at("103", 1)
+            state["objects"] = state["objects"].replace(b'"name":"p7"', b'"name":"p7-new"')
+            await listed_at("104", 2)  # an object changed: the list is written again
+            view = store.read_view(key)
+            names = {wire.parse_object(wire.Encoding.JSON, b).name for b in view.items} if view else set()
+            assert "p7-new" in names and "p7" not in names and len(names) == 50
+        finally:
+            await runner.cleanup()
+            await cloud_runner.cleanup()
+            hub.writer.shutdown(wait=True)
+            box.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"7"},"items":[]}', ("7", 70)),
+        (b'{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"7","continue":"x"},"items":[]}', None),
+        (b'{"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "7"}, "items": []}', None),
+        (b'{"kind":"PodList","apiVersion":"v1","metadata":{},"items":[]}', None),
+        (b'{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"7"},"extra":1,"items":[]}', None),
+        (
+            b'{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"7","x":"'
+            + b"a" * 5000
+            + b'"},"items":[]}',
+            None,
+        ),
+        (b'{"metadata":{"resourceVersion":"7,\\"items\\":["}}', None),
+        (b"garbage", None),
+    ],
+)
+def test_only_a_whole_list_in_kube_apiservers_own_layout_has_its_head_read(body: bytes, expected: object) -> None:
+    assert wire.json_list_head(body) == expected
