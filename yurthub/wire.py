@@ -401,7 +401,7 @@ def parse_object(encoding: Encoding, body: bytes) -> Obj:
     return Obj(namespace, name, rv, body)
 
 
-_ITEMS = b',"items":['
+_ITEMS_AFTER_HEAD = b',"items":['
 LIST_HEAD_MAX = 4096
 
 
@@ -413,7 +413,7 @@ def json_list_head(body: bytes) -> tuple[str, int] | None:
     What it is for: a LIST without a resourceVersion is answered at the cloud's current revision, so two LISTs
     of the same unchanged objects differ in that one field. Comparing what follows the head tells the cache
     that nothing but the resourceVersion moved, without parsing a thousand objects again (`remote._keep`)."""
-    at = body.find(_ITEMS, 0, LIST_HEAD_MAX)
+    at = body.find(_ITEMS_AFTER_HEAD, 0, LIST_HEAD_MAX)
     if at < 0:
         return None
     try:
