@@ -27,12 +27,17 @@ def describe() -> dict[str, object]:
 
 
 def commit() -> str:
-    """The commit a result was measured on (short hash), `+changes` when tracked files differed from it."""
+    """The commit a result was measured on (short hash), `+changes` when tracked files differed from it (the
+    results an earlier area of the same run wrote under bench/results do not count: they are not measured)."""
     root = Path(__file__).resolve().parent.parent
     head = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=False
     )
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, check=False
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
