@@ -733,20 +733,6 @@ class Soak:
             "hostile_soak_connection_errors": sum(
                 n for c in self.answers.values() for k, n in c.items() if k.startswith("error:")
             ),
-            "kubelet_get_p50_ms_quiet": kubelet_ms["quiet_p50"]["median"],
-            "kubelet_get_p99_ms_quiet": kubelet_ms["quiet_p99"]["median"],
-            "kubelet_get_p50_ms_during_soak": kubelet_ms["soak_p50"]["median"],
-            "kubelet_get_p99_ms_during_soak": kubelet_ms["soak_p99"]["median"],
-            # the same GETs, interleaved, straight at the kube-apiserver: the machine's and the apiserver's part
-            "kubelet_direct_get_p50_ms_quiet": kubelet_ms["quiet_direct_p50"]["median"],
-            "kubelet_direct_get_p99_ms_quiet": kubelet_ms["quiet_direct_p99"]["median"],
-            "kubelet_direct_get_p50_ms_during_soak": kubelet_ms["soak_direct_p50"]["median"],
-            "kubelet_direct_get_p99_ms_during_soak": kubelet_ms["soak_direct_p99"]["median"],
-            # yurthub's part: through minus direct, per phase, then the median over the phases of a kind
-            "yurthub_added_p50_ms_quiet": kubelet_ms["quiet_added_p50"]["median"],
-            "yurthub_added_p99_ms_quiet": kubelet_ms["quiet_added_p99"]["median"],
-            "yurthub_added_p50_ms_during_soak": kubelet_ms["soak_added_p50"]["median"],
-            "yurthub_added_p99_ms_during_soak": kubelet_ms["soak_added_p99"]["median"],
             # the share of wall time yurthub's event loop thread was on a CPU (1.0: saturated), and the process's
             "yurthub_loop_cpu_share_quiet": of("quiet", "loop_cpu_share")["median"],
             "yurthub_loop_cpu_share_during_soak": of("soak", "loop_cpu_share")["median"],
@@ -757,6 +743,13 @@ class Soak:
             "kubelet_get_samples_quiet": sum(p["samples"] for p in phases if p["kind"] == "quiet"),
             "kubelet_get_samples_during_soak": sum(p["samples"] for p in phases if p["kind"] == "soak"),
         }
+        # kubelet's GETs through yurthub; the same GETs, interleaved, straight at the kube-apiserver (the
+        # machine's and the apiserver's part); yurthub's part (through minus direct, per phase): each the median
+        # over the phases of a kind
+        for name, way in (("kubelet_get", "p"), ("kubelet_direct_get", "direct_p"), ("yurthub_added", "added_p")):
+            for q in ("50", "99"):
+                for kind, suffix in (("quiet", "quiet"), ("soak", "during_soak")):
+                    figures[f"{name}_p{q}_ms_{suffix}"] = kubelet_ms[f"{kind}_{way}{q}"]["median"]
         figures["kubelet_get_p50_during_soak_over_quiet_ratio"] = round(
             figures["kubelet_get_p50_ms_during_soak"] / figures["kubelet_get_p50_ms_quiet"], 3
         )
