@@ -59,6 +59,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from bench import machine
 from testenv import pki, tunnelhost
 from testenv.kubectl import wait_for
 from tunnel import agent, config
@@ -661,6 +662,7 @@ def run(figures: tuple[str, ...] = ("streams", "idle")) -> dict[str, object]:
         got.keep(system, figure, value)
 
     load_before = os.getloadavg()
+    commit = machine.commit()  # what is measured: the code as the run starts
     try:
         with tempfile.TemporaryDirectory() as tmp, _targets() as ports:
             directory = Path(tmp)
@@ -692,9 +694,7 @@ def run(figures: tuple[str, ...] = ("streams", "idle")) -> dict[str, object]:
         reported[name]["agents_both_ran"] = got.largest_both
     report["remeasured_after_a_server_exited"] = got.retried
     report["load_average_1m"] = {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)}
-    report["commit"] = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], check=True, cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
+    report["commit"] = commit
     return report
 
 
