@@ -263,11 +263,10 @@ async def _keep(
         digest = await asyncio.to_thread(hub.digest, kept[head[1] :] if head else kept)  # megabytes: off the loop
         if hub.list_changed(cache.view_key(info, encoding), kept, digest):
             await hub.record(info.path, cache.record_list, hub.store, info, encoding, kept, held=handed)
-        elif head is not None:
-            handed.release()
-            await hub.record(info.path, cache.record_list_moved, hub.store, info, encoding, head[0])
         else:
             handed.release()
+            if head is not None:
+                await hub.record(info.path, cache.record_list_moved, hub.store, info, encoding, head[0])
     else:
         await hub.record(info.path, cache.record_object, hub.store, info, encoding, kept, held=handed)
 
