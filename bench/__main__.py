@@ -1,12 +1,16 @@
 """`make bench`: run every benchmark and write bench/results/<area>.json with the machine it ran on.
 
 An area may have several runners: their dicts are merged into one results file, in order (a key both
-give as a dict, such as `metrics` and `median`, gets the keys of both; any other key the later runner's)."""
+give as a dict, such as `metrics` and `median`, gets the keys of both; any other key the later runner's).
+
+Every result names the run it came from (`run`: the command, the areas it ran in order, when it started),
+so the README's tables can say which figures were measured in one run (`bench.tables`)."""
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,15 @@ def merge(results: list[Mapping[str, object]]) -> dict[str, object]:
     return merged
 
 
+def run_stamp(argv: list[str], chosen: list[str], now: float | None = None) -> dict[str, object]:
+    """Which run a result belongs to: `make bench` (every area, no arguments) or `python -m bench AREA...`."""
+    return {
+        "command": "make bench" if not argv else "python -m bench " + " ".join(argv),
+        "areas": list(chosen),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if now is None else now)),
+    }
+
+
 def main(argv: list[str]) -> int:
     chosen = argv or list(BENCHMARKS)
     unknown = set(chosen) - set(BENCHMARKS)
@@ -43,8 +56,9 @@ def main(argv: list[str]) -> int:
         print(f"unknown benchmark(s) {sorted(unknown)}; known: {sorted(BENCHMARKS)}", file=sys.stderr)
         return 2
     RESULTS.mkdir(exist_ok=True)
+    run = run_stamp(argv, chosen)
     for name in chosen:
-        stamp = {"machine": machine.describe(), "commit": machine.commit()}
+        stamp = {"machine": machine.describe(), "commit": machine.commit(), "run": run}
         result = {**stamp, **merge([runner() for runner in BENCHMARKS[name]])}
         path = RESULTS / f"{name}.json"
         path.write_text(json.dumps(result, indent=2) + "\n")

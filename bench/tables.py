@@ -76,12 +76,25 @@ def _second_selector(runs: list[dict[str, Any]]) -> str:
     return "answered " + ", ".join(statuses) + (" (items differ)" if statuses == ["200"] else "")
 
 
+def which_run(result: dict[str, Any], area: str) -> str:
+    """The sentence that opens a table: the run its figures come from (`bench.__main__.run_stamp`), its
+    commit and the date this area was measured; a result without a run stamp is one area's own run."""
+    run = result.get("run") or {}
+    measured = result["machine"]["measured_at"]
+    command = run.get("command") or f"python -m bench {area}"
+    if command == "make bench":
+        return (
+            f"From the `make bench` run of commit {result.get('commit', '?')} started {run['started']} (every area, "
+            f"one after the other; this one measured from {measured[11:16]} UTC)"
+        )
+    return f"One `{command}` run of commit {result.get('commit', '?')} on {measured[:10]}"
+
+
 def yurthub_table(result: dict[str, Any]) -> str:
     figures: dict[str, Any] = result["side_by_side"]
     settings = result.get("settings", {})
     lines = [
-        f"One `python -m bench yurthub` run of commit {result.get('commit', '?')} on "
-        f"{result['machine']['measured_at'][:10]} ({result['machine']['cores']} cores, shared with other work; "
+        f"{which_run(result, 'yurthub')} ({result['machine']['cores']} cores, shared with other work; "
         f"load average {result.get('load_average_1m', {}).get('start', '?')} at the start, "
         f"{result.get('load_average_1m', {}).get('end', '?')} at the end). Each figure is the median of "
         f"{settings.get('repetitions', '?')} repetitions interleaved between the systems (min-max in brackets); "
@@ -236,8 +249,7 @@ def tunnel_table(result: dict[str, Any]) -> str:
     target_ratio or target, target_met), stamped with the run's commit, date and load."""
     load = result.get("load_average_1m", {})
     lines = [
-        f"One `python -m bench tunnel` run of commit {result.get('commit', '?')} on "
-        f"{result['machine']['measured_at'][:10]} ({result['machine']['cores']} cores; load average "
+        f"{which_run(result, 'tunnel')} ({result['machine']['cores']} cores; load average "
         f"{load.get('start', '?')} at the start, {load.get('end', '?')} at the end). Each figure is the median of "
         f"{result.get('repetitions', '?')} repetitions interleaved between the two (min-max in brackets); the "
         "ratio is yurt-edge / konnectivity.",

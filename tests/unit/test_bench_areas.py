@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench import service_bench, yurthub_bench
-from bench.__main__ import BENCHMARKS, merge
+from bench.__main__ import BENCHMARKS, merge, run_stamp
 
 
 def test_the_yurthub_area_runs_the_hub_bench_then_the_service_bench() -> None:
@@ -21,3 +21,12 @@ def test_dicts_under_the_same_key_merge_and_other_keys_take_the_later_value() ->
         "note": "svc",
     }
     assert hub["metrics"] == {"a": 1, "b": 2}  # the runners' own dicts are left as they were
+
+
+def test_every_result_names_its_run_make_bench_without_arguments() -> None:
+    assert run_stamp([], list(BENCHMARKS), now=0) == {
+        "command": "make bench",
+        "areas": ["testenv", "yurthub", "tunnel", "converter", "packaging"],
+        "started": "1970-01-01T00:00:00Z",
+    }
+    assert run_stamp(["tunnel"], ["tunnel"], now=0)["command"] == "python -m bench tunnel"

@@ -163,3 +163,14 @@ def test_the_soak_rows_show_the_machines_share_and_yurthubs_beside_the_kubelet_f
     )
     assert rows[2].endswith("| 3.00 / 4.7 ms vs 6.00 / 33.0 ms | |")
     assert tables.own_rows({k: v for k, v in soak.items() if not k.startswith("yurthub_added")})[2:] == []
+
+
+def test_a_table_from_make_bench_says_so_with_the_runs_start_and_the_areas_own_time() -> None:
+    stamped = {**TUNNEL, "run": {"command": "make bench", "areas": ["tunnel"], "started": "2026-11-29T16:10:00Z"}}
+    table = tables.tunnel_table(stamped)
+    assert table.startswith(
+        "From the `make bench` run of commit def5678 started 2026-11-29T16:10:00Z (every area, one after the "
+        "other; this one measured from 17:00 UTC)"
+    )
+    alone = {**TUNNEL, "run": {"command": "python -m bench tunnel", "areas": ["tunnel"], "started": "x"}}
+    assert tables.tunnel_table(alone).startswith("One `python -m bench tunnel` run of commit def5678 on 2026-11-29")
