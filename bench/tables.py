@@ -84,8 +84,8 @@ def which_run(result: dict[str, Any], area: str) -> str:
     command = run.get("command") or f"python -m bench {area}"
     if command == "make bench":
         return (
-            f"From the `make bench` run of commit {result.get('commit', '?')} started {run['started']} (every area, "
-            f"one after the other; this one measured from {measured[11:16]} UTC)"
+            f"From the `make bench` run of commit {result.get('commit', '?')} started {run['started']}, every area "
+            f"one after the other, this one measured from {measured[11:16]} UTC"
         )
     return f"One `{command}` run of commit {result.get('commit', '?')} on {measured[:10]}"
 

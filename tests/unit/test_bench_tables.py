@@ -169,8 +169,8 @@ def test_a_table_from_make_bench_says_so_with_the_runs_start_and_the_areas_own_t
     stamped = {**TUNNEL, "run": {"command": "make bench", "areas": ["tunnel"], "started": "2026-11-29T16:10:00Z"}}
     table = tables.tunnel_table(stamped)
     assert table.startswith(
-        "From the `make bench` run of commit def5678 started 2026-11-29T16:10:00Z (every area, one after the "
-        "other; this one measured from 17:00 UTC)"
+        "From the `make bench` run of commit def5678 started 2026-11-29T16:10:00Z, every area one after the "
+        "other, this one measured from 17:00 UTC (2 cores;"
     )
     alone = {**TUNNEL, "run": {"command": "python -m bench tunnel", "areas": ["tunnel"], "started": "x"}}
     assert tables.tunnel_table(alone).startswith("One `python -m bench tunnel` run of commit def5678 on 2026-11-29")
