@@ -128,7 +128,13 @@ async def admit(hub: Hub, request: web.Request, *, door: bool) -> Admitted | web
     limit = limits.max_door_request_body if door else limits.max_request_body
     if request.content_length is not None and request.content_length > limit:
         return replies.error(413, f"request body of {request.content_length} bytes exceeds {limit}")
-    cls = fairness.classify(door=door, component=info.component, agents=hub.agents, own_credentials=bool(auths))
+    cls = fairness.classify(
+        door=door,
+        component=info.component,
+        agents=hub.agents,
+        own_credentials=bool(auths),
+        trusted_peer=lambda: hub.peers.trusted(request.transport),
+    )
     if info.verb == "watch":
         seat: fairness.Seat | fairness.Refusal = fairness.uncounted(cls)
     else:
