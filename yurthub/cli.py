@@ -309,7 +309,7 @@ def _limit_settings(args: argparse.Namespace) -> config.LimitSettings:
             raise config.ConfigError(f"{flag}: must be positive, not {value}")
     uids = config.parse_uids(args.node_uids)
     return config.LimitSettings(
-        **({} if uids is None else {"node_uids": uids}),
+        node_uids=config.LimitSettings().node_uids if uids is None else uids,
         max_request_body=args.max_request_body,
         max_door_request_body=args.max_door_request_body,
         max_bytes_in_memory=args.max_bytes_in_memory,

@@ -124,9 +124,7 @@ class Hub:
         )
         """Non-watch requests in flight per class (`fairness`); past a class's limit, 429; of the pods' and
         other clients', a few served at once, the rest waiting their turn."""
-        self.peers = peers.Trust(
-            limits.node_uids, lambda reason: stats.peer_lookup_failures.labels(reason).inc()
-        )
+        self.peers = peers.Trust(limits.node_uids, lambda reason: stats.peer_lookup_failures.labels(reason).inc())
         """Whose processes the plain port's clients are (`peers`): the node's own components run as these uids."""
         for cls in fairness.CLASSES:
             stats.inflight.labels(cls).set_function(functools.partial(self.seats.count, cls))

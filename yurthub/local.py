@@ -43,22 +43,9 @@ async def serve(hub: Hub, request: web.Request, admitted: Admitted) -> web.Strea
     if names:  # filtered answers are kept as JSON only; the unfiltered JSON ones (`AS_JSON`) prefer it
         accept = wire.JSON if set(names) - {AS_JSON} else f"{wire.JSON},{accept}"
     try:
-        if not info.is_resource:
-            return replies.error(503, f"cloud unreachable: {info.path} is not served from the cache")
-        if cache.is_token_scope(component) and info.verb not in ("get", "list", "watch"):
-            return replies.error(
-                503,
-                f"cloud unreachable: {info.verb} {info.gvr} with a pod's token cannot be honoured offline; "
-                "retry when the cloud is back",
-            )
-        if _node_only(hub, info) and not admitted.node:
-            return replies.error(
-                403,
-                f"cloud unreachable: {info.verb} {info.gvr} is answered offline only for the node's own "
-                f"{info.component}, and this client is not it (its process does not run as one of --node-uids, "
-                "its user could not be told, or it sent an Authorization of its own); retry when the cloud is back",
-                "Forbidden",
-            )
+        refusal = _refusal(hub, admitted)
+        if refusal is not None:
+            return refusal
         if info.verb in ("get", "list"):
             response, outcome = await _read(hub, request, admitted, accept)
             return response
@@ -98,6 +85,29 @@ async def serve(hub: Hub, request: web.Request, admitted: Admitted) -> web.Strea
         return replies.error(503, f"cloud unreachable and the cache cannot be read: {exc}")
     finally:
         hub.metrics.request(component, info.verb, info.resource, outcome)
+
+
+def _refusal(hub: Hub, admitted: Admitted) -> web.Response | None:
+    """What is refused offline whatever the cache holds: a non-resource path, a write with a pod's token, and
+    what only the node's own components may do (`_node_only`) asked by anybody else (403)."""
+    info = admitted.info
+    if not info.is_resource:
+        return replies.error(503, f"cloud unreachable: {info.path} is not served from the cache")
+    if cache.is_token_scope(info.component) and info.verb not in ("get", "list", "watch"):
+        return replies.error(
+            503,
+            f"cloud unreachable: {info.verb} {info.gvr} with a pod's token cannot be honoured offline; "
+            "retry when the cloud is back",
+        )
+    if _node_only(hub, info) and not admitted.node:
+        return replies.error(
+            403,
+            f"cloud unreachable: {info.verb} {info.gvr} is answered offline only for the node's own "
+            f"{info.component}, and this client is not it (its process does not run as one of --node-uids, "
+            "its user could not be told, or it sent an Authorization of its own); retry when the cloud is back",
+            "Forbidden",
+        )
+    return None
 
 
 def _node_only(hub: Hub, info: requestinfo.RequestInfo) -> bool:

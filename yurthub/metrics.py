@@ -192,7 +192,8 @@ class Metrics:
             "yurthub_peer_lookup_failures_total",
             "Plain-port requests of a cache agent whose client's uid the kernel could not tell (`peers`): "
             "served as other, never as node. reason: refused (the kernel answered an error, e.g. no such "
-            "socket), closed (the client had closed its socket), malformed (an answer that makes no sense, or none), unavailable (netlink not usable)",
+            "socket), closed (the client had closed its socket), malformed (an answer that makes no sense, or "
+            "none), unavailable (netlink not usable)",
             ["reason"],
             registry=r,
         )

@@ -42,8 +42,13 @@ def test_the_request_names_the_clients_socket_exactly() -> None:
 
 
 def diag(
-    uid: int = 1000, *, seq: int = 1, family: int = socket.AF_INET, ports: tuple[int, int] = (40001, 10261),
-    inode: int = 4242, size: int = 72,
+    uid: int = 1000,
+    *,
+    seq: int = 1,
+    family: int = socket.AF_INET,
+    ports: tuple[int, int] = (40001, 10261),
+    inode: int = 4242,
+    size: int = 72,
 ) -> bytes:
     """A SOCK_DIAG_BY_FAMILY reply as the kernel writes it (inet_diag_msg, `size` bytes of it)."""
     sockid = struct.pack("!HH", *ports) + b"\0" * 32 + struct.pack("=III", 0, 1, 2)
@@ -57,48 +62,52 @@ def error(code: int, *, seq: int = 1, size: int = 4) -> bytes:
     return struct.pack("=IHHII", 16 + len(body), 2, 0, seq, 0) + body
 
 
-@pytest.mark.parametrize(
-    ("case", "reply", "expected"),
-    [
-        ("the answer", diag(1000), 1000),
-        ("root", diag(0), 0),
-        ("a stale message of another sequence number is skipped", error(errno.EIO, seq=9) + diag(33), 33),
-        ("no such socket", error(errno.ENOENT, size=20), peers.Failure("refused", "ENOENT")),
-        ("an errno with no name", error(4000), peers.Failure("refused", "4000")),
-        ("a short NLMSG_ERROR", error(errno.ENOENT, size=2), peers.Failure("malformed", "short NLMSG_ERROR")),
-        ("nothing", b"", peers.Failure("malformed", "no answer in 0 bytes")),
-        ("less than a header", diag()[:10], peers.Failure("malformed", "no answer in 10 bytes")),
-        (
-            "a truncated message",
-            diag()[:40],
-            peers.Failure("malformed", "message length 88 at offset 0 of 40 bytes"),
-        ),
-        (
-            "a length shorter than a header",
-            struct.pack("=IHHII", 8, 20, 0, 1, 0),
-            peers.Failure("malformed", "message length 8 at offset 0 of 16 bytes"),
-        ),
-        ("a short inet_diag_msg", diag(size=70), peers.Failure("malformed", "inet_diag_msg of 70 bytes, expected 72")),
-        (
-            "another socket's answer",
-            diag(ports=(1, 2)),
-            peers.Failure("malformed", "answer for another socket family=2 ports=1->2"),
-        ),
-        (
-            "another family's answer",
-            diag(family=socket.AF_INET6),
-            peers.Failure("malformed", "answer for another socket family=10 ports=40001->10261"),
-        ),
-        (
-            "done without an answer",
-            struct.pack("=IHHII", 20, 3, 0, 1, 0) + b"\0" * 4,
-            peers.Failure("malformed", "NLMSG_DONE without an answer"),
-        ),
-        ("only other sequence numbers", diag(seq=2), peers.Failure("malformed", "no answer in 88 bytes")),
-        # a closed client's socket lingers as an orphan or time-wait socket the kernel says root owns
-        ("a closed socket (uid 0, no inode)", diag(0, inode=0), peers.Failure("closed", "the client's socket is closed (state 1)")),
-    ],
-)
+REPLIES = [
+    ("the answer", diag(1000), 1000),
+    ("root", diag(0), 0),
+    ("a stale message of another sequence number is skipped", error(errno.EIO, seq=9) + diag(33), 33),
+    ("no such socket", error(errno.ENOENT, size=20), peers.Failure("refused", "ENOENT")),
+    ("an errno with no name", error(4000), peers.Failure("refused", "4000")),
+    ("a short NLMSG_ERROR", error(errno.ENOENT, size=2), peers.Failure("malformed", "short NLMSG_ERROR")),
+    ("nothing", b"", peers.Failure("malformed", "no answer in 0 bytes")),
+    ("less than a header", diag()[:10], peers.Failure("malformed", "no answer in 10 bytes")),
+    (
+        "a truncated message",
+        diag()[:40],
+        peers.Failure("malformed", "message length 88 at offset 0 of 40 bytes"),
+    ),
+    (
+        "a length shorter than a header",
+        struct.pack("=IHHII", 8, 20, 0, 1, 0),
+        peers.Failure("malformed", "message length 8 at offset 0 of 16 bytes"),
+    ),
+    ("a short inet_diag_msg", diag(size=70), peers.Failure("malformed", "inet_diag_msg of 70 bytes, expected 72")),
+    (
+        "another socket's answer",
+        diag(ports=(1, 2)),
+        peers.Failure("malformed", "answer for another socket family=2 ports=1->2"),
+    ),
+    (
+        "another family's answer",
+        diag(family=socket.AF_INET6),
+        peers.Failure("malformed", "answer for another socket family=10 ports=40001->10261"),
+    ),
+    (
+        "done without an answer",
+        struct.pack("=IHHII", 20, 3, 0, 1, 0) + b"\0" * 4,
+        peers.Failure("malformed", "NLMSG_DONE without an answer"),
+    ),
+    ("only other sequence numbers", diag(seq=2), peers.Failure("malformed", "no answer in 88 bytes")),
+    # a closed client's socket lingers as an orphan or time-wait socket the kernel says root owns
+    (
+        "a closed socket (uid 0, no inode)",
+        diag(0, inode=0),
+        peers.Failure("closed", "the client's socket is closed (state 1)"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "reply", "expected"), REPLIES, ids=[case for case, _, _ in REPLIES])
 def test_replies(case: str, reply: bytes, expected: int | peers.Failure) -> None:
     assert peers.decode(reply, 1, CONN) == expected, case
 
@@ -116,7 +125,6 @@ def test_replies(case: str, reply: bytes, expected: int | peers.Failure) -> None
 )
 def test_connections_of_transport_addresses(peername: object, sockname: object, expected: object) -> None:
     assert peers.connection(peername, sockname) == expected
-
 
 
 @pytest.fixture
@@ -146,9 +154,7 @@ def _client(port: int, user: int) -> subprocess.Popen[bytes]:
         "print('connected', flush=True)\n"
         "sys.stdin.read()\n"
     )
-    return subprocess.Popen(
-        ["/usr/bin/python3", "-c", code], user=user, stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
+    return subprocess.Popen(["/usr/bin/python3", "-c", code], user=user, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can start a client of another uid")
