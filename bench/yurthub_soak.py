@@ -254,18 +254,18 @@ def become_hostile(target: Target) -> None:
     `HOSTILE_UID` for good (groups, gid, uid). Nothing after this may read a file only root can."""
     global _door_tls  # noqa: PLW0603 - one per process: this is the process's own start
     _door_tls = ssl.create_default_context(cafile=target.ca_file)
-    asyncio.run(_warm_up(target))
+    asyncio.run(_warm_up(target, _door_tls))
     if os.geteuid() == 0:
         os.setgroups([])
         os.setgid(HOSTILE_UID)
         os.setuid(HOSTILE_UID)
 
 
-async def _warm_up(target: Target) -> None:
+async def _warm_up(target: Target, door_tls: ssl.SSLContext) -> None:
     """One harmless request to each port (the plain port's and the door's `/healthz`, no User-Agent, no
     token), so that everything a request loads lazily is loaded before root is dropped."""
     async with aiohttp.ClientSession(skip_auto_headers=("User-Agent",)) as session:
-        for base, tls in ((target.plain, True), (target.door, _door_tls)):
+        for base, tls in ((target.plain, True), (target.door, door_tls)):
             with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
                 async with session.get(base + "/healthz", ssl=tls, timeout=aiohttp.ClientTimeout(total=10)) as resp:
                     await resp.read()
