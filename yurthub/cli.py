@@ -141,7 +141,7 @@ def _limit_flags(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=d.max_inflight_other,
         help="non-watch plain-port requests that are not a node component's in flight at once (429 past it); "
-        "node components (cache agents without their own token) are never limited",
+        "node components (cache agents without their own token, from a process of --node-uids) are never limited",
     )
     group.add_argument(
         "--max-inflight-per-pod",

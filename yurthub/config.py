@@ -208,7 +208,7 @@ class LimitSettings:
     """Non-watch requests in flight at once on the plain port from clients that are not cache agents (or carry
     their own token). Such local processes are rare on an edge node (an operator's kubectl, a monitoring
     agent); 16 is room for them, and keeps a rogue local process from crowding out kubelet. Node components
-    (cache agents without their own token) are never limited."""
+    (cache agents without their own token, from a process of one of `node_uids`) are never limited."""
     max_inflight_per_pod: int = 8
     """Of the door's `max_inflight_pod`, how many one client may hold at once: one source address (a pod),
     and one token, each (`fairness`). So one pod, or one token, cannot take every seat of the class and

@@ -6,10 +6,11 @@ handle(request)
   │          whose first bytes are not what its Content-Type says (400, before the rest is read), a body
   │          too big (413) or one the node-wide memory budget has no room for (429 with Retry-After), or a
   │          non-watch request past its class's limit in flight or, on the door, past one pod's share of
-  │          it (429 with Retry-After, `fairness`: the node's own components are never limited, pods and
-  │          other local clients are); then a pod's or other client's request waits its turn for one of
-  │          the few seats they share (429 with Retry-After if it does not come in time), so however many
-  │          of them are admitted, only a few are served at once next to the node's own
+  │          it (429 with Retry-After, `fairness`: the node's own components, a cache agent's name from a
+  │          process of a trusted uid (`peers`), are never limited, pods and other local clients are);
+  │          then a pod's or other client's request waits its turn for one of the few seats they share
+  │          (429 with Retry-After if it does not come in time), so however many of them are admitted,
+  │          only a few are served at once next to the node's own
   ├── cloud healthy → `remote.forward`: stream the response back byte for byte, tee cacheable ones into the
   │                   cache. A connection failure marks the server down and falls through to the cache; a
   │                   server that is connected but silent past the request timeout gets this one request a
