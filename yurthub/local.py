@@ -113,7 +113,10 @@ def _refusal(hub: Hub, admitted: Admitted) -> web.Response | None:
 def _node_only(hub: Hub, info: requestinfo.RequestInfo) -> bool:
     """Whether `info` asks for something answered offline only for the node's own components (kubelet's
     Lease, node status and re-registration, its pod status patches, a cache agent's cached tokens): every
-    such grant needs `Admitted.node` (a trusted uid, `fairness.classify`), not only the component's name."""
+    such grant needs `Admitted.node` (a trusted uid, `fairness.classify`), not only the component's name.
+    All of them are writes: reads are answered from the cache scope the request names, as online."""
+    if info.verb in ("get", "list", "watch"):
+        return False
     kubelet = info.component == "kubelet"
     return (
         (info.resource == "leases" and info.verb == "update" and kubelet)
