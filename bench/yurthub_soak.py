@@ -25,7 +25,11 @@ phase: a curve that levels off is what bounded state looks like; one that climbs
 quarter is growth without bound. The number of Prometheus samples on /metrics is counted before and after.
 
 The hostile load runs in a process of its own so that its CPU use does not slow the measuring client's
-interpreter (the GIL) and pass for yurthub's latency. Every request goes to 127.0.0.1: the plain port, and
+interpreter (the GIL) and pass for yurthub's latency. It is "any local process": when the bench runs as root,
+that process drops to `nobody` (`HOSTILE_UID`) once it has loaded the CA (`become_hostile`), so its
+requests naming kubelet or kube-proxy are what an unprivileged process gets (`--node-uids`: not the node's
+class), while the measuring kubelet-shaped client stays root's; the uid it ran as is in the result
+(`hostile_process_uids`). Every request goes to 127.0.0.1: the plain port, and
 the door bound to 127.0.0.1 (no interface of its own). Each soak phase is bounded by a request count and a
 wall-clock cap, whichever comes first.
 
@@ -232,11 +236,44 @@ class Driven:
     """Answers by port (`plain`, `door`) and status (`error:<type>` when the connection failed)."""
     server_errors: list[str]
     """The first few 5xx answers: port, method, path, and the start of the body (never a token)."""
+    uid: int
+    """The user the hostile process ran as (`HOSTILE_UID` when the bench runs as root)."""
+
+
+HOSTILE_UID = 65534
+"""`nobody`: the hostile process is "any local process", so it is not root (whom yurthub trusts as the node's
+own components, `--node-uids`) when the bench can make it someone else."""
+_door_tls: ssl.SSLContext | None = None
+"""The hostile process's TLS context for the door, built by `become_hostile` before it drops root."""
+
+
+def become_hostile(target: Target) -> None:
+    """The hostile process's start (a `ProcessPoolExecutor` initializer): read what it needs while it may (the
+    CA into its TLS context; the tokens are in `target` already), load every module it will use (the
+    interpreter and its packages may sit where `nobody` cannot read), then, if it runs as root, become
+    `HOSTILE_UID` for good (groups, gid, uid). Nothing after this may read a file only root can."""
+    global _door_tls  # noqa: PLW0603 - one per process: this is the process's own start
+    _door_tls = ssl.create_default_context(cafile=target.ca_file)
+    asyncio.run(_warm_up(target, _door_tls))
+    if os.geteuid() == 0:
+        os.setgroups([])
+        os.setgid(HOSTILE_UID)
+        os.setuid(HOSTILE_UID)
+
+
+async def _warm_up(target: Target, door_tls: ssl.SSLContext) -> None:
+    """One harmless request to each port (the plain port's and the door's `/healthz`, no User-Agent, no
+    token), so that everything a request loads lazily is loaded before root is dropped."""
+    async with aiohttp.ClientSession(skip_auto_headers=("User-Agent",)) as session:
+        for base, tls in ((target.plain, True), (target.door, door_tls)):
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
+                async with session.get(base + "/healthz", ssl=tls, timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                    await resp.read()
 
 
 def drive(target: Target, count: int, cap_s: float, seed: int) -> Driven:
     """Send `count` hostile requests (or as many as `cap_s` seconds allow) from WORKERS concurrent clients.
-    Runs in a process of its own."""
+    Runs in a process of its own, started by `become_hostile`."""
     return asyncio.run(_drive(target, count, cap_s, seed))
 
 
@@ -246,7 +283,8 @@ async def _drive(target: Target, count: int, cap_s: float, seed: int) -> Driven:
     requests = [plan_request(rng, i, count, target.largest) for i in range(count)]
     rng.shuffle(requests)
     tokens = rng.sample(target.tokens, len(target.tokens))
-    door_tls = ssl.create_default_context(cafile=target.ca_file)
+    door_tls = _door_tls
+    assert door_tls is not None, "drive runs in the hostile process, after become_hostile"
     counts: dict[str, collections.Counter[str]] = {"plain": collections.Counter(), "door": collections.Counter()}
     server_errors: list[str] = []
     deadline = time.monotonic() + cap_s
@@ -289,7 +327,7 @@ async def _drive(target: Target, count: int, cap_s: float, seed: int) -> Driven:
         timeout=timeout, connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
     ) as session:
         await asyncio.gather(*(worker(session) for _ in range(WORKERS)))
-    return Driven({port: dict(c) for port, c in counts.items()}, server_errors)
+    return Driven({port: dict(c) for port, c in counts.items()}, server_errors, os.geteuid())
 
 
 # --- the kubelet-shaped client ----------------------------------------------------------------------------
@@ -599,13 +637,17 @@ class Soak:
         }
         self.sent = 0
         self.server_errors: list[str] = []
+        self.hostile_uids: set[int] = set()
+        """The users the hostile process ran as (one: `HOSTILE_UID` when the bench runs as root)."""
         self.series: list[int] = []
         self.started = time.monotonic()
 
     def run(self) -> None:
         context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as driver:
-            driver.submit(int, 0).result()  # the hostile process is up before anything is timed
+        with concurrent.futures.ProcessPoolExecutor(
+            max_workers=1, mp_context=context, initializer=become_hostile, initargs=(self.target,)
+        ) as driver:
+            driver.submit(int, 0).result()  # the hostile process is up (and not root) before anything is timed
             self.quiet()
             self.sample("before")
             self.series.append(metric_series(self.hub))
@@ -626,6 +668,7 @@ class Soak:
                 count, cap = self.plan.requests // 4, self.plan.phase_cap_s / 4
                 done = driver.submit(drive, self.target, count, cap, rep * 4 + quarter).result()
                 self.server_errors += done.server_errors[: max(0, 10 - len(self.server_errors))]
+                self.hostile_uids.add(done.uid)
                 for where, counts in done.counts.items():
                     self.answers[where].update(counts)
                     self.sent += sum(counts.values())
@@ -777,6 +820,7 @@ class Soak:
             "kubelet_answers": {kind: dict(sorted(c.items())) for kind, c in self.kubelet.items()},
             "kubelet_direct_answers": {kind: dict(sorted(c.items())) for kind, c in self.kubelet_direct.items()},
             "hostile_5xx_examples": self.server_errors,
+            "hostile_process_uids": sorted(self.hostile_uids),
         }
         return {"figures": figures, "detail": detail}
 

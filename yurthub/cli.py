@@ -141,7 +141,7 @@ def _limit_flags(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=d.max_inflight_other,
         help="non-watch plain-port requests that are not a node component's in flight at once (429 past it); "
-        "node components (cache agents without their own token) are never limited",
+        "node components (cache agents without their own token, from a process of --node-uids) are never limited",
     )
     group.add_argument(
         "--max-inflight-per-pod",
@@ -162,6 +162,13 @@ def _limit_flags(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=d.max_queue_wait_s,
         help="how long a pod or other request waits for its turn before 429 with Retry-After",
+    )
+    group.add_argument(
+        "--node-uids",
+        default="",
+        help="comma-separated user ids whose local processes are the node's own components on the plain port "
+        "(a cache agent's request is never limited, and kubelet's offline writes are accepted, only from a "
+        "process of one of these users; default: 0 and the user yurthub runs as)",
     )
     group.add_argument(
         "--token-scope-idle-seconds",
@@ -300,7 +307,9 @@ def _limit_settings(args: argparse.Namespace) -> config.LimitSettings:
     for flag, value in values.items():
         if value <= 0:
             raise config.ConfigError(f"{flag}: must be positive, not {value}")
+    uids = config.parse_uids(args.node_uids)
     return config.LimitSettings(
+        node_uids=config.LimitSettings().node_uids if uids is None else uids,
         max_request_body=args.max_request_body,
         max_door_request_body=args.max_door_request_body,
         max_bytes_in_memory=args.max_bytes_in_memory,

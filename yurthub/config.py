@@ -208,7 +208,7 @@ class LimitSettings:
     """Non-watch requests in flight at once on the plain port from clients that are not cache agents (or carry
     their own token). Such local processes are rare on an edge node (an operator's kubectl, a monitoring
     agent); 16 is room for them, and keeps a rogue local process from crowding out kubelet. Node components
-    (cache agents without their own token) are never limited."""
+    (cache agents without their own token, from a process of one of `node_uids`) are never limited."""
     max_inflight_per_pod: int = 8
     """Of the door's `max_inflight_pod`, how many one client may hold at once: one source address (a pod),
     and one token, each (`fairness`). So one pod, or one token, cannot take every seat of the class and
@@ -224,6 +224,12 @@ class LimitSettings:
     max_queue_wait_s: float = 15.0
     """How long a `pod` or `other` request waits for its turn before it is answered 429 with `Retry-After`.
     kube-apiserver's API Priority and Fairness lets a request wait up to a quarter of its 60 s timeout, 15 s."""
+    node_uids: frozenset[int] = dataclasses.field(default_factory=lambda: frozenset({0, os.geteuid()}))
+    """Users whose processes are the node's own components on the plain port (`peers`): a cache agent's
+    request without an `Authorization` of its own is the node's (the never-limited `node` class, and the
+    offline writes only kubelet may make) only when the kernel says the client's socket belongs to one of
+    these uids. Any local process can name itself kubelet; only these users' processes are believed.
+    Default: root (kubelet, kube-proxy and the CNI run as root) and the user yurthub runs as."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -252,6 +258,19 @@ def parse_servers(value: str) -> tuple[str, ...]:
         if parts.path not in ("", "/"):
             raise ConfigError(f"--server-addr: {server!r} must not carry a path")
     return servers
+
+
+def parse_uids(value: str) -> frozenset[int] | None:
+    """The uids of a comma-separated `--node-uids` value; None for an empty one (the default applies)."""
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    if not parts:
+        return None
+    uids = set()
+    for part in parts:
+        if not part.isdigit() or int(part) > 0xFFFFFFFE:
+            raise ConfigError(f"--node-uids: {part!r} is not a numeric user id (e.g. --node-uids=0,998)")
+        uids.add(int(part))
+    return frozenset(uids)
 
 
 BOOTSTRAP_TOKEN = re.compile(r"[a-z0-9]{6}\.[a-z0-9]{16}")

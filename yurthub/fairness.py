@@ -16,8 +16,10 @@ socket), so however many pods call at once, kubelet shares the loop with at most
 
 Classes (a closed set, also the metric label values):
 - `node`: a cache agent (`settings.cache.cache_agents`, named explicitly: `*` does not make every client one)
-  on the plain port without an `Authorization` of its own. Never limited: these are the node's kubelet,
-  kube-proxy, CNI; refusing them is the failure this module exists to prevent.
+  on the plain port without an `Authorization` of its own, from a process the kernel says runs as one of the
+  trusted uids (`--node-uids`, `peers`: a User-Agent is whatever a local process says, its uid is not; a
+  lookup that fails is not trusted). Never limited: these are the node's kubelet, kube-proxy, CNI; refusing
+  them is the failure this module exists to prevent. A process of another uid naming itself kubelet is `other`.
 - `pod`: the HTTPS door (each request carries a pod's token).
 - `other`: the plain port otherwise (unknown components, or requests carrying their own token).
 
@@ -25,8 +27,9 @@ Within the `pod` class, each client has a share of its own (`Seats.per_client`):
 the token it sends are each a client, and a request takes a seat from each, so neither one address (however
 many tokens it makes up) nor one token (from however many addresses) can hold more than its share of the
 class's seats, and the rest stay free for the other pods. Only the door's clients are told apart this way:
-on the plain port every client is 127.0.0.1 and its User-Agent is what it says it is, so there is nothing to
-tell them apart by; there the class limit alone keeps unknown clients from crowding out the node's own.
+on the plain port every client is 127.0.0.1 and its User-Agent is what it says it is; there the class limit
+alone keeps unknown clients (and untrusted uids claiming a node component's name) from crowding out the
+node's own.
 
 Watches are not counted: they are long-lived (a node holds dozens for hours), so a slot per watch would either
 starve a class's short requests or need a limit so high it bounds nothing. What a watch costs in memory is
@@ -43,11 +46,16 @@ Class = Literal["node", "pod", "other"]
 CLASSES: tuple[Class, ...] = ("node", "pod", "other")
 
 
-def classify(*, door: bool, component: str, agents: frozenset[str], own_credentials: bool) -> Class:
-    """The class of one admitted request (see the module docstring)."""
+def classify(
+    *, door: bool, component: str, agents: frozenset[str], own_credentials: bool, trusted_peer: Callable[[], bool]
+) -> Class:
+    """The class of one admitted request (see the module docstring). `trusted_peer` says whether the client's
+    process runs as a trusted uid (`peers`); it is asked only of a request that would otherwise be `node`, so
+    no other request pays for the lookup. This is the one place that decides a request is the node's own:
+    everything granted only to the node's components goes by its answer (`hub.Admitted.node`)."""
     if door:
         return "pod"
-    if not own_credentials and component and component in agents and component != "*":
+    if not own_credentials and component and component in agents and component != "*" and trusted_peer():
         return "node"
     return "other"
 

@@ -33,6 +33,7 @@ from yurthub import (
     memory,
     metrics,
     outbox,
+    peers,
     requestinfo,
     storage,
     topology,
@@ -72,6 +73,13 @@ class Admitted:
     """Bytes of the node-wide `requests` budget this request holds (its body, then whole answers)."""
     seat: fairness.Seat
     """Its place among its class's requests in flight (`fairness`); released when `proxy.handle` ends."""
+
+    @property
+    def node(self) -> bool:
+        """Whether the node's own component sent it (`fairness.classify`: a cache agent on the plain port,
+        no `Authorization` of its own, from a process of a trusted uid): the one decision every grant made
+        only to the node's components (never limited, kubelet's offline writes) goes by."""
+        return self.seat.cls == "node"
 
 
 class Hub:
@@ -116,6 +124,8 @@ class Hub:
         )
         """Non-watch requests in flight per class (`fairness`); past a class's limit, 429; of the pods' and
         other clients', a few served at once, the rest waiting their turn."""
+        self.peers = peers.Trust(limits.node_uids, lambda reason: stats.peer_lookup_failures.labels(reason).inc())
+        """Whose processes the plain port's clients are (`peers`): the node's own components run as these uids."""
         for cls in fairness.CLASSES:
             stats.inflight.labels(cls).set_function(functools.partial(self.seats.count, cls))
             stats.waiting.labels(cls).set_function(functools.partial(self.seats.waiting, cls))

@@ -7,6 +7,8 @@ that relisted earlier would get the cloud's EndpointSlices, still naming this no
 and undo the node's offline rewrite (kube-proxy sending the Service to addresses that no longer exist);
 kubelet's Lease renewals and node status are answered here, and its pod status patches applied to the
 cache and queued (`statuses`); Events go to the outbox; everything else is a 503 `Status` that says why.
+What is answered only for the node's own components (`_node_only`) needs the request to be the node's
+(`Admitted.node`: its name and a trusted uid, `fairness.classify`); anybody else gets a 403 `Status`.
 An answer read whole from the cache counts against the node-wide `requests` memory budget until it is sent
 (429 when there is no room).
 """
@@ -41,14 +43,9 @@ async def serve(hub: Hub, request: web.Request, admitted: Admitted) -> web.Strea
     if names:  # filtered answers are kept as JSON only; the unfiltered JSON ones (`AS_JSON`) prefer it
         accept = wire.JSON if set(names) - {AS_JSON} else f"{wire.JSON},{accept}"
     try:
-        if not info.is_resource:
-            return replies.error(503, f"cloud unreachable: {info.path} is not served from the cache")
-        if cache.is_token_scope(component) and info.verb not in ("get", "list", "watch"):
-            return replies.error(
-                503,
-                f"cloud unreachable: {info.verb} {info.gvr} with a pod's token cannot be honoured offline; "
-                "retry when the cloud is back",
-            )
+        refusal = _refusal(hub, admitted)
+        if refusal is not None:
+            return refusal
         if info.verb in ("get", "list"):
             response, outcome = await _read(hub, request, admitted, accept)
             return response
@@ -88,6 +85,46 @@ async def serve(hub: Hub, request: web.Request, admitted: Admitted) -> web.Strea
         return replies.error(503, f"cloud unreachable and the cache cannot be read: {exc}")
     finally:
         hub.metrics.request(component, info.verb, info.resource, outcome)
+
+
+def _refusal(hub: Hub, admitted: Admitted) -> web.Response | None:
+    """What is refused offline whatever the cache holds: a non-resource path, a write with a pod's token, and
+    what only the node's own components may do (`_node_only`) asked by anybody else (403)."""
+    info = admitted.info
+    if not info.is_resource:
+        return replies.error(503, f"cloud unreachable: {info.path} is not served from the cache")
+    if cache.is_token_scope(info.component) and info.verb not in ("get", "list", "watch"):
+        return replies.error(
+            503,
+            f"cloud unreachable: {info.verb} {info.gvr} with a pod's token cannot be honoured offline; "
+            "retry when the cloud is back",
+        )
+    if _node_only(hub, info) and not admitted.node:
+        return replies.error(
+            403,
+            f"cloud unreachable: {info.verb} {info.gvr} is answered offline only for the node's own "
+            f"{info.component}, and this client is not it (its process does not run as one of --node-uids, "
+            "its user could not be told, or it sent an Authorization of its own); retry when the cloud is back",
+            "Forbidden",
+        )
+    return None
+
+
+def _node_only(hub: Hub, info: requestinfo.RequestInfo) -> bool:
+    """Whether `info` asks for something answered offline only for the node's own components (kubelet's
+    Lease, node status and re-registration, its pod status patches, a cache agent's cached tokens): every
+    such grant needs `Admitted.node` (a trusted uid, `fairness.classify`), not only the component's name.
+    All of them are writes: reads are answered from the cache scope the request names, as online."""
+    if info.verb in ("get", "list", "watch"):
+        return False
+    kubelet = info.component == "kubelet"
+    return (
+        (info.resource == "leases" and info.verb == "update" and kubelet)
+        or (info.resource == "nodes" and info.subresource == "status" and kubelet)
+        or (info.resource == "nodes" and info.verb == "create" and kubelet)
+        or statuses.is_offline_status_patch(info)
+        or (cache.is_token_request(info) and info.component in hub.agents)
+    )
 
 
 async def _read(hub: Hub, request: web.Request, admitted: Admitted, accept: str) -> tuple[web.Response, str]:

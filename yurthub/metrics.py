@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from yurthub import cache, storage
+from yurthub import cache, peers, storage
 
 OTHER = "other"
 VERBS = frozenset({"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"})
@@ -188,6 +188,17 @@ class Metrics:
             ["class", "reason"],
             registry=r,
         )
+        self.peer_lookup_failures = Counter(
+            "yurthub_peer_lookup_failures_total",
+            "Plain-port requests of a cache agent whose client's uid the kernel could not tell (`peers`): "
+            "served as other, never as node. reason: refused (the kernel answered an error, e.g. no such "
+            "socket), closed (the client had closed its socket), malformed (an answer that makes no sense, or "
+            "none), unavailable (netlink not usable)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in peers.REASONS:
+            self.peer_lookup_failures.labels(reason)
         self.waiting = Gauge(
             "yurthub_waiting_requests",
             "Non-watch requests admitted and waiting for their turn (pod and other; node never waits)",

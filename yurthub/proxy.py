@@ -6,10 +6,11 @@ handle(request)
   │          whose first bytes are not what its Content-Type says (400, before the rest is read), a body
   │          too big (413) or one the node-wide memory budget has no room for (429 with Retry-After), or a
   │          non-watch request past its class's limit in flight or, on the door, past one pod's share of
-  │          it (429 with Retry-After, `fairness`: the node's own components are never limited, pods and
-  │          other local clients are); then a pod's or other client's request waits its turn for one of
-  │          the few seats they share (429 with Retry-After if it does not come in time), so however many
-  │          of them are admitted, only a few are served at once next to the node's own
+  │          it (429 with Retry-After, `fairness`: the node's own components, a cache agent's name from a
+  │          process of a trusted uid (`peers`), are never limited, pods and other local clients are);
+  │          then a pod's or other client's request waits its turn for one of the few seats they share
+  │          (429 with Retry-After if it does not come in time), so however many of them are admitted,
+  │          only a few are served at once next to the node's own
   ├── cloud healthy → `remote.forward`: stream the response back byte for byte, tee cacheable ones into the
   │                   cache. A connection failure marks the server down and falls through to the cache; a
   │                   server that is connected but silent past the request timeout gets this one request a
@@ -128,7 +129,13 @@ async def admit(hub: Hub, request: web.Request, *, door: bool) -> Admitted | web
     limit = limits.max_door_request_body if door else limits.max_request_body
     if request.content_length is not None and request.content_length > limit:
         return replies.error(413, f"request body of {request.content_length} bytes exceeds {limit}")
-    cls = fairness.classify(door=door, component=info.component, agents=hub.agents, own_credentials=bool(auths))
+    cls = fairness.classify(
+        door=door,
+        component=info.component,
+        agents=hub.agents,
+        own_credentials=bool(auths),
+        trusted_peer=lambda: hub.peers.trusted(request.transport),
+    )
     if info.verb == "watch":
         seat: fairness.Seat | fairness.Refusal = fairness.uncounted(cls)
     else:

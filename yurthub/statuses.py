@@ -7,9 +7,11 @@ the pod's latest status (one entry per pod). Every cached EndpointSlice and Endp
 scope, with an endpoint that targets that pod gets the pod's addresses and readiness (`endpoints`). Held
 offline watches whose view lists a changed object receive a MODIFIED event.
 
-Trust: only kubelet on the plain port (no credentials of its own: the node's identity) may do this, only on
-the status subresource, only for a pod whose cached `spec.nodeName` is this node. A request with a pod's
-token (door or plain port) never gets here: `local` refuses its writes offline.
+Trust: only kubelet on the plain port (no credentials of its own: the node's identity) from a process of a
+trusted uid (`--node-uids`, `peers`; `local` checks `Admitted.node` before calling `offline_patch`, and
+answers 403 otherwise) may do this, only on the status subresource, only for a pod whose cached
+`spec.nodeName` is this node. A request with a pod's token (door or plain port) never gets here: `local`
+refuses its writes offline.
 
 `deliver` sends a queued status when the cloud is back: it reads the cloud's pod, drops the status when the
 pod is gone (404) or is another pod by now (other uid: deleted and recreated), and otherwise patches the
@@ -54,7 +56,8 @@ class Changed:
 
 
 def is_offline_status_patch(info: requestinfo.RequestInfo) -> bool:
-    """kubelet's pod status patch, the one write to a pod the node may make offline (see the module doc)."""
+    """kubelet's pod status patch, the one write to a pod the node may make offline (see the module doc); by
+    its name only: whether the sender is the node's kubelet is `Admitted.node`, checked by `local`."""
     return (
         info.component == "kubelet"
         and info.verb == "patch"

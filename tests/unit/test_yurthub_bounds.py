@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import string
 from collections.abc import AsyncIterator, Callable
@@ -491,6 +492,88 @@ async def test_past_the_other_limit_429_at_once_while_kubelet_is_answered(node: 
         async with session.get(path, headers=OTHER) as resp:
             assert resp.status == 404
     assert node.hub.seats.inflight == {"node": 0, "pod": 0, "other": 0}
+
+
+NOBODY = 65534
+_CLIENT = """
+import json, sys, urllib.error, urllib.request
+method, url, headers, body = json.loads(sys.stdin.read())
+request = urllib.request.Request(url, data=body.encode() or None, method=method, headers=headers)
+try:
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        code, text = resp.status, resp.read()
+except urllib.error.HTTPError as exc:
+    code, text = exc.code, exc.read()
+print(json.dumps([code, text.decode()]))
+"""
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="only root can start a client process of another uid")
+"""For tests of a client of another uid (the tests run as root; test_yurthub_peers covers one's own uid)."""
+
+
+async def call_as(
+    user: int, method: str, url: str, headers: dict[str, str], body: bytes = b""
+) -> tuple[int, dict[str, object]]:
+    """One HTTP request from a separate process running as `user` (another local process, as the kernel
+    sees it), and its answer's code and JSON body. The system's python: the virtualenv's interpreter may
+    sit where that user cannot read it."""
+    proc = await asyncio.create_subprocess_exec(
+        "/usr/bin/python3",
+        "-c",
+        _CLIENT,
+        user=user,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate(json.dumps([method, url, headers, body.decode()]).encode())
+    assert proc.returncode == 0, out
+    code, text = json.loads(out)
+    return code, json.loads(text)
+
+
+@as_root
+@pytest.mark.parametrize("limits", [config.LimitSettings(max_inflight_other=1)])
+async def test_a_local_process_of_another_uid_naming_itself_kubelet_is_bounded_as_other(
+    node: Node, gate: asyncio.Event
+) -> None:
+    """Any local process can send kubelet's User-Agent: one not running as a node uid (`--node-uids`) is
+    `other`, served while its class has room and refused past it, while root's kubelet is never refused."""
+    path = node.url + "/api/v1/namespaces/default/configmaps/a"
+    assert (await call_as(NOBODY, "GET", path, KUBELET))[0] == 404  # served (the cloud's 404): bounded, not banned
+
+    async def held() -> None:
+        async with session.get(node.url + STALL, headers=OTHER) as resp:
+            assert resp.status == 404
+
+    async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as group:
+        group.create_task(held(), name="held-other-request")
+        await until(lambda: node.hub.seats.inflight["other"] == 1 and len(node.seen) == 2)
+        code, doc = await call_as(NOBODY, "GET", path, KUBELET)
+        assert code == 429
+        assert (doc["kind"], doc["reason"]) == ("Status", "TooManyRequests")
+        assert len(node.seen) == 2  # it never reached the cloud
+        async with session.get(path, headers=KUBELET) as resp:  # root's kubelet: the node's, never limited
+            assert resp.status == 404
+        text = generate_latest(node.hub.metrics.registry).decode()
+        assert 'yurthub_inflight_refused_total{class="other",reason="class"} 1.0' in text
+        assert 'yurthub_peer_lookup_failures_total{reason="refused"} 0.0' in text
+        gate.set()
+
+
+@pytest.mark.parametrize("limits", [config.LimitSettings(max_inflight_other=1, node_uids=frozenset({NOBODY}))])
+async def test_node_uids_decides_who_is_the_node_not_the_user_agent(node: Node, gate: asyncio.Event) -> None:
+    """With --node-uids naming another user, this process's kubelet (root, or whoever runs the tests) is
+    `other`: refused past the class's limit like any other local client."""
+
+    async def held() -> None:
+        async with session.get(node.url + STALL, headers=OTHER) as resp:
+            assert resp.status == 404
+
+    async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as group:
+        group.create_task(held(), name="held-other-request")
+        await until(lambda: node.hub.seats.inflight["other"] == 1 and len(node.seen) == 1)
+        async with session.get(node.url + "/api/v1/namespaces/default/configmaps/a", headers=KUBELET) as resp:
+            assert resp.status == 429
+        gate.set()
 
 
 @pytest.mark.parametrize("limits", [config.LimitSettings(max_inflight_other=1)])

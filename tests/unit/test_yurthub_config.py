@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,16 @@ def test_inflight_limits_come_from_flags_and_must_be_positive() -> None:
         cli.settings_from_args(cli.parse_args([*BASE, "--max-inflight-other=0"]))
     with pytest.raises(config.ConfigError, match="--max-inflight-per-pod"):
         cli.settings_from_args(cli.parse_args([*BASE, "--max-inflight-per-pod=0"]))
+
+
+def test_node_uids_default_to_root_and_yurthubs_own_and_come_from_a_flag() -> None:
+    default = cli.settings_from_args(cli.parse_args(BASE)).limits
+    assert default.node_uids == frozenset({0, os.geteuid()})
+    limits = cli.settings_from_args(cli.parse_args([*BASE, "--node-uids= 0, 998 ,0"])).limits
+    assert limits.node_uids == frozenset({0, 998})
+
+
+@pytest.mark.parametrize("value", ["root", "-1", "1.5", "4294967295", "0,kubelet"])
+def test_node_uids_that_are_not_numeric_user_ids_are_refused(value: str) -> None:
+    with pytest.raises(config.ConfigError, match=r"--node-uids: .* is not a numeric user id"):
+        cli.settings_from_args(cli.parse_args([*BASE, f"--node-uids={value}"]))

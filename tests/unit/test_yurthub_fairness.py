@@ -35,20 +35,32 @@ AGENTS = frozenset({"kubelet", "kube-proxy"})
 
 
 @pytest.mark.parametrize(
-    ("door", "component", "agents", "own", "expected"),
+    ("door", "component", "agents", "own", "trusted", "expected"),
     [
-        (False, "kubelet", AGENTS, False, "node"),
-        (False, "kube-proxy", AGENTS, False, "node"),
-        (False, "kubelet", AGENTS, True, "other"),  # its own token: not the node's identity
-        (False, "curl", AGENTS, False, "other"),
-        (False, "", AGENTS, False, "other"),
-        (False, "curl", frozenset({"*"}), False, "other"),  # `*` caches everyone, it trusts nobody more
-        (True, "kubelet", AGENTS, True, "pod"),  # the door is always a pod's
-        (True, "curl", AGENTS, False, "pod"),
+        (False, "kubelet", AGENTS, False, True, "node"),
+        (False, "kube-proxy", AGENTS, False, True, "node"),
+        (False, "kubelet", AGENTS, False, False, "other"),  # any local process can name itself kubelet
+        (False, "kubelet", AGENTS, True, True, "other"),  # its own token: not the node's identity
+        (False, "curl", AGENTS, False, True, "other"),
+        (False, "", AGENTS, False, True, "other"),
+        (False, "curl", frozenset({"*"}), False, True, "other"),  # `*` caches everyone, it trusts nobody more
+        (True, "kubelet", AGENTS, True, True, "pod"),  # the door is always a pod's
+        (True, "curl", AGENTS, False, True, "pod"),
     ],
 )
-def test_classes(door: bool, component: str, agents: frozenset[str], own: bool, expected: str) -> None:
-    assert fairness.classify(door=door, component=component, agents=agents, own_credentials=own) == expected
+def test_classes(door: bool, component: str, agents: frozenset[str], own: bool, trusted: bool, expected: str) -> None:
+    asked: list[bool] = []
+
+    def trusted_peer() -> bool:
+        asked.append(trusted)
+        return trusted
+
+    got = fairness.classify(
+        door=door, component=component, agents=agents, own_credentials=own, trusted_peer=trusted_peer
+    )
+    assert got == expected
+    # the uid is looked up only for a request that would otherwise be the node's: the others pay nothing
+    assert len(asked) == (not door and not own and component in agents and component != "*")
 
 
 def test_seats_refuse_past_the_limit_and_a_release_counts_once() -> None:

@@ -21,6 +21,7 @@ import pytest
 from aiohttp import web
 
 from tests.unit import wirefixtures
+from tests.unit.test_yurthub_bounds import NOBODY, as_root, call_as
 from yurthub import config, filters, health, metrics, outbox, proxy, server, status, storage, wire
 
 NODE = "edge-1"
@@ -270,6 +271,31 @@ async def test_offline_status_writes_kubelet_may_not_make_are_refused(
     assert answer["kind"] == "Status"
     assert (await node.call("GET", POD_PATH, KUBELET))[1]["status"]["podIP"] == "10.0.0.5"
     assert await node.queued() == []
+
+
+@as_root
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("PATCH", POD_PATH + "/status", new_ip_patch("10.6.6.6")),
+        ("PUT", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/" + NODE, b"{}"),
+    ],
+)
+async def test_a_local_process_of_another_uid_naming_itself_kubelet_cannot_write_offline(
+    node: Node, method: str, path: str, body: bytes
+) -> None:
+    """kubelet's offline writes (its pods' statuses, its Lease) need the node's kubelet: a process of a uid
+    not in --node-uids that sends kubelet's User-Agent is refused 403, and nothing changes; root's kubelet
+    still writes."""
+    node.cut()
+    code, answer = await call_as(NOBODY, method, node.url + path, {**KUBELET, **SMP}, body)
+    assert code == 403
+    assert (answer["kind"], answer["reason"]) == ("Status", "Forbidden")
+    assert "--node-uids" in str(answer["message"])
+    assert (await node.call("GET", POD_PATH, KUBELET))[1]["status"]["podIP"] == "10.0.0.5"
+    assert await node.queued() == []
+    code, _ = await node.call(method, path, {**KUBELET, **SMP}, body)
+    assert code == 200  # the node's own kubelet, from a uid of --node-uids
 
 
 async def test_offline_patch_types_and_preconditions_answer_as_the_apiserver(node: Node) -> None:
