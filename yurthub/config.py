@@ -267,7 +267,7 @@ def parse_uids(value: str) -> frozenset[int] | None:
         return None
     uids = set()
     for part in parts:
-        if not part.isdigit() or int(part) > 0xFFFFFFFE:
+        if not (part.isascii() and part.isdigit()) or int(part) > 0xFFFFFFFE:
             raise ConfigError(f"--node-uids: {part!r} is not a numeric user id (e.g. --node-uids=0,998)")
         uids.add(int(part))
     return frozenset(uids)

@@ -155,7 +155,7 @@ def test_node_uids_default_to_root_and_yurthubs_own_and_come_from_a_flag() -> No
     assert limits.node_uids == frozenset({0, 998})
 
 
-@pytest.mark.parametrize("value", ["root", "-1", "1.5", "4294967295", "0,kubelet"])
+@pytest.mark.parametrize("value", ["root", "-1", "1.5", "4294967295", "0,kubelet", "\u00b2", "\u0661"])
 def test_node_uids_that_are_not_numeric_user_ids_are_refused(value: str) -> None:
     with pytest.raises(config.ConfigError, match=r"--node-uids: .* is not a numeric user id"):
         cli.settings_from_args(cli.parse_args([*BASE, f"--node-uids={value}"]))
