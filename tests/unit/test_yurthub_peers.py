@@ -11,6 +11,7 @@ import os
 import socket
 import struct
 import subprocess
+import weakref
 from collections.abc import AsyncIterator
 
 import pytest
@@ -129,20 +130,24 @@ def test_connections_of_transport_addresses(peername: object, sockname: object, 
 
 @pytest.fixture
 async def accepted() -> AsyncIterator[tuple[int, asyncio.Queue[asyncio.StreamWriter]]]:
-    """A loopback server handing over each accepted connection's writer (its transport is what yurthub sees)."""
+    """A loopback server handing over each accepted connection's writer (its transport is what yurthub sees).
+    Every connection it accepted is closed at the end, taken from the queue or not: from Python 3.12 on,
+    `Server.wait_closed` waits for them all."""
     queue: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
+    handed: weakref.WeakSet[asyncio.StreamWriter] = weakref.WeakSet()  # weak: a test may see a transport go
 
     async def take(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handed.add(writer)
         await queue.put(writer)
 
     server = await asyncio.start_server(take, "127.0.0.1", 0)
     try:
         yield server.sockets[0].getsockname()[1], queue
     finally:
-        while not queue.empty():
-            queue.get_nowait().close()
+        for writer in list(handed):
+            writer.close()
         server.close()
-        await server.wait_closed()
+        await asyncio.wait_for(server.wait_closed(), 10)
 
 
 def _client(port: int, user: int) -> subprocess.Popen[bytes]:
