@@ -454,15 +454,17 @@ async def until(condition: Callable[[], bool]) -> None:
     raise AssertionError("condition not met in 10 s")
 
 
+async def held_other(session: aiohttp.ClientSession, node: Node) -> None:
+    """One `other` request that holds its seat until the cloud lets it go (the test sets `gate`)."""
+    async with session.get(node.url + STALL, headers=OTHER) as resp:
+        assert resp.status == 404  # once the cloud lets it go
+
+
 @pytest.mark.parametrize("limits", [config.LimitSettings(max_inflight_other=1)])
 async def test_past_the_other_limit_429_at_once_while_kubelet_is_answered(node: Node, gate: asyncio.Event) -> None:
-    async def held() -> None:
-        async with session.get(node.url + STALL, headers=OTHER) as resp:
-            assert resp.status == 404  # once the cloud lets it go
-
     async with aiohttp.ClientSession() as session:
         async with asyncio.TaskGroup() as group:
-            group.create_task(held(), name="held-other-request")
+            group.create_task(held_other(session, node), name="held-other-request")
             # the seat is taken before the request reaches the cloud: wait for both, or the held request's
             # late arrival would count as one of the refused ones (it did under Python 3.12's scheduling)
             await until(lambda: node.hub.seats.inflight["other"] == 1 and len(node.seen) == 1)
@@ -540,12 +542,8 @@ async def test_a_local_process_of_another_uid_naming_itself_kubelet_is_bounded_a
     path = node.url + "/api/v1/namespaces/default/configmaps/a"
     assert (await call_as(NOBODY, "GET", path, KUBELET))[0] == 404  # served (the cloud's 404): bounded, not banned
 
-    async def held() -> None:
-        async with session.get(node.url + STALL, headers=OTHER) as resp:
-            assert resp.status == 404
-
     async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as group:
-        group.create_task(held(), name="held-other-request")
+        group.create_task(held_other(session, node), name="held-other-request")
         await until(lambda: node.hub.seats.inflight["other"] == 1 and len(node.seen) == 2)
         code, doc = await call_as(NOBODY, "GET", path, KUBELET)
         assert code == 429
@@ -564,12 +562,8 @@ async def test_node_uids_decides_who_is_the_node_not_the_user_agent(node: Node, 
     """With --node-uids naming another user, this process's kubelet (root, or whoever runs the tests) is
     `other`: refused past the class's limit like any other local client."""
 
-    async def held() -> None:
-        async with session.get(node.url + STALL, headers=OTHER) as resp:
-            assert resp.status == 404
-
     async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as group:
-        group.create_task(held(), name="held-other-request")
+        group.create_task(held_other(session, node), name="held-other-request")
         await until(lambda: node.hub.seats.inflight["other"] == 1 and len(node.seen) == 1)
         async with session.get(node.url + "/api/v1/namespaces/default/configmaps/a", headers=KUBELET) as resp:
             assert resp.status == 429
