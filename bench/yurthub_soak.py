@@ -6,8 +6,9 @@ yurthub's memory or disk without bound or slow other clients. The soak drives bo
 (random resources, namespaces, names, and label/field selectors so that most lists define a new view, many
 of them matching every object), random verbs (GET, LIST, WATCH with a one-second timeout, and POST, PUT,
 PATCH, DELETE with random bodies of random sizes, a few of exactly the largest size yurthub accepts and a
-few just past it), random User-Agents (kubelet-like ones, which are cached, and made-up components) and, on
-the door, valid ServiceAccount tokens (each its own cache scope) mixed with random ones.
+few just past it), random User-Agents (kubelet-like ones, which yurthub caches for the node's own processes
+only, and made-up components) and, on the door, valid ServiceAccount tokens (each its own cache scope, so
+the door's lists fill the cache) mixed with random ones.
 
 Phases alternate, quiet then soak, ending quiet (`reps` soak phases, `reps + 1` quiet ones). Throughout every
 phase a kubelet-shaped client GETs its Node and a Pod on one kept-alive connection at a steady rate, and the
@@ -36,7 +37,12 @@ wall-clock cap, whichever comes first.
 Run the soak alone (its own control plane, a few minutes; nothing is written under bench/results):
 
     python -m bench.yurthub_soak [--requests N] [--reps R] [--quiet-s S] [--phase-cap-s S] [--out FILE]
-        [--hub-arg=--FLAG=VALUE ...] [--profile FILE]
+        [--hub-arg=--FLAG=VALUE ...] [--profile FILE] [--reserved-cpu]
+
+`--reserved-cpu` runs it as on a node whose kubelet keeps a CPU for the system daemons (`reservedSystemCPUs`):
+yurthub alone on the machine's last CPU, everything else (the control plane, the hostile process, the
+measuring client) on the others. It tells what yurthub's own handling of the hostile load adds from what
+sharing two cores with the control plane and the hostile process adds; `make bench` runs the shared layout.
 """
 
 from __future__ import annotations
@@ -572,6 +578,38 @@ def start_hub(kube: cluster.Cluster, directory: Path, *extra: str) -> tuple[host
     return hub, door_port
 
 
+def _pin_all(cpus: set[int], hub_pid: int, hub_cpus: set[int]) -> None:
+    """Every thread of every process on `cpus`, yurthub's on `hub_cpus` (kernel threads refuse: skipped)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        want = hub_cpus if int(entry.name) == hub_pid else cpus
+        with contextlib.suppress(OSError):
+            for task in (entry / "task").iterdir():
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(task.name), want)
+
+
+@contextlib.contextmanager
+def _reserved_cpu(hub_pid: int | None) -> Iterator[dict[str, Any]]:
+    """With a pid: yurthub alone on the machine's last CPU, every other thread of the machine (the control
+    plane, the hostile process, the measuring client) on the others, as on a node whose kubelet keeps a
+    CPU for its system daemons (`reservedSystemCPUs`); what was running everywhere runs everywhere again
+    after. Threads started later inherit their creator's CPUs. Without a pid: nothing changes."""
+    if hub_pid is None:
+        yield {"layout": "shared"}
+        return
+    everywhere = os.sched_getaffinity(0)
+    if len(everywhere) < 2:
+        raise RuntimeError("--reserved-cpu needs at least two CPUs")
+    own = max(everywhere)
+    _pin_all(everywhere - {own}, hub_pid, {own})
+    try:
+        yield {"layout": "reserved", "yurthub_cpus": [own], "other_cpus": sorted(everywhere - {own})}
+    finally:
+        _pin_all(everywhere, hub_pid, everywhere)
+
+
 @contextlib.contextmanager
 def _profiled(pid: int, out: Path | None) -> Iterator[None]:
     """py-spy sampling `pid` (every thread, idle ones too, without pausing it) while the block runs."""
@@ -831,8 +869,10 @@ def measure(
     plan: Plan | None = None,
     profile: Path | None = None,
     hub_args: tuple[str, ...] = (),
+    reserved_cpu: bool = False,
 ) -> dict[str, Any]:
-    """Run the soak against a hub of its own on `kube`; {"figures": flat numbers, "detail": the curves}."""
+    """Run the soak against a hub of its own on `kube`; {"figures": flat numbers, "detail": the curves}.
+    `reserved_cpu`: yurthub on a CPU of its own, everything else on the others (`_reserved_cpu`)."""
     plane = kube.plane
     assert plane is not None
     tokens = prepare(kube)
@@ -841,11 +881,13 @@ def measure(
     target = Target(hub.proxy, f"https://127.0.0.1:{door_port}", ca, tokens, largest_body())
     soak = Soak(plan or Plan(), hub, target, direct_to(plane.server, ca, hub), profile)
     try:
-        soak.run()
+        with _reserved_cpu(hub.proc.pid if reserved_cpu else None) as layout:
+            soak.run()
     finally:
         hub.stop()
     result = soak.report()
     result["detail"]["yurthub_log_errors"] = log_errors(hub.log)
+    result["detail"]["cpu_layout"] = layout
     return result
 
 
@@ -869,12 +911,17 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="sample yurthub with py-spy (installed apart) during the first soak phase; collapsed stacks to this file",
     )
+    parser.add_argument(
+        "--reserved-cpu",
+        action="store_true",
+        help="yurthub alone on the last CPU, everything else on the others (a node that keeps a CPU for its daemons)",
+    )
     args = parser.parse_args(argv)
     if args.reps < 1 or args.requests < 4:
         parser.error("--reps must be at least 1 and --requests at least 4")
     plan = Plan(requests=args.requests, reps=args.reps, quiet_s=args.quiet_s, phase_cap_s=args.phase_cap_s)
     with cluster.Cluster.start(cluster.Settings(real_node=False)) as kube, tempfile.TemporaryDirectory() as tmp:
-        result = measure(kube, Path(tmp), plan, args.profile, tuple(args.hub_arg))
+        result = measure(kube, Path(tmp), plan, args.profile, tuple(args.hub_arg), args.reserved_cpu)
     result["detail"]["hub_args"] = args.hub_arg
     text = json.dumps(result, indent=2)
     print(text)

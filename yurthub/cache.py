@@ -55,6 +55,20 @@ def cacheable(info: RequestInfo, agents: frozenset[str]) -> bool:
     )
 
 
+def kept(info: RequestInfo, agents: frozenset[str], *, node: bool) -> bool:
+    """Whether the answer to this request is written to the cache: `cacheable`, and into a cache agent's
+    scope only when the node's own component asked (`node`: `hub.Admitted.node`, a trusted uid). A local
+    process of another uid that names itself kubelet is still answered, but what it lists is not kept as
+    kubelet's: it can neither fill kubelet's scope nor push kubelet's own views out of it (a scope keeps
+    `--max-views-per-scope` views, the least recently used go first), nor make the cache writer parse
+    its answers. A token's own scope (a pod's, or a plain-port request with its own `Authorization`) is
+    kept whoever sends it: only that token reads it. A component cached only because `--cache-agents`
+    holds `*` names nobody the node trusts, so it is kept as before."""
+    if not cacheable(info, agents):
+        return False
+    return node or is_token_scope(info.component) or info.component not in agents
+
+
 def token_scope(token: str, filtered: tuple[str, ...] = ()) -> str:
     """The cache component of one bearer token: a hash, so the token itself is never stored.
 

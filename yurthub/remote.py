@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 import zlib
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -43,6 +44,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 MAX_CACHED_BODY = 64 * 1024 * 1024
+BODY_STEP = 64 * 1024
+"""A request body longer than this goes to the cloud in steps of this size, the event loop free between
+them (`_outgoing`)."""
 
 
 def _upstream_headers(request: web.Request, names: tuple[str, ...] = ()) -> dict[str, str]:
@@ -60,6 +64,24 @@ def _upstream_headers(request: web.Request, names: tuple[str, ...] = ()) -> dict
     return headers
 
 
+def _outgoing(body: bytes, headers: dict[str, str]) -> bytes | AsyncIterator[memoryview] | None:
+    """What `forward` hands aiohttp as the request body. Given bytes, aiohttp encrypts and writes the whole
+    body in one step of the event loop: megabytes (16 MiB on the plain port) keep every other client of the
+    node, kubelet included, waiting that long. A longer body goes in `BODY_STEP` slices with the loop free
+    between them, its length declared up front (so not chunked: kube-apiserver sees the same request)."""
+    if len(body) <= BODY_STEP:
+        return body or None
+    headers["Content-Length"] = str(len(body))
+    return _in_steps(memoryview(body))
+
+
+async def _in_steps(body: memoryview) -> AsyncIterator[memoryview]:
+    for start in range(0, len(body), BODY_STEP):
+        if start:
+            await asyncio.sleep(0)  # aiohttp's writer only waits when the socket is full: let others run
+        yield body[start : start + BODY_STEP]
+
+
 def _filtered(names: tuple[str, ...]) -> bool:
     """Whether a filter reads the answer: `AS_JSON` alone only negotiates JSON, whose bytes pass unread and
     stream like any other answer (read whole and decoded, kubelet's list of 1k pods took ten times as long)."""
@@ -74,13 +96,14 @@ async def forward(hub: Hub, request: web.Request, admitted: Admitted, server: st
         sock_connect=hub.settings.cloud.heartbeat_timeout_s + 1,
         sock_read=None if info.verb == "watch" else hub.settings.cloud.request_timeout_s,
     )
+    headers = _upstream_headers(request, names)
     started = time.monotonic()
     call = asyncio.ensure_future(
         session.request(
             request.method,
             server + request.raw_path,
-            headers=_upstream_headers(request, names),
-            data=body or None,
+            headers=headers,
+            data=_outgoing(body, headers),
             timeout=timeout,
             allow_redirects=False,
             auto_decompress=False,
@@ -128,7 +151,7 @@ async def forward(hub: Hub, request: web.Request, admitted: Admitted, server: st
                     f"the cloud answered {info.resource} in {content_type or 'no content type'}, not the JSON "
                     "yurthub asked for (it rewrites them offline), so yurthub does not relay it",
                 )
-        return await _relay(hub, request, info, upstream, body)
+        return await _relay(hub, request, admitted, upstream)
     finally:
         hub.inflight.discard(upstream.close)
         upstream.release()
@@ -169,12 +192,15 @@ def _mirror(upstream: aiohttp.ClientResponse, info: requestinfo.RequestInfo) -> 
 
 
 async def _relay(
-    hub: Hub, request: web.Request, info: requestinfo.RequestInfo, upstream: aiohttp.ClientResponse, request_body: bytes
+    hub: Hub, request: web.Request, admitted: Admitted, upstream: aiohttp.ClientResponse
 ) -> web.StreamResponse:
+    info, request_body = admitted.info, admitted.body
     response = _mirror(upstream, info)
     encoding = wire.encoding_of(upstream.headers.get("Content-Type", ""))
-    token = cache.is_token_request(info) and bool(info.component) and info.component in hub.agents
-    tee = encoding is not None and upstream.status in (200, 201) and (cache.cacheable(info, hub.agents) or token)
+    # a cache agent's token is kept for the node's own component only: offline, only it is answered one
+    token = cache.is_token_request(info) and bool(info.component) and info.component in hub.agents and admitted.node
+    keep = cache.kept(info, hub.agents, node=admitted.node)
+    tee = encoding is not None and upstream.status in (200, 201) and (keep or token)
     gunzip = (
         zlib.decompressobj(16 + zlib.MAX_WBITS)
         if tee and upstream.headers.get("Content-Encoding", "").lower() == "gzip"
@@ -225,7 +251,7 @@ async def _relay(
                 token=token,
                 gunzipped=gunzip is not None,
             )
-        elif upstream.status == 404 and info.verb == "get" and cache.cacheable(info, hub.agents):
+        elif upstream.status == 404 and info.verb == "get" and keep:
             await hub.record(info.path, cache.record_absent, hub.store, info)  # offline, the cloud's 404 too
     except (TimeoutError, aiohttp.ClientError) as exc:
         if not complete:
@@ -278,7 +304,7 @@ async def _relay_filtered(
     the cache is what the client was sent. Fails closed: nothing its filters could not read reaches the
     client (see the module docstring)."""
     info, names = admitted.info, admitted.names
-    tee = cache.cacheable(info, hub.agents)
+    tee = cache.kept(info, hub.agents, node=admitted.node)
     headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
     if info.verb == "watch":
         return await _relay_filtered_watch(hub, request, info, upstream, names, headers, tee)

@@ -22,6 +22,7 @@ from prometheus_client import generate_latest
 
 from yurthub import (
     budget,
+    cache,
     cli,
     config,
     filters,
@@ -568,6 +569,51 @@ async def test_node_uids_decides_who_is_the_node_not_the_user_agent(node: Node, 
         async with session.get(node.url + "/api/v1/namespaces/default/configmaps/a", headers=KUBELET) as resp:
             assert resp.status == 429
         gate.set()
+
+
+def _kubelet_views(node: Node) -> list[str]:
+    """The selectors of the views kept in kubelet's scope for default's configmaps ("" for the whole list)."""
+    return sorted(
+        key.label_selector
+        for key in node.hub.store._views  # type: ignore[attr-defined]
+        if key.scope.component == "kubelet" and key.namespace == "default"
+    )
+
+
+@as_root
+@pytest.mark.parametrize("answers", [{CONFIGMAPS: (_configmap_list(5), "application/json")}])
+async def test_a_local_process_of_another_uid_naming_itself_kubelet_cannot_evict_kubelets_views(node: Node) -> None:
+    """A scope keeps a few views, the least recently used going first: a process of another uid sending
+    kubelet's User-Agent with new selectors would push kubelet's own views out (offline, kubelet would
+    find nothing). Its lists are answered, but not kept in kubelet's scope."""
+    node.hub.store = storage.MemoryStorage(max_views_per_scope=2)
+    assert await _list_as_kubelet(node) == _configmap_list(5)
+    await _until(lambda: _view(node) is not None, "kubelet's own list cached")
+    headers = {"User-Agent": "kubelet/v1.34", "Accept": "application/json"}
+    for selector in ("a%3Db", "c%3Dd", "e%3Df"):
+        code, doc = await call_as(NOBODY, "GET", f"{node.url}{CONFIGMAPS}?labelSelector={selector}", headers)
+        assert (code, len(doc["items"])) == (200, 5)  # answered all the same
+    await _until(lambda: not node.hub.pending, "the cache writer idle")
+    assert _kubelet_views(node) == [""]  # kubelet's own view, and only it
+    view = _view(node)
+    assert view is not None and len(view.items) == 5
+
+
+@pytest.mark.parametrize("answers", [{CONFIGMAPS: (_configmap_list(5), "application/json")}])
+@pytest.mark.parametrize("limits", [config.LimitSettings(node_uids=frozenset({NOBODY}))])
+async def test_what_a_client_not_of_the_node_uids_lists_is_not_kept_in_a_cache_agents_scope(node: Node) -> None:
+    """The same rule without a second user: with --node-uids naming another, this process's kubelet is not
+    the node's, so its list is relayed but not kept; a pod's token scope is kept whoever sends it."""
+    assert await _list_as_kubelet(node) == _configmap_list(5)
+    await _until(lambda: not node.hub.pending and node.hub.lists_budget.held == 0, "the relay's bookkeeping over")
+    assert _view(node) is None
+    headers = {"User-Agent": "kubelet/v1.34", "Accept": "application/json", "Authorization": "Bearer t0ken"}
+    async with aiohttp.ClientSession() as session, session.get(node.url + CONFIGMAPS, headers=headers) as resp:
+        assert resp.status == 200
+    scope = storage.Scope(cache.token_scope("t0ken"), wire.Encoding.JSON, "configmaps.v1.core")
+    await _until(
+        lambda: node.hub.store.read_view(storage.ViewKey(scope, "default")) is not None, "the token's list kept"
+    )
 
 
 @pytest.mark.parametrize("limits", [config.LimitSettings(max_inflight_other=1)])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from tests.unit.test_yurthub_bounds import _site, settings
-from yurthub import cache, config, health, metrics, outbox, proxy, requestinfo, server, storage, wire
+from yurthub import cache, config, health, metrics, outbox, proxy, remote, requestinfo, server, storage, wire
 
 KUBELET = {
     "User-Agent": "kubelet/v1.34.12 (linux/amd64) kubernetes/x",
@@ -38,6 +39,7 @@ class Cloud:
     def __init__(self) -> None:
         self.second_half = asyncio.Event()
         self.headers: list[dict[str, str]] = []
+        self.bodies: list[bytes] = []
 
 
 @pytest.fixture
@@ -68,8 +70,15 @@ async def hub_url(tmp_path: Path) -> AsyncIterator[tuple[str, Cloud, proxy.Hub]]
         await response.write_eof()
         return response
 
-    app = web.Application()
+    async def take(request: web.Request) -> web.Response:
+        """A write: what arrived, and how (length declared or chunked)."""
+        cloud.headers.append(dict(request.headers))
+        cloud.bodies.append(await request.read())
+        return web.Response(status=201, body=b"{}", content_type=wire.JSON)
+
+    app = web.Application(client_max_size=64 * 2**20)
     app.router.add_get(PATH, answer)
+    app.router.add_post("/api/v1/namespaces/default/configmaps", take)
     app.router.add_get("/api/v1/namespaces/default/configmaps", stream)
     app.router.add_get("/api/v1/namespaces/default/pods/p1/log", stream)
     cloud_runner, cloud_url = await _site(app)
@@ -123,6 +132,48 @@ async def test_kubelets_pod_list_streams_as_the_cloud_sends_it_and_is_cached_as_
     assert view is not None and len(view.items) == 200
 
 
+async def test_a_long_request_body_goes_to_the_cloud_in_steps_with_the_loop_free_between_them() -> None:
+    body = os.urandom(5 * remote.BODY_STEP + 7)
+    headers: dict[str, str] = {}
+    out = remote._outgoing(body, headers)
+    assert headers == {"Content-Length": str(len(body))}  # declared: not sent chunked
+    assert not isinstance(out, bytes | None)
+    loop, slices, ran = asyncio.get_running_loop(), [], []
+    async for piece in out:
+        slices.append(bytes(piece))
+        loop.call_soon(ran.append, len(slices))
+    assert b"".join(slices) == body
+    assert [len(s) for s in slices] == [remote.BODY_STEP] * 5 + [7]
+    # what was ready to run after each slice ran before the next one was written: no step holds the loop
+    # for more than one slice (the last one's callback has had no turn yet)
+    assert ran == [1, 2, 3, 4, 5]
+
+
+def test_a_short_request_body_goes_as_it_is() -> None:
+    headers: dict[str, str] = {}
+    assert remote._outgoing(b"x" * remote.BODY_STEP, headers) == b"x" * remote.BODY_STEP
+    assert remote._outgoing(b"", headers) is None
+    assert headers == {}  # aiohttp declares the length of bytes itself
+
+
+async def test_a_long_body_reaches_the_cloud_whole_with_its_length_declared(
+    hub_url: tuple[str, Cloud, proxy.Hub],
+) -> None:
+    url, cloud, _ = hub_url
+    body = b'{"kind":"ConfigMap","data":{"a":"' + b"x" * (16 * 2**20 - 40) + b'"}}'
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            url + "/api/v1/namespaces/default/configmaps", data=body, headers={"Content-Type": wire.JSON}
+        ) as resp,
+    ):
+        assert resp.status == 201
+    assert cloud.bodies == [body]
+    assert cloud.headers[0]["Content-Length"] == str(len(body))
+    assert "Transfer-Encoding" not in cloud.headers[0]
+    assert cloud.headers[0]["Content-Type"] == wire.JSON
+
+
 @pytest.mark.parametrize(
     "path",
     [
@@ -172,8 +223,15 @@ async def test_a_list_of_the_same_objects_at_a_newer_revision_only_moves_its_vie
         )
         return web.Response(body=body, content_type="application/json")
 
-    app = web.Application()
+    async def take(request: web.Request) -> web.Response:
+        """A write: what arrived, and how (length declared or chunked)."""
+        cloud.headers.append(dict(request.headers))
+        cloud.bodies.append(await request.read())
+        return web.Response(status=201, body=b"{}", content_type=wire.JSON)
+
+    app = web.Application(client_max_size=64 * 2**20)
     app.router.add_get(PATH, answer)
+    app.router.add_post("/api/v1/namespaces/default/configmaps", take)
     cloud_runner, cloud_url = await _site(app)
     s = settings(cloud_url, tmp_path, config.LimitSettings())
     box = outbox.Outbox(tmp_path / "outbox", 10)
