@@ -199,26 +199,50 @@ def own_rows(m: dict[str, Any]) -> list[str]:
             f"| ... `/metrics` samples before / after | {m['metric_series_before_hostile_soak']} / "
             f"{m['metric_series_after_hostile_soak']} | flat under random paths, verbs, User-Agents |"
         )
+    rows += _kubelet_rows(m, "", "...")
+    rows += _kubelet_rows(
+        m,
+        "reserved_cpu_",
+        "... again, yurthub and the kubelet-shaped client on a CPU of their own, everything else on the other:",
+    )
+    return rows
+
+
+def _kubelet_rows(m: dict[str, Any], prefix: str, lead: str) -> list[str]:
+    """The soak's kubelet rows of one CPU layout (its figures' keys start with `prefix`)."""
+    rows = []
+
+    def has(*keys: str) -> bool:
+        return all(prefix + k in m for k in keys)
+
+    def f(key: str) -> Any:
+        return m[prefix + key]
+
     if has("kubelet_get_p50_ms_quiet", "kubelet_get_p99_ms_during_soak", "kubelet_get_samples_quiet"):
         rows.append(
-            f"| ... kubelet-shaped GET p50 / p99, quiet vs during the soak ({m['kubelet_get_samples_quiet']:,} / "
-            f"{m['kubelet_get_samples_during_soak']:,} samples) | {m['kubelet_get_p50_ms_quiet']:.2f} / "
-            f"{m['kubelet_get_p99_ms_quiet']:.1f} ms vs {m['kubelet_get_p50_ms_during_soak']:.2f} / "
-            f"{m['kubelet_get_p99_ms_during_soak']:.1f} ms (p99 ratio "
-            f"{m['kubelet_get_p99_during_soak_over_quiet_ratio']:.1f}) | p99 within 2x |"
+            f"| {lead} kubelet-shaped GET p50 / p99, quiet vs during the soak ({f('kubelet_get_samples_quiet'):,} / "
+            f"{f('kubelet_get_samples_during_soak'):,} samples) | {f('kubelet_get_p50_ms_quiet'):.2f} / "
+            f"{f('kubelet_get_p99_ms_quiet'):.1f} ms vs {f('kubelet_get_p50_ms_during_soak'):.2f} / "
+            f"{f('kubelet_get_p99_ms_during_soak'):.1f} ms (p99 ratio "
+            f"{f('kubelet_get_p99_during_soak_over_quiet_ratio'):.1f}) | p99 within 2x |"
         )
     if has("kubelet_direct_get_p50_ms_quiet", "kubelet_direct_get_p99_ms_during_soak"):
         rows.append(
             f"| ... the same GETs straight at kube-apiserver, quiet vs during the soak | "
-            f"{m['kubelet_direct_get_p50_ms_quiet']:.2f} / {m['kubelet_direct_get_p99_ms_quiet']:.1f} ms vs "
-            f"{m['kubelet_direct_get_p50_ms_during_soak']:.2f} / {m['kubelet_direct_get_p99_ms_during_soak']:.1f} ms "
+            f"{f('kubelet_direct_get_p50_ms_quiet'):.2f} / {f('kubelet_direct_get_p99_ms_quiet'):.1f} ms vs "
+            f"{f('kubelet_direct_get_p50_ms_during_soak'):.2f} / {f('kubelet_direct_get_p99_ms_during_soak'):.1f} ms "
             "| (the machine's share) |"
         )
     if has("yurthub_added_p50_ms_quiet", "yurthub_added_p99_ms_during_soak"):
         rows.append(
             f"| ... added by yurthub (through minus direct) p50 / p99, quiet vs during the soak | "
-            f"{m['yurthub_added_p50_ms_quiet']:.2f} / {m['yurthub_added_p99_ms_quiet']:.1f} ms vs "
-            f"{m['yurthub_added_p50_ms_during_soak']:.2f} / {m['yurthub_added_p99_ms_during_soak']:.1f} ms | |"
+            f"{f('yurthub_added_p50_ms_quiet'):.2f} / {f('yurthub_added_p99_ms_quiet'):.1f} ms vs "
+            f"{f('yurthub_added_p50_ms_during_soak'):.2f} / {f('yurthub_added_p99_ms_during_soak'):.1f} ms | |"
+        )
+    if has("yurthub_loop_runqueue_share_during_soak"):
+        rows.append(
+            f"| ... share of the soak yurthub's event loop waited for a CPU | "
+            f"{f('yurthub_loop_runqueue_share_during_soak'):.2f} | |"
         )
     return rows
 

@@ -723,6 +723,10 @@ def progress(what: str) -> None:
     print(f"yurthub bench: {what}", file=sys.stderr, flush=True)
 
 
+RESERVED = "reserved_cpu_"
+"""The prefix of the figures of the soak run with yurthub on a CPU of its own (`yurthub_soak.Layout`)."""
+
+
 def run(quick: bool = False) -> dict[str, object]:
     reps = 1 if quick else REPS
     metrics: dict[str, Any] = {}
@@ -732,10 +736,14 @@ def run(quick: bool = False) -> dict[str, object]:
         progress("cache footprint and RSS")
         figures |= footprint(kube, Path(tmp), reps)
         soak: dict[str, Any] = {"figures": {}, "detail": None}
+        reserved: dict[str, Any] = {"figures": {}, "detail": None}
         if not quick:
-            # a hub of its own, in a namespace of its own, after the request figures so it cannot disturb them
+            # a hub of its own, in a namespace of its own, after the request figures so it cannot disturb them;
+            # then again with yurthub and the kubelet-shaped client on a CPU of their own (`--reserved-cpu`)
             progress("hostile soak")
             soak = yurthub_soak.measure(kube, Path(tmp) / "soak")
+            progress("hostile soak, yurthub on a CPU of its own")
+            reserved = yurthub_soak.measure(kube, Path(tmp) / "soak-reserved", reserved_cpu=True)
     progress("cache events through record_events")
     for enc, key in (
         (wire.Encoding.JSON, "cache_events_per_s"),
@@ -747,6 +755,7 @@ def run(quick: bool = False) -> dict[str, object]:
         metrics["list_1k_pods_online_p50_ms"], metrics["list_1k_pods_direct_p50_ms"]
     )
     metrics |= soak["figures"]
+    metrics |= {f"{RESERVED}{key}": value for key, value in reserved["figures"].items()}
     if not quick:
         progress("node restarts")
         metrics["online_node_restart_to_pods_running_s"] = node_restart(offline=False)
@@ -769,6 +778,7 @@ def run(quick: bool = False) -> dict[str, object]:
             "yurt_edge": "yurthub " + " ".join(("--cache-agents=kubelet", *OURS_DEFAULTS)),
         },
         "hostile_soak": soak["detail"],
+        "hostile_soak_reserved_cpu": reserved["detail"],
     }
 
 

@@ -39,10 +39,11 @@ Run the soak alone (its own control plane, a few minutes; nothing is written und
     python -m bench.yurthub_soak [--requests N] [--reps R] [--quiet-s S] [--phase-cap-s S] [--out FILE]
         [--hub-arg=--FLAG=VALUE ...] [--profile FILE] [--reserved-cpu]
 
-`--reserved-cpu` runs it as on a node whose kubelet keeps a CPU for the system daemons (`reservedSystemCPUs`):
-yurthub alone on the machine's last CPU, everything else (the control plane, the hostile process, the
-measuring client) on the others. It tells what yurthub's own handling of the hostile load adds from what
-sharing two cores with the control plane and the hostile process adds; `make bench` runs the shared layout.
+`--reserved-cpu` runs it as on a node whose kubelet keeps a CPU for the system daemons (`reservedSystemCPUs`)
+and whose cloud is another machine: yurthub and the kubelet-shaped client on the machine's last CPU, everything
+else (the control plane, the hostile process, the bench) on the others. It tells what yurthub's own handling
+of the hostile load adds from what sharing two cores with the control plane and the hostile process adds;
+`make bench` runs both layouts (`bench.yurthub_bench`).
 """
 
 from __future__ import annotations
@@ -350,9 +351,11 @@ class KubeletProbe:
     were slow) goes at once, and the schedule restarts after a stall longer than a second instead of sending
     a burst."""
 
-    def __init__(self, port: int, direct: Direct) -> None:
+    def __init__(self, port: int, direct: Direct, cpus: set[int] | None = None) -> None:
         self.port = port
         self.direct = direct
+        self.cpus = cpus
+        """The CPUs its thread runs on (kubelet's, beside yurthub, in the reserved layout); None: any."""
         self.latencies_ms: list[float] = []
         """Through yurthub."""
         self.direct_ms: list[float] = []
@@ -377,6 +380,8 @@ class KubeletProbe:
         return http.client.HTTPSConnection(self.direct.host, self.direct.port, timeout=20, context=self.direct.tls)
 
     def _run(self) -> None:
+        if self.cpus is not None:
+            os.sched_setaffinity(0, self.cpus)  # this thread only
         paths = [f"/api/v1/nodes/{NODE}", f"/api/v1/namespaces/{NAMESPACE}/pods/{POD}"]
         # kubelet's own Accept: yurthub negotiates its pods as JSON, so a protobuf-only probe would measure 406s
         headers = {"Accept": f"{PB},application/json", "User-Agent": KUBELET}
@@ -578,8 +583,10 @@ def start_hub(kube: cluster.Cluster, directory: Path, *extra: str) -> tuple[host
     return hub, door_port
 
 
-def _pin_all(cpus: set[int], hub_pid: int, hub_cpus: set[int]) -> None:
-    """Every thread of every process on `cpus`, yurthub's on `hub_cpus` (kernel threads refuse: skipped)."""
+def _pin_all(cpus: set[int], hub_pid: int, hub_cpus: set[int]) -> dict[int, set[int]]:
+    """Every thread of every process on `cpus`, yurthub's on `hub_cpus`; what each ran on before. Kernel
+    threads refuse (skipped), as do threads gone meanwhile."""
+    before: dict[int, set[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -587,27 +594,56 @@ def _pin_all(cpus: set[int], hub_pid: int, hub_cpus: set[int]) -> None:
         with contextlib.suppress(OSError):
             for task in (entry / "task").iterdir():
                 with contextlib.suppress(OSError):
-                    os.sched_setaffinity(int(task.name), want)
+                    tid = int(task.name)
+                    was = os.sched_getaffinity(tid)
+                    os.sched_setaffinity(tid, want)
+                    before[tid] = was
+    return before
+
+
+def _unpin_all(before: dict[int, set[int]], everywhere: set[int]) -> None:
+    """Every thread back on what it ran on before `_pin_all`; one started since, on every CPU."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for task in (entry / "task").iterdir():
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(task.name), before.get(int(task.name), everywhere))
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where the soak runs: everything on every CPU (`shared`), or yurthub and the kubelet-shaped client on
+    a CPU of their own and everything else on the others (`reserved`)."""
+
+    name: str
+    node_cpus: set[int] | None = None
+    """yurthub's and the measuring client's CPUs in the reserved layout."""
+
+    def detail(self) -> dict[str, Any]:
+        return {"layout": self.name, "node_cpus": sorted(self.node_cpus or ())}
 
 
 @contextlib.contextmanager
-def _reserved_cpu(hub_pid: int | None) -> Iterator[dict[str, Any]]:
-    """With a pid: yurthub alone on the machine's last CPU, every other thread of the machine (the control
-    plane, the hostile process, the measuring client) on the others, as on a node whose kubelet keeps a
-    CPU for its system daemons (`reservedSystemCPUs`); what was running everywhere runs everywhere again
-    after. Threads started later inherit their creator's CPUs. Without a pid: nothing changes."""
+def _reserved_cpu(hub_pid: int | None) -> Iterator[Layout]:
+    """With a pid: yurthub alone on the machine's last CPU (the kubelet-shaped client joins it, `KubeletProbe`),
+    every other thread of the machine (the control plane, the hostile process, the bench) on the others, as
+    on a node whose kubelet keeps a CPU for its system daemons (`reservedSystemCPUs`, pods elsewhere) and
+    whose cloud is another machine; every thread runs where it ran before afterwards. Threads started
+    meanwhile inherit their creator's CPUs. Without a pid: nothing changes."""
     if hub_pid is None:
-        yield {"layout": "shared"}
+        yield Layout("shared")
         return
     everywhere = os.sched_getaffinity(0)
     if len(everywhere) < 2:
         raise RuntimeError("--reserved-cpu needs at least two CPUs")
-    own = max(everywhere)
-    _pin_all(everywhere - {own}, hub_pid, {own})
+    own = {max(everywhere)}
+    before = _pin_all(everywhere - own, hub_pid, own)
     try:
-        yield {"layout": "reserved", "yurthub_cpus": [own], "other_cpus": sorted(everywhere - {own})}
+        yield Layout("reserved", own)
     finally:
-        _pin_all(everywhere, hub_pid, everywhere)
+        _unpin_all(before, everywhere)
 
 
 @contextlib.contextmanager
@@ -650,9 +686,16 @@ class Soak:
     """One soak against one hub: the phases run so far, the samples taken, the answers counted."""
 
     def __init__(
-        self, plan: Plan, hub: hosthub.HostHub, target: Target, direct: Direct, profile: Path | None = None
+        self,
+        plan: Plan,
+        hub: hosthub.HostHub,
+        target: Target,
+        direct: Direct,
+        profile: Path | None = None,
+        layout: Layout | None = None,
     ) -> None:
         self.plan = plan
+        self.layout = layout or Layout("shared")
         self.profile = profile
         """Where to write py-spy's samples of yurthub during the first soak phase (collapsed stacks), if asked."""
         self.hub = hub
@@ -699,7 +742,7 @@ class Soak:
         start, cpu = time.monotonic(), cpu_s(self.hub.proc.pid)
         profile = self.profile and rep == 0
         with (
-            KubeletProbe(self.port, self.direct) as probe,
+            KubeletProbe(self.port, self.direct, self.layout.node_cpus) as probe,
             _profiled(self.hub.proc.pid, self.profile if profile else None),
         ):
             for quarter in range(4):
@@ -715,7 +758,7 @@ class Soak:
 
     def quiet(self) -> None:
         start, cpu = time.monotonic(), cpu_s(self.hub.proc.pid)
-        with KubeletProbe(self.port, self.direct) as probe:
+        with KubeletProbe(self.port, self.direct, self.layout.node_cpus) as probe:
             time.sleep(self.plan.quiet_s)
         self.record("quiet", probe, time.monotonic() - start, cpu)
 
@@ -879,15 +922,15 @@ def measure(
     hub, door_port = start_hub(kube, directory, *hub_args)
     ca = str(plane.directory / "pki" / "ca.crt")
     target = Target(hub.proxy, f"https://127.0.0.1:{door_port}", ca, tokens, largest_body())
-    soak = Soak(plan or Plan(), hub, target, direct_to(plane.server, ca, hub), profile)
     try:
         with _reserved_cpu(hub.proc.pid if reserved_cpu else None) as layout:
+            soak = Soak(plan or Plan(), hub, target, direct_to(plane.server, ca, hub), profile, layout)
             soak.run()
     finally:
         hub.stop()
     result = soak.report()
     result["detail"]["yurthub_log_errors"] = log_errors(hub.log)
-    result["detail"]["cpu_layout"] = layout
+    result["detail"]["cpu_layout"] = layout.detail()
     return result
 
 

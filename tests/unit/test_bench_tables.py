@@ -165,6 +165,29 @@ def test_the_soak_rows_show_the_machines_share_and_yurthubs_beside_the_kubelet_f
     assert tables.own_rows({k: v for k, v in soak.items() if not k.startswith("yurthub_added")})[2:] == []
 
 
+def test_the_soak_with_yurthub_on_a_cpu_of_its_own_has_rows_of_its_own_after_the_shared_ones() -> None:
+    shared = {
+        "kubelet_get_p50_ms_quiet": 7.6,
+        "kubelet_get_p99_ms_quiet": 15.8,
+        "kubelet_get_p50_ms_during_soak": 9.6,
+        "kubelet_get_p99_ms_during_soak": 53.8,
+        "kubelet_get_samples_quiet": 1200,
+        "kubelet_get_samples_during_soak": 2100,
+        "kubelet_get_p99_during_soak_over_quiet_ratio": 3.405,
+        "yurthub_loop_runqueue_share_during_soak": 0.226,
+    }
+    reserved = {"reserved_cpu_" + k: v / 2 for k, v in shared.items() if "samples" not in k}
+    reserved |= {"reserved_cpu_kubelet_get_samples_quiet": 900, "reserved_cpu_kubelet_get_samples_during_soak": 1700}
+    rows = tables.own_rows(shared | reserved)
+    assert len(rows) == 4
+    assert rows[0].startswith("| ... kubelet-shaped GET p50 / p99, quiet vs during the soak (1,200 / 2,100 samples)")
+    assert rows[1] == "| ... share of the soak yurthub's event loop waited for a CPU | 0.23 | |"
+    assert rows[2].startswith("| ... again, yurthub and the kubelet-shaped client on a CPU of their own")
+    assert rows[2].endswith("(900 / 1,700 samples) | 3.80 / 7.9 ms vs 4.80 / 26.9 ms (p99 ratio 1.7) | p99 within 2x |")
+    assert rows[3] == "| ... share of the soak yurthub's event loop waited for a CPU | 0.11 | |"
+    assert tables.own_rows(shared) == rows[:2]
+
+
 def test_a_table_from_make_bench_says_so_with_the_runs_start_and_the_areas_own_time() -> None:
     stamped = {**TUNNEL, "run": {"command": "make bench", "areas": ["tunnel"], "started": "2026-11-29T16:10:00Z"}}
     table = tables.tunnel_table(stamped)

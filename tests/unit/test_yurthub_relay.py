@@ -223,15 +223,8 @@ async def test_a_list_of_the_same_objects_at_a_newer_revision_only_moves_its_vie
         )
         return web.Response(body=body, content_type="application/json")
 
-    async def take(request: web.Request) -> web.Response:
-        """A write: what arrived, and how (length declared or chunked)."""
-        cloud.headers.append(dict(request.headers))
-        cloud.bodies.append(await request.read())
-        return web.Response(status=201, body=b"{}", content_type=wire.JSON)
-
-    app = web.Application(client_max_size=64 * 2**20)
+    app = web.Application()
     app.router.add_get(PATH, answer)
-    app.router.add_post("/api/v1/namespaces/default/configmaps", take)
     cloud_runner, cloud_url = await _site(app)
     s = settings(cloud_url, tmp_path, config.LimitSettings())
     box = outbox.Outbox(tmp_path / "outbox", 10)
