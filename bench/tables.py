@@ -224,7 +224,7 @@ def _kubelet_rows(m: dict[str, Any], prefix: str, lead: str) -> list[str]:
             f"{f('kubelet_get_samples_during_soak'):,} samples) | {f('kubelet_get_p50_ms_quiet'):.2f} / "
             f"{f('kubelet_get_p99_ms_quiet'):.1f} ms vs {f('kubelet_get_p50_ms_during_soak'):.2f} / "
             f"{f('kubelet_get_p99_ms_during_soak'):.1f} ms (p99 ratio "
-            f"{f('kubelet_get_p99_during_soak_over_quiet_ratio'):.1f}) | p99 within 2x |"
+            f"{f('kubelet_get_p99_during_soak_over_quiet_ratio'):.2f}) | p99 within 2x |"
         )
     if has("kubelet_direct_get_p50_ms_quiet", "kubelet_direct_get_p99_ms_during_soak"):
         rows.append(

@@ -156,7 +156,7 @@ def test_the_soak_rows_show_the_machines_share_and_yurthubs_beside_the_kubelet_f
         "yurthub_added_p99_ms_during_soak": 33.0,
     }
     rows = tables.own_rows(soak)
-    assert rows[0].endswith("| 7.60 / 15.8 ms vs 9.60 / 53.8 ms (p99 ratio 3.4) | p99 within 2x |")
+    assert rows[0].endswith("| 7.60 / 15.8 ms vs 9.60 / 53.8 ms (p99 ratio 3.40) | p99 within 2x |")
     assert rows[1] == (
         "| ... the same GETs straight at kube-apiserver, quiet vs during the soak | 4.60 / 11.1 ms vs 3.60 / 14.8 ms "
         "| (the machine's share) |"
@@ -183,7 +183,9 @@ def test_the_soak_with_yurthub_on_a_cpu_of_its_own_has_rows_of_its_own_after_the
     assert rows[0].startswith("| ... kubelet-shaped GET p50 / p99, quiet vs during the soak (1,200 / 2,100 samples)")
     assert rows[1] == "| ... share of the soak yurthub's event loop waited for a CPU | 0.23 | |"
     assert rows[2].startswith("| ... again, yurthub and the kubelet-shaped client on a CPU of their own")
-    assert rows[2].endswith("(900 / 1,700 samples) | 3.80 / 7.9 ms vs 4.80 / 26.9 ms (p99 ratio 1.7) | p99 within 2x |")
+    assert rows[2].endswith(
+        "(900 / 1,700 samples) | 3.80 / 7.9 ms vs 4.80 / 26.9 ms (p99 ratio 1.70) | p99 within 2x |"
+    )
     assert rows[3] == "| ... share of the soak yurthub's event loop waited for a CPU | 0.11 | |"
     assert tables.own_rows(shared) == rows[:2]
 
