@@ -137,15 +137,21 @@ def test_both_areas_are_rewritten_between_their_own_markers() -> None:
     assert out.endswith("CONNECTs.\n<!-- bench:tunnel:end -->\nb\n") and "old" not in out
 
 
+KUBELET_SOAK = {
+    "kubelet_get_p50_ms_quiet": 7.6,
+    "kubelet_get_p99_ms_quiet": 15.8,
+    "kubelet_get_p50_ms_during_soak": 9.6,
+    "kubelet_get_p99_ms_during_soak": 53.8,
+    "kubelet_get_samples_quiet": 1200,
+    "kubelet_get_samples_during_soak": 2100,
+    "kubelet_get_p99_during_soak_over_quiet_ratio": 3.405,
+}
+"""The kubelet-shaped client's soak figures of one layout, as `bench.yurthub_soak` reports them."""
+
+
 def test_the_soak_rows_show_the_machines_share_and_yurthubs_beside_the_kubelet_figure() -> None:
     soak = {
-        "kubelet_get_p50_ms_quiet": 7.6,
-        "kubelet_get_p99_ms_quiet": 15.8,
-        "kubelet_get_p50_ms_during_soak": 9.6,
-        "kubelet_get_p99_ms_during_soak": 53.8,
-        "kubelet_get_samples_quiet": 1200,
-        "kubelet_get_samples_during_soak": 2100,
-        "kubelet_get_p99_during_soak_over_quiet_ratio": 3.405,
+        **KUBELET_SOAK,
         "kubelet_direct_get_p50_ms_quiet": 4.6,
         "kubelet_direct_get_p99_ms_quiet": 11.1,
         "kubelet_direct_get_p50_ms_during_soak": 3.6,
@@ -166,16 +172,7 @@ def test_the_soak_rows_show_the_machines_share_and_yurthubs_beside_the_kubelet_f
 
 
 def test_the_soak_with_yurthub_on_a_cpu_of_its_own_has_rows_of_its_own_after_the_shared_ones() -> None:
-    shared = {
-        "kubelet_get_p50_ms_quiet": 7.6,
-        "kubelet_get_p99_ms_quiet": 15.8,
-        "kubelet_get_p50_ms_during_soak": 9.6,
-        "kubelet_get_p99_ms_during_soak": 53.8,
-        "kubelet_get_samples_quiet": 1200,
-        "kubelet_get_samples_during_soak": 2100,
-        "kubelet_get_p99_during_soak_over_quiet_ratio": 3.405,
-        "yurthub_loop_runqueue_share_during_soak": 0.226,
-    }
+    shared = {**KUBELET_SOAK, "yurthub_loop_runqueue_share_during_soak": 0.226}
     reserved = {"reserved_cpu_" + k: v / 2 for k, v in shared.items() if "samples" not in k}
     reserved |= {"reserved_cpu_kubelet_get_samples_quiet": 900, "reserved_cpu_kubelet_get_samples_during_soak": 1700}
     rows = tables.own_rows(shared | reserved)
