@@ -588,33 +588,31 @@ def start_hub(kube: cluster.Cluster, directory: Path, *extra: str) -> tuple[host
     return hub, door_port
 
 
+def _threads() -> Iterator[tuple[int, int]]:
+    """(pid, tid) of every thread on the machine that can still be listed (processes end meanwhile)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                yield from ((int(entry.name), int(task.name)) for task in (entry / "task").iterdir())
+
+
 def _pin_all(cpus: set[int], hub_pid: int, hub_cpus: set[int]) -> dict[int, set[int]]:
     """Every thread of every process on `cpus`, yurthub's on `hub_cpus`; what each ran on before. Kernel
     threads refuse (skipped), as do threads gone meanwhile."""
     before: dict[int, set[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        want = hub_cpus if int(entry.name) == hub_pid else cpus
+    for pid, tid in _threads():
         with contextlib.suppress(OSError):
-            for task in (entry / "task").iterdir():
-                with contextlib.suppress(OSError):
-                    tid = int(task.name)
-                    was = os.sched_getaffinity(tid)
-                    os.sched_setaffinity(tid, want)
-                    before[tid] = was
+            was = os.sched_getaffinity(tid)
+            os.sched_setaffinity(tid, hub_cpus if pid == hub_pid else cpus)
+            before[tid] = was
     return before
 
 
 def _unpin_all(before: dict[int, set[int]], everywhere: set[int]) -> None:
     """Every thread back on what it ran on before `_pin_all`; one started since, on every CPU."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for _, tid in _threads():
         with contextlib.suppress(OSError):
-            for task in (entry / "task").iterdir():
-                with contextlib.suppress(OSError):
-                    os.sched_setaffinity(int(task.name), before.get(int(task.name), everywhere))
+            os.sched_setaffinity(tid, before.get(tid, everywhere))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -622,9 +620,12 @@ class Layout:
     """Where the soak runs: everything on every CPU (`shared`), or yurthub and the kubelet-shaped client on
     a CPU of their own and everything else on the others (`reserved`)."""
 
-    name: str
     node_cpus: set[int] | None = None
-    """yurthub's and the measuring client's CPUs in the reserved layout."""
+    """yurthub's and the measuring client's CPUs in the reserved layout; None in the shared one."""
+
+    @property
+    def name(self) -> str:
+        return "shared" if self.node_cpus is None else "reserved"
 
     def detail(self) -> dict[str, Any]:
         return {"layout": self.name, "node_cpus": sorted(self.node_cpus or ())}
@@ -638,7 +639,7 @@ def _reserved_cpu(hub_pid: int | None) -> Iterator[Layout]:
     whose cloud is another machine; every thread runs where it ran before afterwards. Threads started
     meanwhile inherit their creator's CPUs. Without a pid: nothing changes."""
     if hub_pid is None:
-        yield Layout("shared")
+        yield Layout()
         return
     everywhere = os.sched_getaffinity(0)
     if len(everywhere) < 2:
@@ -646,7 +647,7 @@ def _reserved_cpu(hub_pid: int | None) -> Iterator[Layout]:
     own = {max(everywhere)}
     before = _pin_all(everywhere - own, hub_pid, own)
     try:
-        yield Layout("reserved", own)
+        yield Layout(own)
     finally:
         _unpin_all(before, everywhere)
 
@@ -700,7 +701,7 @@ class Soak:
         layout: Layout | None = None,
     ) -> None:
         self.plan = plan
-        self.layout = layout or Layout("shared")
+        self.layout = layout or Layout()
         self.profile = profile
         """Where to write py-spy's samples of yurthub during the first soak phase (collapsed stacks), if asked."""
         self.hub = hub
